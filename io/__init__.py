@@ -1,0 +1,1 @@
+"""Stdio forwarding: pipes, FIFOs, binary:// and file:// targets, ptys. Knows nothing of containers."""

@@ -1,0 +1,1 @@
+"""railcar's OCI runtime: namespaces, rootfs, process, lifecycle, cgroups and security."""

@@ -1,0 +1,1 @@
+"""cgroup drivers (v1 and v2) behind one interface."""
