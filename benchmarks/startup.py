@@ -1,0 +1,168 @@
+"""Container start-up, exec latency, stdout throughput and shim memory: railcar against runc and crun.
+
+All runtimes run through one private containerd, interleaved round by round so that machine noise
+falls on all of them alike; medians and ratios against runc are printed. crun 1.8 refuses this
+hybrid cgroup host, so it runs through ../shared/tools/crun-hybrid (crun in a private mount
+namespace that hides the v2 mount), as the runc binary of containerd's runc-v2 shim. Every
+benchmarked command's exit status is checked: a failing create is fast and would flatter us.
+
+    .venv/bin/python benchmarks/startup.py [--rounds N] [--skip-memory] [--skip-throughput]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "packaging"))
+import devenv  # noqa: E402
+
+CRUN_HYBRID = (HERE.parent.parent / "shared" / "tools" / "crun-hybrid").resolve()
+RUNTIMES: dict[str, list[str]] = {
+    "railcar": ["--runtime", "io.containerd.railcar.v2"],
+    "runc": ["--runtime", "io.containerd.runc.v2"],
+    "crun": ["--runtime", "io.containerd.runc.v2", "--runc-binary", str(CRUN_HYBRID)],
+}
+SHIM_BINARIES = {"railcar": "containerd-shim-railcar-v2", "runc": "containerd-shim-runc-v2",
+                 "crun": "containerd-shim-runc-v2"}
+
+
+def timed(cd: devenv.Containerd, *args: str, what: str) -> float:
+    start = time.perf_counter()
+    result = cd.ctr(*args, timeout=120)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed ({result.returncode}): {result.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+def report(title: str, unit: str, samples: dict[str, list[float]], scale: float = 1.0) -> None:
+    print(f"\n{title}")
+    base = statistics.median(samples["runc"]) if samples.get("runc") else None
+    for name, values in samples.items():
+        med = statistics.median(values)
+        ratio = f"  {med / base:5.2f}x runc" if base else ""
+        print(f"  {name:8s} median {med * scale:9.1f} {unit}  (n={len(values)}){ratio}")
+
+
+def bench_run(cd: devenv.Containerd, image: str, rounds: int) -> None:
+    samples: dict[str, list[float]] = {name: [] for name in RUNTIMES}
+    for i in range(rounds):
+        for name, flags in RUNTIMES.items():
+            samples[name].append(timed(cd, "run", "--rm", *flags, image, f"b-{name}-{i}", "/bin/true",
+                                       what=f"{name} run"))
+    report("ctr run --rm IMAGE /bin/true", "ms", samples, 1000)
+
+
+def bench_exec(cd: devenv.Containerd, image: str, rounds: int) -> None:
+    samples: dict[str, list[float]] = {name: [] for name in RUNTIMES}
+    for name, flags in RUNTIMES.items():
+        timed(cd, "run", "-d", *flags, image, f"x-{name}", "sleep", "1000", what=f"{name} run -d")
+    try:
+        for i in range(rounds):
+            for name in RUNTIMES:
+                samples[name].append(timed(cd, "task", "exec", "--exec-id", f"e{i}", f"x-{name}", "/bin/true",
+                                           what=f"{name} exec"))
+    finally:
+        for name in RUNTIMES:
+            cd.ctr("task", "kill", "-s", "SIGKILL", f"x-{name}")
+            cd.ctr("task", "delete", "-f", f"x-{name}")
+            cd.ctr("container", "delete", f"x-{name}")
+    report("ctr task exec CONTAINER /bin/true", "ms", samples, 1000)
+
+
+def bench_throughput(cd: devenv.Containerd, image: str, megabytes: int) -> None:
+    samples: dict[str, list[float]] = {}
+    for name, flags in RUNTIMES.items():
+        cmd = ["ctr", "--address", cd.address, "--namespace", cd.namespace, "run", "--rm", *flags, image,
+               f"t-{name}", "head", "-c", str(megabytes * 1000 * 1000), "/dev/zero"]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cd.env)
+        received = 0
+        while chunk := proc.stdout.read(1 << 20):
+            received += len(chunk)
+        err = proc.stderr.read()
+        if proc.wait() != 0 or received != megabytes * 1000 * 1000:
+            raise SystemExit(f"{name} throughput run failed: got {received} bytes, {err.decode(errors='replace')}")
+        samples[name] = [time.perf_counter() - start]
+    report(f"{megabytes} MB of stdout through ctr run", "s", samples)
+
+
+def pss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def shim_pids(binary: str, namespace: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].decode(errors="replace").endswith(binary) and b"start" not in cmdline \
+                and namespace.encode() in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def bench_memory(cd: devenv.Containerd, image: str, count: int) -> None:
+    print(f"\nshim PSS per running container ({count} containers each)")
+    for grouped in (False, True):
+        for name, flags in RUNTIMES.items():
+            if name == "crun":
+                continue  # same Go shim as runc
+            ids = [f"m-{name}-{int(grouped)}-{i}" for i in range(count)]
+            extra = ["--annotation", f"io.kubernetes.cri.sandbox-id=pod-{name}"] if grouped else []
+            try:
+                for cid in ids:
+                    timed(cd, "run", "-d", *flags, *extra, image, cid, "sleep", "1000", what=f"{name} run -d")
+                pids = shim_pids(SHIM_BINARIES[name], cd.namespace)
+                total = sum(pss_kib(p) for p in pids)
+                label = "grouped" if grouped else "one shim each"
+                print(f"  {name:8s} {label:14s} {len(pids):2d} shim processes, {total / count / 1024:6.2f} MiB PSS per container")
+            finally:
+                for cid in ids:
+                    cd.ctr("task", "kill", "-s", "SIGKILL", cid)
+                for cid in ids:
+                    cd.ctr("task", "delete", "-f", cid)
+                    cd.ctr("container", "delete", cid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--containers", type=int, default=10)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    venv_bin = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory(prefix="railcar-bench-") as work:
+        cd = devenv.start_containerd(Path(work), extra_path=[str(venv_bin)])
+        try:
+            image = devenv.busybox_image(cd)
+            bench_run(cd, image, args.rounds)
+            bench_exec(cd, image, args.rounds)
+            if not args.skip_throughput:
+                bench_throughput(cd, image, args.megabytes)
+            if not args.skip_memory:
+                bench_memory(cd, image, args.containers)
+        finally:
+            cd.stop()
+
+
+if __name__ == "__main__":
+    main()
