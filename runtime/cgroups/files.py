@@ -1,0 +1,80 @@
+"""Reading and writing cgroup control files, with errors that name the file and the value."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from .errors import CgroupError
+
+
+def write(path: str, value: str | int) -> None:
+    """Write one value with a single write(2): control files act on each write, not on close."""
+    data = str(value).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CgroupError(f"cannot open {path} to write {value!r}: {e.strerror}") from e
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        raise CgroupError(f"writing {value!r} to {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+
+
+def read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except OSError as e:
+        raise CgroupError(f"reading {path}: {e.strerror}") from e
+
+
+def read_optional(path: str) -> str | None:
+    """The file's text, or None when the kernel does not provide it (controller or feature absent)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.ENODEV):
+            return None
+        raise CgroupError(f"reading {path}: {e.strerror}") from e
+
+
+def read_int(path: str, default: int = 0) -> int:
+    """An integer file; `max` (v2's "no limit") and absence read as `default`."""
+    text = read_optional(path)
+    if text is None:
+        return default
+    text = text.strip()
+    if text in ("", "max"):
+        return default
+    return int(text)
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """A flat keyed file (`key value` per line, e.g. memory.stat, cpu.stat); {} when absent."""
+    text = read_optional(path) or ""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def read_pids(path: str) -> list[int]:
+    """The pids in a cgroup.procs file; [] if the cgroup is already gone."""
+    text = read_optional(path) or ""
+    return [int(x) for x in text.split()]
+
+
+def walk_dirs(root: str) -> list[str]:
+    """`root` and every cgroup below it, deepest first (the order rmdir needs)."""
+    out: list[str] = []
+    for dirpath, _dirnames, _files in os.walk(root, topdown=False):
+        out.append(dirpath)
+    return out

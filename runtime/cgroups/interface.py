@@ -1,0 +1,147 @@
+"""The one cgroup interface the runtime and the shim use; the v1 and v2 drivers implement it."""
+
+from __future__ import annotations
+
+import abc
+import errno
+import os
+import signal
+import time
+from typing import Callable
+
+from .errors import CgroupError
+from .files import walk_dirs
+
+# How long freeze/destroy wait for the kernel to settle before giving up with an error.
+SETTLE_TIMEOUT = 5.0
+
+
+class OomWatcher(abc.ABC):
+    """A readable fd that wakes on OOM events of one cgroup, for the shim's event loop.
+
+    Import-free for trio users: `await trio.lowlevel.wait_readable(w.fileno())`, then `w.read()`.
+    """
+
+    @abc.abstractmethod
+    def fileno(self) -> int: ...
+
+    @abc.abstractmethod
+    def read(self) -> int:
+        """How many OOM kills happened since the last read (0 = spurious wake-up). Never blocks."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class Cgroup(abc.ABC):
+    """One container's cgroup, identified by an absolute path valid in every hierarchy."""
+
+    version: int
+
+    def __init__(self, path: str) -> None:
+        if not path.startswith("/") or path == "/":
+            raise CgroupError(f"cgroup path must be absolute and not the root, got {path!r}")
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+    @abc.abstractmethod
+    def create(self, resources: dict | None) -> None:
+        """Make the cgroup (every needed directory) and apply OCI `linux.resources`."""
+
+    @abc.abstractmethod
+    def add_process(self, pid: int) -> None: ...
+
+    @abc.abstractmethod
+    def pids(self) -> list[int]:
+        """Every process in the cgroup and its descendants."""
+
+    @abc.abstractmethod
+    def freeze(self) -> None:
+        """Freeze every process; returns once the kernel reports the cgroup frozen."""
+
+    @abc.abstractmethod
+    def thaw(self) -> None: ...
+
+    @abc.abstractmethod
+    def frozen(self) -> bool: ...
+
+    @abc.abstractmethod
+    def update(self, resources: dict) -> None:
+        """Apply OCI LinuxResources JSON (as in a task Update request) to the existing cgroup."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict:
+        """Proto3-JSON dict of io.containerd.cgroups.v1.Metrics (v1) or .v2.Metrics (v2)."""
+
+    @abc.abstractmethod
+    def destroy(self) -> None:
+        """Remove the cgroup and any children; idempotent; kills nothing (call kill_all first)."""
+
+    @abc.abstractmethod
+    def oom_watcher(self) -> OomWatcher: ...
+
+    def kill_all(self, sig: int) -> None:
+        """Signal every process; frozen meanwhile so a forking process cannot escape the sweep."""
+        was_frozen = self.frozen()
+        if not was_frozen:
+            self.freeze()
+        try:
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        finally:
+            if not was_frozen or sig == signal.SIGKILL:
+                self.thaw()  # SIGKILL is only delivered to a thawed task
+
+    def to_state(self) -> dict:
+        """What the state file keeps so another process (e.g. `shim delete`) can reopen this cgroup."""
+        return {"version": self.version, "path": self.path}
+
+    @classmethod
+    def from_state(cls, d: dict) -> Cgroup:
+        from .v1 import CgroupV1
+        from .v2 import CgroupV2
+
+        drivers: dict[int, type[Cgroup]] = {1: CgroupV1, 2: CgroupV2}
+        try:
+            driver = drivers[d["version"]]
+            return driver(d["path"])
+        except (KeyError, TypeError) as e:
+            raise CgroupError(f"invalid saved cgroup state {d!r}") from e
+
+
+def wait_until(done: Callable[[], bool], what: str, retry: Callable[[], None] | None = None) -> None:
+    """Poll `done` (cgroup state changes are asynchronous); optionally re-kick with `retry`."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    delay = 0.0005
+    while not done():
+        if time.monotonic() > deadline:
+            raise CgroupError(f"timed out after {SETTLE_TIMEOUT}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+        if retry is not None:
+            retry()
+
+
+def remove_tree(root: str) -> None:
+    """rmdir `root` and its children, deepest first, retrying while exiting tasks still pin them."""
+    if not os.path.isdir(root):
+        return
+
+    def attempt() -> bool:
+        for d in walk_dirs(root):
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno == errno.EBUSY:  # a task is still leaving
+                    return False
+                raise CgroupError(f"removing cgroup {d}: {e.strerror}") from e
+        return True
+
+    wait_until(attempt, f"cgroup {root} to become empty so it can be removed")

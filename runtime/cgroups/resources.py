@@ -1,0 +1,139 @@
+"""Typed, validated access to OCI `linux.resources` JSON, shared by both drivers.
+
+Each accessor names the JSON path in its error, so a bad Update or config.json says what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from .errors import ResourceError
+
+
+def section(resources: dict, key: str) -> dict:
+    """A sub-object such as `memory`; {} when absent or null."""
+    value = resources.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ResourceError(key, f"must be an object, got {type(value).__name__}")
+    return value
+
+
+def integer(d: dict, key: str, where: str, lo: int | None = None, hi: int | None = None) -> int | None:
+    """An optional integer field; None when absent or null."""
+    value = d.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ResourceError(f"{where}.{key}", f"must be an integer, got {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ResourceError(f"{where}.{key}", f"{value} is outside [{lo}, {hi}]")
+    return value
+
+
+def string(d: dict, key: str, where: str) -> str | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ResourceError(f"{where}.{key}", f"must be a string, got {value!r}")
+    return value
+
+
+def boolean(d: dict, key: str, where: str) -> bool | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ResourceError(f"{where}.{key}", f"must be true or false, got {value!r}")
+    return value
+
+
+def items(d: dict, key: str, where: str) -> list[tuple[str, dict]]:
+    """A list of objects, each with its JSON path for errors (`where` "" = top level)."""
+    value = d.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise ResourceError(f"{where}.{key}" if where else key, "must be a list of objects")
+    prefix = f"{where}.{key}" if where else key
+    return [(f"{prefix}[{i}]", x) for i, x in enumerate(value)]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceRule:
+    """One `linux.resources.devices` entry; None major/minor means any (`*`)."""
+
+    allow: bool
+    type: str  # a (all), c or b
+    major: int | None
+    minor: int | None
+    access: str  # subset of "rwm"
+
+    def v1_line(self) -> str:
+        """The devices.allow / devices.deny syntax: `c 1:3 rwm`, `a *:* rwm`."""
+        if self.type == "a":
+            return "a"
+        major = "*" if self.major is None else str(self.major)
+        minor = "*" if self.minor is None else str(self.minor)
+        return f"{self.type} {major}:{minor} {self.access}"
+
+
+def device_rules(resources: dict) -> list[DeviceRule]:
+    rules = []
+    for where, d in items(resources, "devices", ""):
+        allow = d.get("allow")
+        if not isinstance(allow, bool):
+            raise ResourceError(f"{where}.allow", f"is required and must be true or false, got {allow!r}")
+        dtype = string(d, "type", where) or "a"
+        if dtype not in ("a", "c", "b", "u"):
+            raise ResourceError(f"{where}.type", f"must be one of a, b, c, got {dtype!r}")
+        access = string(d, "access", where) or "rwm"
+        if not access or set(access) - set("rwm"):
+            raise ResourceError(f"{where}.access", f"must be letters from 'rwm', got {access!r}")
+        major = integer(d, "major", where, lo=-1)
+        minor = integer(d, "minor", where, lo=-1)
+        rules.append(DeviceRule(
+            allow=allow,
+            type="c" if dtype == "u" else dtype,
+            major=None if major in (None, -1) else major,
+            minor=None if minor in (None, -1) else minor,
+            access="".join(sorted(set(access), key="rwm".index)),
+        ))
+    return rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Throttle:
+    major: int
+    minor: int
+    rate: int
+
+
+def throttles(block_io: dict, key: str) -> list[Throttle]:
+    out = []
+    for where, d in items(block_io, key, "blockIO"):
+        major = integer(d, "major", where, lo=0)
+        minor = integer(d, "minor", where, lo=0)
+        rate = integer(d, "rate", where, lo=0)
+        if major is None or minor is None or rate is None:
+            raise ResourceError(where, "needs major, minor and rate")
+        out.append(Throttle(major, minor, rate))
+    return out
+
+
+THROTTLE_KEYS = ("throttleReadBpsDevice", "throttleWriteBpsDevice", "throttleReadIOPSDevice", "throttleWriteIOPSDevice")
+
+
+def hugepage_limits(resources: dict) -> list[tuple[str, int]]:
+    """[(pageSize like '2MB', limit bytes)]; the page size is a file-name part, so it is checked."""
+    out = []
+    for where, d in items(resources, "hugepageLimits", ""):
+        size = string(d, "pageSize", where)
+        limit = integer(d, "limit", where, lo=0)
+        if not size or not size[:-2].isdigit() or size[-2:] not in ("KB", "MB", "GB"):
+            raise ResourceError(f"{where}.pageSize", f"must look like 2MB or 1GB, got {size!r}")
+        if limit is None:
+            raise ResourceError(f"{where}.limit", "is required")
+        out.append((size, limit))
+    return out

@@ -1,0 +1,74 @@
+"""cgroup v2 files -> the proto3 JSON form of io.containerd.cgroups.v2.Metrics (JSON field names)."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from . import files
+
+# memory.stat keys that MemoryStat carries under the same (snake_case) name.
+_MEMORY_STAT = (
+    "anon file kernel_stack slab sock shmem file_mapped file_dirty file_writeback anon_thp inactive_anon "
+    "active_anon inactive_file active_file unevictable slab_reclaimable slab_unreclaimable pgfault pgmajfault "
+    "workingset_refault workingset_activate workingset_nodereclaim pgrefill pgscan pgsteal pgactivate "
+    "pgdeactivate pglazyfree pglazyfreed thp_fault_alloc thp_collapse_alloc"
+).split()
+
+
+def camel(name: str) -> str:
+    """proto3 JSON name of a snake_case field."""
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def collect(d: str) -> dict:
+    """Stats of the cgroup directory `d`; controllers not enabled there are simply left out."""
+    if not os.path.isdir(d):
+        return {}
+    out: dict = {}
+    if os.path.exists(f"{d}/pids.current"):
+        out["pids"] = {"current": files.read_int(f"{d}/pids.current"), "limit": files.read_int(f"{d}/pids.max")}
+    cpu = files.read_keyed(f"{d}/cpu.stat")  # usage lines exist even without the cpu controller
+    if cpu:
+        out["cpu"] = {camel(k): cpu.get(k, 0) for k in
+                      ("usage_usec", "user_usec", "system_usec", "nr_periods", "nr_throttled", "throttled_usec")}
+    if os.path.exists(f"{d}/memory.current"):
+        out["memory"] = _memory(d)
+        events = files.read_keyed(f"{d}/memory.events")
+        out["memoryEvents"] = {camel(k): events.get(k, 0) for k in ("low", "high", "max", "oom", "oom_kill")}
+    io = _io(d)
+    if io:
+        out["io"] = {"usage": io}
+    hugetlb = [
+        {"pagesize": size, "current": files.read_int(f"{d}/hugetlb.{size}.current"),
+         "max": files.read_int(f"{d}/hugetlb.{size}.max")}
+        for size in sorted(os.path.basename(p).split(".")[1] for p in glob.glob(f"{d}/hugetlb.*.current"))
+    ]
+    if hugetlb:
+        out["hugetlb"] = hugetlb
+    return out
+
+
+def _memory(d: str) -> dict:
+    raw = files.read_keyed(f"{d}/memory.stat")
+    out = {camel(k): raw[k] for k in _MEMORY_STAT if k in raw}
+    out["usage"] = files.read_int(f"{d}/memory.current")
+    out["usageLimit"] = files.read_int(f"{d}/memory.max")
+    out["swapUsage"] = files.read_int(f"{d}/memory.swap.current")
+    out["swapLimit"] = files.read_int(f"{d}/memory.swap.max")
+    out["maxUsage"] = files.read_int(f"{d}/memory.peak")
+    out["swapMaxUsage"] = files.read_int(f"{d}/memory.swap.peak")
+    return out
+
+
+def _io(d: str) -> list[dict]:
+    """io.stat lines: `8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0`."""
+    out = []
+    for line in (files.read_optional(f"{d}/io.stat") or "").splitlines():
+        dev, *pairs = line.split()
+        major, _, minor = dev.partition(":")
+        kv = dict(p.split("=", 1) for p in pairs if "=" in p)
+        out.append({"major": int(major), "minor": int(minor),
+                    **{k: int(kv.get(k, 0)) for k in ("rbytes", "wbytes", "rios", "wios")}})
+    return out

@@ -1,0 +1,293 @@
+"""The cgroup v1 driver: one directory per mounted hierarchy, all at the same path."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from . import files, resources as res, stats_v1
+from .errors import CgroupError, ResourceError
+from .interface import Cgroup, OomWatcher, remove_tree, wait_until
+from .oom import EventfdOomWatcher
+
+# Hierarchies a container joins. name=systemd carries no limits but keeps `systemd-cgls` and
+# friends showing the container where its other cgroups are.
+CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "hugetlb",
+               "net_cls", "net_prio", "perf_event", "rdma", "misc", "name=systemd")
+
+
+def v1_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
+    """controller -> mount point of its v1 hierarchy (co-mounted controllers share one)."""
+    out: dict[str, str] = {}
+    with open(mountinfo, encoding="utf-8") as f:
+        for line in f:
+            pre, _, post = line.partition(" - ")
+            fstype, _source, super_opts = (post.split() + ["", ""])[:3]
+            if fstype != "cgroup":
+                continue
+            mountpoint = pre.split()[4].replace("\\040", " ")
+            for opt in super_opts.split(","):
+                if opt in CONTROLLERS and opt not in out:
+                    out[opt] = mountpoint
+    return out
+
+
+class CgroupV1(Cgroup):
+    version = 1
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.mounts = v1_mounts()
+        if not self.mounts:
+            raise CgroupError("no cgroup v1 hierarchy is mounted")
+
+    # -- locations --------------------------------------------------------------------------
+
+    def dir(self, controller: str) -> str | None:
+        """This cgroup's directory in `controller`'s hierarchy, or None if it is not mounted."""
+        mount = self.mounts.get(controller)
+        return None if mount is None else mount + self.path
+
+    def _require(self, controller: str, why: str) -> str:
+        d = self.dir(controller)
+        if d is None:
+            raise CgroupError(f"{why} needs the cgroup v1 {controller} controller, which is not mounted")
+        return d
+
+    def _dirs(self) -> list[str]:
+        return [mount + self.path for mount in sorted(set(self.mounts.values()))]
+
+    def _primary(self) -> str:
+        for c in ("pids", "freezer", "memory", "devices"):
+            if c in self.mounts:
+                return self.mounts[c] + self.path
+        return self._dirs()[0]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def create(self, resources: dict | None) -> None:
+        for d in self._dirs():
+            os.makedirs(d, exist_ok=True)
+        cpuset = self.mounts.get("cpuset")
+        if cpuset:
+            self._inherit_cpuset(cpuset)
+        self.update(resources or {})
+
+    def _inherit_cpuset(self, mount: str) -> None:
+        """A new v1 cpuset starts with no cpus/mems and refuses tasks: copy them down each level."""
+        parent = mount
+        for part in self.path.strip("/").split("/"):
+            child = f"{parent}/{part}"
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                if not files.read(f"{child}/{name}").strip():
+                    files.write(f"{child}/{name}", files.read(f"{parent}/{name}").strip())
+            parent = child
+
+    def add_process(self, pid: int) -> None:
+        for d in self._dirs():
+            files.write(f"{d}/cgroup.procs", pid)
+
+    def pids(self) -> list[int]:
+        root = self._primary()
+        if not os.path.isdir(root):
+            return []
+        return sorted({pid for d in files.walk_dirs(root) for pid in files.read_pids(f"{d}/cgroup.procs")})
+
+    def destroy(self) -> None:
+        for d in self._dirs():
+            remove_tree(d)
+
+    # -- freezer ----------------------------------------------------------------------------
+
+    def freeze(self) -> None:
+        state = self._require("freezer", "pause") + "/freezer.state"
+        files.write(state, "FROZEN")
+        wait_until(lambda: files.read(state).strip() == "FROZEN", f"{state} to read FROZEN",
+                   retry=lambda: files.write(state, "FROZEN"))
+
+    def thaw(self) -> None:
+        state = self._require("freezer", "resume") + "/freezer.state"
+        files.write(state, "THAWED")
+        wait_until(lambda: files.read(state).strip() == "THAWED", f"{state} to read THAWED")
+
+    def frozen(self) -> bool:
+        d = self.dir("freezer")
+        state = None if d is None else files.read_optional(f"{d}/freezer.state")
+        return state is not None and state.strip() != "THAWED"
+
+    # -- resources --------------------------------------------------------------------------
+
+    def update(self, resources: dict) -> None:
+        if not isinstance(resources, dict):
+            raise ResourceError("", "must be an object")
+        if res.section(resources, "unified"):
+            raise ResourceError("unified", "needs a cgroup v2 host; this host's cgroups are v1")
+        self._memory(res.section(resources, "memory"))
+        self._cpu(res.section(resources, "cpu"))
+        self._pids(res.section(resources, "pids"))
+        self._block_io(res.section(resources, "blockIO"))
+        self._hugetlb(res.hugepage_limits(resources))
+        self._network(res.section(resources, "network"))
+        rules = res.device_rules(resources)
+        if rules:
+            d = self._require("devices", "linux.resources.devices")
+            for rule in rules:
+                files.write(f"{d}/devices.{'allow' if rule.allow else 'deny'}", rule.v1_line())
+
+    def _memory(self, mem: dict) -> None:
+        if not mem:
+            return
+        where = "memory"
+        limit = res.integer(mem, "limit", where, lo=-1)
+        swap = res.integer(mem, "swap", where, lo=-1)
+        reservation = res.integer(mem, "reservation", where, lo=-1)
+        kernel = res.integer(mem, "kernel", where, lo=-1)
+        kernel_tcp = res.integer(mem, "kernelTCP", where, lo=-1)
+        swappiness = res.integer(mem, "swappiness", where, lo=0, hi=100)
+        disable_oom = res.boolean(mem, "disableOOMKiller", where)
+        d = self._require("memory", "linux.resources.memory")
+        if limit is not None and swap is not None and swap != -1 and limit != -1 and swap < limit:
+            raise ResourceError("memory.swap", f"{swap} is below memory.limit {limit} (swap counts memory+swap)")
+        memsw = f"{d}/memory.memsw.limit_in_bytes"
+        if swap is not None and not os.path.exists(memsw):
+            raise ResourceError("memory.swap", "this kernel has no swap accounting (memory.memsw.*)")
+        # memory.limit must stay <= memsw.limit at every step, so the write order depends on direction.
+        if swap is not None and (swap == -1 or (limit is not None and limit > files.read_int(memsw, -1))):
+            files.write(memsw, swap)
+            swap = None
+        if limit is not None:
+            files.write(f"{d}/memory.limit_in_bytes", limit)
+        if swap is not None:
+            files.write(memsw, swap)
+        if reservation is not None:
+            files.write(f"{d}/memory.soft_limit_in_bytes", reservation)
+        # Kernel memory limits are deprecated in the runtime-spec and removed from kernels >= 5.16
+        # (the file is absent or refuses writes); like runc, apply them only where the kernel still can.
+        if kernel is not None and os.path.exists(f"{d}/memory.kmem.limit_in_bytes"):
+            self._write_if_supported(f"{d}/memory.kmem.limit_in_bytes", kernel)
+        if kernel_tcp is not None:
+            files.write(f"{d}/memory.kmem.tcp.limit_in_bytes", kernel_tcp)
+        if swappiness is not None:
+            files.write(f"{d}/memory.swappiness", swappiness)
+        if disable_oom is not None:
+            files.write(f"{d}/memory.oom_control", int(disable_oom))
+
+    @staticmethod
+    def _write_if_supported(path: str, value: int) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(value).encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise CgroupError(f"writing {value} to {path}: {e.strerror}") from e
+
+    def _cpu(self, cpu: dict) -> None:
+        if not cpu:
+            return
+        where = "cpu"
+        shares = res.integer(cpu, "shares", where, lo=0)
+        quota = res.integer(cpu, "quota", where, lo=-1)
+        period = res.integer(cpu, "period", where, lo=0)
+        rt_runtime = res.integer(cpu, "realtimeRuntime", where, lo=-1)
+        rt_period = res.integer(cpu, "realtimePeriod", where, lo=0)
+        cpus = res.string(cpu, "cpus", where)
+        mems = res.string(cpu, "mems", where)
+        if any(v not in (None, 0) for v in (shares, quota, period, rt_runtime, rt_period)):
+            d = self._require("cpu", "linux.resources.cpu")
+            if shares:
+                files.write(f"{d}/cpu.shares", shares)
+            if period:
+                files.write(f"{d}/cpu.cfs_period_us", period)
+            if quota:
+                files.write(f"{d}/cpu.cfs_quota_us", quota)
+            if rt_period:
+                files.write(f"{d}/cpu.rt_period_us", rt_period)
+            if rt_runtime:
+                files.write(f"{d}/cpu.rt_runtime_us", rt_runtime)
+        if cpus or mems:
+            d = self._require("cpuset", "linux.resources.cpu.cpus/mems")
+            if cpus:
+                files.write(f"{d}/cpuset.cpus", cpus)
+            if mems:
+                files.write(f"{d}/cpuset.mems", mems)
+
+    def _pids(self, pids: dict) -> None:
+        limit = res.integer(pids, "limit", "pids")
+        if limit:  # 0 means "leave as is", negative means unlimited (runc's convention)
+            d = self._require("pids", "linux.resources.pids")
+            files.write(f"{d}/pids.max", limit if limit > 0 else "max")
+
+    def _block_io(self, bio: dict) -> None:
+        if not bio:
+            return
+        weight = res.integer(bio, "weight", "blockIO", lo=0, hi=1000)
+        leaf = res.integer(bio, "leafWeight", "blockIO", lo=0, hi=1000)
+        devices = res.items(bio, "weightDevice", "blockIO")
+        wanted = any(v for v in (weight, leaf)) or devices or any(bio.get(k) for k in res.THROTTLE_KEYS)
+        if not wanted:
+            return
+        d = self._require("blkio", "linux.resources.blockIO")
+        # CFQ's blkio.weight is gone from current kernels; BFQ provides blkio.bfq.weight instead.
+        prefix = "blkio" if os.path.exists(f"{d}/blkio.weight") else "blkio.bfq"
+        if weight:
+            self._need(f"{d}/{prefix}.weight", "blockIO.weight", "no I/O scheduler with weights (CFQ/BFQ)")
+            files.write(f"{d}/{prefix}.weight", weight)
+        if leaf:
+            self._need(f"{d}/blkio.leaf_weight", "blockIO.leafWeight", "needs the CFQ scheduler")
+            files.write(f"{d}/blkio.leaf_weight", leaf)
+        for where, dev in devices:
+            major = res.integer(dev, "major", where, lo=0)
+            minor = res.integer(dev, "minor", where, lo=0)
+            w = res.integer(dev, "weight", where, lo=0, hi=1000)
+            lw = res.integer(dev, "leafWeight", where, lo=0, hi=1000)
+            if major is None or minor is None:
+                raise ResourceError(where, "needs major and minor")
+            if w:
+                self._need(f"{d}/{prefix}.weight_device", f"{where}.weight", "no I/O scheduler with weights")
+                files.write(f"{d}/{prefix}.weight_device", f"{major}:{minor} {w}")
+            if lw:
+                self._need(f"{d}/blkio.leaf_weight_device", f"{where}.leafWeight", "needs the CFQ scheduler")
+                files.write(f"{d}/blkio.leaf_weight_device", f"{major}:{minor} {lw}")
+        names = dict(zip(res.THROTTLE_KEYS, ("read_bps_device", "write_bps_device", "read_iops_device",
+                                             "write_iops_device")))
+        for key, name in names.items():
+            for t in res.throttles(bio, key):
+                files.write(f"{d}/blkio.throttle.{name}", f"{t.major}:{t.minor} {t.rate}")
+
+    @staticmethod
+    def _need(path: str, field: str, why: str) -> None:
+        if not os.path.exists(path):
+            raise ResourceError(field, f"unsupported on this host: {why}")
+
+    def _hugetlb(self, limits: list[tuple[str, int]]) -> None:
+        if not limits:
+            return
+        d = self._require("hugetlb", "linux.resources.hugepageLimits")
+        for size, limit in limits:
+            path = f"{d}/hugetlb.{size}.limit_in_bytes"
+            self._need(path, "hugepageLimits", f"the kernel has no {size} huge pages")
+            files.write(path, limit)
+
+    def _network(self, net: dict) -> None:
+        class_id = res.integer(net, "classID", "network", lo=0)
+        priorities = res.items(net, "priorities", "network")
+        if class_id is not None:
+            files.write(self._require("net_cls", "linux.resources.network.classID") + "/net_cls.classid", class_id)
+        for where, p in priorities:
+            name = res.string(p, "name", where)
+            prio = res.integer(p, "priority", where, lo=0)
+            if not name or prio is None:
+                raise ResourceError(where, "needs name and priority")
+            files.write(self._require("net_prio", "linux.resources.network.priorities") + "/net_prio.ifpriomap",
+                        f"{name} {prio}")
+
+    # -- stats and events -------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        return stats_v1.collect(self.dir)
+
+    def oom_watcher(self) -> OomWatcher:
+        return EventfdOomWatcher(self._require("memory", "OOM notification"))

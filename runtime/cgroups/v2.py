@@ -1,0 +1,211 @@
+"""The cgroup v2 driver: one directory in the unified hierarchy at /sys/fs/cgroup."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from . import files, resources as res, stats_v2
+from .errors import CgroupError, ResourceError
+from .host import CGROUP_ROOT
+from .interface import Cgroup, OomWatcher, remove_tree, wait_until
+from .oom import InotifyOomWatcher
+
+# Controllers delegated down to a container when the host offers them.
+CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids", "hugetlb", "misc", "rdma")
+
+
+def shares_to_weight(shares: int) -> int:
+    """cpu.shares [2, 262144] -> cpu.weight [1, 10000], the mapping runc and crun share."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def blkio_to_io_weight(weight: int) -> int:
+    """blkio.weight [10, 1000] -> io.weight [1, 10000]."""
+    return 1 + ((weight - 10) * 9999) // 990
+
+
+class CgroupV2(Cgroup):
+    version = 2
+
+    def __init__(self, path: str, root: str = CGROUP_ROOT) -> None:
+        super().__init__(path)
+        self.root = root
+        self.dir = root + path
+
+    def _file(self, name: str) -> str:
+        return f"{self.dir}/{name}"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def create(self, resources: dict | None) -> None:
+        """mkdir each level and enable the controllers below every ancestor (not in the leaf:
+        v2's no-internal-process rule would then forbid the container's own processes)."""
+        available = set(files.read(f"{self.root}/cgroup.controllers").split())
+        parent = self.root
+        for part in self.path.strip("/").split("/"):
+            enabled = set(files.read(f"{parent}/cgroup.subtree_control").split())
+            for c in CONTROLLERS:
+                if c in available and c not in enabled:
+                    files.write(f"{parent}/cgroup.subtree_control", f"+{c}")
+            parent = f"{parent}/{part}"
+            os.makedirs(parent, exist_ok=True)
+        self.update(resources or {})
+
+    def add_process(self, pid: int) -> None:
+        files.write(self._file("cgroup.procs"), pid)
+
+    def pids(self) -> list[int]:
+        if not os.path.isdir(self.dir):
+            return []
+        return sorted({pid for d in files.walk_dirs(self.dir) for pid in files.read_pids(f"{d}/cgroup.procs")})
+
+    def destroy(self) -> None:
+        remove_tree(self.dir)
+
+    def kill_all(self, sig: int) -> None:
+        """cgroup.kill (Linux 5.14+) kills the whole subtree atomically; other signals need a sweep."""
+        if sig == signal.SIGKILL and os.path.exists(self._file("cgroup.kill")):
+            files.write(self._file("cgroup.kill"), 1)
+        else:
+            super().kill_all(sig)
+
+    # -- freezer ----------------------------------------------------------------------------
+
+    def freeze(self) -> None:
+        files.write(self._file("cgroup.freeze"), 1)
+        wait_until(self.frozen, f"{self._file('cgroup.events')} to report frozen 1")
+
+    def thaw(self) -> None:
+        files.write(self._file("cgroup.freeze"), 0)
+        wait_until(lambda: not self.frozen(), f"{self._file('cgroup.events')} to report frozen 0")
+
+    def frozen(self) -> bool:
+        return files.read_keyed(self._file("cgroup.events")).get("frozen", 0) == 1
+
+    # -- resources --------------------------------------------------------------------------
+
+    def update(self, resources: dict) -> None:
+        if not isinstance(resources, dict):
+            raise ResourceError("", "must be an object")
+        self._memory(res.section(resources, "memory"))
+        self._cpu(res.section(resources, "cpu"))
+        pids = res.integer(res.section(resources, "pids"), "limit", "pids")
+        if pids:  # 0 leaves it, negative means unlimited
+            self._write("pids.max", pids if pids > 0 else "max", "pids.limit")
+        self._io(res.section(resources, "blockIO"))
+        for size, limit in res.hugepage_limits(resources):
+            self._write(f"hugetlb.{size}.max", limit, "hugepageLimits")
+        if res.section(resources, "network"):
+            raise ResourceError("network", "net_cls/net_prio do not exist in cgroup v2")
+        rules = res.device_rules(resources)
+        if rules:
+            raise ResourceError("devices", "device rules are not implemented for cgroup v2 yet")
+        for key, value in res.section(resources, "unified").items():
+            if "/" in key or key.startswith(".") or not isinstance(value, str):
+                raise ResourceError(f"unified.{key}", "must name a control file and map it to a string")
+            self._write(key, value, f"unified.{key}")
+
+    def _write(self, name: str, value: str | int, field: str) -> None:
+        """Write a control file, turning "no such file" into a clear "controller missing" error."""
+        path = self._file(name)
+        if not os.path.exists(path):
+            controller = name.split(".")[0]
+            raise ResourceError(field, f"{name} does not exist: the {controller} controller is not available "
+                                       f"in {self.dir} (host controllers: "
+                                       f"{files.read(f'{self.root}/cgroup.controllers').strip()})")
+        files.write(path, value)
+
+    def _memory(self, mem: dict) -> None:
+        if not mem:
+            return
+        where = "memory"
+        limit = res.integer(mem, "limit", where, lo=-1)
+        swap = res.integer(mem, "swap", where, lo=-1)
+        reservation = res.integer(mem, "reservation", where, lo=-1)
+        res.integer(mem, "kernel", where, lo=-1)  # validated, then ignored: v2 has no kernel memory limit
+        if res.integer(mem, "kernelTCP", where, lo=-1) is not None:
+            raise ResourceError("memory.kernelTCP", "cgroup v2 has no separate kernel TCP limit")
+        if res.integer(mem, "swappiness", where, lo=0, hi=100) is not None:
+            raise ResourceError("memory.swappiness", "cgroup v2 has no per-cgroup swappiness")
+        if res.boolean(mem, "disableOOMKiller", where):
+            raise ResourceError("memory.disableOOMKiller", "cgroup v2 cannot disable the OOM killer")
+        if limit:
+            self._write("memory.max", limit if limit > 0 else "max", "memory.limit")
+        if swap:
+            # OCI swap is memory+swap; v2's memory.swap.max counts swap alone.
+            if swap == -1:
+                value: int | str = "max"
+            elif not limit or limit < 0:
+                raise ResourceError("memory.swap", "a swap limit needs a positive memory.limit on cgroup v2")
+            elif swap < limit:
+                raise ResourceError("memory.swap", f"{swap} is below memory.limit {limit} (swap counts memory+swap)")
+            else:
+                value = swap - limit
+            self._write("memory.swap.max", value, "memory.swap")
+        if reservation:
+            self._write("memory.low", reservation if reservation > 0 else "max", "memory.reservation")
+
+    def _cpu(self, cpu: dict) -> None:
+        if not cpu:
+            return
+        where = "cpu"
+        shares = res.integer(cpu, "shares", where, lo=0, hi=262144)
+        quota = res.integer(cpu, "quota", where, lo=-1)
+        period = res.integer(cpu, "period", where, lo=0)
+        for key in ("realtimeRuntime", "realtimePeriod"):
+            if res.integer(cpu, key, where):
+                raise ResourceError(f"cpu.{key}", "cgroup v2 has no real-time CPU bandwidth control")
+        cpus = res.string(cpu, "cpus", where)
+        mems = res.string(cpu, "mems", where)
+        if shares:
+            self._write("cpu.weight", shares_to_weight(max(shares, 2)), "cpu.shares")
+        if quota or period:
+            current_quota, current_period = (files.read_optional(self._file("cpu.max")) or "max 100000").split()
+            q = ("max" if quota < 0 else str(quota)) if quota else current_quota
+            p = str(period) if period else current_period
+            self._write("cpu.max", f"{q} {p}", "cpu.quota")
+        if cpus:
+            self._write("cpuset.cpus", cpus, "cpu.cpus")
+        if mems:
+            self._write("cpuset.mems", mems, "cpu.mems")
+
+    def _io(self, bio: dict) -> None:
+        if not bio:
+            return
+        weight = res.integer(bio, "weight", "blockIO", lo=0, hi=1000)
+        if res.integer(bio, "leafWeight", "blockIO"):
+            raise ResourceError("blockIO.leafWeight", "cgroup v2 has no leaf weights")
+        # BFQ takes blkio's own scale; otherwise convert to io.weight's.
+        bfq = os.path.exists(self._file("io.bfq.weight"))
+        if weight:
+            if bfq:
+                self._write("io.bfq.weight", weight, "blockIO.weight")
+            else:
+                self._write("io.weight", f"default {blkio_to_io_weight(max(weight, 10))}", "blockIO.weight")
+        for where, dev in res.items(bio, "weightDevice", "blockIO"):
+            major = res.integer(dev, "major", where, lo=0)
+            minor = res.integer(dev, "minor", where, lo=0)
+            w = res.integer(dev, "weight", where, lo=0, hi=1000)
+            if major is None or minor is None:
+                raise ResourceError(where, "needs major and minor")
+            if res.integer(dev, "leafWeight", where):
+                raise ResourceError(f"{where}.leafWeight", "cgroup v2 has no leaf weights")
+            if w:
+                if bfq:
+                    self._write("io.bfq.weight", f"{major}:{minor} {w}", f"{where}.weight")
+                else:
+                    self._write("io.weight", f"{major}:{minor} {blkio_to_io_weight(max(w, 10))}", f"{where}.weight")
+        for key, name in zip(res.THROTTLE_KEYS, ("rbps", "wbps", "riops", "wiops")):
+            for t in res.throttles(bio, key):
+                self._write("io.max", f"{t.major}:{t.minor} {name}={t.rate or 'max'}", f"blockIO.{key}")
+
+    # -- stats and events -------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        return stats_v2.collect(self.dir)
+
+    def oom_watcher(self) -> OomWatcher:
+        if not os.path.exists(self._file("memory.events")):
+            raise CgroupError(f"{self.dir} has no memory.events: the memory controller is not enabled")
+        return InotifyOomWatcher(self.dir)

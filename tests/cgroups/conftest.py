@@ -1,0 +1,97 @@
+"""Fixtures for cgroup tests: a private absolute parent cgroup, processes placed in a cgroup
+before they run, and a check that nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from railcar.runtime.cgroups import host_version
+from railcar.runtime.cgroups.interface import Cgroup, remove_tree
+from railcar.runtime.cgroups.v1 import v1_mounts
+
+HOST_VERSION = host_version()
+v1_only = pytest.mark.skipif(HOST_VERSION != 1, reason="needs a cgroup v1 host")
+v2_only = pytest.mark.skipif(HOST_VERSION != 2, reason="needs a pure cgroup v2 host (run in the cgroup2 guest)")
+
+
+def hierarchy_roots() -> list[str]:
+    return sorted(set(v1_mounts().values())) if HOST_VERSION == 1 else ["/sys/fs/cgroup"]
+
+
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    """An absolute parent cgroup of this test's own; removed afterwards, and checked empty.
+
+    Absolute because the test process lives inside the machine supervisor's cgroup, which a
+    relative path would land in.
+    """
+    parent = f"/railcar-test-{uuid.uuid4().hex[:10]}"
+    yield parent
+    leftovers = []
+    for root in hierarchy_roots():
+        d = root + parent
+        if not os.path.isdir(d):
+            continue
+        for sub, _dirs, _files in os.walk(d):
+            if sub != d:
+                leftovers.append(sub)
+            for pid in open(f"{sub}/cgroup.procs").read().split():
+                leftovers.append(f"{sub} pid {pid}")
+                os.kill(int(pid), signal.SIGKILL)
+        remove_tree(d)
+    assert not leftovers, f"test left cgroups/processes behind: {leftovers}"
+
+
+class Proc:
+    """A process that is moved into a cgroup before it execs its command."""
+
+    def __init__(self, cgroup: Cgroup, argv: list[str]) -> None:
+        self.popen = subprocess.Popen(["/bin/sh", "-c", 'read go; exec "$@"', "sh", *argv],
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        self.pid = self.popen.pid
+        cgroup.add_process(self.pid)
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(b"go\n")
+        self.popen.stdin.close()
+
+    def state(self) -> str:
+        """The one-letter scheduler state from /proc/<pid>/stat (after the comm field)."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    def wait(self) -> int:
+        return self.popen.wait(timeout=30)
+
+
+@pytest.fixture
+def spawn() -> Iterator:
+    procs: list[Proc] = []
+
+    def _spawn(cgroup: Cgroup, *argv: str) -> Proc:
+        procs.append(Proc(cgroup, list(argv)))
+        return procs[-1]
+
+    yield _spawn
+    for p in procs:
+        if p.popen.poll() is None:
+            p.popen.kill()
+        p.popen.wait()
+
+
+PYTHON = shutil.which("python3") or "/usr/bin/python3"
+
+
+def wait_for(condition: Callable[[], bool], what: str = "condition") -> None:
+    """Poll for an asynchronous kernel-side effect; fails (not hangs) after 20 s."""
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
