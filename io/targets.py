@@ -1,0 +1,124 @@
+"""Where a process's stdio goes: parsing containerd's stdio strings and opening their targets.
+
+Opening never blocks: a FIFO is opened for reading with O_NONBLOCK first (which returns at once
+even without a writer) and then for writing, which succeeds at once because a reader now exists.
+"""
+
+import os
+import stat
+import urllib.parse
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .errors import StdioError
+from .fds import FdSet
+
+
+class Mode(Enum):
+    """How the output streams are handled; decided by the stdout string, as containerd does."""
+
+    NULL = "null"  # nothing given: /dev/null
+    PATHS = "paths"  # FIFO (or existing regular file) paths, one per stream
+    BINARY = "binary"  # one logger process receives both streams
+    FILE = "file"  # both streams appended to one file
+
+
+def output_mode(stdout: str, stderr: str) -> Mode:
+    """The mode for a Create/Exec's stdout/stderr strings; unknown schemes are refused here."""
+    if not stdout and not stderr:
+        return Mode.NULL
+    scheme = urllib.parse.urlsplit(stdout).scheme if "://" in stdout else ""
+    if scheme in ("", "fifo"):
+        return Mode.PATHS
+    if scheme == "binary":
+        return Mode.BINARY
+    if scheme == "file":
+        return Mode.FILE
+    raise StdioError(stdout, f"unknown STDIO scheme {scheme!r} (expected a FIFO path, binary:// or file://)")
+
+
+def plain_path(target: str, stream: str) -> str:
+    """A FIFO-mode target: a bare path (or fifo://path); any other URI here is a mistake."""
+    if "://" in target:
+        parts = urllib.parse.urlsplit(target)
+        if parts.scheme != "fifo":
+            raise StdioError(target, f"{stream}: only a FIFO path is allowed here, not a {parts.scheme}:// URI")
+        target = parts.path
+    if not os.path.isabs(target):
+        raise StdioError(target, f"{stream}: path must be absolute")
+    return target
+
+
+def file_uri_path(uri: str) -> str:
+    path = urllib.parse.urlsplit(uri).path
+    if not os.path.isabs(path):
+        raise StdioError(uri, "file:// needs an absolute path (file:///dir/name)")
+    return path
+
+
+@dataclass
+class Sink:
+    """An output target: the fd we write to, plus fds kept open only for their side effect.
+
+    `keep` holds our own reader of an output FIFO: with a reader always present, our writes never
+    fail with EPIPE when the client goes away, and data waits in the FIFO until it returns.
+    A sink shared by stdout and stderr (same path) is closed when its last user releases it.
+    """
+
+    target: str
+    fd: int
+    keep: list[int] = field(default_factory=list)
+    users: int = 0
+
+    def release(self, fds: FdSet) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            fds.close(self.fd)  # writer first, so a client that is reading sees EOF
+            for fd in self.keep:
+                fds.close(fd)
+
+
+def open_output_path(path: str, fds: FdSet) -> Sink:
+    """An existing FIFO (writer + our own reader) or regular file (appended to), never blocking."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISFIFO(mode):
+            reader = fds.adopt(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            writer = fds.adopt(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            return Sink(path, writer, [reader])
+        if stat.S_ISREG(mode):
+            return Sink(path, fds.adopt(os.open(path, os.O_WRONLY | os.O_APPEND)))
+    except FileNotFoundError as error:
+        raise StdioError(path, "does not exist") from error
+    except OSError as error:
+        raise StdioError(path, f"cannot open for writing: {error.strerror}") from error
+    raise StdioError(path, "is neither a FIFO nor a regular file")
+
+
+def open_output_file(uri: str, fds: FdSet) -> Sink:
+    """file:// target: created (with 0755 parents) and appended to, as containerd does."""
+    path = file_uri_path(uri)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = fds.adopt(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except OSError as error:
+        raise StdioError(uri, f"cannot create or open log file: {error.strerror}") from error
+    return Sink(uri, fd)
+
+
+def open_stdin_fifo(path: str, fds: FdSet) -> tuple[int, int]:
+    """(reader, holder) on a stdin FIFO, both without blocking.
+
+    `holder` is our own writer: while it is open, a client that closes or reopens its writer
+    (ctr attach, containerd restart) never makes the reader see EOF. CloseIO closes it.
+    """
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            raise StdioError(path, "stdin must be a FIFO")
+        reader = fds.adopt(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        holder = fds.adopt(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except FileNotFoundError as error:
+        raise StdioError(path, "does not exist") from error
+    except OSError as error:
+        raise StdioError(path, f"cannot open stdin FIFO: {error.strerror}") from error
+    return reader, holder

@@ -1,0 +1,201 @@
+"""FIFO mode end to end: a real child process writes into ProcessIO's pipes, a client reads the FIFOs."""
+
+import hashlib
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from railcar.io import ProcessIO
+
+from .clients import container, open_reader, read_to_eof, wait
+
+MB = 1 << 20
+
+
+async def test_100_mb_arrive_byte_exact(fifo: Callable[[str], str], tmp_path: Path) -> None:
+    block = os.urandom(MB)
+    (tmp_path / "block").write_bytes(block)
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    reader = open_reader(out)
+    writer = container(
+        f"import sys; b = open({str(tmp_path / 'block')!r}, 'rb').read()\n"
+        "for _ in range(100): sys.stdout.buffer.write(b)",
+        pio.container_stdio,
+    )
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        received = await read_to_eof(reader)
+    assert await wait(writer) == 0
+    assert len(received) == 100 * MB
+    assert hashlib.sha256(received).digest() == hashlib.sha256(block * 100).digest()
+    await pio.aclose()
+
+
+async def test_thousand_writers_that_exit_at_once_lose_nothing(fifo: Callable[[str], str]) -> None:
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    reader = open_reader(out)
+    parent = container(
+        "import os\n"
+        "for i in range(1000):\n"
+        "    if os.fork() == 0:\n"
+        "        os.write(1, b'writer %d\\n' % i); os._exit(0)\n"
+        "for _ in range(1000): os.wait()",
+        pio.container_stdio,
+    )
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        received = await read_to_eof(reader)
+    assert await wait(parent) == 0
+    lines = received.decode().splitlines()
+    assert sorted(lines) == sorted(f"writer {i}" for i in range(1000))
+    await pio.aclose()
+
+
+async def test_late_reader_gets_everything(fifo: Callable[[str], str]) -> None:
+    """1 MiB with nobody reading: the FIFO and the pipe fill up, the writer blocks, nothing is lost."""
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    payload = bytes(range(256)) * (MB // 256)
+    writer = container(f"import sys; sys.stdout.buffer.write(bytes(range(256)) * {MB // 256})", pio.container_stdio)
+    probe = os.dup(pio.container_stdio[1])  # to watch the process's pipe fill up
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        while _pending(probe) < 65536:  # FIFO full and pipe full: the writer is stuck
+            await trio.sleep(0.01)
+        os.close(probe)
+        received = await read_to_eof(open_reader(out))
+    assert await wait(writer) == 0
+    assert received == payload
+    await pio.aclose()
+
+
+async def test_reader_that_leaves_and_returns_does_not_kill_the_writer(fifo: Callable[[str], str]) -> None:
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    payload = b"".join(b"line %06d\n" % i for i in range(50000))  # 550 kB: more than pipe + FIFO hold
+    first_reader = open_reader(out)
+    writer = container(
+        "import sys\nfor i in range(50000): sys.stdout.buffer.write(b'line %06d\\n' % i)", pio.container_stdio
+    )
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        first = await read_to_eof(first_reader, limit=10000)  # the client reads a little and goes away
+        second = await read_to_eof(open_reader(out))  # ...and comes back
+    assert await wait(writer) == 0  # no SIGPIPE
+    assert first + second == payload
+    await pio.aclose()
+
+
+async def test_drained_returns_after_eof_or_timeout(fifo: Callable[[str], str]) -> None:
+    """A background child holding the pipe must not hold up drained() beyond its timeout."""
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    background = os.dup(pio.container_stdio[1])
+    pio.close_container_side()
+    reader = open_reader(out)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        os.write(background, b"last words\n")
+        await pio.drained(timeout=0.05)  # returns although the pipe is still open
+        os.close(background)
+        await pio.drained(timeout=30)
+        assert os.read(reader, 100) == b"last words\n"  # written into the FIFO before drained() returned
+        assert os.read(reader, 100) == b""  # and the FIFO was closed: the client sees EOF
+    os.close(reader)
+    await pio.aclose()
+
+
+async def test_stdout_and_stderr_fifos_and_ownership(fifo: Callable[[str], str]) -> None:
+    out, err = fifo("stdout"), fifo("stderr")
+    pio = await ProcessIO.open("", out, err, terminal=False, uid=1234, gid=4321)
+    assert pio.container_stdio is not None
+    for fd in pio.container_stdio[1:]:
+        st = os.fstat(fd)
+        assert stat.S_ISFIFO(st.st_mode) and (st.st_uid, st.st_gid) == (1234, 4321)
+        assert os.get_blocking(fd)  # the process's end stays blocking
+    assert stat.S_ISCHR(os.fstat(pio.container_stdio[0]).st_mode)  # no stdin: /dev/null
+    readers = open_reader(out), open_reader(err)
+    writer = container("import os; os.write(1, b'to out'); os.write(2, b'to err')", pio.container_stdio)
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        assert await read_to_eof(readers[0]) == b"to out"
+        assert await read_to_eof(readers[1]) == b"to err"
+    assert await wait(writer) == 0
+    await pio.aclose()
+
+
+async def test_stdin_ends_only_after_close_stdin(fifo: Callable[[str], str]) -> None:
+    stdin, out = fifo("stdin"), fifo("stdout")
+    pio = await ProcessIO.open(stdin, out, "", terminal=False)
+    assert pio.container_stdio is not None
+    cat = container("import shutil, sys; shutil.copyfileobj(sys.stdin.buffer, sys.stdout.buffer, 1)", pio.container_stdio)
+    pio.close_container_side()
+    reader = open_reader(out)
+
+    async def expect(data: bytes) -> None:
+        got = b""
+        while len(got) < len(data):
+            await trio.lowlevel.wait_readable(reader)
+            got += os.read(reader, 100)
+        assert got == data
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        for word in (b"hello", b"again"):  # the client writes, leaves, reconnects: no EOF in between
+            client = os.open(stdin, os.O_WRONLY)
+            os.write(client, word)
+            os.close(client)
+            await expect(word)
+        pio.close_stdin()
+        assert await read_to_eof(reader) == b""  # cat saw EOF, exited, and stdout reached EOF
+    assert await wait(cat) == 0
+    await pio.aclose()
+
+
+async def test_same_path_for_stdout_and_stderr_is_opened_once(fifo: Callable[[str], str]) -> None:
+    out = fifo("both")
+    pio = await ProcessIO.open("", out, out, terminal=False)
+    assert pio.container_stdio is not None
+    reader = open_reader(out)
+    writer = container("import os; os.write(1, b'a'); os.write(2, b'b')", pio.container_stdio)
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        assert sorted(await read_to_eof(reader)) == sorted(b"ab")
+    assert await wait(writer) == 0
+    await pio.aclose()
+
+
+async def test_null_io_gives_dev_null() -> None:
+    pio = await ProcessIO.open("", "", "", terminal=False)
+    assert pio.container_stdio is not None
+    null = os.stat(os.devnull).st_rdev
+    assert all(os.fstat(fd).st_rdev == null for fd in pio.container_stdio)
+    assert (pio.stdin_path, pio.stdout_path, pio.stderr_path) == ("", "", "")
+    pio.close_container_side()
+    await pio.run()  # nothing to forward: returns at once
+    await pio.drained()
+    await pio.aclose()
+
+
+def _pending(fd: int) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
