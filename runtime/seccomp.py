@@ -1,0 +1,220 @@
+"""linux.seccomp -> a classic BPF program, compiled with libseccomp in the runtime, loaded in the init.
+
+Compiling (name resolution, per-architecture code, argument comparisons) happens before the fork
+through libseccomp; the init only calls seccomp(2) with the finished program, which keeps the
+work done between the last set-up step and execve minimal.
+
+Rules follow runc's reading of the spec: syscalls libseccomp does not know on this system are
+skipped (profiles list syscalls of newer kernels); rules whose action equals the default are
+redundant and skipped; several comparisons on the same argument mean "any of them" and become
+one rule each. SCMP_ACT_NOTIFY (listenerPath) is not supported and is refused clearly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno as errno_mod
+import os
+
+from .errors import RuntimeFailure, SpecError
+
+SCMP_ACT_KILL_PROCESS = 0x80000000
+SCMP_ACT_KILL_THREAD = 0x00000000
+SCMP_ACT_TRAP = 0x00030000
+SCMP_ACT_ERRNO = 0x00050000
+SCMP_ACT_TRACE = 0x7FF00000
+SCMP_ACT_LOG = 0x7FFC0000
+SCMP_ACT_ALLOW = 0x7FFF0000
+
+# Spec action name -> (base value, takes errnoRet in its low 16 bits)
+ACTIONS = {
+    "SCMP_ACT_KILL": (SCMP_ACT_KILL_THREAD, False),
+    "SCMP_ACT_KILL_THREAD": (SCMP_ACT_KILL_THREAD, False),
+    "SCMP_ACT_KILL_PROCESS": (SCMP_ACT_KILL_PROCESS, False),
+    "SCMP_ACT_TRAP": (SCMP_ACT_TRAP, False),
+    "SCMP_ACT_ERRNO": (SCMP_ACT_ERRNO, True),
+    "SCMP_ACT_TRACE": (SCMP_ACT_TRACE, True),
+    "SCMP_ACT_LOG": (SCMP_ACT_LOG, False),
+    "SCMP_ACT_ALLOW": (SCMP_ACT_ALLOW, False),
+}
+
+OPERATORS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4, "SCMP_CMP_GE": 5,
+             "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
+
+FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": 1, "SECCOMP_FILTER_FLAG_LOG": 2, "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
+         "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32}
+
+_SYS_SECCOMP = 317  # x86_64
+_SECCOMP_SET_MODE_FILTER = 1
+_NR_SCMP_ERROR = -1
+_SCMP_FLTATR_CTL_NNP = 3
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def _libseccomp() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        try:
+            lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+        except OSError as e:
+            raise RuntimeFailure("seccomp", f"linux.seccomp needs libseccomp.so.2, which cannot be loaded: {e}") from e
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+        lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_arch_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                               ctypes.POINTER(_ArgCmp)]
+        lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+        lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        _lib = lib
+    return _lib
+
+
+@dataclasses.dataclass
+class SeccompProgram:
+    """A compiled filter: the raw `struct sock_filter` array and seccomp(2) flags."""
+
+    bpf: bytes
+    flags: int
+
+    def __post_init__(self) -> None:
+        # Built now, in the runtime, so loading allocates nothing.
+        self._buffer = ctypes.create_string_buffer(self.bpf, len(self.bpf))
+        self._prog = _SockFprog(len(self.bpf) // 8, ctypes.cast(self._buffer, ctypes.c_void_p))
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.syscall.restype = ctypes.c_long
+
+    def load(self) -> None:
+        if self._libc.syscall(ctypes.c_long(_SYS_SECCOMP), ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
+                              ctypes.c_ulong(self.flags), ctypes.byref(self._prog)) < 0:
+            err = ctypes.get_errno()
+            raise RuntimeFailure("seccomp", f"loading the seccomp filter: {os.strerror(err)}")
+
+
+def _action(name: object, errno_ret: object, where: str) -> int:
+    if name == "SCMP_ACT_NOTIFY":
+        raise SpecError(where, "SCMP_ACT_NOTIFY (seccomp user notification) is not supported by railcar")
+    if name not in ACTIONS:
+        raise SpecError(where, f"unknown seccomp action {name!r}")
+    value, takes_errno = ACTIONS[name]  # type: ignore[index]
+    if not takes_errno:
+        return value
+    if errno_ret is None:
+        errno_ret = errno_mod.EPERM
+    if isinstance(errno_ret, bool) or not isinstance(errno_ret, int) or not 0 <= errno_ret <= 0xFFFF:
+        raise SpecError(where.rsplit(".", 1)[0] + ".errnoRet", f"must be an integer in [0, 65535], got {errno_ret!r}")
+    return value | errno_ret
+
+
+def _arch_name(spec_name: str) -> bytes:
+    """SCMP_ARCH_X86_64 -> b"x86_64" (libseccomp's own names)."""
+    name = spec_name.removeprefix("SCMP_ARCH_").lower()
+    return {"aarch64": "aarch64", "arm64": "aarch64"}.get(name, name).encode()
+
+
+def compile_seccomp(seccomp: dict) -> SeccompProgram:
+    """Validate `linux.seccomp` and compile it to BPF; errors name the JSON path."""
+    where = "linux.seccomp"
+    if not isinstance(seccomp, dict):
+        raise SpecError(where, "must be an object")
+    if seccomp.get("listenerPath"):
+        raise SpecError(f"{where}.listenerPath", "seccomp user notification is not supported by railcar")
+    default = _action(seccomp.get("defaultAction"), seccomp.get("defaultErrnoRet"), f"{where}.defaultAction")
+    flags = 0
+    for i, flag in enumerate(seccomp.get("flags") or []):
+        if flag not in FLAGS:
+            raise SpecError(f"{where}.flags[{i}]", f"unknown seccomp flag {flag!r}")
+        flags |= FLAGS[flag]
+    lib = _libseccomp()
+    ctx = lib.seccomp_init(default)
+    if not ctx:
+        raise RuntimeFailure("seccomp", f"seccomp_init refused default action {seccomp.get('defaultAction')!r}")
+    try:
+        lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_NNP, 0)  # no_new_privs is the security plan's call
+        for i, arch in enumerate(seccomp.get("architectures") or []):
+            token = lib.seccomp_arch_resolve_name(_arch_name(str(arch)))
+            if token == 0:
+                raise SpecError(f"{where}.architectures[{i}]", f"unknown architecture {arch!r}")
+            rc = lib.seccomp_arch_add(ctx, token)
+            if rc < 0 and rc != -errno_mod.EEXIST:
+                raise SpecError(f"{where}.architectures[{i}]", f"cannot add {arch!r}: {os.strerror(-rc)}")
+        for i, rule in enumerate(seccomp.get("syscalls") or []):
+            _add_rule(lib, ctx, rule, default, f"{where}.syscalls[{i}]")
+        return SeccompProgram(_export(lib, ctx), flags)
+    finally:
+        lib.seccomp_release(ctx)
+
+
+def _add_rule(lib: ctypes.CDLL, ctx: int, rule: dict, default: int, where: str) -> None:
+    if not isinstance(rule, dict):
+        raise SpecError(where, "must be an object")
+    action = _action(rule.get("action"), rule.get("errnoRet"), f"{where}.action")
+    names = rule.get("names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise SpecError(f"{where}.names", "must be a non-empty list of syscall names")
+    groups = _argument_groups(rule.get("args") or [], f"{where}.args")
+    if action == default:
+        return
+    for name in names:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr == _NR_SCMP_ERROR:
+            continue  # unknown to this libseccomp/arch: skipped, as runc and crun do
+        for group in groups:
+            array = (_ArgCmp * len(group))(*group)
+            rc = lib.seccomp_rule_add_array(ctx, action, nr, len(group), array)
+            if rc < 0:
+                raise SpecError(where, f"libseccomp refused the rule for {name!r}: {os.strerror(-rc)}")
+
+
+def _argument_groups(args: list, where: str) -> list[list[_ArgCmp]]:
+    """One comparison list per rule to add: several conditions on one argument index are ORed."""
+    if not isinstance(args, list):
+        raise SpecError(where, "must be a list")
+    cmps = []
+    for j, arg in enumerate(args):
+        here = f"{where}[{j}]"
+        if not isinstance(arg, dict):
+            raise SpecError(here, "must be an object")
+        index, value, value2, op = arg.get("index"), arg.get("value", 0), arg.get("valueTwo", 0), arg.get("op")
+        if not isinstance(index, int) or not 0 <= index <= 5:
+            raise SpecError(f"{here}.index", f"must be an argument index 0-5, got {index!r}")
+        for key, v in (("value", value), ("valueTwo", value2)):
+            if not isinstance(v, int) or not 0 <= v < 1 << 64:
+                raise SpecError(f"{here}.{key}", f"must be an unsigned 64-bit integer, got {v!r}")
+        if op not in OPERATORS:
+            raise SpecError(f"{here}.op", f"unknown comparison {op!r}")
+        cmps.append(_ArgCmp(index, OPERATORS[op], value, value2))
+    indexes = [c.arg for c in cmps]
+    if len(set(indexes)) == len(indexes):
+        return [cmps]
+    return [[c] for c in cmps]
+
+
+def _export(lib: ctypes.CDLL, ctx: int) -> bytes:
+    fd = os.memfd_create("railcar-seccomp", os.MFD_CLOEXEC)
+    try:
+        rc = lib.seccomp_export_bpf(ctx, fd)
+        if rc < 0:
+            raise RuntimeFailure("seccomp", f"seccomp_export_bpf: {os.strerror(-rc)}")
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -1,0 +1,220 @@
+"""Process security from the spec: capabilities, no_new_privs, AppArmor/SELinux, seccomp.
+
+`prepare` runs in the runtime before the fork: it validates everything (errors name the JSON
+path) and compiles seccomp to BPF, so the container init only makes a handful of syscalls that
+cannot fail for a reason the spec could have told us earlier. The init then calls, in order:
+
+1. `before_user_switch()` - LSM labels for the exec, drop the bounding set, keep capabilities
+   across setuid; and, when no_new_privs is off, load seccomp now: without no_new_privs loading a
+   filter needs CAP_SYS_ADMIN, which is about to go (runc makes the same choice);
+2. the caller's setgroups/setgid/setuid;
+3. `after_user_switch()` - the exact effective/permitted/inheritable sets, the ambient set,
+   no_new_privs;
+4. `last()` - seccomp, immediately before execve, so the filter constrains the container's
+   program and not the runtime's own set-up syscalls.
+
+A missing `process.capabilities` means no capabilities at all (nothing is inherited from the
+runtime by accident).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+
+from .errors import RuntimeFailure, SpecError
+from .seccomp import SeccompProgram, compile_seccomp
+
+# linux/capability.h, in number order.
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+CAP_NUMBERS = {name: i for i, name in enumerate(CAPABILITIES)}
+CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
+
+PR_CAPBSET_DROP = 24
+PR_SET_KEEPCAPS = 8
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+APPARMOR_FS = "/sys/kernel/security/apparmor"
+SELINUX_FS = "/sys/fs/selinux"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _fail(what: str) -> RuntimeFailure:
+    err = ctypes.get_errno()
+    return RuntimeFailure("security", f"{what}: {os.strerror(err)}")
+
+
+def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> None:
+    if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0)) < 0:
+        raise _fail(what)
+
+
+def last_cap() -> int:
+    """The highest capability this kernel knows; the spec may name newer ones it cannot hold."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def _bits(caps: frozenset[int]) -> int:
+    return sum(1 << c for c in caps)
+
+
+@dataclasses.dataclass
+class SecurityPlan:
+    """Everything the container init applies, precomputed; methods only make syscalls."""
+
+    bounding: frozenset[int]
+    effective: frozenset[int]
+    permitted: frozenset[int]
+    inheritable: frozenset[int]
+    ambient: frozenset[int]
+    no_new_privileges: bool
+    apparmor_profile: str | None
+    selinux_label: str | None
+    seccomp: SeccompProgram | None
+    _seccomp_loaded: bool = False
+
+    def before_user_switch(self) -> None:
+        """In the init, before setgid/setuid."""
+        self._apply_lsm()
+        for cap in range(last_cap() + 1):
+            if cap not in self.bounding:
+                _prctl(PR_CAPBSET_DROP, cap, what=f"dropping {CAPABILITIES[cap] if cap < len(CAPABILITIES) else cap} "
+                                                 "from the bounding set")
+        _prctl(PR_SET_KEEPCAPS, 1, what="PR_SET_KEEPCAPS")
+        if self.seccomp is not None and not self.no_new_privileges:
+            self._load_seccomp()
+
+    def after_user_switch(self) -> None:
+        """In the init, after setuid: the final capability sets and no_new_privs."""
+        _prctl(PR_SET_KEEPCAPS, 0, what="PR_SET_KEEPCAPS")
+        header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+        data = (_CapData * 2)()
+        for i in range(2):
+            shift = 32 * i
+            data[i].effective = (_bits(self.effective) >> shift) & 0xFFFFFFFF
+            data[i].permitted = (_bits(self.permitted) >> shift) & 0xFFFFFFFF
+            data[i].inheritable = (_bits(self.inheritable) >> shift) & 0xFFFFFFFF
+        if _libc.capset(ctypes.byref(header), data) < 0:
+            raise _fail("capset (effective/permitted/inheritable)")
+        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="clearing the ambient set")
+        for cap in sorted(self.ambient):
+            _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, what=f"raising ambient {CAPABILITIES[cap]}")
+        if self.no_new_privileges:
+            _prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
+
+    def last(self) -> None:
+        """Immediately before execve: the seccomp filter (unless it had to go in earlier)."""
+        if self.seccomp is not None and not self._seccomp_loaded:
+            self._load_seccomp()
+
+    def _load_seccomp(self) -> None:
+        assert self.seccomp is not None
+        self.seccomp.load()
+        self._seccomp_loaded = True
+
+    def _apply_lsm(self) -> None:
+        """Labels take effect at the next execve (the /proc/self/attr/exec interface)."""
+        if self.apparmor_profile:
+            attr = "/proc/thread-self/attr/apparmor/exec"
+            if not os.path.exists(attr):
+                attr = "/proc/thread-self/attr/exec"
+            _write_attr(attr, f"exec {self.apparmor_profile}", "AppArmor profile")
+        if self.selinux_label:
+            _write_attr("/proc/thread-self/attr/exec", self.selinux_label, "SELinux label")
+
+
+def _write_attr(path: str, value: str, what: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise RuntimeFailure("security", f"setting {what} {value!r} via {path}: {e.strerror}") from e
+
+
+def _cap_set(caps: dict, name: str) -> frozenset[int]:
+    where = f"process.capabilities.{name}"
+    names = caps.get(name) or []
+    if not isinstance(names, list):
+        raise SpecError(where, "must be a list of capability names")
+    known = last_cap()
+    out = set()
+    for i, cap in enumerate(names):
+        if cap not in CAP_NUMBERS:
+            raise SpecError(f"{where}[{i}]", f"unknown capability {cap!r}")
+        if CAP_NUMBERS[cap] <= known:  # newer than this kernel: it cannot be granted, like runc we skip it
+            out.add(CAP_NUMBERS[cap])
+    return frozenset(out)
+
+
+def prepare(process: dict, linux: dict) -> SecurityPlan:
+    """Validate the spec's security settings and precompute what the init will apply."""
+    caps = process.get("capabilities") or {}
+    if not isinstance(caps, dict):
+        raise SpecError("process.capabilities", "must be an object")
+    sets = {name: _cap_set(caps, name) for name in CAP_SETS}
+    if not sets["effective"] <= sets["permitted"]:
+        extra = sorted(CAPABILITIES[c] for c in sets["effective"] - sets["permitted"])
+        raise SpecError("process.capabilities.effective", f"{', '.join(extra)} not in the permitted set")
+    missing = sets["ambient"] - (sets["permitted"] & sets["inheritable"])
+    if missing:
+        names = ", ".join(sorted(CAPABILITIES[c] for c in missing))
+        raise SpecError("process.capabilities.ambient", f"{names} must also be permitted and inheritable")
+    nnp = process.get("noNewPrivileges", False)
+    if not isinstance(nnp, bool):
+        raise SpecError("process.noNewPrivileges", "must be true or false")
+    apparmor = _label(process, "apparmorProfile", APPARMOR_FS, "AppArmor")
+    selinux = _label(process, "selinuxLabel", SELINUX_FS, "SELinux")
+    seccomp = linux.get("seccomp")
+    return SecurityPlan(
+        no_new_privileges=nnp,
+        apparmor_profile=apparmor,
+        selinux_label=selinux,
+        seccomp=compile_seccomp(seccomp) if seccomp is not None else None,
+        **sets,
+    )
+
+
+def _label(process: dict, key: str, fs: str, lsm: str) -> str | None:
+    value = process.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"process.{key}", "must be a string")
+    if not os.path.isdir(fs) or (lsm == "AppArmor" and not _apparmor_enabled()):
+        raise SpecError(f"process.{key}", f"asks for {lsm} {value!r} but this host has no {lsm} ({fs} is absent)")
+    return value
+
+
+def _apparmor_enabled() -> bool:
+    try:
+        with open("/sys/module/apparmor/parameters/enabled") as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
