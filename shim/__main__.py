@@ -1,0 +1,62 @@
+"""`containerd-shim-railcar-v2`: the one entry point for `start`, `delete`, `-v`, `-info` and the daemon.
+
+Only the daemon path imports trio and protobuf; `start` and `delete` stay on light modules because
+containerd waits for them on every container start and removal.
+"""
+
+import sys
+
+from . import flags as flag_parser
+from .flags import FlagError, Flags
+
+
+def _run(flags: Flags) -> int:
+    if flags.version:
+        from .info import version_text
+
+        sys.stdout.write(version_text())
+        return 0
+    if flags.info:
+        from .info import runtime_info
+
+        sys.stdout.buffer.write(runtime_info())
+        return 0
+    if flags.action == "start":
+        from .bootstrap import StartError, start
+
+        try:
+            address = start(flags)
+        except StartError as e:
+            sys.stderr.write(f"railcar start: {e}\n")
+            return 1
+        sys.stdout.write(address)
+        return 0
+    if flags.action == "delete":
+        from .cleanup import delete
+
+        try:
+            response = delete(flags)
+        except ValueError as e:
+            sys.stderr.write(f"railcar delete: {e}\n")
+            return 1
+        sys.stdout.buffer.write(response)
+        return 0
+    from .daemon import run
+
+    return run(flags)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse Go-style flags and dispatch; exit status 2 with usage on a bad command line."""
+    try:
+        flags = flag_parser.parse(sys.argv[1:] if argv is None else argv)
+    except FlagError as e:
+        sys.stderr.write(f"{e}\n{flag_parser.USAGE}")
+        sys.exit(2)
+    code = _run(flags)
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""The `start` command: find or spawn the shim daemon for a container's group and print its address.
+
+containerd runs `start` once per container, reads stdout+stderr (one pipe) as the address and waits
+for EOF on that pipe. So this module prints exactly one `unix://` address, never writes to stderr on
+success, and makes sure the daemon holds no copy of the pipe. It imports only the standard library's
+lightest modules: its wall time is most of a container's start latency budget.
+"""
+
+import errno
+import json
+import os
+import socket
+import sys
+
+from . import paths
+from .flags import Flags
+
+GROUP_ANNOTATIONS = ("io.containerd.railcar.v2.group", "io.kubernetes.cri.sandbox-id")
+_CONNECT_TIMEOUT = 0.1
+
+
+class StartError(RuntimeError):
+    """`start` cannot produce an address; the message is what containerd shows its client."""
+
+
+def group_key(bundle: str, container_id: str) -> str:
+    """The grouping key: the first group annotation in the bundle's config.json, else the container id."""
+    config_path = os.path.join(bundle, "config.json")
+    try:
+        with open(config_path, "rb") as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise StartError(f"cannot read {config_path}: {e}") from e
+    annotations = spec.get("annotations") if isinstance(spec, dict) else None
+    if isinstance(annotations, dict):
+        for name in GROUP_ANNOTATIONS:
+            value = annotations.get(name)
+            if isinstance(value, str) and value:
+                return value
+    return container_id
+
+
+def _live(path: str) -> bool:
+    """Whether a shim answers on `path` (a connect within 100 ms, as containerd's own shims check)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(_CONNECT_TIMEOUT)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _listen(path: str) -> socket.socket | None:
+    """Bind and listen on `path`; None when a live shim already serves it. A stale socket is replaced."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    for _ in range(2):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(path)
+        except OSError as e:
+            listener.close()
+            if e.errno != errno.EADDRINUSE:
+                raise StartError(f"cannot listen on {path}: {e}") from e
+            if _live(path):
+                return None
+            os.unlink(path)
+            continue
+        os.chmod(path, 0o600)
+        listener.listen(128)
+        return listener
+    raise StartError(f"cannot listen on {path}: a stale socket keeps coming back")
+
+
+def write_address(bundle: str, address: str) -> None:
+    """Write `<bundle>/address` atomically (containerd reads it back after a restart)."""
+    tmp = os.path.join(bundle, "." + paths.ADDRESS_FILE)
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, address.encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, os.path.join(bundle, paths.ADDRESS_FILE))
+
+
+def _spawn_daemon(flags: Flags, bundle: str, listener: socket.socket) -> int:
+    """Run the daemon with the listener as fd 3, stdio on /dev/null, in its own process group.
+
+    Every other inherited descriptor is made close-on-exec first: a leaked copy of containerd's
+    stdout pipe in the daemon would make containerd wait for EOF forever (reference §1.4).
+    """
+    high = os.dup(listener.fileno())  # never 3 itself, so the dup2 below always clears CLOEXEC
+    if high == 3:
+        high2 = os.dup(high)
+        os.close(high)
+        high = high2
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != high:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
+    daemon_flags = Flags(
+        namespace=flags.namespace,
+        address=flags.address,
+        publish_binary=flags.publish_binary,
+        id=flags.id,
+        bundle=bundle,
+        debug=flags.debug,
+    )
+    argv = [sys.executable, "-m", "railcar.shim", *daemon_flags.to_argv()]
+    try:
+        return os.posix_spawn(
+            sys.executable,
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
+                (os.POSIX_SPAWN_DUP2, 0, 1),
+                (os.POSIX_SPAWN_DUP2, 0, 2),
+                (os.POSIX_SPAWN_DUP2, high, 3),
+            ],
+            setpgroup=0,
+        )
+    finally:
+        os.close(high)
+
+
+def _adjust_oom_score(pid: int) -> None:
+    """Make the daemon slightly more killable than containerd (containerd's oom_score_adj + 1)."""
+    try:
+        with open(f"/proc/{os.getppid()}/oom_score_adj") as f:
+            score = int(f.read())
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(min(score + 1, 1000)))
+    except (OSError, ValueError):
+        pass
+
+
+def _drain_stdin() -> None:
+    """Consume the runtime options Any containerd may write on stdin; railcar has no options yet."""
+    if os.isatty(0):
+        return
+    try:
+        while os.read(0, 65536):
+            pass
+    except OSError:
+        pass
+
+
+def start(flags: Flags) -> str:
+    """Find or spawn the daemon for this container's group; return the address to print."""
+    if not flags.id:
+        raise StartError("start needs -id")
+    if not flags.address:
+        raise StartError("start needs -address")
+    bundle = os.path.abspath(flags.bundle or os.getcwd())
+    path = paths.socket_path(flags.address, flags.namespace, group_key(bundle, flags.id))
+    address = "unix://" + path
+    listener = _listen(path)
+    if listener is None:
+        write_address(bundle, address)
+        _drain_stdin()
+        return address
+    try:
+        write_address(bundle, address)
+        pid = _spawn_daemon(flags, bundle, listener)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        listener.close()
+    _adjust_oom_score(pid)
+    _drain_stdin()
+    return address

@@ -1,0 +1,110 @@
+"""The `delete` command: clean up one container from what is on disk, after its shim is gone.
+
+containerd runs it after every task deletion and whenever a shim died or cannot be reached, with a
+5 s deadline, and reads stdout as a DeleteResponse. It therefore works from the bundle and the
+runtime's state directory alone, touches only the container named by `-id` (a grouped shim may still
+serve others), succeeds when everything is already gone, and prints nothing but the response.
+"""
+
+import glob
+import os
+import signal
+import sys
+import time
+
+from . import paths, wire
+from .flags import Flags
+
+PID_FILE = "init.pid"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def recorded_exit(bundle: str) -> tuple[int, int] | None:
+    """(exit status, exit time in ns) the daemon recorded for the init process, if it lived to see it."""
+    text = _read(os.path.join(bundle, paths.EXIT_FILE))
+    try:
+        status, when = (text or "").split()
+        return int(status), int(when)
+    except ValueError:
+        return None
+
+
+def record_exit(bundle: str, status: int, when_ns: int) -> None:
+    """Written by the daemon when the init exits, so `delete` can report the real status later."""
+    tmp = os.path.join(bundle, "." + paths.EXIT_FILE)
+    with open(tmp, "w") as f:
+        f.write(f"{status} {when_ns}")
+    os.rename(tmp, os.path.join(bundle, paths.EXIT_FILE))
+
+
+def record_pid(bundle: str, pid: int) -> None:
+    """Written by the daemon after Create: the init pid `delete` reports."""
+    with open(os.path.join(bundle, PID_FILE), "w") as f:
+        f.write(str(pid))
+
+
+def _destroy_container(container_id: str, namespace: str) -> str | None:
+    """Force-delete the container's runtime state (kills what is left); returns a warning, if any."""
+    from railcar.runtime import Container
+    from railcar.runtime.errors import RuntimeFailure
+
+    try:
+        container = Container.load(container_id, root=paths.runtime_root(namespace))
+    except (RuntimeFailure, OSError):
+        return None  # already gone: nothing to do
+    try:
+        container.delete(force=True)
+    except (RuntimeFailure, OSError) as e:
+        return f"delete container {container_id}: {e}"
+    return None
+
+
+def _unmount_rootfs(bundle: str) -> str | None:
+    from railcar.runtime.mounts import unmount_all
+
+    rootfs = os.path.join(bundle, "rootfs")
+    try:
+        unmount_all(rootfs)
+    except OSError as e:
+        return f"unmount {rootfs}: {e}"
+    return None
+
+
+def _remove_socket_if_unused(bundle: str) -> None:
+    """Remove the shim socket unless another bundle of this namespace still points at it (a group)."""
+    address = _read(os.path.join(bundle, paths.ADDRESS_FILE))
+    if not address or not address.startswith("unix://"):
+        return
+    me = os.path.realpath(bundle)
+    for other in glob.glob(os.path.join(os.path.dirname(me), "*", paths.ADDRESS_FILE)):
+        if os.path.dirname(other) != me and _read(other) == address:
+            return
+    try:
+        os.unlink(address[len("unix://"):])
+    except OSError:
+        pass
+
+
+def delete(flags: Flags) -> bytes:
+    """Clean up the `-id` container and return the DeleteResponse bytes to print."""
+    if not flags.id:
+        raise ValueError("delete needs -id")
+    bundle = os.path.abspath(flags.bundle or os.getcwd())
+    pid_text = _read(os.path.join(bundle, PID_FILE))
+    pid = int(pid_text) if pid_text and pid_text.isdigit() else 0
+    warnings = [_destroy_container(flags.id, flags.namespace), _unmount_rootfs(bundle)]
+    _remove_socket_if_unused(bundle)
+    for warning in warnings:
+        if warning:
+            print(warning, file=sys.stderr)
+    exit_info = recorded_exit(bundle)
+    if exit_info is None:
+        exit_info = (128 + signal.SIGKILL, time.time_ns())
+    return wire.delete_response(pid, *exit_info)

@@ -1,0 +1,269 @@
+"""The forker: a plain-Python child made before trio starts, which does all of the daemon's forking.
+
+Forking a process that runs a trio loop (threads, signal wakeup fds, epoll) is unsafe, and a forked
+child would inherit the daemon's sockets. So the daemon forks this helper first, while it is still a
+single-threaded plain process, and sends it requests over a SOCK_SEQPACKET socketpair: one JSON
+message per request or reply, with file descriptors attached (SCM_RIGHTS). The forker runs the
+runtime's forking calls (create, exec, start and delete, which run hooks) and the rootfs mounts.
+The processes the runtime starts are orphaned to the daemon (a child subreaper), whose reaper owns
+every exit. (Logger binaries need no forker: posix_spawn runs no Python in the child.)
+"""
+
+import json
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+_MAX_MESSAGE = 1 << 20
+_MAX_FDS = 16
+
+
+class ForkerError(Exception):
+    """A forker request failed. `kind` is "spec" (bad config; `path` names the JSON path), "runtime",
+    "not_found" or "internal"; `message` is the runtime's own text."""
+
+    def __init__(self, kind: str, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.path = path
+
+
+Handler = Callable[[dict[str, Any], list[int]], tuple[Any, list[int]]]
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _runtime_error(e: BaseException) -> ForkerError:
+    from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
+
+    if isinstance(e, SpecError):
+        return ForkerError("spec", str(e), e.path)
+    if isinstance(e, ContainerNotFound):
+        return ForkerError("not_found", str(e))
+    if isinstance(e, RuntimeFailure):
+        return ForkerError("runtime", str(e))
+    return ForkerError("internal", f"{type(e).__name__}: {e}")
+
+
+def create(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Container.create with the process's stdio fds (three, or none in terminal/null mode)."""
+    from railcar.runtime import Container
+
+    stdio = (fds[0], fds[1], fds[2]) if len(fds) == 3 else None
+    _, result = Container.create(args["id"], args["bundle"], root=args["root"], stdio=stdio,
+                                 terminal=args["terminal"])
+    return _process_result(result)
+
+
+def exec_process(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Container.exec of an OCI Process dict; same stdio rules as create."""
+    from railcar.runtime import Container
+
+    stdio = (fds[0], fds[1], fds[2]) if len(fds) == 3 else None
+    container = Container.load(args["id"], root=args["root"])
+    result = container.exec(args["process"], stdio=stdio, terminal=args["terminal"])
+    return _process_result(result)
+
+
+def _process_result(result: Any) -> tuple[Any, list[int]]:
+    console = getattr(result, "console_fd", None)
+    return {"pid": result.pid, "console": console is not None}, ([console] if console is not None else [])
+
+
+def start(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Container.start (it may run poststart hooks, hence here)."""
+    from railcar.runtime import Container
+
+    Container.load(args["id"], root=args["root"]).start()
+    return None, []
+
+
+def delete(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Container.delete (runs poststop hooks); a container already gone is not an error."""
+    from railcar.runtime import Container
+    from railcar.runtime.errors import ContainerNotFound
+
+    try:
+        container = Container.load(args["id"], root=args["root"])
+    except ContainerNotFound:
+        return None, []
+    container.delete(force=args.get("force", False))
+    return None, []
+
+
+def kill(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Container.kill: the init (or, with all, every process in the container)."""
+    from railcar.runtime import Container
+
+    Container.load(args["id"], root=args["root"]).kill(args["signal"], all=args["all"])
+    return None, []
+
+
+def pause(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Container.pause (freezes the cgroup and records the state)."""
+    from railcar.runtime import Container
+
+    Container.load(args["id"], root=args["root"]).pause()
+    return None, []
+
+
+def resume(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Container.resume."""
+    from railcar.runtime import Container
+
+    Container.load(args["id"], root=args["root"]).resume()
+    return None, []
+
+
+def update(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Container.update with OCI LinuxResources."""
+    from railcar.runtime import Container
+
+    Container.load(args["id"], root=args["root"]).update(args["resources"])
+    return None, []
+
+
+def mount(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Mount the snapshotter's layers onto the bundle's rootfs."""
+    from railcar.runtime.mounts import mount_layers
+
+    mount_layers(args["mounts"], args["target"])
+    return None, []
+
+
+def unmount(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Unmount everything stacked on a rootfs."""
+    from railcar.runtime.mounts import unmount_all
+
+    unmount_all(args["target"])
+    return None, []
+
+
+HANDLERS: dict[str, Handler] = {
+    "create": create,
+    "exec": exec_process,
+    "start": start,
+    "delete": delete,
+    "kill": kill,
+    "pause": pause,
+    "resume": resume,
+    "update": update,
+    "mount": mount,
+    "unmount": unmount,
+}
+
+
+def serve(sock: socket.socket, handlers: dict[str, Handler]) -> None:
+    """The forker's loop: one request at a time until the daemon closes its end."""
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
+        except OSError:
+            return
+        if not data:
+            _close_all(fds)
+            return
+        out_fds: list[int] = []
+        try:
+            request = json.loads(data)
+            handler = handlers.get(request.get("op"))
+            if handler is None:
+                raise ForkerError("internal", f"unknown forker op {request.get('op')!r}")
+            result, out_fds = handler(request.get("args") or {}, fds)
+            reply = {"result": result}
+        except ForkerError as e:
+            reply = {"error": {"kind": e.kind, "message": e.message, "path": e.path}}
+        except Exception as e:  # the forker must survive any request: report it instead
+            err = _runtime_error(e)
+            reply = {"error": {"kind": err.kind, "message": err.message, "path": err.path}}
+        finally:
+            _close_all(fds)
+        try:
+            socket.send_fds(sock, [json.dumps(reply).encode()], out_fds)
+        except OSError:
+            return
+        finally:
+            _close_all(out_fds)
+
+
+class Forker:
+    """The daemon's handle on the forker process: start it before trio, then `await call(...)`."""
+
+    def __init__(self, handlers: dict[str, Handler] = HANDLERS) -> None:
+        self._handlers = handlers
+        self._sock: socket.socket | None = None
+        self._lock = trio.Lock()
+        self.pid = 0
+
+    def start(self, keep_fds: tuple[int, ...] = (0, 1, 2)) -> int:
+        """Fork the forker; must run before any thread or event loop exists. Returns its pid.
+
+        The child keeps only `keep_fds` and its end of the socketpair, so it never holds the daemon's
+        listening socket or connections.
+        """
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                ours.close()
+                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                keep = set(keep_fds) | {theirs.fileno()}
+                for name in os.listdir("/proc/self/fd"):
+                    fd = int(name)
+                    if fd not in keep:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                serve(theirs, self._handlers)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        self._sock = ours
+        self.pid = pid
+        return pid
+
+    def _roundtrip(self, message: bytes, fds: list[int]) -> tuple[Any, list[int]]:
+        assert self._sock is not None, "Forker.start() was not called"
+        socket.send_fds(self._sock, [message], fds)
+        data, out_fds, _, _ = socket.recv_fds(self._sock, _MAX_MESSAGE, _MAX_FDS)
+        if not data:
+            raise ForkerError("internal", "the forker process is gone")
+        return json.loads(data), out_fds
+
+    async def call(self, op: str, args: dict[str, Any], fds: tuple[int, ...] | list[int] = ()) -> tuple[Any, list[int]]:
+        """Run `op` in the forker; returns (result, received fds). Raises ForkerError on failure.
+
+        Requests are serialised, and a call is never abandoned half-way (the reply must be read to keep
+        the stream in step), so cancellation takes effect only after the reply arrived.
+        """
+        message = json.dumps({"op": op, "args": args}).encode()
+        async with self._lock:
+            reply, out_fds = await trio.to_thread.run_sync(self._roundtrip, message, list(fds))
+        error = reply.get("error")
+        if error:
+            _close_all(out_fds)
+            raise ForkerError(error["kind"], error["message"], error.get("path", ""))
+        return reply["result"], out_fds
+
+    def close(self) -> None:
+        """Close our end; the forker sees EOF and exits (the reaper collects it)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

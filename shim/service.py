@@ -1,0 +1,468 @@
+"""The task service: containerd's 17 task verbs mapped onto the runtime, io/ and the process table.
+
+Requests run concurrently (one trio task each); Wait simply awaits the process's `exited` event.
+Everything that may fork goes through the forker; the OOM watcher and stats read the container's
+cgroup directly. Lifecycle legality lives in `process.TRANSITIONS`, ordering of events in
+`_watch` (start before exit, execs before init, OOM before exit, output drained before exit).
+"""
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from google.protobuf import empty_pb2
+
+from railcar.io import ProcessIO, StdioError
+from railcar.ttrpc_proto import Code, TtrpcError
+from railcar.ttrpc_proto.api import events_task_pb2 as ev
+from railcar.ttrpc_proto.api import runc_options_pb2, task_v2_pb2 as pb
+from railcar.ttrpc_proto.typeurl import pack
+
+from . import cleanup
+from .events import Publisher
+from .forker import Forker, ForkerError
+from .process import Process, Status
+from .reaper import Reaper, exit_status
+from .spawner import ReaperSpawner
+
+EMPTY = empty_pb2.Empty()
+DRAIN_TIMEOUT = 2.0
+EXEC_EXIT_TIMEOUT = 5.0
+METRICS_URLS = {1: "io.containerd.cgroups.v1.Metrics", 2: "io.containerd.cgroups.v2.Metrics"}
+_FORKER_CODES = {"spec": Code.INVALID_ARGUMENT, "not_found": Code.NOT_FOUND, "runtime": Code.UNKNOWN,
+                 "internal": Code.INTERNAL}
+
+
+def _error(e: ForkerError) -> TtrpcError:
+    message = f"config.json {e.message}" if e.kind == "spec" else e.message
+    return TtrpcError(_FORKER_CODES.get(e.kind, Code.UNKNOWN), message)
+
+
+@dataclass
+class Task:
+    """One container: its bundle, init process, execs, cgroup and what must be undone on Delete."""
+
+    id: str
+    bundle: str
+    init: Process
+    execs: dict[str, Process] = field(default_factory=dict)
+    rootfs_mounted: bool = False
+    cgroup: Any = None  # railcar.runtime.cgroups.Cgroup, for stats, pids and OOM
+    oom_watcher: Any = None
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+class TaskService:
+    """The state of one shim daemon: its tasks, and the handlers containerd calls."""
+
+    def __init__(self, *, namespace: str, root: str, forker: Forker, reaper: Reaper, publisher: Publisher,
+                 nursery: trio.Nursery, logger: logging.Logger) -> None:
+        self.namespace = namespace
+        self.root = root
+        self.tasks: dict[str, Task] = {}
+        self.created_any = trio.Event()  # first Create arrived (the daemon's grace timer stops)
+        self.shutdown_requested = trio.Event()  # Shutdown with no tasks left
+        self._forker = forker
+        self._reaper = reaper
+        self._events = publisher
+        self._nursery = nursery
+        self._log = logger
+        self._spawner = ReaperSpawner(reaper)
+
+    # ---- lookup helpers -------------------------------------------------------------------
+
+    def _task(self, container_id: str) -> Task:
+        task = self.tasks.get(container_id)
+        if task is None:
+            raise TtrpcError(Code.NOT_FOUND, f"container {container_id} not created")
+        return task
+
+    def _process(self, container_id: str, exec_id: str) -> tuple[Task, Process]:
+        task = self._task(container_id)
+        if not exec_id:
+            return task, task.init
+        process = task.execs.get(exec_id)
+        if process is None:
+            raise TtrpcError(Code.NOT_FOUND, f"process does not exist {exec_id}")
+        return task, process
+
+    async def _call(self, op: str, args: dict[str, Any], fds: tuple[int, ...] | list[int] = ()) -> tuple[Any, list[int]]:
+        try:
+            return await self._forker.call(op, args, fds)
+        except ForkerError as e:
+            raise _error(e) from None
+
+    async def _open_io(self, process: Process) -> ProcessIO:
+        try:
+            return await ProcessIO.open(process.stdin, process.stdout, process.stderr, terminal=process.terminal,
+                                        container_id=process.container_id, namespace=self.namespace,
+                                        spawner=self._spawner)
+        except StdioError as e:
+            raise TtrpcError(Code.INVALID_ARGUMENT, f"stdio: {e}") from None
+
+    def _attach(self, process: Process, pio: ProcessIO, result: dict[str, Any], fds: list[int]) -> None:
+        """Bind a freshly created process to its stdio and start forwarding and watching it."""
+        pio.close_container_side()
+        if fds:
+            pio.attach_console(fds[0])
+        process.io = pio
+        process.pid = result["pid"]
+        self._nursery.start_soon(pio.run)
+        self._nursery.start_soon(self._watch, process)
+
+    # ---- exits ----------------------------------------------------------------------------
+
+    async def _watch(self, process: Process) -> None:
+        """Wait for the process to exit, then record and publish it in the order containerd needs."""
+        status = await self._reaper.wait(process.pid)
+        process.reaped = True
+        exited_at = time.time_ns()
+        if process.io is not None:
+            await process.io.drained(timeout=DRAIN_TIMEOUT)
+        if process.starting:
+            await process.started.wait()
+        task = self.tasks.get(process.container_id)
+        if not process.exec_id and task is not None:
+            await self._before_init_exit(task)
+        process.exit_status = exit_status(status)
+        process.exited_at_ns = exited_at
+        was_started = process.status is not Status.CREATED
+        process.apply("exit")
+        if not process.exec_id and task is not None:
+            cleanup.record_exit(task.bundle, process.exit_status, exited_at)
+        if was_started:
+            self._events.publish(ev.TaskExit(container_id=process.container_id, id=process.id, pid=process.pid,
+                                             exit_status=process.exit_status, exited_at=_timestamp(exited_at)))
+        process.exited.set()
+
+    async def _before_init_exit(self, task: Task) -> None:
+        """The init's exit is published last: kill what is left, let running execs publish their exits,
+        and report an OOM kill first (CRI marks OOMKilled only if TaskOOM arrives)."""
+        self._check_oom(task)
+        running = [p for p in task.execs.values() if p.pid and not p.exited.is_set()]
+        if running:
+            try:
+                await self._call("kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL, "all": True})
+            except TtrpcError as e:
+                self._log.warning("killing the rest of %s: %s", task.id, e)
+            with trio.move_on_after(EXEC_EXIT_TIMEOUT):
+                for p in running:
+                    await p.exited.wait()
+
+    def _check_oom(self, task: Task) -> None:
+        if task.oom_watcher is not None:
+            try:
+                kills = task.oom_watcher.read()
+            except OSError:
+                return
+            if kills:
+                self._events.publish(ev.TaskOOM(container_id=task.id))
+
+    async def _watch_oom(self, task: Task) -> None:
+        watcher = task.oom_watcher
+        try:
+            while task.id in self.tasks and task.oom_watcher is watcher:
+                await trio.lowlevel.wait_readable(watcher.fileno())
+                self._check_oom(task)
+        except (OSError, trio.ClosedResourceError):
+            return
+
+    def _start_oom_watch(self, task: Task) -> None:
+        try:
+            with open(os.path.join(task.bundle, "config.json"), "rb") as f:
+                cgroups_path = (json.load(f).get("linux") or {}).get("cgroupsPath")
+            from railcar.runtime.cgroups import open_cgroup
+
+            task.cgroup = open_cgroup(cgroups_path, task.id)
+            task.oom_watcher = task.cgroup.oom_watcher()
+        except Exception as e:  # no memory controller, odd path: run without OOM events
+            self._log.warning("no OOM notifications for %s: %s", task.id, e)
+            return
+        self._nursery.start_soon(self._watch_oom, task)
+
+    def _stop_oom_watch(self, task: Task) -> None:
+        watcher, task.oom_watcher = task.oom_watcher, None
+        if watcher is not None:
+            trio.lowlevel.notify_closing(watcher.fileno())
+            watcher.close()
+
+    # ---- the task API ---------------------------------------------------------------------
+
+    async def create(self, req: pb.CreateTaskRequest, ctx: Any) -> pb.CreateTaskResponse:
+        if req.id in self.tasks:
+            raise TtrpcError(Code.ALREADY_EXISTS, f"container {req.id}: already exists")
+        if req.checkpoint or req.parent_checkpoint:
+            raise TtrpcError(Code.UNIMPLEMENTED, "checkpoint restore is not supported by railcar")
+        self.created_any.set()
+        bundle = req.bundle or os.getcwd()
+        init = Process(req.id, "", req.stdin, req.stdout, req.stderr, req.terminal)
+        task = Task(req.id, bundle, init)
+        self.tasks[req.id] = task
+        pio: ProcessIO | None = None
+        created = False
+        try:
+            if len(req.rootfs):
+                mounts = [{"type": m.type, "source": m.source, "options": list(m.options)} for m in req.rootfs]
+                await self._call("mount", {"mounts": mounts, "target": os.path.join(bundle, "rootfs")})
+                task.rootfs_mounted = True
+            pio = await self._open_io(init)
+            result, fds = await self._call("create", {"id": req.id, "bundle": bundle, "root": self.root,
+                                                      "terminal": req.terminal}, pio.container_stdio or ())
+            created = True
+            self._attach(init, pio, result, fds)
+            cleanup.record_pid(bundle, init.pid)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._undo_create(task, pio, created)
+            raise
+        self._start_oom_watch(task)
+        self._events.publish(ev.TaskCreate(
+            container_id=req.id, bundle=bundle, rootfs=list(req.rootfs), checkpoint=req.checkpoint, pid=init.pid,
+            io=ev.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal)))
+        return pb.CreateTaskResponse(pid=init.pid)
+
+    async def _undo_create(self, task: Task, pio: ProcessIO | None, created: bool) -> None:
+        self.tasks.pop(task.id, None)
+        if created:
+            await self._quiet_call("delete", {"id": task.id, "root": self.root, "force": True})
+        if pio is not None:
+            await pio.aclose()
+        if task.rootfs_mounted:
+            await self._quiet_call("unmount", {"target": os.path.join(task.bundle, "rootfs")})
+
+    async def _quiet_call(self, op: str, args: dict[str, Any]) -> None:
+        try:
+            await self._call(op, args)
+        except TtrpcError as e:
+            self._log.warning("%s during cleanup: %s", op, e)
+
+    async def start(self, req: pb.StartRequest, ctx: Any) -> pb.StartResponse:
+        task, process = self._process(req.id, req.exec_id)
+        process.check("start")
+        process.starting = True
+        if process.exec_id and task.init.status not in (Status.RUNNING, Status.PAUSED):
+            raise TtrpcError(Code.FAILED_PRECONDITION, f"container {task.id} init process is not running")
+        try:
+            if process.exec_id:
+                pio = await self._open_io(process)
+                try:
+                    result, fds = await self._call("exec", {"id": task.id, "root": self.root, "process": process.spec,
+                                                            "terminal": process.terminal}, pio.container_stdio or ())
+                except BaseException:
+                    await pio.aclose()
+                    raise
+                self._attach(process, pio, result, fds)
+                process.apply("start")
+                self._events.publish(ev.TaskExecStarted(container_id=task.id, exec_id=process.exec_id,
+                                                        pid=process.pid))
+            else:
+                await self._call("start", {"id": task.id, "root": self.root})
+                process.apply("start")
+                self._events.publish(ev.TaskStart(container_id=task.id, pid=process.pid))
+        finally:
+            process.started.set()  # the exit may be published now (after the start event, if any)
+        return pb.StartResponse(pid=process.pid)
+
+    async def delete(self, req: pb.DeleteRequest, ctx: Any) -> pb.DeleteResponse:
+        task = self._task(req.id)
+        async with task.lock:
+            task, process = self._process(req.id, req.exec_id)
+            process.check("delete")
+            if process.status is Status.CREATED and process.pid:
+                # A created init (or an exec whose Start failed half-way) is killed, then reaped as usual.
+                await self._quiet_call("kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL,
+                                                "all": False})
+                await process.exited.wait()
+            process.apply("delete")
+            if process.io is not None:
+                await process.io.aclose()
+            response = pb.DeleteResponse(pid=process.pid, exit_status=process.exit_status,
+                                         exited_at=_timestamp(process.exited_at_ns))
+            if process.exec_id:
+                del task.execs[process.exec_id]
+                return response
+            for other in task.execs.values():
+                if other.io is not None:
+                    await other.io.aclose()
+            self._stop_oom_watch(task)
+            await self._quiet_call("delete", {"id": task.id, "root": self.root, "force": True})
+            if task.rootfs_mounted:
+                await self._quiet_call("unmount", {"target": os.path.join(task.bundle, "rootfs")})
+            del self.tasks[task.id]
+            self._events.publish(ev.TaskDelete(container_id=task.id, pid=process.pid,
+                                               exit_status=process.exit_status,
+                                               exited_at=_timestamp(process.exited_at_ns)))
+            return response
+
+    async def exec(self, req: pb.ExecProcessRequest, ctx: Any) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        task.init.check("exec")
+        if req.exec_id in task.execs:
+            raise TtrpcError(Code.ALREADY_EXISTS, f"id {req.exec_id}: already exists")
+        try:
+            spec = json.loads(req.spec.value or b"{}")
+        except ValueError as e:
+            raise TtrpcError(Code.INVALID_ARGUMENT, f"exec spec is not JSON: {e}") from None
+        if not isinstance(spec, dict):
+            raise TtrpcError(Code.INVALID_ARGUMENT, "exec spec must be a JSON object (an OCI Process)")
+        spec["terminal"] = req.terminal
+        task.execs[req.exec_id] = Process(req.id, req.exec_id, req.stdin, req.stdout, req.stderr, req.terminal,
+                                          spec=spec)
+        self._events.publish(ev.TaskExecAdded(container_id=req.id, exec_id=req.exec_id))
+        return EMPTY
+
+    async def state(self, req: pb.StateRequest, ctx: Any) -> pb.StateResponse:
+        task, process = self._process(req.id, req.exec_id)
+        status = process.status
+        if process.exec_id and status is Status.RUNNING and task.init.status is Status.PAUSED:
+            status = Status.PAUSED
+        pio = process.io
+        response = pb.StateResponse(
+            id=process.id, bundle=task.bundle, pid=process.pid, status=int(status),
+            stdin=pio.stdin_path if pio else process.stdin, stdout=pio.stdout_path if pio else process.stdout,
+            stderr=pio.stderr_path if pio else process.stderr, terminal=process.terminal,
+            exit_status=process.exit_status, exec_id=process.exec_id)
+        if process.exited_at_ns:
+            response.exited_at.CopyFrom(_timestamp(process.exited_at_ns))
+        return response
+
+    async def kill(self, req: pb.KillRequest, ctx: Any) -> empty_pb2.Empty:
+        task, process = self._process(req.id, req.exec_id)
+        process.check("kill")
+        if not process.pid:
+            raise TtrpcError(Code.FAILED_PRECONDITION, "process not created")
+        if process.reaped or self._reaper.has_exited(process.pid):
+            raise TtrpcError(Code.NOT_FOUND, "process already finished")
+        if process.exec_id:
+            try:
+                os.kill(process.pid, req.signal)
+            except ProcessLookupError:
+                raise TtrpcError(Code.NOT_FOUND, "process already finished") from None
+        else:
+            await self._call("kill", {"id": task.id, "root": self.root, "signal": req.signal, "all": req.all})
+        return EMPTY
+
+    async def pids(self, req: pb.PidsRequest, ctx: Any) -> pb.PidsResponse:
+        task = self._task(req.id)
+        pids = await trio.to_thread.run_sync(task.cgroup.pids) if task.cgroup is not None else [task.init.pid]
+        by_pid = {p.pid: p.exec_id for p in task.execs.values() if p.pid}
+        response = pb.PidsResponse()
+        for pid in pids:
+            info = response.processes.add(pid=pid)
+            if pid in by_pid:
+                info.info.CopyFrom(pack(runc_options_pb2.ProcessDetails(exec_id=by_pid[pid])))
+        return response
+
+    async def pause(self, req: pb.PauseRequest, ctx: Any) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        task.init.check("pause")
+        await self._call("pause", {"id": task.id, "root": self.root})
+        task.init.apply("pause")
+        self._events.publish(ev.TaskPaused(container_id=task.id))
+        return EMPTY
+
+    async def resume(self, req: pb.ResumeRequest, ctx: Any) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        task.init.check("resume")
+        await self._call("resume", {"id": task.id, "root": self.root})
+        task.init.apply("resume")
+        self._events.publish(ev.TaskResumed(container_id=task.id))
+        return EMPTY
+
+    async def checkpoint(self, req: pb.CheckpointTaskRequest, ctx: Any) -> empty_pb2.Empty:
+        raise TtrpcError(Code.UNIMPLEMENTED, "checkpoint is not supported by railcar")
+
+    async def resize_pty(self, req: pb.ResizePtyRequest, ctx: Any) -> empty_pb2.Empty:
+        _, process = self._process(req.id, req.exec_id)
+        if process.io is not None:
+            try:
+                process.io.resize(req.width, req.height)
+            except ValueError as e:
+                raise TtrpcError(Code.INVALID_ARGUMENT, str(e)) from None
+        return EMPTY
+
+    async def close_io(self, req: pb.CloseIORequest, ctx: Any) -> empty_pb2.Empty:
+        _, process = self._process(req.id, req.exec_id)
+        if process.io is not None:
+            process.io.close_stdin()
+        return EMPTY
+
+    async def update(self, req: pb.UpdateTaskRequest, ctx: Any) -> empty_pb2.Empty:
+        task = self._task(req.id)
+        task.init.check("update")
+        try:
+            resources = json.loads(req.resources.value or b"{}")
+        except ValueError as e:
+            raise TtrpcError(Code.INVALID_ARGUMENT, f"resources are not JSON LinuxResources: {e}") from None
+        if not isinstance(resources, dict):
+            raise TtrpcError(Code.INVALID_ARGUMENT, "resources must be a JSON object (OCI LinuxResources)")
+        await self._call("update", {"id": task.id, "root": self.root, "resources": resources})
+        return EMPTY
+
+    async def wait(self, req: pb.WaitRequest, ctx: Any) -> pb.WaitResponse:
+        _, process = self._process(req.id, req.exec_id)
+        await process.exited.wait()
+        return pb.WaitResponse(exit_status=process.exit_status, exited_at=_timestamp(process.exited_at_ns))
+
+    async def stats(self, req: pb.StatsRequest, ctx: Any) -> pb.StatsResponse:
+        task = self._task(req.id)
+        if task.cgroup is None:
+            raise TtrpcError(Code.NOT_FOUND, "cgroup does not exist")
+        try:
+            metrics = await trio.to_thread.run_sync(task.cgroup.stats)
+        except OSError as e:
+            raise TtrpcError(Code.NOT_FOUND, f"cgroup stats: {e}") from None
+        from google.protobuf import json_format
+
+        from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2
+
+        message = (cgroups_v1_pb2 if task.cgroup.version == 1 else cgroups_v2_pb2).Metrics()
+        json_format.ParseDict(metrics, message, ignore_unknown_fields=True)
+        response = pb.StatsResponse()
+        response.stats.CopyFrom(pack(message))
+        return response
+
+    async def connect(self, req: pb.ConnectRequest, ctx: Any) -> pb.ConnectResponse:
+        task = self.tasks.get(req.id)
+        return pb.ConnectResponse(shim_pid=os.getpid(), task_pid=task.init.pid if task else 0, version="2")
+
+    async def shutdown(self, req: pb.ShutdownRequest, ctx: Any) -> empty_pb2.Empty:
+        if not self.tasks:
+            self.shutdown_requested.set()
+        return EMPTY
+
+    def methods(self, module: Any) -> dict[str, tuple[type, Callable[[Any, Any], Awaitable[Any]]]]:
+        """The handler table for `containerd.task.v2.Task` (module task_v2_pb2) or the identical v3."""
+        return {
+            "State": (module.StateRequest, self.state),
+            "Create": (module.CreateTaskRequest, self.create),
+            "Start": (module.StartRequest, self.start),
+            "Delete": (module.DeleteRequest, self.delete),
+            "Pids": (module.PidsRequest, self.pids),
+            "Pause": (module.PauseRequest, self.pause),
+            "Resume": (module.ResumeRequest, self.resume),
+            "Checkpoint": (module.CheckpointTaskRequest, self.checkpoint),
+            "Kill": (module.KillRequest, self.kill),
+            "Exec": (module.ExecProcessRequest, self.exec),
+            "ResizePty": (module.ResizePtyRequest, self.resize_pty),
+            "CloseIO": (module.CloseIORequest, self.close_io),
+            "Update": (module.UpdateTaskRequest, self.update),
+            "Wait": (module.WaitRequest, self.wait),
+            "Stats": (module.StatsRequest, self.stats),
+            "Connect": (module.ConnectRequest, self.connect),
+            "Shutdown": (module.ShutdownRequest, self.shutdown),
+        }
+
+
+def _timestamp(ns: int) -> Any:
+    from google.protobuf import timestamp_pb2
+
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(ns)
+    return stamp

@@ -1,0 +1,58 @@
+"""Helpers for driving the real `containerd-shim-railcar-v2` binary from tests."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: bytes = b"",
+             extra_python: list[str] = ()) -> subprocess.CompletedProcess:
+    """One short-lived shim command, as containerd runs it (cwd = bundle, stdout+stderr captured)."""
+    return subprocess.run([sys.executable, *extra_python, "-m", "railcar.shim", *args], cwd=cwd, input=stdin,
+                          capture_output=True, env={**os.environ, **(env or {})}, timeout=30)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it holds; False if it still does not after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether `pid` no longer exists (or is a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether `pid` disappeared within `timeout` seconds."""
+    return wait_until(lambda: pid_gone(pid), timeout)
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    """A bundle directory with a minimal config.json; annotations can be rewritten by the test."""
+    path = tmp_path / "bundle"
+    path.mkdir()
+    (path / "rootfs").mkdir()
+    (path / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "annotations": {}}))
+    return path
+
+
+@pytest.fixture
+def address() -> str:
+    """A containerd address unique to this test, so the shim socket name is too."""
+    return f"/run/railcar-test-{uuid.uuid4().hex[:12]}/containerd.sock"

@@ -1,0 +1,102 @@
+"""`start` as containerd runs it: one address on stdout, a detached daemon, reuse within a group."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from google.protobuf import empty_pb2
+
+from railcar.shim import paths
+from railcar.ttrpc_proto.api import task_v2_pb2 as pb
+from railcar.ttrpc_proto.client import connect_unix
+
+from .conftest import run_shim, wait_gone, wait_until
+
+
+def test_socket_path_hashes_the_cleaned_join() -> None:
+    a = paths.socket_path("/x/c.sock", "default", "g1")
+    assert a == paths.socket_path("/x//c.sock/", "default", "g1")
+    assert a != paths.socket_path("/x/c.sock", "default", "g2")
+    assert a != paths.socket_path("/x/c.sock", "other", "g1")
+    assert a.startswith("/run/containerd/s/") and len(os.path.basename(a)) == 64
+
+
+async def _connect(address: str, container_id: str) -> int:
+    async with connect_unix(address) as client:
+        response = await client.call("containerd.task.v2.Task", "Connect", pb.ConnectRequest(id=container_id),
+                                     pb.ConnectResponse, timeout=5)
+        return response.shim_pid
+
+
+async def _shutdown(address: str) -> None:
+    async with connect_unix(address) as client:
+        await client.call("containerd.task.v2.Task", "Shutdown", pb.ShutdownRequest(id="x"), empty_pb2.Empty,
+                          timeout=5)
+
+
+def _fd_targets(pid: int) -> dict[int, str]:
+    fd_dir = f"/proc/{pid}/fd"
+    return {int(n): os.readlink(os.path.join(fd_dir, n)) for n in os.listdir(fd_dir)}
+
+
+async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle: Path, address: str,
+                                                                         tmp_path: Path) -> None:
+    os.mkfifo(bundle / "log", 0o700)
+    log_reader = os.open(bundle / "log", os.O_RDWR | os.O_NONBLOCK)  # as containerd holds it
+    (bundle / "config.json").write_text(json.dumps({"annotations": {"io.kubernetes.cri.sandbox-id": "pod1"}}))
+    result = run_shim(["-namespace", "default", "-address", address, "-id", "c1", "start"], bundle,
+                      stdin=b"\x0a\x00")
+    assert result.returncode == 0 and result.stderr == b""
+    shim_address = result.stdout.decode()
+    assert shim_address == "unix://" + paths.socket_path(address, "default", "pod1")
+    assert (bundle / "address").read_text() == shim_address
+    socket_file = shim_address.removeprefix("unix://")
+    assert stat.S_IMODE(os.stat(socket_file).st_mode) == 0o600
+    pid = 0
+    try:
+        pid = await _connect(shim_address, "c1")
+        assert os.getpgid(pid) == pid and os.getsid(pid) == os.getsid(0)
+        fds = _fd_targets(pid)
+        assert fds[0] == fds[1] == "/dev/null" and fds[2].endswith("/log") and fds[3].startswith("socket:")
+        assert not any(target.startswith("pipe:") for target in fds.values())
+
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "config.json").write_text((bundle / "config.json").read_text())
+        again = run_shim(["-namespace", "default", "-address", address, "-id", "c2", "start"], other)
+        assert (again.returncode, again.stdout.decode()) == (0, shim_address)
+        assert (other / "address").read_text() == shim_address
+        assert await _connect(shim_address, "c2") == pid  # the same daemon serves the group
+    finally:
+        if pid:
+            await _shutdown(shim_address)
+    assert wait_gone(pid)
+    assert not os.path.exists(socket_file)
+    logged = os.read(log_reader, 65536).decode()
+    os.close(log_reader)
+    assert 'level=info msg="railcar shim serving' in logged and "runtime=io.containerd.railcar.v2" in logged
+
+
+def test_start_imports_neither_trio_nor_protobuf(bundle: Path, address: str) -> None:
+    result = run_shim(["-namespace", "default", "-address", address, "-id", "light", "start"], bundle,
+                      env={"RAILCAR_SHIM_GRACE": "0.2"}, extra_python=["-X", "importtime"])
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines() if "|" in line}
+    assert "railcar.shim.bootstrap" in imported
+    assert not {name for name in imported if name.startswith(("trio", "google"))}
+    socket_file = result.stdout.decode().removeprefix("unix://")
+    # No Create ever comes: the daemon gives up after its grace period and removes its socket.
+    assert wait_until(lambda: not os.path.exists(socket_file))
+
+
+def test_start_without_config_fails_with_a_message(tmp_path: Path, address: str) -> None:
+    result = run_shim(["-namespace", "default", "-address", address, "-id", "x", "start"], tmp_path)
+    assert result.returncode == 1 and b"config.json" in result.stderr and result.stdout == b""
+
+
+def test_version_and_bad_flags() -> None:
+    result = run_shim(["-v"], Path("/"))
+    assert result.returncode == 0 and b"containerd-shim-railcar-v2" in result.stdout
+    result = run_shim(["-frobnicate"], Path("/"))
+    assert result.returncode == 2 and b"flag provided but not defined: -frobnicate" in result.stderr

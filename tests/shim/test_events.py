@@ -1,0 +1,86 @@
+"""The event publisher against a real ttrpc server standing in for containerd's events service."""
+
+import logging
+import socket
+
+import pytest
+import trio
+
+from railcar.shim.events import NAMESPACE_KEY, SERVICE, Publisher, envelope
+from railcar.ttrpc_proto import Code, TtrpcError
+from railcar.ttrpc_proto.api import events_task_pb2 as ev
+from railcar.ttrpc_proto.api import events_ttrpc_pb2
+from railcar.ttrpc_proto.server import Server
+from google.protobuf import empty_pb2
+
+LOG = logging.getLogger("test-events")
+
+
+class FakeContainerd:
+    """Records forwarded envelopes; fails the first `failures` calls with UNAVAILABLE."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.received: list[tuple[events_ttrpc_pb2.Envelope, dict]] = []
+
+    async def forward(self, req: events_ttrpc_pb2.ForwardRequest, ctx) -> empty_pb2.Empty:
+        if self.failures:
+            self.failures -= 1
+            raise TtrpcError(Code.UNAVAILABLE, "containerd is restarting")
+        self.received.append((req.envelope, ctx.metadata))
+        return empty_pb2.Empty()
+
+    async def serve(self, path: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        server = Server()
+        server.register(SERVICE, {"Forward": (events_ttrpc_pb2.ForwardRequest, self.forward)})
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(path)
+        sock.listen()
+        with sock:
+            await server.serve(sock, task_status=task_status)
+
+
+def test_envelope_has_topic_namespace_bare_url_and_real_time() -> None:
+    request = envelope("k8s.io", ev.TaskExit(container_id="c", id="c", pid=7, exit_status=1))
+    env = request.envelope
+    assert (env.topic, env.namespace, env.event.type_url) == ("/tasks/exit", "k8s.io", "containerd.events.TaskExit")
+    assert env.timestamp.seconds > 1_600_000_000
+    with pytest.raises(ValueError, match="not a task event"):
+        envelope("n", empty_pb2.Empty())
+
+
+async def test_events_arrive_in_order_with_namespace_metadata_despite_failures(tmp_path) -> None:
+    fake = FakeContainerd(failures=2)
+    path = str(tmp_path / "ttrpc.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve, path)
+        publisher = Publisher(path, "default", LOG, retry_delay=0.01)
+        nursery.start_soon(publisher.run)
+        publisher.publish(ev.TaskStart(container_id="c", pid=1))
+        publisher.publish(ev.TaskExit(container_id="c", id="c", pid=1, exit_status=3))
+        publisher.publish(ev.TaskDelete(container_id="c", pid=1, exit_status=3))
+        await publisher.drained()
+        publisher.close()
+        nursery.cancel_scope.cancel()
+    assert [e.topic for e, _ in fake.received] == ["/tasks/start", "/tasks/exit", "/tasks/delete"]
+    assert all(md[NAMESPACE_KEY] == ["default"] for _, md in fake.received)
+    exit_event = ev.TaskExit.FromString(fake.received[1][0].event.value)
+    assert exit_event.exit_status == 3
+
+
+async def test_unreachable_containerd_drops_after_retries_and_is_not_fatal(tmp_path, caplog) -> None:
+    publisher = Publisher(str(tmp_path / "nobody.sock"), "default", LOG, attempts=2, retry_delay=0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher.run)
+        publisher.publish(ev.TaskOOM(container_id="c"))
+        await publisher.drained()
+        publisher.close()
+    assert "dropping event /tasks/oom after 2 attempts" in caplog.text
+
+
+async def test_a_full_queue_drops_with_a_log_line(caplog) -> None:
+    publisher = Publisher("/nonexistent", "default", LOG, queue_size=1)
+    publisher.publish(ev.TaskPaused(container_id="c"))
+    publisher.publish(ev.TaskResumed(container_id="c"))
+    assert "dropping event /tasks/resumed" in caplog.text
+    publisher.close()

@@ -1,0 +1,45 @@
+"""The reaper routes exits by pid and keeps those nobody waited for yet."""
+
+import os
+import signal
+
+import trio
+
+from railcar.shim.reaper import Reaper, exit_status
+
+
+def _spawn(script: str) -> int:
+    return os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script], os.environ)
+
+
+async def test_exit_before_wait_is_kept_and_routed_by_pid() -> None:
+    reaper = Reaper()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reaper.run)
+        first, second = _spawn("exit 3"), _spawn("sleep 0.2; exit 4")
+        while not reaper.has_exited(first):
+            await trio.sleep(0.01)
+        assert exit_status(await reaper.wait(second)) == 4
+        assert exit_status(await reaper.wait(first)) == 3
+        assert not reaper.has_exited(first)  # each exit is claimed once
+        nursery.cancel_scope.cancel()
+
+
+async def test_signal_deaths_are_128_plus_signal_and_waits_are_concurrent() -> None:
+    reaper = Reaper()
+    results: dict[int, int] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reaper.run)
+        pids = [_spawn("exec sleep 30") for _ in range(3)]
+
+        async def wait(pid: int) -> None:
+            results[pid] = exit_status(await reaper.wait(pid))
+
+        async with trio.open_nursery() as waiters:
+            for pid in pids:
+                waiters.start_soon(wait, pid)
+            await trio.sleep(0.05)
+            for pid, sig in zip(pids, (signal.SIGKILL, signal.SIGTERM, signal.SIGINT)):
+                os.kill(pid, sig)
+        nursery.cancel_scope.cancel()
+    assert [results[p] for p in pids] == [137, 143, 130]

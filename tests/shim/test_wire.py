@@ -1,0 +1,35 @@
+"""The hand-encoded DeleteResponse and RuntimeInfo decode with the real generated protobuf types."""
+
+import json
+
+from railcar.shim import info, wire
+from railcar.ttrpc_proto.api import introspection_pb2, task_v2_pb2
+
+
+def test_delete_response_matches_bytes_observed_from_runc() -> None:
+    # Captured from containerd-shim-runc-v2 delete (reference §1.7): pid 22978, status 137.
+    observed = bytes.fromhex("08c2b301108901" "1a0b08b0c98bd806" "10a1f5a867")
+    decoded = task_v2_pb2.DeleteResponse.FromString(observed)
+    ns = decoded.exited_at.seconds * 1_000_000_000 + decoded.exited_at.nanos
+    assert wire.delete_response(22978, 137, ns) == observed
+
+
+def test_delete_response_keeps_an_empty_timestamp_and_omits_zero_fields() -> None:
+    encoded = wire.delete_response(0, 0, 0)
+    decoded = task_v2_pb2.DeleteResponse.FromString(encoded)
+    assert decoded.HasField("exited_at") and decoded.pid == 0 and decoded.exit_status == 0
+
+
+def test_large_values_round_trip() -> None:
+    decoded = task_v2_pb2.DeleteResponse.FromString(wire.delete_response(2**32 - 1, 255, 1_700_000_000_123_456_789))
+    assert (decoded.pid, decoded.exit_status) == (2**32 - 1, 255)
+    assert (decoded.exited_at.seconds, decoded.exited_at.nanos) == (1_700_000_000, 123_456_789)
+
+
+def test_runtime_info_decodes_with_features_json() -> None:
+    decoded = introspection_pb2.RuntimeInfo.FromString(info.runtime_info())
+    assert decoded.name == "io.containerd.railcar.v2"
+    assert decoded.version.version == info.version()
+    assert decoded.features.type_url == info.FEATURES_TYPE_URL
+    features = json.loads(decoded.features.value)
+    assert features["ociVersionMax"].startswith("1.") and "pid" in features["linux"]["namespaces"]
