@@ -6,6 +6,7 @@ import os
 import signal
 
 from . import files, resources as res, stats_v2
+from .devices_bpf import apply_device_rules
 from .errors import CgroupError, ResourceError
 from .host import CGROUP_ROOT
 from .interface import Cgroup, OomWatcher, remove_tree, wait_until
@@ -99,8 +100,7 @@ class CgroupV2(Cgroup):
         if res.section(resources, "network"):
             raise ResourceError("network", "net_cls/net_prio do not exist in cgroup v2")
         rules = res.device_rules(resources)
-        if rules:
-            raise ResourceError("devices", "device rules are not implemented for cgroup v2 yet")
+        apply_device_rules(self.dir, rules)
         for key, value in res.section(resources, "unified").items():
             if "/" in key or key.startswith(".") or not isinstance(value, str):
                 raise ResourceError(f"unified.{key}", "must name a control file and map it to a string")
