@@ -70,7 +70,9 @@ class Server:
                 raise TypeError(f"method {service}/{name}: expected (request message type, handler), got {entry!r}")
         self._services[service] = dict(methods)
 
-    async def serve(self, listener: trio.socket.SocketType, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, listener: trio.socket.SocketType, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Accept and serve connections on ``listener`` (bound and listening) until cancelled."""
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -160,9 +162,10 @@ class Server:
         with trio.move_on_at(deadline):
             try:
                 result = await handler(message, context)
-            except TtrpcError as exc:
-                return exc.code, exc.message, b""
             except Exception as exc:
+                status = _status_of(exc)
+                if status is not None:
+                    return status.code, status.message, b""
                 log.exception("ttrpc handler %s/%s failed", request.service, request.method)
                 return Code.UNKNOWN, str(exc) or type(exc).__name__, b""
             if not isinstance(result, Message):
@@ -170,6 +173,14 @@ class Server:
                 return Code.INTERNAL, f"handler for {request.method} returned no message", b""
             return Code.OK, "", result.SerializeToString()
         return Code.DEADLINE_EXCEEDED, "context deadline exceeded", b""
+
+
+def _status_of(exc: BaseException) -> TtrpcError | None:
+    """The TtrpcError a handler meant to raise, also when a nursery inside it wrapped that error
+    alone in an ExceptionGroup (trio's strict exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, TtrpcError) else None
 
 
 def _same_user(sock: trio.socket.SocketType) -> bool:

@@ -104,11 +104,17 @@ async def test_handler_errors_become_status_codes() -> None:
     async def broken(req: S, ctx: CallContext) -> S:
         raise ValueError("disk on fire")
 
+    async def grouped(req: S, ctx: CallContext) -> S:
+        async with trio.open_nursery() as nursery:  # strict exception groups wrap the error...
+            nursery.start_soon(not_found, req, ctx)
+        return S()
+
     async def wrong(req: S, ctx: CallContext) -> S:
         return "not a message"  # type: ignore[return-value]
 
-    async with paired(echo_server(NotFound=not_found, Broken=broken, Wrong=wrong)) as client:
+    async with paired(echo_server(NotFound=not_found, Broken=broken, Wrong=wrong, Grouped=grouped)) as client:
         for method, code, message in [("NotFound", Code.NOT_FOUND, "process already finished: not found"),
+                                      ("Grouped", Code.NOT_FOUND, "process already finished: not found"),
                                       ("Broken", Code.UNKNOWN, "disk on fire"),
                                       ("Wrong", Code.INTERNAL, "handler for Wrong returned no message")]:
             with pytest.raises(TtrpcError) as info:

@@ -111,3 +111,31 @@ def test_server_answers_what_it_owes_and_leaks_no_task(data: bytes) -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert active == []
     assert sorted(answered) == sorted(owed)
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams, st.integers(0, 6))
+def test_client_settles_every_call_whatever_the_server_sends(data: bytes, calls: int) -> None:
+    from railcar.ttrpc_proto import TtrpcError
+    from railcar.ttrpc_proto.client import open_client
+
+    outcomes: list[object] = []
+
+    async def one(client) -> None:
+        try:
+            outcomes.append(await client.call(SVC, "Echo", wrappers_pb2.StringValue(), wrappers_pb2.StringValue))
+        except TtrpcError as exc:
+            outcomes.append(exc)
+
+    async def main() -> None:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        async with open_client(client_stream) as client:
+            async with trio.open_nursery() as nursery:
+                for _ in range(calls):
+                    nursery.start_soon(one, client)
+                await trio.testing.wait_all_tasks_blocked()
+                await server_stream.send_all(data)
+                await server_stream.aclose()
+
+    trio.run(main)
+    assert len(outcomes) == calls
