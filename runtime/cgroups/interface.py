@@ -83,9 +83,12 @@ class Cgroup(abc.ABC):
     def oom_watcher(self) -> OomWatcher: ...
 
     def kill_all(self, sig: int) -> None:
-        """Signal every process; frozen meanwhile so a forking process cannot escape the sweep."""
-        was_frozen = self.frozen()
-        if not was_frozen:
+        """Signal every process; frozen meanwhile (where a freezer exists) so a forking process
+        cannot escape the sweep. A cgroup that is empty or already gone is not an error."""
+        if not self.pids():
+            return
+        freeze = self._can_freeze() and not self.frozen()
+        if freeze:
             self.freeze()
         try:
             for pid in self.pids():
@@ -94,8 +97,11 @@ class Cgroup(abc.ABC):
                 except ProcessLookupError:
                     pass
         finally:
-            if not was_frozen or sig == signal.SIGKILL:
-                self.thaw()  # SIGKILL is only delivered to a thawed task
+            if freeze or (sig == signal.SIGKILL and self.frozen()):
+                self.thaw()  # a frozen task only dies once thawed
+
+    def _can_freeze(self) -> bool:
+        return True
 
     def to_state(self) -> dict:
         """What the state file keeps so another process (e.g. `shim delete`) can reopen this cgroup."""

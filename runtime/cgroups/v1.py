@@ -110,6 +110,9 @@ class CgroupV1(Cgroup):
         files.write(state, "THAWED")
         wait_until(lambda: files.read(state).strip() == "THAWED", f"{state} to read THAWED")
 
+    def _can_freeze(self) -> bool:
+        return "freezer" in self.mounts
+
     def frozen(self) -> bool:
         d = self.dir("freezer")
         state = None if d is None else files.read_optional(f"{d}/freezer.state")

@@ -66,6 +66,8 @@ class CgroupV2(Cgroup):
 
     def kill_all(self, sig: int) -> None:
         """cgroup.kill (Linux 5.14+) kills the whole subtree atomically; other signals need a sweep."""
+        if not os.path.isdir(self.dir):
+            return
         if sig == signal.SIGKILL and os.path.exists(self._file("cgroup.kill")):
             files.write(self._file("cgroup.kill"), 1)
         else:

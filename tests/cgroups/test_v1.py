@@ -149,3 +149,20 @@ def test_pids_limit_stops_fork_bomb(cgroup_parent: str, spawn) -> None:
     cg.kill_all(signal.SIGKILL)
     bomb.wait()
     cg.destroy()
+
+
+def test_kill_all_reaches_a_paused_cgroup_and_ignores_a_gone_one(cgroup_parent: str, spawn) -> None:
+    cg = CgroupV1(f"{cgroup_parent}/c8")
+    cg.create(None)
+    a = spawn(cg, "sleep", "1000")
+    b = spawn(cg, "sleep", "1000")
+    cg.kill_all(signal.SIGTERM)
+    assert a.wait() == -signal.SIGTERM and b.wait() == -signal.SIGTERM
+    c = spawn(cg, "sleep", "1000")
+    cg.freeze()
+    cg.kill_all(signal.SIGKILL)
+    assert c.wait() == -signal.SIGKILL
+    assert not cg.frozen()
+    cg.destroy()
+    cg.kill_all(signal.SIGKILL)
+    assert cg.pids() == []
