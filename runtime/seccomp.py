@@ -99,6 +99,10 @@ class SeccompProgram:
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._libc.syscall.restype = ctypes.c_long
 
+    def __reduce__(self) -> tuple:
+        """Picklable (e.g. to hand a plan to a forker process): ctypes state is rebuilt on arrival."""
+        return (SeccompProgram, (self.bpf, self.flags))
+
     def load(self) -> None:
         if self._libc.syscall(ctypes.c_long(_SYS_SECCOMP), ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
                               ctypes.c_ulong(self.flags), ctypes.byref(self._prog)) < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 
 import pytest
 
@@ -171,3 +172,10 @@ def test_apparmor_on_a_host_without_it_is_a_clear_error() -> None:
 def test_selinux_on_a_host_without_it_is_a_clear_error() -> None:
     with pytest.raises(SpecError, match="no SELinux"):
         prepare({"selinuxLabel": "system_u:system_r:container_t:s0"}, {})
+
+
+def test_a_pickled_plan_still_works() -> None:
+    """The plan may be prepared in one process and applied in a forker's child."""
+    plan = pickle.loads(pickle.dumps(prepare({"noNewPrivileges": True}, seccomp_profile())))
+    code, out = run_with(plan, [BUSYBOX, "mkdir", "/nonexistent-dir/x"])
+    assert code != 0 and os.strerror(errno.EXDEV) in out
