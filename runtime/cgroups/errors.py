@@ -8,8 +8,9 @@ from ..errors import RuntimeFailure, SpecError
 class CgroupError(RuntimeFailure):
     """The kernel (or the host's cgroup setup) refused a cgroup operation; names the file or controller."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__("cgroups", message)
+        self.errno = errno
 
 
 class ResourceError(SpecError):

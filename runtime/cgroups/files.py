@@ -14,11 +14,11 @@ def write(path: str, value: str | int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise CgroupError(f"cannot open {path} to write {value!r}: {e.strerror}") from e
+        raise CgroupError(f"cannot open {path} to write {value!r}: {e.strerror}", e.errno) from e
     try:
         os.write(fd, data)
     except OSError as e:
-        raise CgroupError(f"writing {value!r} to {path}: {e.strerror}") from e
+        raise CgroupError(f"writing {value!r} to {path}: {e.strerror}", e.errno) from e
     finally:
         os.close(fd)
 

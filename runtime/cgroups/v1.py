@@ -164,8 +164,8 @@ class CgroupV1(Cgroup):
             files.write(memsw, swap)
         if reservation is not None:
             files.write(f"{d}/memory.soft_limit_in_bytes", reservation)
-        # Kernel memory limits are deprecated in the runtime-spec and removed from kernels >= 5.16
-        # (the file is absent or refuses writes); like runc, apply them only where the kernel still can.
+        # Kernel memory limits are deprecated in the runtime-spec; kernels >= 5.16 accept and ignore
+        # them, older ones may lack the file or refuse. Like runc, apply them where the kernel can.
         if kernel is not None and os.path.exists(f"{d}/memory.kmem.limit_in_bytes"):
             self._write_if_supported(f"{d}/memory.kmem.limit_in_bytes", kernel)
         if kernel_tcp is not None:
@@ -178,14 +178,10 @@ class CgroupV1(Cgroup):
     @staticmethod
     def _write_if_supported(path: str, value: int) -> None:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, str(value).encode())
-            finally:
-                os.close(fd)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise CgroupError(f"writing {value} to {path}: {e.strerror}") from e
+            files.write(path, value)
+        except CgroupError as e:
+            if e.errno != errno.EOPNOTSUPP:  # kmem accounting switched off (cgroup.memory=nokmem)
+                raise
 
     def _cpu(self, cpu: dict) -> None:
         if not cpu:

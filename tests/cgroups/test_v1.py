@@ -27,7 +27,8 @@ def read(cg: CgroupV1, controller: str, name: str) -> str:
 def test_create_applies_resources_everywhere(cgroup_parent: str) -> None:
     cg = CgroupV1(f"{cgroup_parent}/c1")
     cg.create({
-        "memory": {"limit": 64 << 20, "swap": 64 << 20, "reservation": 32 << 20, "swappiness": 10},
+        "memory": {"limit": 64 << 20, "swap": 64 << 20, "reservation": 32 << 20, "swappiness": 10,
+                   "kernel": 32 << 20, "kernelTCP": 8 << 20, "disableOOMKiller": True},
         "cpu": {"shares": 512, "quota": 20000, "period": 100000},
         "pids": {"limit": 42},
         "devices": [{"allow": False, "access": "rwm"}, {"allow": True, "type": "c", "major": 1, "minor": 3,
@@ -39,6 +40,8 @@ def test_create_applies_resources_everywhere(cgroup_parent: str) -> None:
     assert read(cg, "memory", "memory.memsw.limit_in_bytes") == str(64 << 20)
     assert read(cg, "memory", "memory.soft_limit_in_bytes") == str(32 << 20)
     assert read(cg, "memory", "memory.swappiness") == "10"
+    assert read(cg, "memory", "memory.kmem.tcp.limit_in_bytes") == str(8 << 20)
+    assert "oom_kill_disable 1" in read(cg, "memory", "memory.oom_control")
     assert read(cg, "cpu", "cpu.shares") == "512"
     assert read(cg, "cpu", "cpu.cfs_quota_us") == "20000"
     assert read(cg, "pids", "pids.max") == "42"
@@ -90,7 +93,7 @@ def test_processes_freeze_thaw_kill(cgroup_parent: str, spawn) -> None:
     assert a.state() == "D"  # v1 frozen tasks sleep uninterruptibly in the freezer
     cg.thaw()
     assert not cg.frozen()
-    assert a.state() == "S"
+    wait_for(lambda: a.state() == "S", "the thawed process to sleep again (not frozen)")
     cg.kill_all(signal.SIGKILL)
     assert a.wait() == -signal.SIGKILL and b.wait() == -signal.SIGKILL
     assert cg.pids() == []
