@@ -12,7 +12,7 @@ import trio
 from .binary_logger import BinaryLogger
 from .errors import StdioError
 from .fds import FdSet
-from .pump import pump
+from .pump import pump, widen
 from .spawner import DefaultSpawner, Spawner
 from .targets import (
     Mode,
@@ -120,6 +120,7 @@ class ProcessIO:
             theirs, ours = (read_end, write_end) if process_reads else (write_end, read_end)
             os.fchown(theirs, uid, gid)
             os.set_blocking(ours, False)
+            widen(ours)
             return theirs, ours
 
         if self.stdin_path:

@@ -23,11 +23,19 @@ import trio
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
-"""Bytes per read/splice: the default pipe capacity, so one call can empty a full pipe."""
+"""Bytes per read on the copy path: the most memory one pump holds."""
+
+SPLICE_CHUNK = 1 << 20
+"""Bytes per splice call: costs no memory, and one call can empty a widened pipe."""
+
+PIPE_SIZE = 1 << 20
+"""Capacity for the pipes we create (the kernel's default pipe-max-size). Per transfer the pump
+pays a few syscalls and a trio wakeup, so moving up to 1 MiB instead of 64 KiB per wakeup raises
+throughput (benchmarks/io_bench.py); the memory is kernel pages, allocated only while data waits."""
 
 _YIELD_EVERY = 16
 """A busy pump yields to the trio scheduler after this many transfers, so that one fast
-producer cannot starve the event loop, without paying a checkpoint per 64 KiB."""
+producer cannot starve the event loop, without paying a checkpoint per transfer."""
 
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 
@@ -35,6 +43,15 @@ _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 def is_pipe(fd: int) -> bool:
     """Pipes and FIFOs: the only fds both ends of a splice-only path may be."""
     return stat.S_ISFIFO(os.fstat(fd).st_mode)
+
+
+def widen(fd: int) -> None:
+    """Give the pipe behind `fd` PIPE_SIZE of capacity, or leave it as is if the kernel refuses
+    (a lowered pipe-max-size or the per-user pipe page limit): that only costs speed."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError as error:
+        log.debug("cannot widen pipe to %d bytes: %s", PIPE_SIZE, error)
 
 
 def _pending(fd: int) -> int:
@@ -68,7 +85,7 @@ async def _splice_loop(src: int, dst: int) -> None:
     transfers = 0
     while True:
         try:
-            moved = os.splice(src, dst, CHUNK, flags=_SPLICE_FLAGS)
+            moved = os.splice(src, dst, SPLICE_CHUNK, flags=_SPLICE_FLAGS)
         except BlockingIOError:
             if _pending(src):
                 await trio.lowlevel.wait_writable(dst)

@@ -1,7 +1,10 @@
 """FIFO mode end to end: a real child process writes into ProcessIO's pipes, a client reads the FIFOs."""
 
+import fcntl
 import hashlib
 import os
+import struct
+import termios
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +12,7 @@ from pathlib import Path
 import trio
 
 from railcar.io import ProcessIO
+from railcar.io.pump import PIPE_SIZE
 
 from .clients import container, open_reader, read_to_eof, wait
 
@@ -61,17 +65,17 @@ async def test_thousand_writers_that_exit_at_once_lose_nothing(fifo: Callable[[s
 
 
 async def test_late_reader_gets_everything(fifo: Callable[[str], str]) -> None:
-    """1 MiB with nobody reading: the FIFO and the pipe fill up, the writer blocks, nothing is lost."""
+    """4 MiB with nobody reading: the FIFO and the pipe fill up, the writer blocks, nothing is lost."""
     out = fifo("stdout")
     pio = await ProcessIO.open("", out, "", terminal=False)
     assert pio.container_stdio is not None
-    payload = bytes(range(256)) * (MB // 256)
-    writer = container(f"import sys; sys.stdout.buffer.write(bytes(range(256)) * {MB // 256})", pio.container_stdio)
+    payload = bytes(range(256)) * (4 * MB // 256)
+    writer = container(f"import sys; sys.stdout.buffer.write(bytes(range(256)) * {4 * MB // 256})", pio.container_stdio)
     probe = os.dup(pio.container_stdio[1])  # to watch the process's pipe fill up
     pio.close_container_side()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pio.run)
-        while _pending(probe) < 65536:  # FIFO full and pipe full: the writer is stuck
+        while _pending(probe) < fcntl.fcntl(probe, fcntl.F_GETPIPE_SZ):  # FIFO and pipe full: writer stuck
             await trio.sleep(0.01)
         os.close(probe)
         received = await read_to_eof(open_reader(out))
@@ -84,10 +88,10 @@ async def test_reader_that_leaves_and_returns_does_not_kill_the_writer(fifo: Cal
     out = fifo("stdout")
     pio = await ProcessIO.open("", out, "", terminal=False)
     assert pio.container_stdio is not None
-    payload = b"".join(b"line %06d\n" % i for i in range(50000))  # 550 kB: more than pipe + FIFO hold
+    payload = b"".join(b"line %06d\n" % i for i in range(200000))  # 2.2 MB: more than pipe + FIFO hold
     first_reader = open_reader(out)
     writer = container(
-        "import sys\nfor i in range(50000): sys.stdout.buffer.write(b'line %06d\\n' % i)", pio.container_stdio
+        "import sys\nfor i in range(200000): sys.stdout.buffer.write(b'line %06d\\n' % i)", pio.container_stdio
     )
     pio.close_container_side()
     async with trio.open_nursery() as nursery:
@@ -127,6 +131,7 @@ async def test_stdout_and_stderr_fifos_and_ownership(fifo: Callable[[str], str])
         st = os.fstat(fd)
         assert stat.S_ISFIFO(st.st_mode) and (st.st_uid, st.st_gid) == (1234, 4321)
         assert os.get_blocking(fd)  # the process's end stays blocking
+        assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == PIPE_SIZE
     assert stat.S_ISCHR(os.fstat(pio.container_stdio[0]).st_mode)  # no stdin: /dev/null
     readers = open_reader(out), open_reader(err)
     writer = container("import os; os.write(1, b'to out'); os.write(2, b'to err')", pio.container_stdio)
@@ -194,8 +199,4 @@ async def test_null_io_gives_dev_null() -> None:
 
 
 def _pending(fd: int) -> int:
-    import fcntl
-    import struct
-    import termios
-
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
