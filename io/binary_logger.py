@@ -47,7 +47,14 @@ class BinaryLogger:
 
     @classmethod
     async def start(
-        cls, uri: str, spawner: Spawner, fds: FdSet, *, stdout_read: int, stderr_read: int, env: dict[str, str]
+        cls,
+        uri: str,
+        spawner: Spawner,
+        fds: FdSet,
+        *,
+        stdout_read: int,
+        stderr_read: int,
+        env: dict[str, str],
     ) -> "BinaryLogger":
         """Spawn the logger on the given pipe read ends (closed here once it has them) and await ready."""
         argv = logger_argv(uri)
@@ -57,9 +64,8 @@ class BinaryLogger:
         ready_read, ready_write = fds.pipe()
         devnull = fds.adopt(os.open(os.devnull, os.O_RDWR))
         try:
-            pid = spawner.spawn(
-                argv, env, {0: devnull, 1: devnull, 2: devnull, 3: stdout_read, 4: stderr_read, 5: ready_write}
-            )
+            child_fds = {0: devnull, 1: devnull, 2: devnull, 3: stdout_read, 4: stderr_read, 5: ready_write}
+            pid = spawner.spawn(argv, env, child_fds)
         except OSError as error:
             raise StdioError(uri, f"cannot start logging binary: {error}") from error
         finally:

@@ -99,7 +99,8 @@ class ProcessIO:
         """
         self = cls(stdin, stdout, stderr, terminal)
         try:
-            await self._open(uid, gid, {"CONTAINER_ID": container_id, "CONTAINER_NAMESPACE": namespace}, spawner)
+            logger_env = {"CONTAINER_ID": container_id, "CONTAINER_NAMESPACE": namespace}
+            await self._open(uid, gid, logger_env, spawner)
         except BaseException:
             await self.aclose()
             raise
@@ -124,7 +125,8 @@ class ProcessIO:
             return theirs, ours
 
         if self.stdin_path:
-            self._stdin_src, self._stdin_holder = open_stdin_fifo(plain_path(self.stdin_path, "stdin"), self._fds)
+            stdin_fifo = plain_path(self.stdin_path, "stdin")
+            self._stdin_src, self._stdin_holder = open_stdin_fifo(stdin_fifo, self._fds)
         sinks, logger_ends = await self._open_outputs(logger_env, spawner)
         if self._terminal:
             self._outputs = [_Output("stdout", sinks.get("stdout") or self._null_sink(), owns_src=False)]
@@ -154,7 +156,9 @@ class ProcessIO:
     ) -> tuple[dict[str, Sink], dict[str, int]]:
         """Sinks by stream name, and for binary:// the process's ends of the (started) logger's pipes."""
         mode = output_mode(self.stdout_path, self.stderr_path)
-        targets = {"stdout": self.stdout_path} if self._terminal else {"stdout": self.stdout_path, "stderr": self.stderr_path}
+        targets = {"stdout": self.stdout_path}
+        if not self._terminal:
+            targets["stderr"] = self.stderr_path
         sinks: dict[str, Sink] = {}
         logger_ends: dict[str, int] = {}
         if mode is Mode.BINARY:

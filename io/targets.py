@@ -34,7 +34,7 @@ def output_mode(stdout: str, stderr: str) -> Mode:
         return Mode.BINARY
     if scheme == "file":
         return Mode.FILE
-    raise StdioError(stdout, f"unknown STDIO scheme {scheme!r} (expected a FIFO path, binary:// or file://)")
+    raise StdioError(stdout, f"unknown STDIO scheme {scheme!r} (use a FIFO path, binary:// or file://)")
 
 
 def plain_path(target: str, stream: str) -> str:
@@ -42,7 +42,7 @@ def plain_path(target: str, stream: str) -> str:
     if "://" in target:
         parts = urllib.parse.urlsplit(target)
         if parts.scheme != "fifo":
-            raise StdioError(target, f"{stream}: only a FIFO path is allowed here, not a {parts.scheme}:// URI")
+            raise StdioError(target, f"{stream}: must be a FIFO path, not a {parts.scheme}:// URI")
         target = parts.path
     if not os.path.isabs(target):
         raise StdioError(target, f"{stream}: path must be absolute")

@@ -77,7 +77,8 @@ async def test_open_waits_for_ready(tmp_path: Path) -> None:
 
 async def test_logger_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
     logger = write_logger(
-        tmp_path, f"import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n{SIGNAL_READY}\ntime.sleep(3600)"
+        tmp_path,
+        f"import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n{SIGNAL_READY}\ntime.sleep(3600)",
     )
     spawner = RecordingSpawner()
     pio = await ProcessIO.open("", f"binary://{logger}", "", terminal=False, spawner=spawner)
@@ -111,7 +112,8 @@ async def test_missing_logger_binary_is_named(tmp_path: Path) -> None:
 
 
 def test_argv_follows_containerd() -> None:
-    assert logger_argv("binary:///usr/bin/x?k1=v1&k2=v%2F2&k1=again") == ["/usr/bin/x", "k1", "v1", "k2", "v/2"]
+    argv = logger_argv("binary:///usr/bin/x?k1=v1&k2=v%2F2&k1=again")
+    assert argv == ["/usr/bin/x", "k1", "v1", "k2", "v/2"]  # first value per key, unescaped
     assert logger_argv("binary://usr/bin/x") == ["/bin/x"]  # the host part is not part of the path
     with pytest.raises(StdioError, match="absolute path"):
         logger_argv("binary://")

@@ -70,7 +70,8 @@ async def test_late_reader_gets_everything(fifo: Callable[[str], str]) -> None:
     pio = await ProcessIO.open("", out, "", terminal=False)
     assert pio.container_stdio is not None
     payload = bytes(range(256)) * (4 * MB // 256)
-    writer = container(f"import sys; sys.stdout.buffer.write(bytes(range(256)) * {4 * MB // 256})", pio.container_stdio)
+    script = f"import sys; sys.stdout.buffer.write(bytes(range(256)) * {4 * MB // 256})"
+    writer = container(script, pio.container_stdio)
     probe = os.dup(pio.container_stdio[1])  # to watch the process's pipe fill up
     pio.close_container_side()
     async with trio.open_nursery() as nursery:
@@ -91,7 +92,8 @@ async def test_reader_that_leaves_and_returns_does_not_kill_the_writer(fifo: Cal
     payload = b"".join(b"line %06d\n" % i for i in range(200000))  # 2.2 MB: more than pipe + FIFO hold
     first_reader = open_reader(out)
     writer = container(
-        "import sys\nfor i in range(200000): sys.stdout.buffer.write(b'line %06d\\n' % i)", pio.container_stdio
+        "import sys\nfor i in range(200000): sys.stdout.buffer.write(b'line %06d\\n' % i)",
+        pio.container_stdio,
     )
     pio.close_container_side()
     async with trio.open_nursery() as nursery:
@@ -148,7 +150,9 @@ async def test_stdin_ends_only_after_close_stdin(fifo: Callable[[str], str]) -> 
     stdin, out = fifo("stdin"), fifo("stdout")
     pio = await ProcessIO.open(stdin, out, "", terminal=False)
     assert pio.container_stdio is not None
-    cat = container("import shutil, sys; shutil.copyfileobj(sys.stdin.buffer, sys.stdout.buffer, 1)", pio.container_stdio)
+    cat = container(
+        "import shutil, sys; shutil.copyfileobj(sys.stdin.buffer, sys.stdout.buffer, 1)", pio.container_stdio
+    )
     pio.close_container_side()
     reader = open_reader(out)
 
@@ -200,3 +204,17 @@ async def test_null_io_gives_dev_null() -> None:
 
 def _pending(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+async def test_close_stdin_before_any_client_gives_eof(fifo: Callable[[str], str]) -> None:
+    stdin = fifo("stdin")
+    pio = await ProcessIO.open(stdin, "", "", terminal=False)
+    assert pio.container_stdio is not None
+    assert os.get_blocking(pio.container_stdio[0])
+    cat = container("import sys; sys.exit(len(sys.stdin.buffer.read()))", pio.container_stdio)
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        pio.close_stdin()
+    assert await wait(cat) == 0  # EOF with nothing read
+    await pio.aclose()

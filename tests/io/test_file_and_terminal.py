@@ -23,7 +23,8 @@ async def test_file_target_appends_both_streams(tmp_path: Path) -> None:
     assert (pio.stdout_path, pio.stderr_path) == (str(log), str(log))  # what State reports
     assert pio.container_stdio is not None
     writer = container(
-        "import os\nfor i in range(200): os.write(1 + i % 2, b'%s %d\\n' % (b'out' if i % 2 == 0 else b'err', i))",
+        "import os\nfor i in range(200):\n"
+        "    os.write(1 + i % 2, b'%s %d\\n' % (b'out' if i % 2 == 0 else b'err', i))",
         pio.container_stdio,
     )
     pio.close_container_side()
