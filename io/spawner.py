@@ -28,8 +28,32 @@ class Spawner(Protocol):
         ...
 
 
+def spawn_with_fds(argv: list[str], env: dict[str, str], fds: dict[int, int]) -> int:
+    """posix_spawn argv[0] with exactly `env` and `fds` (child fd -> our fd); every other fd of
+    ours is close-on-exec already (Python's default). Returns the pid; nobody waits for it here.
+
+    No Python code runs in the child, so this is safe inside a trio loop and with threads.
+    """
+    # Move every source fd above the highest target first, so no dup2 below can overwrite a
+    # source that a later dup2 still needs. The high copies are close-on-exec.
+    floor = max(fds, default=2) + 1
+    high = {child: fcntl.fcntl(ours, fcntl.F_DUPFD_CLOEXEC, floor) for child, ours in fds.items()}
+    try:
+        return os.posix_spawn(
+            argv[0],
+            argv,
+            env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, child) for child, fd in high.items()],
+            setsigdef=(signal.SIGPIPE,),  # Python ignores SIGPIPE; the child must not inherit that
+            setsigmask=(),
+        )
+    finally:
+        for fd in high.values():
+            os.close(fd)
+
+
 class DefaultSpawner:
-    """posix_spawn + a pidfd per child: for standalone use and tests, where nobody else reaps.
+    """spawn_with_fds + a pidfd per child: for standalone use and tests, where nobody else reaps.
 
     The pidfd is opened while the child is still our unreaped child, so it can never refer to a
     recycled pid, and waiting on it is a plain trio readability wait (no thread, cancellable).
@@ -39,22 +63,7 @@ class DefaultSpawner:
         self._pidfds: dict[int, int] = {}
 
     def spawn(self, argv: list[str], env: dict[str, str], fds: dict[int, int]) -> int:
-        # Move every source fd above the highest target first, so no dup2 below can overwrite a
-        # source that a later dup2 still needs. The high copies are close-on-exec.
-        floor = max(fds, default=2) + 1
-        high = {child: fcntl.fcntl(ours, fcntl.F_DUPFD_CLOEXEC, floor) for child, ours in fds.items()}
-        try:
-            pid = os.posix_spawn(
-                argv[0],
-                argv,
-                env,
-                file_actions=[(os.POSIX_SPAWN_DUP2, fd, child) for child, fd in high.items()],
-                setsigdef=(signal.SIGPIPE,),  # Python ignores SIGPIPE; the child must not inherit that
-                setsigmask=(),
-            )
-        finally:
-            for fd in high.values():
-                os.close(fd)
+        pid = spawn_with_fds(argv, env, fds)
         self._pidfds[pid] = os.pidfd_open(pid)
         return pid
 
