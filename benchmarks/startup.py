@@ -30,8 +30,7 @@ RUNTIMES: dict[str, list[str]] = {
     "runc": ["--runtime", "io.containerd.runc.v2"],
     "crun": ["--runtime", "io.containerd.runc.v2", "--runc-binary", str(CRUN_HYBRID)],
 }
-SHIM_BINARIES = {"railcar": "containerd-shim-railcar-v2", "runc": "containerd-shim-runc-v2",
-                 "crun": "containerd-shim-runc-v2"}
+SHIM_BINARIES = {"runc": "containerd-shim-runc-v2", "crun": "containerd-shim-runc-v2"}
 
 
 def timed(cd: devenv.Containerd, *args: str, what: str) -> float:
@@ -103,6 +102,17 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+def railcar_shim_pids(cd: devenv.Containerd, ids: list[str]) -> list[int]:
+    """railcar daemons (forked by the zygote, so not findable by name) from their bundles' shim.pid,
+    plus each daemon's forker child: both are the per-shim cost."""
+    daemons = {int((cd.bundle(cid) / "shim.pid").read_text()) for cid in ids}
+    pids = set(daemons)
+    for pid in daemons:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids |= {int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "railcar-forker"}
+    return sorted(pids)
+
+
 def shim_pids(binary: str, namespace: str) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -129,7 +139,8 @@ def bench_memory(cd: devenv.Containerd, image: str, count: int) -> None:
             try:
                 for cid in ids:
                     timed(cd, "run", "-d", *flags, *extra, image, cid, "sleep", "1000", what=f"{name} run -d")
-                pids = shim_pids(SHIM_BINARIES[name], cd.namespace)
+                pids = (railcar_shim_pids(cd, ids) if name == "railcar"
+                        else shim_pids(SHIM_BINARIES[name], cd.namespace))
                 total = sum(pss_kib(p) for p in pids)
                 label = "grouped" if grouped else "one shim each"
                 print(f"  {name:8s} {label:14s} {len(pids):2d} shim processes, {total / count / 1024:6.2f} MiB PSS per container")

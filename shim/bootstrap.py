@@ -7,6 +7,7 @@ lightest modules: its wall time is most of a container's start latency budget.
 """
 
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ from .flags import Flags
 
 GROUP_ANNOTATIONS = ("io.containerd.railcar.v2.group", "io.kubernetes.cri.sandbox-id")
 _CONNECT_TIMEOUT = 0.1
+_ZYGOTE_TIMEOUT = 5.0
 
 
 class StartError(RuntimeError):
@@ -89,37 +91,37 @@ def write_address(bundle: str, address: str) -> None:
     os.rename(tmp, os.path.join(bundle, paths.ADDRESS_FILE))
 
 
-def _spawn_daemon(flags: Flags, bundle: str, listener: socket.socket) -> int:
-    """Run the daemon with the listener as fd 3, stdio on /dev/null, in its own process group.
+ZYGOTE_ENV = "RAILCAR_ZYGOTE"  # "0" disables the zygote: every daemon is spawned cold
 
-    Every other inherited descriptor is made close-on-exec first: a leaked copy of containerd's
-    stdout pipe in the daemon would make containerd wait for EOF forever (reference §1.4).
+
+def _only_inheritable(keep: int) -> None:
+    """Make every descriptor above stderr except `keep` close-on-exec.
+
+    A leaked copy of containerd's stdout pipe in a daemon would make containerd wait for EOF
+    forever (reference §1.4), and Python does not touch fds it inherited.
     """
-    high = os.dup(listener.fileno())  # never 3 itself, so the dup2 below always clears CLOEXEC
-    if high == 3:
-        high2 = os.dup(high)
-        os.close(high)
-        high = high2
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2 and fd != high:
+        if fd > 2 and fd != keep:
             try:
                 os.set_inheritable(fd, False)
             except OSError:
                 pass
-    daemon_flags = Flags(
-        namespace=flags.namespace,
-        address=flags.address,
-        publish_binary=flags.publish_binary,
-        id=flags.id,
-        bundle=bundle,
-        debug=flags.debug,
-    )
-    argv = [sys.executable, "-m", "railcar.shim", *daemon_flags.to_argv()]
+
+
+def _daemon_flags(flags: Flags, bundle: str) -> list[str]:
+    return Flags(namespace=flags.namespace, address=flags.address, publish_binary=flags.publish_binary,
+                 id=flags.id, bundle=bundle, debug=flags.debug).to_argv()
+
+
+def _spawn_daemon(daemon_flags: list[str], listener: socket.socket) -> int:
+    """Run a cold daemon with the listener as fd 3, stdio on /dev/null, in its own process group."""
+    high = fcntl.fcntl(listener.fileno(), fcntl.F_DUPFD, 10)  # never 3, so the dup2 below clears CLOEXEC
+    _only_inheritable(high)
     try:
         return os.posix_spawn(
             sys.executable,
-            argv,
+            [sys.executable, "-m", "railcar.shim", *daemon_flags],
             os.environ,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
@@ -131,6 +133,42 @@ def _spawn_daemon(flags: Flags, bundle: str, listener: socket.socket) -> int:
         )
     finally:
         os.close(high)
+
+
+def _spawn_zygote() -> None:
+    """Start a zygote for the next `start` (it exits at once if another one won the race)."""
+    _only_inheritable(-1)
+    try:
+        os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-m", "railcar.shim.zygote"],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
+                (os.POSIX_SPAWN_DUP2, 0, 1),
+                (os.POSIX_SPAWN_DUP2, 0, 2),
+            ],
+            setsid=True,
+        )
+    except OSError:
+        pass  # only an optimisation
+
+
+def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket.socket) -> int | None:
+    """Ask a running zygote to fork the daemon; None when there is none (or it failed)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    conn.settimeout(_ZYGOTE_TIMEOUT)
+    try:
+        conn.connect(paths.zygote_socket())
+        request = {"flags": daemon_flags, "env": dict(os.environ), "cwd": bundle}
+        socket.send_fds(conn, [json.dumps(request).encode()], [listener.fileno()])
+        reply = json.loads(conn.recv(4096) or b"{}")
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+    pid = reply.get("pid")
+    return pid if isinstance(pid, int) and pid > 0 else None
 
 
 def _adjust_oom_score(pid: int) -> None:
@@ -171,7 +209,13 @@ def start(flags: Flags) -> str:
         return address
     try:
         write_address(bundle, address)
-        pid = _spawn_daemon(flags, bundle, listener)
+        daemon_flags = _daemon_flags(flags, bundle)
+        use_zygote = os.environ.get(ZYGOTE_ENV) != "0"
+        pid = _fork_from_zygote(daemon_flags, bundle, listener) if use_zygote else None
+        if pid is None:
+            pid = _spawn_daemon(daemon_flags, listener)
+            if use_zygote:
+                _spawn_zygote()
     except BaseException:
         os.unlink(path)
         raise

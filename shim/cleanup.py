@@ -16,6 +16,7 @@ from . import paths, wire
 from .flags import Flags
 
 PID_FILE = "init.pid"
+SHIM_PID_FILE = "shim.pid"
 
 
 def _read(path: str) -> str | None:
@@ -44,10 +45,12 @@ def record_exit(bundle: str, status: int, when_ns: int) -> None:
     os.rename(tmp, os.path.join(bundle, paths.EXIT_FILE))
 
 
-def record_pid(bundle: str, pid: int) -> None:
-    """Written by the daemon after Create: the init pid `delete` reports."""
-    with open(os.path.join(bundle, PID_FILE), "w") as f:
-        f.write(str(pid))
+def record_pids(bundle: str, init_pid: int) -> None:
+    """Written by the daemon after Create: the init pid `delete` reports, and the daemon's own pid
+    (for operators and tools: the daemon may have been forked by the zygote, not run by name)."""
+    for name, pid in ((PID_FILE, init_pid), (SHIM_PID_FILE, os.getpid())):
+        with open(os.path.join(bundle, name), "w") as f:
+            f.write(str(pid))
 
 
 def _destroy_container(container_id: str, namespace: str) -> str | None:

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 
+import prctl
 import trio
 
 from railcar.ttrpc_proto.api import task_v2_pb2, task_v3_pb2
@@ -30,6 +31,7 @@ PR_SET_CHILD_SUBREAPER = 36
 GRACE_ENV = "RAILCAR_SHIM_GRACE"
 DEFAULT_GRACE = 30.0
 EVENT_DRAIN_TIMEOUT = 5.0
+PROCESS_NAME = "railcar-shim"  # the comm name ps/top show, whether spawned cold or forked by the zygote
 
 
 def _set_child_subreaper() -> None:
@@ -114,6 +116,7 @@ def run(flags: Flags) -> int:
     """Run the daemon until it is told to stop; returns the process exit code."""
     bundle = os.path.abspath(flags.bundle or os.getcwd())
     logger = shim_log.setup(bundle, flags.namespace, flags.debug)
+    prctl.set_name(PROCESS_NAME)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     _set_child_subreaper()
     listener = _listener(flags)

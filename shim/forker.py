@@ -16,8 +16,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import prctl
 import trio
 
+PROCESS_NAME = "railcar-forker"
 _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 16
 
@@ -218,6 +220,7 @@ class Forker:
             code = 0
             try:
                 ours.close()
+                prctl.set_name(PROCESS_NAME)
                 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)

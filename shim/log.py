@@ -63,11 +63,10 @@ def setup(bundle: str, namespace: str, debug: bool) -> logging.Logger:
         os.dup2(fd, 2)
         os.close(fd)
         os.set_blocking(2, False)
-    logger = logging.getLogger("railcar.shim")
     handler = FdHandler(2)
     handler.setFormatter(LogrusFormatter({"namespace": namespace, "pid": str(os.getpid()), "runtime": RUNTIME}))
-    logger.handlers[:] = [handler]
-    logger.propagate = False
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    root = logging.getLogger()  # the libraries' loggers (ttrpc server, io) land in the same stream
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
     logging.raiseExceptions = False
-    return logger
+    return logging.getLogger("railcar.shim")

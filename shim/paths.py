@@ -7,6 +7,7 @@ socket name has to be unique per containerd address, namespace and group.
 
 import hashlib
 import posixpath
+import sys
 
 SOCKET_DIR = "/run/containerd/s"
 RUNTIME_ROOT = "/run/railcar"
@@ -25,3 +26,10 @@ def socket_path(address: str, namespace: str, group: str) -> str:
 def runtime_root(namespace: str) -> str:
     """The runtime's state root for one containerd namespace, so equal ids in two namespaces never clash."""
     return posixpath.join(RUNTIME_ROOT, namespace or "default")
+
+
+def zygote_socket() -> str:
+    """The zygote's socket, tied to this interpreter and this copy of railcar: a zygote forks only
+    daemons of the exact code that asked for it."""
+    key = f"{sys.executable}\0{posixpath.dirname(posixpath.abspath(__file__))}"
+    return posixpath.join(RUNTIME_ROOT, f"zygote-{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock")

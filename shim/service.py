@@ -216,7 +216,7 @@ class TaskService:
                                                       "terminal": req.terminal}, pio.container_stdio or ())
             created = True
             self._attach(init, pio, result, fds)
-            cleanup.record_pid(bundle, init.pid)
+            cleanup.record_pids(bundle, init.pid)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._undo_create(task, pio, created)

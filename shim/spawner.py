@@ -2,23 +2,20 @@
 
 import os
 
-from railcar.io.spawner import DefaultSpawner
+from railcar.io.spawner import spawn_with_fds
 
 from .reaper import Reaper
 
 
-class ReaperSpawner(DefaultSpawner):
+class ReaperSpawner:
     """posix_spawn as railcar.io does it (no Python runs in the child, so it is safe inside trio),
-    but the exit comes from the shim's reaper: its waitpid(-1) loop would steal it from a pidfd."""
+    with the exit taken from the shim's reaper: its waitpid(-1) loop would steal it from anyone else."""
 
     def __init__(self, reaper: Reaper) -> None:
-        super().__init__()
         self._reaper = reaper
 
     def spawn(self, argv: list[str], env: dict[str, str], fds: dict[int, int]) -> int:
-        pid = super().spawn(argv, env, fds)
-        os.close(self._pidfds.pop(pid))
-        return pid
+        return spawn_with_fds(argv, env, fds)
 
     async def wait(self, pid: int) -> int:
         return os.waitstatus_to_exitcode(await self._reaper.wait(pid))

@@ -13,9 +13,12 @@ import pytest
 
 def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: bytes = b"",
              extra_python: list[str] = ()) -> subprocess.CompletedProcess:
-    """One short-lived shim command, as containerd runs it (cwd = bundle, stdout+stderr captured)."""
+    """One short-lived shim command, as containerd runs it (cwd = bundle, stdout+stderr captured).
+
+    The zygote is off unless `env` turns it on: a test that wants one starts and stops its own.
+    """
     return subprocess.run([sys.executable, *extra_python, "-m", "railcar.shim", *args], cwd=cwd, input=stdin,
-                          capture_output=True, env={**os.environ, **(env or {})}, timeout=30)
+                          capture_output=True, env={**os.environ, "RAILCAR_ZYGOTE": "0", **(env or {})}, timeout=30)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -2,7 +2,11 @@
 
 import json
 import os
+import socket
 import stat
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 from google.protobuf import empty_pb2
@@ -33,6 +37,12 @@ async def _shutdown(address: str) -> None:
     async with connect_unix(address) as client:
         await client.call("containerd.task.v2.Task", "Shutdown", pb.ShutdownRequest(id="x"), empty_pb2.Empty,
                           timeout=5)
+
+
+def _peer_pid(path: str) -> int:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+        conn.connect(path)
+        return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
 
 
 def _fd_targets(pid: int) -> dict[int, str]:
@@ -100,3 +110,30 @@ def test_version_and_bad_flags() -> None:
     assert result.returncode == 0 and b"containerd-shim-railcar-v2" in result.stdout
     result = run_shim(["-frobnicate"], Path("/"))
     assert result.returncode == 2 and b"flag provided but not defined: -frobnicate" in result.stderr
+
+
+async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> None:
+    zygote = subprocess.Popen([sys.executable, "-m", "railcar.shim.zygote"], env={**os.environ},
+                              stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.exists(paths.zygote_socket()))
+        serving = _peer_pid(paths.zygote_socket())  # ours, or one an earlier test session left running
+        result = run_shim(["-namespace", "default", "-address", address, "-id", "z1", "start"], bundle,
+                          env={"RAILCAR_ZYGOTE": "1"})
+        assert result.returncode == 0 and result.stderr == b""
+        shim_address = result.stdout.decode()
+        pid = await _connect(shim_address, "z1")
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert int(fields[1]) == serving and int(fields[2]) == pid  # forked by the zygote, own group
+        with open(f"/proc/{pid}/comm") as f:
+            assert f.read().strip() == "railcar-shim"
+        fds = _fd_targets(pid)
+        assert fds[0] == fds[1] == fds[2] == "/dev/null" and fds[3].startswith("socket:")
+        await _shutdown(shim_address)
+        assert wait_gone(pid)
+    finally:
+        zygote.terminate()
+        assert zygote.wait(timeout=10) == 0
+    if serving == zygote.pid:
+        assert not os.path.exists(paths.zygote_socket())

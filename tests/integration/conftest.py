@@ -1,0 +1,118 @@
+"""A private containerd with railcar on its PATH, a busybox image, and a leak check after each test.
+
+The containerd (root, state, sockets under a temp dir) lives for the whole session; each test gets
+unique container ids and must leave nothing behind: no shim daemon, no socket of ours in
+/run/containerd/s, no mount under containerd's state or root, no runtime state, no cgroup.
+"""
+
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
+import devenv  # noqa: E402
+
+RUNTIME = "io.containerd.railcar.v2"
+VENV_BIN = Path(sys.executable).parent
+SOCKET_DIR = "/run/containerd/s"
+RUNTIME_STATE = "/run/railcar"
+
+
+def processes_named(comm: str) -> set[int]:
+    """Live (non-zombie) processes whose comm is `comm`."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                head, _, tail = f.read().rpartition(")")
+        except OSError:
+            continue
+        if head.split("(", 1)[1] == comm and tail.split()[0] != "Z":
+            found.add(int(name))
+    return found
+
+
+def shim_pids() -> set[int]:
+    """Running railcar shim daemons and their forkers (the zygote is a per-node service, not a leak)."""
+    return processes_named("railcar-shim") | processes_named("railcar-forker")
+
+
+def mounts_under(*roots: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if any(p.startswith(str(r)) for r in roots)]
+
+
+def cgroups_of(namespace: str) -> list[str]:
+    """Container cgroups ctr asked for (cgroupsPath /<namespace>/<id>) still present in any hierarchy."""
+    left = []
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        group = hierarchy / namespace
+        if group.is_dir():
+            left += [str(child) for child in group.iterdir() if child.is_dir()]
+    return left
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[devenv.Containerd]:
+    zygotes_before = processes_named("railcar-zygote")
+    workdir = Path(tempfile.mkdtemp(prefix="railcar-it-"))
+    cd = devenv.start_containerd(workdir, extra_path=[str(VENV_BIN)])
+    try:
+        yield cd
+    finally:
+        cd.stop()
+        for pid in processes_named("railcar-zygote") - zygotes_before:  # the one our shims started
+            os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def image(containerd: devenv.Containerd) -> str:
+    return devenv.busybox_image(containerd)
+
+
+def _settled(check, timeout: float = 10.0):
+    """Poll `check()` (returns what is left) until it is empty; what is still left after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = check()
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def cd(containerd: devenv.Containerd) -> Iterator[devenv.Containerd]:
+    """The session containerd, with a check that the test left nothing of railcar's behind."""
+    sockets_before = set(os.listdir(SOCKET_DIR)) if os.path.isdir(SOCKET_DIR) else set()
+    shims_before = shim_pids()
+    yield containerd
+    assert not _settled(lambda: shim_pids() - shims_before), "shim daemons left running"
+    assert not _settled(lambda: (set(os.listdir(SOCKET_DIR)) if os.path.isdir(SOCKET_DIR) else set())
+                        - sockets_before), "shim sockets left in /run/containerd/s"
+    assert not _settled(lambda: mounts_under(containerd.state, containerd.root)), "mounts left"
+    runtime_dir = Path(RUNTIME_STATE) / containerd.namespace
+    assert not _settled(lambda: list(runtime_dir.iterdir()) if runtime_dir.is_dir() else []), "runtime state left"
+    assert not _settled(lambda: cgroups_of(containerd.namespace)), "cgroups left"
+
+
+@pytest.fixture
+def cid() -> str:
+    """A fresh container id."""
+    return f"it-{uuid.uuid4().hex[:10]}"
+
+
+def run(cd: devenv.Containerd, image: str, cid: str, *args: str, ctr_flags: tuple[str, ...] = (),
+        input: bytes | None = None, timeout: float = 60):
+    """`ctr run --rm --runtime railcar [flags] IMAGE ID ARGS...`"""
+    return cd.ctr("run", "--rm", "--runtime", RUNTIME, *ctr_flags, image, cid, *args, input=input,
+                  timeout=timeout)

@@ -1,0 +1,102 @@
+"""Stdio through railcar: terminals, binary:// and file:// log URIs, big and many outputs."""
+
+import hashlib
+import json
+import os
+import shlex
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from .conftest import RUNTIME, devenv, run
+
+pytestmark = pytest.mark.integration
+
+LOGGER = """#!/bin/sh
+# A binary:// logger: argv is "file <prefix>"; fd 3 = stdout, fd 4 = stderr, fd 5 = ready.
+exec 5>&-
+cat <&3 > "$2.out" &
+cat <&4 > "$2.err" &
+wait
+"""
+
+
+def _eventually(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_terminal(cd, image, cid) -> None:
+    ctr = ["ctr", "--address", cd.address, "--namespace", cd.namespace, "run", "-t", "--rm", "--runtime", RUNTIME,
+           image, cid, "sh", "-c", "tty; echo in a terminal; exit 5"]
+    result = subprocess.run(["script", "-qec", shlex.join(ctr), "/dev/null"], capture_output=True, env=cd.env,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    text = result.stdout.decode(errors="replace")
+    assert "/dev/pts/" in text and "in a terminal\r" in text, text  # onlcr: the pty turned \n into \r\n
+    assert result.returncode == 5
+
+
+def test_binary_log_uri(cd, image, cid, tmp_path: Path) -> None:
+    logger = tmp_path / "logger.sh"
+    logger.write_text(LOGGER)
+    logger.chmod(logger.stat().st_mode | stat.S_IXUSR)
+    prefix = tmp_path / "captured"
+    result = run(cd, image, cid, "sh", "-c", "echo to stdout; echo to stderr >&2",
+                 ctr_flags=("--log-uri", f"binary://{logger}?file={prefix}"))
+    assert result.returncode == 0, result.stderr
+    assert _eventually(lambda: Path(f"{prefix}.out").exists() and Path(f"{prefix}.out").read_bytes() != b"")
+    assert Path(f"{prefix}.out").read_bytes() == b"to stdout\n"
+    assert _eventually(lambda: Path(f"{prefix}.err").read_bytes() == b"to stderr\n")
+
+
+def test_file_log_uri(cd, image, cid, tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "c.log"
+    result = run(cd, image, cid, "sh", "-c", "echo one; echo two >&2", ctr_flags=("--log-uri", f"file://{log}"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(log.read_bytes().splitlines()) == [b"one", b"two"]
+
+
+def test_50_mb_byte_exact(cd, image, cid) -> None:
+    size = 50 * 1024 * 1024
+    result = run(cd, image, cid, "sh", "-c", f"yes abcdefghijklmnopqrstuvwxyz0123456789 | head -c {size}",
+                 timeout=120)
+    assert result.returncode == 0, result.stderr
+    line = b"abcdefghijklmnopqrstuvwxyz0123456789\n"
+    expected = (line * (size // len(line) + 1))[:size]
+    assert len(result.stdout) == size
+    assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(expected).digest()
+
+
+def test_100_quick_containers_lose_nothing(cd, image, cid) -> None:
+    def one(i: int) -> tuple[int, bytes]:
+        result = run(cd, image, f"{cid}-{i}", "echo", f"container {i}")
+        return result.returncode, result.stdout
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(one, range(100)))
+    assert results == [(0, f"container {i}\n".encode()) for i in range(100)]
+
+
+def test_stdin_without_close_io_reaches_the_process(cd, image, cid) -> None:
+    result = run(cd, image, cid, "sh", "-c", "head -c 3; echo", input=b"abcdef")
+    assert result.stdout == b"abc\n"
+
+
+def test_bad_config_fails_create_with_the_named_error(cd, image, cid, tmp_path: Path) -> None:
+    rootfs = devenv.busybox_rootfs(tmp_path / "rootfs")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ociVersion": "1.0.2", "process": {"args": [], "cwd": "/"},
+                                  "root": {"path": str(rootfs)}, "linux": {"namespaces": [{"type": "mount"}]}}))
+    result = cd.ctr("run", "--rm", "--runtime", RUNTIME, "--config", str(config), cid)
+    assert result.returncode != 0
+    assert b"process.args" in result.stderr, result.stderr
+    cd.ctr("container", "rm", cid)
+    assert not os.path.exists(cd.bundle(cid))

@@ -1,0 +1,75 @@
+"""The shim outlives containerd restarts, and containerd cleans up after a killed shim."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from .conftest import RUNTIME, shim_pids
+
+pytestmark = pytest.mark.integration
+
+
+def _status(cd, cid: str) -> str:
+    for line in cd.ctr("task", "ls").stdout.decode().splitlines():
+        fields = line.split()
+        if fields and fields[0] == cid:
+            return fields[-1]
+    return ""
+
+
+def _eventually(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _shim_of(cd, cid: str) -> int:
+    """The daemon serving `cid`, from the shim.pid it wrote into the bundle."""
+    pid = int((cd.bundle(cid) / "shim.pid").read_text())
+    assert pid in shim_pids()
+    return pid
+
+
+def _remove(cd, cid: str) -> None:
+    cd.ctr("task", "kill", "-s", "SIGKILL", cid)
+    _eventually(lambda: _status(cd, cid) in ("STOPPED", ""))
+    cd.ctr("task", "rm", cid)
+    cd.ctr("container", "rm", cid)
+
+
+def test_containerd_restart_keeps_the_container_running(cd, image, cid) -> None:
+    assert cd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "1000").returncode == 0
+    exited = cid + "-x"
+    assert cd.ctr("run", "-d", "--runtime", RUNTIME, image, exited, "sh", "-c", "sleep 1; exit 4").returncode == 0
+    try:
+        shim = _shim_of(cd, cid)
+        cd.stop()
+        time.sleep(1.5)  # the second container exits while containerd is down
+        cd.start()
+        assert _shim_of(cd, cid) == shim
+        assert _status(cd, cid) == "RUNNING"
+        assert _eventually(lambda: _status(cd, exited) == "STOPPED")
+        result = cd.ctr("task", "exec", "--exec-id", "after", cid, "echo", "still here")
+        assert (result.returncode, result.stdout) == (0, b"still here\n")
+        assert cd.ctr("task", "kill", "-s", "SIGKILL", cid).returncode == 0
+        assert _eventually(lambda: _status(cd, cid) == "STOPPED")
+    finally:
+        _remove(cd, cid)
+        _remove(cd, exited)
+
+
+def test_killed_shim_is_cleaned_up_by_containerd(cd, image, cid) -> None:
+    assert cd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "1000").returncode == 0
+    try:
+        shim = _shim_of(cd, cid)
+        container_pid = int(cd.ctr("task", "ls").stdout.decode().split(cid)[1].split()[0])
+        os.kill(shim, signal.SIGKILL)
+        assert _eventually(lambda: _status(cd, cid) in ("", "STOPPED"))
+        assert _eventually(lambda: not os.path.exists(f"/proc/{container_pid}"))
+    finally:
+        _remove(cd, cid)

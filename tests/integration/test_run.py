@@ -1,0 +1,28 @@
+"""`ctr run --runtime io.containerd.railcar.v2` end to end through a real containerd 1.6."""
+
+import pytest
+
+from .conftest import run
+
+pytestmark = pytest.mark.integration
+
+
+def test_echo_hello(cd, image, cid) -> None:
+    result = run(cd, image, cid, "echo", "hello")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"hello\n", b"")
+
+
+def test_exit_codes(cd, image, cid) -> None:
+    assert run(cd, image, cid, "sh", "-c", "exit 7").returncode == 7
+    # pid 1 of the container's pid namespace ignores its own SIGKILL, so a child reports 137 instead
+    assert run(cd, image, cid + "b", "sh", "-c", "sleep 5 & kill -9 $!; wait $!").returncode == 137
+
+
+def test_stderr_apart_from_stdout(cd, image, cid) -> None:
+    result = run(cd, image, cid, "sh", "-c", "echo out; echo err >&2")
+    assert (result.stdout, result.stderr) == (b"out\n", b"err\n")
+
+
+def test_stdin(cd, image, cid) -> None:
+    result = run(cd, image, cid, "head", "-c", "3", input=b"abc")
+    assert result.stdout == b"abc"

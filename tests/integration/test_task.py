@@ -1,0 +1,88 @@
+"""Detached containers: exec, ps, metrics, pause/resume, kill and delete through `ctr task`."""
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from .conftest import RUNTIME
+
+pytestmark = pytest.mark.integration
+
+
+def _status(cd, cid: str) -> str:
+    listing = cd.ctr("task", "ls").stdout.decode()
+    for line in listing.splitlines():
+        fields = line.split()
+        if fields and fields[0] == cid:
+            return fields[-1]
+    return ""
+
+
+def _eventually(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def detached(cd, image, cid):
+    """A running `sleep` container; killed and removed afterwards whatever the test did."""
+    result = cd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "1000")
+    assert result.returncode == 0, result.stderr
+    assert _status(cd, cid) == "RUNNING"
+    yield cid
+    cd.ctr("task", "kill", "-s", "SIGKILL", cid)
+    _eventually(lambda: _status(cd, cid) in ("STOPPED", ""))
+    cd.ctr("task", "rm", cid)
+    cd.ctr("container", "rm", cid)
+
+
+def test_exec_output_and_exit_code(cd, detached) -> None:
+    result = cd.ctr("task", "exec", "--exec-id", "e1", detached, "sh", "-c", "echo from exec; echo oops >&2; exit 3")
+    assert (result.returncode, result.stdout, result.stderr) == (3, b"from exec\n", b"oops\n")
+    again = cd.ctr("task", "exec", "--exec-id", "e1", detached, "true")  # the id is free again after delete
+    assert again.returncode == 0, again.stderr
+
+
+def test_ps_marks_exec_processes(cd, detached) -> None:
+    exec_proc = subprocess.Popen(["ctr", "--address", cd.address, "--namespace", cd.namespace, "task", "exec",
+                                  "--exec-id", "bg", detached, "sleep", "30"], env=cd.env)
+    try:
+        assert _eventually(lambda: len(cd.ctr("task", "ps", detached).stdout.splitlines()) >= 3)
+        listing = cd.ctr("task", "ps", detached).stdout.decode()
+        assert "bg" in listing  # ProcessDetails{exec_id} decoded by ctr
+    finally:
+        cd.ctr("task", "kill", "--exec-id", "bg", "-s", "SIGKILL", detached)
+        exec_proc.wait(timeout=20)
+    assert exec_proc.returncode == 137
+
+
+def test_metrics(cd, detached) -> None:
+    result = cd.ctr("task", "metrics", detached)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert re.search(r"memory\.usage_in_bytes\s+\d+|memory\.usage\s+\d+", text), text
+
+
+def test_pause_resume(cd, detached) -> None:
+    assert cd.ctr("task", "pause", detached).returncode == 0
+    assert _status(cd, detached) == "PAUSED"
+    refused = cd.ctr("task", "exec", "--exec-id", "p", detached, "true")
+    assert refused.returncode != 0
+    assert cd.ctr("task", "resume", detached).returncode == 0
+    assert _status(cd, detached) == "RUNNING"
+
+
+def test_kill_then_delete(cd, detached) -> None:
+    assert cd.ctr("task", "kill", "-s", "SIGKILL", detached).returncode == 0  # pid 1 ignores SIGTERM
+    assert _eventually(lambda: _status(cd, detached) == "STOPPED")
+    second = cd.ctr("task", "kill", "-s", "SIGTERM", detached)
+    assert second.returncode != 0 and b"not found" in second.stderr
+    deleted = cd.ctr("task", "rm", detached)
+    assert deleted.returncode == 0, deleted.stderr
+    assert _status(cd, detached) == ""

@@ -1,0 +1,54 @@
+"""`delete` as containerd runs it after a shim is gone: only a DeleteResponse, success when all is gone."""
+
+import os
+import socket
+from pathlib import Path
+
+from railcar.shim import cleanup
+from railcar.ttrpc_proto.api import task_v2_pb2 as pb
+
+from .conftest import run_shim
+
+
+def _delete(bundle: Path, address: str, container_id: str = "gone") -> pb.DeleteResponse:
+    result = run_shim(["-namespace", "default", "-address", address, "-publish-binary", "/usr/bin/containerd",
+                       "-id", container_id, "-bundle", str(bundle), "delete"], bundle)
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    return pb.DeleteResponse.FromString(result.stdout)
+
+
+def test_nothing_left_reports_137_and_the_recorded_pid(bundle: Path, address: str) -> None:
+    cleanup.record_pids(str(bundle), 4242)
+    response = _delete(bundle, address)
+    assert (response.pid, response.exit_status) == (4242, 137)
+    assert response.exited_at.seconds > 1_600_000_000
+
+
+def test_the_recorded_exit_is_reported(bundle: Path, address: str) -> None:
+    cleanup.record_exit(str(bundle), 3, 1_700_000_000_500_000_000)
+    response = _delete(bundle, address)
+    assert (response.pid, response.exit_status) == (0, 3)
+    assert (response.exited_at.seconds, response.exited_at.nanos) == (1_700_000_000, 500_000_000)
+
+
+def _socket_file(tmp_path: Path) -> Path:
+    path = tmp_path / "shim.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()
+    return path
+
+
+def test_the_socket_goes_unless_another_bundle_of_the_group_uses_it(tmp_path: Path, address: str) -> None:
+    namespace_dir = tmp_path / "default"
+    first, second = namespace_dir / "a", namespace_dir / "b"
+    for b in (first, second):
+        b.mkdir(parents=True)
+    shim_socket = _socket_file(tmp_path)
+    for b in (first, second):
+        (b / "address").write_text(f"unix://{shim_socket}")
+    _delete(first, address, "a")
+    assert shim_socket.exists()  # b still uses the grouped shim
+    os.unlink(second / "address")
+    _delete(first, address, "a")
+    assert not shim_socket.exists()
