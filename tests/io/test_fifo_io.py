@@ -1,11 +1,12 @@
 """FIFO mode end to end: a real child process writes into ProcessIO's pipes, a client reads the FIFOs."""
 
+import errno
 import fcntl
 import hashlib
 import os
+import stat
 import struct
 import termios
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -218,3 +219,26 @@ async def test_close_stdin_before_any_client_gives_eof(fifo: Callable[[str], str
         pio.close_stdin()
     assert await wait(cat) == 0  # EOF with nothing read
     await pio.aclose()
+
+
+async def test_aclose_stops_a_pump_blocked_on_a_full_fifo(fifo: Callable[[str], str]) -> None:
+    """Nobody ever reads: aclose still returns, closes every fd (leak check), and the writer sees EPIPE."""
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    script = (
+        f"import errno, os\ndata = memoryview(b'x' * {4 * MB})\n"
+        "try:\n    while data: data = data[os.write(1, data):]\n"
+        "except BrokenPipeError: raise SystemExit(errno.EPIPE)"
+    )
+    writer = container(script, pio.container_stdio)
+    probe = os.dup(pio.container_stdio[1])
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        while _pending(probe) < fcntl.fcntl(probe, fcntl.F_GETPIPE_SZ):
+            await trio.sleep(0.01)
+        os.close(probe)
+        await pio.drained(timeout=0.05)  # gives up: the bytes cannot reach the FIFO
+        await pio.aclose()  # cancels run(), so the nursery can finish
+    assert await wait(writer) == errno.EPIPE
