@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import trio
 
 from .binary_logger import BinaryLogger
-from .errors import StdioError
 from .fds import FdSet
 from .pump import pump, widen
 from .spawner import DefaultSpawner, Spawner
