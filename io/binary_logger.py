@@ -2,7 +2,9 @@
 
 The logger gets fd 3 = the read end of the stdout pipe, fd 4 = the read end of the stderr pipe,
 fd 5 = the write end of a "ready" pipe, /dev/null on 0-2, and an environment of exactly
-CONTAINER_ID and CONTAINER_NAMESPACE. It is ready when it writes a byte to fd 5 or closes it.
+CONTAINER_ID and CONTAINER_NAMESPACE. It is ready when it writes a byte to fd 5, or (binary://
+only, where old loggers just close fd 5) when fd 5 reaches EOF; binary-v2:// (containerd 2.3)
+takes EOF without a byte as a failed start.
 """
 
 import errno
@@ -21,13 +23,13 @@ READY_TIMEOUT = 30.0
 
 
 def logger_argv(uri: str) -> list[str]:
-    """argv for `binary:///path?k1=v1&k2=v2`: the path, then each key and its first value.
+    """argv for `binary:///path?k1=v1&k2=v2` (or binary-v2://): the path, then each key and its first value.
 
     As in containerd, the host part is ignored (`binary://usr/bin/x` runs /bin/x).
     """
     parts = urllib.parse.urlsplit(uri)
     if not parts.path.startswith("/"):
-        raise StdioError(uri, "binary:// needs an absolute path to the logging binary")
+        raise StdioError(uri, f"{parts.scheme}:// needs an absolute path to the logging binary")
     argv = [parts.path]
     seen: set[str] = set()
     for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
@@ -87,10 +89,13 @@ class BinaryLogger:
         with trio.move_on_after(READY_TIMEOUT):
             while True:
                 try:
-                    os.read(ready_read, 1)  # a byte or EOF: both mean ready for binary://
-                    return
+                    signalled = os.read(ready_read, 1)
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(ready_read)
+                    continue
+                if not signalled and self.uri.startswith("binary-v2:"):
+                    raise StdioError(self.uri, "logging binary closed fd 5 without signalling ready")
+                return
         raise StdioError(self.uri, f"logging binary did not signal ready within {READY_TIMEOUT:g}s")
 
     async def stop(self, timeout: float) -> None:

@@ -19,7 +19,7 @@ class Mode(Enum):
 
     NULL = "null"  # nothing given: /dev/null
     PATHS = "paths"  # FIFO (or existing regular file) paths, one per stream
-    BINARY = "binary"  # one logger process receives both streams
+    BINARY = "binary"  # one logger process receives both streams (binary:// or binary-v2://)
     FILE = "file"  # both streams appended to one file
 
 
@@ -30,7 +30,7 @@ def output_mode(stdout: str, stderr: str) -> Mode:
     scheme = urllib.parse.urlsplit(stdout).scheme if "://" in stdout else ""
     if scheme in ("", "fifo"):
         return Mode.PATHS
-    if scheme == "binary":
+    if scheme in ("binary", "binary-v2"):
         return Mode.BINARY
     if scheme == "file":
         return Mode.FILE

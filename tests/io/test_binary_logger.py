@@ -61,6 +61,20 @@ async def test_logger_receives_both_streams(tmp_path: Path, ready: str) -> None:
     assert result["stdio_is_null"] == [True, True, True]
 
 
+async def test_binary_v2_needs_a_ready_byte(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    good = write_logger(tmp_path, LOGGER.format(ready=SIGNAL_READY))
+    pio = await ProcessIO.open("", f"binary-v2://{good}?out={report}", "", terminal=False)
+    pio.close_container_side()
+    await pio.aclose()
+    assert json.loads(report.read_text())["streams"] == {"stdout": "", "stderr": ""}
+    silent = tmp_path / "silent"
+    silent.write_text(f"#!{sys.executable}\nimport os\nos.close(5)\n")
+    silent.chmod(0o755)
+    with pytest.raises(StdioError, match="closed fd 5 without signalling ready"):
+        await ProcessIO.open("", f"binary-v2://{silent}", "", terminal=False)
+
+
 async def test_open_waits_for_ready(tmp_path: Path) -> None:
     """The logger signals ready only after creating a marker: open() must not return before."""
     marker = tmp_path / "marker"
@@ -78,7 +92,8 @@ async def test_open_waits_for_ready(tmp_path: Path) -> None:
 async def test_logger_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
     logger = write_logger(
         tmp_path,
-        f"import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n{SIGNAL_READY}\ntime.sleep(3600)",
+        "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"{SIGNAL_READY}\ntime.sleep(3600)",
     )
     spawner = RecordingSpawner()
     pio = await ProcessIO.open("", f"binary://{logger}", "", terminal=False, spawner=spawner)
