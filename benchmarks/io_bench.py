@@ -8,8 +8,7 @@ hop is what differs between rows:
   railcar copy      railcar.io's pump forced onto read/write (what non-pipe targets use)
   ProcessIO         the public API end to end (picks splice for a FIFO target)
 
-Every producer pipe is widened as ProcessIO widens the process's pipes, so all rows share the
-same plumbing. Each row runs --rounds times, interleaved; the median is printed in MiB/s.
+Every pipe and FIFO is widened as ProcessIO widens them, so all rows share the same plumbing. Each row runs --rounds times, interleaved; the median is printed in MiB/s.
 
     .venv/bin/python benchmarks/io_bench.py [--mib 512] [--rounds 3]
 """
@@ -53,6 +52,7 @@ async def via_cat(size: int, fifo: str) -> None:
     widen(read_end)
     head = producer(size, write_end)
     with open(fifo, "wb") as fifo_writer:
+        widen(fifo_writer.fileno())
         cat = subprocess.Popen(["cat"], stdin=read_end, stdout=fifo_writer)
     os.close(read_end)
     os.close(write_end)

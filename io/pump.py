@@ -29,9 +29,11 @@ SPLICE_CHUNK = 1 << 20
 """Bytes per splice call: costs no memory, and one call can empty a widened pipe."""
 
 PIPE_SIZE = 1 << 20
-"""Capacity for the pipes we create (the kernel's default pipe-max-size). Per transfer the pump
-pays a few syscalls and a trio wakeup, so moving up to 1 MiB instead of 64 KiB per wakeup raises
-throughput (benchmarks/io_bench.py); the memory is kernel pages, allocated only while data waits."""
+"""Capacity we give the pipes and output FIFOs we write through (the kernel's default
+pipe-max-size). Per transfer the pump pays a few syscalls and a trio wakeup, so moving up to 1 MiB
+instead of 64 KiB per wakeup raises throughput (benchmarks/io_bench.py), and a FIFO whose client
+is away (containerd restarting) holds more before the process blocks. The memory is kernel pages,
+allocated only while data waits."""
 
 _YIELD_EVERY = 16
 """A busy pump yields to the trio scheduler after this many transfers, so that one fast
@@ -46,10 +48,11 @@ def is_pipe(fd: int) -> bool:
 
 
 def widen(fd: int) -> None:
-    """Give the pipe behind `fd` PIPE_SIZE of capacity, or leave it as is if the kernel refuses
-    (a lowered pipe-max-size or the per-user pipe page limit): that only costs speed."""
+    """Grow the pipe behind `fd` to PIPE_SIZE (never shrink it), or leave it as is if the kernel
+    refuses (a lowered pipe-max-size, the per-user pipe page limit): that only costs speed."""
     try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     except OSError as error:
         log.debug("cannot widen pipe to %d bytes: %s", PIPE_SIZE, error)
 

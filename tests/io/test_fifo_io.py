@@ -90,10 +90,10 @@ async def test_reader_that_leaves_and_returns_does_not_kill_the_writer(fifo: Cal
     out = fifo("stdout")
     pio = await ProcessIO.open("", out, "", terminal=False)
     assert pio.container_stdio is not None
-    payload = b"".join(b"line %06d\n" % i for i in range(200000))  # 2.2 MB: more than pipe + FIFO hold
+    payload = b"".join(b"line %06d\n" % i for i in range(400000))  # 4.8 MB: more than pipe + FIFO hold
     first_reader = open_reader(out)
     writer = container(
-        "import sys\nfor i in range(200000): sys.stdout.buffer.write(b'line %06d\\n' % i)",
+        "import sys\nfor i in range(400000): sys.stdout.buffer.write(b'line %06d\\n' % i)",
         pio.container_stdio,
     )
     pio.close_container_side()
@@ -137,6 +137,7 @@ async def test_stdout_and_stderr_fifos_and_ownership(fifo: Callable[[str], str])
         assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == PIPE_SIZE
     assert stat.S_ISCHR(os.fstat(pio.container_stdio[0]).st_mode)  # no stdin: /dev/null
     readers = open_reader(out), open_reader(err)
+    assert all(fcntl.fcntl(reader, fcntl.F_GETPIPE_SZ) == PIPE_SIZE for reader in readers)  # FIFOs too
     writer = container("import os; os.write(1, b'to out'); os.write(2, b'to err')", pio.container_stdio)
     pio.close_container_side()
     async with trio.open_nursery() as nursery:
