@@ -6,6 +6,7 @@ socket name has to be unique per containerd address, namespace and group.
 """
 
 import hashlib
+import os
 import posixpath
 import sys
 
@@ -28,8 +29,29 @@ def runtime_root(namespace: str) -> str:
     return posixpath.join(RUNTIME_ROOT, namespace or "default")
 
 
+_PACKAGES = ("shim", "runtime", "io", "ttrpc_proto")
+
+
+def _code_stamp(top: str) -> int:
+    """The newest modification time of railcar's source files (a few dozen stat calls)."""
+    newest = 0
+    stack = [posixpath.join(top, name) for name in _PACKAGES]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.endswith(".py"):
+                newest = max(newest, entry.stat().st_mtime_ns)
+            elif entry.is_dir() and not entry.name.startswith((".", "__")):
+                stack.append(entry.path)
+    return newest
+
+
 def zygote_socket() -> str:
-    """The zygote's socket, tied to this interpreter and this copy of railcar: a zygote forks only
-    daemons of the exact code that asked for it."""
-    key = f"{sys.executable}\0{posixpath.dirname(posixpath.abspath(__file__))}"
+    """The zygote's socket, tied to this interpreter and this exact copy of railcar's code: after an
+    upgrade (or an edit) a new zygote is started and the old one idles out."""
+    top = posixpath.dirname(posixpath.dirname(posixpath.abspath(__file__)))
+    key = f"{sys.executable}\0{top}\0{_code_stamp(top)}"
     return posixpath.join(RUNTIME_ROOT, f"zygote-{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock")

@@ -34,6 +34,7 @@ from .spawner import ReaperSpawner
 EMPTY = empty_pb2.Empty()
 DRAIN_TIMEOUT = 2.0
 EXEC_EXIT_TIMEOUT = 5.0
+OOM_RECHECK_DELAYS = (0.0, 0.01, 0.02, 0.05, 0.1)
 METRICS_URLS = {1: "io.containerd.cgroups.v1.Metrics", 2: "io.containerd.cgroups.v2.Metrics"}
 _FORKER_CODES = {"spec": Code.INVALID_ARGUMENT, "not_found": Code.NOT_FOUND, "runtime": Code.UNKNOWN,
                  "internal": Code.INTERNAL}
@@ -155,23 +156,32 @@ class TaskService:
                 for p in running:
                     await p.exited.wait()
 
-    def _check_oom(self, task: Task) -> None:
-        if task.oom_watcher is not None:
-            try:
-                kills = task.oom_watcher.read()
-            except OSError:
-                return
-            if kills:
-                self._events.publish(ev.TaskOOM(container_id=task.id))
+    def _check_oom(self, task: Task) -> int:
+        """Publish TaskOOM if the cgroup's OOM-kill count grew since the last look; returns the growth."""
+        if task.oom_watcher is None:
+            return 0
+        try:
+            kills = task.oom_watcher.read()
+        except OSError:
+            return 0
+        if kills:
+            self._log.info("container %s: %d processes killed for lack of memory", task.id, kills)
+            self._events.publish(ev.TaskOOM(container_id=task.id))
+        return kills
 
     async def _watch_oom(self, task: Task) -> None:
+        """Publish OOM kills as they happen. cgroup v1 signals when the OOM begins, a moment before
+        the kernel counts the kill, so a wake-up without a kill is looked at again shortly after."""
         watcher = task.oom_watcher
         try:
             while task.id in self.tasks and task.oom_watcher is watcher:
                 await trio.lowlevel.wait_readable(watcher.fileno())
-                self._check_oom(task)
+                for delay in OOM_RECHECK_DELAYS:
+                    if self._check_oom(task) or task.oom_watcher is not watcher:
+                        break
+                    await trio.sleep(delay)
         except (OSError, trio.ClosedResourceError):
-            return
+            return  # the watcher was closed by Delete
 
     def _start_oom_watch(self, task: Task) -> None:
         try:
@@ -184,6 +194,7 @@ class TaskService:
         except Exception as e:  # no memory controller, odd path: run without OOM events
             self._log.warning("no OOM notifications for %s: %s", task.id, e)
             return
+        self._log.debug("watching %s for OOM kills (cgroup v%d)", task.cgroup, task.cgroup.version)
         self._nursery.start_soon(self._watch_oom, task)
 
     def _stop_oom_watch(self, task: Task) -> None:
