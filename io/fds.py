@@ -25,9 +25,6 @@ class FdSet:
         read_end, write_end = os.pipe()
         return self.adopt(read_end), self.adopt(write_end)
 
-    def owns(self, fd: int) -> bool:
-        return fd in self._open
-
     def close(self, fd: int) -> None:
         """Close `fd` if we still own it, first waking any trio task parked on it (trio requires this)."""
         if fd not in self._open:

@@ -1,7 +1,7 @@
 """Moving bytes from one fd to another inside trio, by splice(2) when both ends are pipes.
 
-Both fds must be in non-blocking mode and must be *ours alone*: O_NONBLOCK lives in the open file
-description, so setting it on an fd the container shares (its end of a pipe, a pty slave) would
+Both fds must never block: pipes, FIFOs and pty masters in non-blocking mode, or regular files.
+Those in non-blocking mode must be *ours alone*: O_NONBLOCK lives in the open file description, so setting it on an fd the container shares (its end of a pipe, a pty slave) would
 change what the container sees. Our end of a pipe, a FIFO we opened ourselves, a pty master and a
 file we opened are each a description nobody else holds, so railcar.io only ever makes those
 non-blocking.
@@ -62,8 +62,8 @@ def _pending(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
-async def pump(src: int, dst: int | None, *, label: str, splice: bool | None = None) -> None:
-    """Copy from `src` to `dst` until `src` reaches end of stream; `dst=None` discards.
+async def pump(src: int, dst: int, *, label: str, splice: bool | None = None) -> None:
+    """Copy from `src` to `dst` until `src` reaches end of stream.
 
     `splice=None` picks splice(2) when both ends are pipes/FIFOs, else plain read/write; True or
     False forces a path (the benchmark compares them). EIO on read counts as end of stream: that is
@@ -73,7 +73,8 @@ async def pump(src: int, dst: int | None, *, label: str, splice: bool | None = N
     logged once under `label` and the rest of `src` is read and dropped: the producer must never
     block forever on a pipe nobody drains, and the caller still learns about EOF.
     """
-    if dst is not None and (splice if splice is not None else is_pipe(src) and is_pipe(dst)):
+    use_splice = is_pipe(src) and is_pipe(dst) if splice is None else splice
+    if use_splice:
         try:
             await _splice_loop(src, dst)
             return
@@ -102,7 +103,8 @@ async def _splice_loop(src: int, dst: int) -> None:
             await trio.lowlevel.checkpoint()
 
 
-async def _copy_loop(src: int, dst: int | None, label: str) -> None:
+async def _copy_loop(src: int, dst: int, label: str) -> None:
+    target: int | None = dst  # None once writing failed: then the rest is dropped
     transfers = 0
     while True:
         try:
@@ -116,12 +118,12 @@ async def _copy_loop(src: int, dst: int | None, label: str) -> None:
             raise
         if not data:
             return
-        if dst is not None:
+        if target is not None:
             try:
-                await _write_all(dst, data)
+                await _write_all(target, data)
             except OSError as error:
                 log.warning("%s: writing failed (%s); discarding the rest of the stream", label, error)
-                dst = None
+                target = None
         transfers += 1
         if transfers % _YIELD_EVERY == 0:
             await trio.lowlevel.checkpoint()
