@@ -42,10 +42,12 @@ class EventfdOomWatcher(OomWatcher):
         return self._efd
 
     def read(self) -> int:
+        """The eventfd fires when an OOM *begins*, a moment before the kill is counted, so the
+        counter is read on every call: callers may re-check after a wake-up that read 0."""
         try:
             events = os.eventfd_read(self._efd)
         except BlockingIOError:
-            return 0
+            events = 0
         control = files.read_keyed(self._control)
         if not control:
             return 0  # the cgroup was removed: the kernel signals every registered eventfd

@@ -134,7 +134,7 @@ def test_oom_kill_is_notified(cgroup_parent: str, spawn) -> None:
         hog = spawn(cg, PYTHON, "-c", "x = []\nwhile True: x.append(bytearray(1 << 20))")
         assert hog.wait() == -signal.SIGKILL
         assert select.select([watcher], [], [], 10)[0] == [watcher]
-        assert watcher.read() >= 1
+        wait_for(lambda: watcher.read() >= 1, "the OOM kill to be counted")
         assert watcher.read() == 0
     finally:
         watcher.close()
