@@ -17,6 +17,7 @@ from .flags import Flags
 
 PID_FILE = "init.pid"
 SHIM_PID_FILE = "shim.pid"
+CLEANED_FILE = "railcar-cleaned"
 
 
 def _read(path: str) -> str | None:
@@ -51,6 +52,21 @@ def record_pids(bundle: str, init_pid: int) -> None:
     for name, pid in ((PID_FILE, init_pid), (SHIM_PID_FILE, os.getpid())):
         with open(os.path.join(bundle, name), "w") as f:
             f.write(str(pid))
+
+
+def record_cleaned(bundle: str) -> None:
+    """Written by the daemon once its Delete destroyed the container and unmounted the rootfs, so the
+    `delete` that containerd runs right after has nothing to do and skips loading the runtime."""
+    with open(os.path.join(bundle, CLEANED_FILE), "w"):
+        pass
+
+
+def _cleaned(bundle: str) -> bool:
+    if not os.path.exists(os.path.join(bundle, CLEANED_FILE)):
+        return False
+    rootfs = os.path.join(os.path.realpath(bundle), "rootfs")
+    with open("/proc/self/mountinfo") as f:
+        return not any(line.split()[4] == rootfs for line in f)
 
 
 def _destroy_container(container_id: str, namespace: str) -> str | None:
@@ -102,7 +118,7 @@ def delete(flags: Flags) -> bytes:
     bundle = os.path.abspath(flags.bundle or os.getcwd())
     pid_text = _read(os.path.join(bundle, PID_FILE))
     pid = int(pid_text) if pid_text and pid_text.isdigit() else 0
-    warnings = [_destroy_container(flags.id, flags.namespace), _unmount_rootfs(bundle)]
+    warnings = [] if _cleaned(bundle) else [_destroy_container(flags.id, flags.namespace), _unmount_rootfs(bundle)]
     _remove_socket_if_unused(bundle)
     for warning in warnings:
         if warning:

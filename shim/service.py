@@ -247,11 +247,14 @@ class TaskService:
         if task.rootfs_mounted:
             await self._quiet_call("unmount", {"target": os.path.join(task.bundle, "rootfs")})
 
-    async def _quiet_call(self, op: str, args: dict[str, Any]) -> None:
+    async def _quiet_call(self, op: str, args: dict[str, Any]) -> bool:
+        """A cleanup step whose failure is logged, not raised; returns whether it succeeded."""
         try:
             await self._call(op, args)
         except TtrpcError as e:
             self._log.warning("%s during cleanup: %s", op, e)
+            return False
+        return True
 
     async def start(self, req: pb.StartRequest, ctx: Any) -> pb.StartResponse:
         task, process = self._process(req.id, req.exec_id)
@@ -302,9 +305,11 @@ class TaskService:
                 if other.io is not None:
                     await other.io.aclose()
             self._stop_oom_watch(task)
-            await self._quiet_call("delete", {"id": task.id, "root": self.root, "force": True})
+            cleaned = await self._quiet_call("delete", {"id": task.id, "root": self.root, "force": True})
             if task.rootfs_mounted:
-                await self._quiet_call("unmount", {"target": os.path.join(task.bundle, "rootfs")})
+                cleaned &= await self._quiet_call("unmount", {"target": os.path.join(task.bundle, "rootfs")})
+            if cleaned:
+                cleanup.record_cleaned(task.bundle)
             del self.tasks[task.id]
             self._events.publish(ev.TaskDelete(container_id=task.id, pid=process.pid,
                                                exit_status=process.exit_status,

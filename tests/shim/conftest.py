@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -10,6 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
+from google.protobuf import empty_pb2
+
+from railcar.shim.events import SERVICE
+from railcar.ttrpc_proto import Code, TtrpcError
+from railcar.ttrpc_proto.api import events_ttrpc_pb2
+from railcar.ttrpc_proto.server import Server
 
 def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: bytes = b"",
              extra_python: list[str] = ()) -> subprocess.CompletedProcess:
@@ -59,3 +67,27 @@ def bundle(tmp_path: Path) -> Path:
 def address() -> str:
     """A containerd address unique to this test, so the shim socket name is too."""
     return f"/run/railcar-test-{uuid.uuid4().hex[:12]}/containerd.sock"
+
+
+class FakeContainerd:
+    """Records forwarded envelopes; fails the first `failures` calls with UNAVAILABLE."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.received: list[tuple[events_ttrpc_pb2.Envelope, dict]] = []
+
+    async def forward(self, req: events_ttrpc_pb2.ForwardRequest, ctx) -> empty_pb2.Empty:
+        if self.failures:
+            self.failures -= 1
+            raise TtrpcError(Code.UNAVAILABLE, "containerd is restarting")
+        self.received.append((req.envelope, ctx.metadata))
+        return empty_pb2.Empty()
+
+    async def serve(self, path: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        server = Server()
+        server.register(SERVICE, {"Forward": (events_ttrpc_pb2.ForwardRequest, self.forward)})
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(path)
+        sock.listen()
+        with sock:
+            await server.serve(sock, task_status=task_status)

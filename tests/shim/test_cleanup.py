@@ -52,3 +52,13 @@ def test_the_socket_goes_unless_another_bundle_of_the_group_uses_it(tmp_path: Pa
     os.unlink(second / "address")
     _delete(first, address, "a")
     assert not shim_socket.exists()
+
+
+def test_after_a_clean_daemon_delete_the_runtime_is_not_even_loaded(bundle: Path, address: str) -> None:
+    cleanup.record_cleaned(str(bundle))
+    result = run_shim(["-namespace", "default", "-address", address, "-id", "done", "-bundle", str(bundle),
+                       "delete"], bundle, extra_python=["-X", "importtime"])
+    assert result.returncode == 0
+    stderr = result.stderr.decode()
+    assert "railcar.shim.cleanup" in stderr and "railcar.runtime" not in stderr
+    assert pb.DeleteResponse.FromString(result.stdout).exit_status == 137

@@ -1,43 +1,17 @@
 """The event publisher against a real ttrpc server standing in for containerd's events service."""
 
 import logging
-import socket
 
 import pytest
 import trio
-
-from railcar.shim.events import NAMESPACE_KEY, SERVICE, Publisher, envelope
-from railcar.ttrpc_proto import Code, TtrpcError
-from railcar.ttrpc_proto.api import events_task_pb2 as ev
-from railcar.ttrpc_proto.api import events_ttrpc_pb2
-from railcar.ttrpc_proto.server import Server
 from google.protobuf import empty_pb2
 
+from railcar.shim.events import NAMESPACE_KEY, Publisher, envelope
+from railcar.ttrpc_proto.api import events_task_pb2 as ev
+
+from .conftest import FakeContainerd
+
 LOG = logging.getLogger("test-events")
-
-
-class FakeContainerd:
-    """Records forwarded envelopes; fails the first `failures` calls with UNAVAILABLE."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.received: list[tuple[events_ttrpc_pb2.Envelope, dict]] = []
-
-    async def forward(self, req: events_ttrpc_pb2.ForwardRequest, ctx) -> empty_pb2.Empty:
-        if self.failures:
-            self.failures -= 1
-            raise TtrpcError(Code.UNAVAILABLE, "containerd is restarting")
-        self.received.append((req.envelope, ctx.metadata))
-        return empty_pb2.Empty()
-
-    async def serve(self, path: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        server = Server()
-        server.register(SERVICE, {"Forward": (events_ttrpc_pb2.ForwardRequest, self.forward)})
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await sock.bind(path)
-        sock.listen()
-        with sock:
-            await server.serve(sock, task_status=task_status)
 
 
 def test_envelope_has_topic_namespace_bare_url_and_real_time() -> None:

@@ -1,0 +1,171 @@
+"""The task service end to end without containerd: a real daemon (spawned by `start`), the real
+runtime and a fake events service, driven over ttrpc the way containerd drives it."""
+
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import trio
+from google.protobuf import empty_pb2
+
+from railcar.ttrpc_proto import Code, TtrpcError
+from railcar.ttrpc_proto.api import task_v2_pb2 as pb
+from railcar.ttrpc_proto.client import connect_unix
+from railcar.ttrpc_proto.typeurl import pack_json
+
+from .conftest import FakeContainerd, run_shim, wait_gone
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
+import devenv  # noqa: E402
+
+TASK = "containerd.task.v2.Task"
+PATH_ENV = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _spec(args: list[str], cgroups_path: str) -> dict:
+    return {
+        "ociVersion": "1.0.2",
+        "process": {"args": args, "cwd": "/", "env": [PATH_ENV], "user": {"uid": 0, "gid": 0}},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"cgroupsPath": cgroups_path, "namespaces": [{"type": t} for t in ("pid", "mount", "ipc", "uts")]},
+    }
+
+
+class Shim:
+    """A ttrpc client on one daemon, with call helpers that return the response or raise TtrpcError."""
+
+    def __init__(self, client, container_id: str) -> None:
+        self.client = client
+        self.id = container_id
+
+    async def __call__(self, method: str, request, response_type=empty_pb2.Empty):
+        return await self.client.call(TASK, method, request, response_type, timeout=30)
+
+    async def code_of(self, method: str, request) -> Code:
+        with pytest.raises(TtrpcError) as info:
+            await self(method, request)
+        return info.value.code
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"railcar-shim-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def cgroup_parent() -> str:
+    parent = f"/railcar-test-shim-{os.getpid()}"
+    yield parent
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        leftover = hierarchy / parent.lstrip("/")
+        if leftover.is_dir():
+            assert not [d for d in leftover.iterdir() if d.is_dir()], f"cgroups left under {leftover}"
+            leftover.rmdir()
+
+
+async def test_the_whole_task_api(bundle: Path, address: str, namespace: str, cgroup_parent: str,
+                                  tmp_path: Path) -> None:
+    devenv.busybox_rootfs(bundle / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/c1")))
+    fake = FakeContainerd()
+    events_path = str(tmp_path / "events.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve, events_path)
+        result = await trio.to_thread.run_sync(lambda: run_shim(
+            ["-namespace", namespace, "-address", address, "-id", "c1", "start"], bundle,
+            env={"TTRPC_ADDRESS": events_path}))
+        assert result.returncode == 0, result.stderr
+        async with connect_unix(result.stdout.decode()) as client:
+            shim = Shim(client, "c1")
+            daemon_pid = await _exercise(shim, bundle)
+        assert await trio.to_thread.run_sync(wait_gone, daemon_pid)
+        nursery.cancel_scope.cancel()
+    topics = [(e.topic, _who(e)) for e, _ in fake.received]
+    assert topics == [
+        ("/tasks/create", "c1"), ("/tasks/start", "c1"),
+        ("/tasks/exec-added", "e1"), ("/tasks/exec-started", "e1"), ("/tasks/exit", "e1"),
+        ("/tasks/paused", "c1"), ("/tasks/resumed", "c1"),
+        ("/tasks/exit", "c1"), ("/tasks/delete", "c1"),
+    ]
+    runtime_dir = Path("/run/railcar") / namespace
+    assert not list(runtime_dir.iterdir())
+    runtime_dir.rmdir()
+
+
+def _who(envelope) -> str:
+    from railcar.ttrpc_proto.typeurl import unpack
+
+    event = unpack(envelope.event)
+    return getattr(event, "exec_id", "") or getattr(event, "id", "") or event.container_id
+
+
+async def _exercise(shim: Shim, bundle: Path) -> int:
+    create = pb.CreateTaskRequest(id="c1", bundle=str(bundle))
+    pid = (await shim("Create", create, pb.CreateTaskResponse)).pid
+    assert pid > 0
+    assert await shim.code_of("Create", create) == Code.ALREADY_EXISTS
+    connected = await shim("Connect", pb.ConnectRequest(id="c1"), pb.ConnectResponse)
+    assert connected.task_pid == pid and connected.shim_pid != os.getpid()
+    state = await shim("State", pb.StateRequest(id="c1"), pb.StateResponse)
+    assert (state.status, state.pid, state.bundle) == (1, pid, str(bundle))  # CREATED
+    assert await shim.code_of("Checkpoint", pb.CheckpointTaskRequest(id="c1")) == Code.UNIMPLEMENTED
+    assert await shim.code_of("State", pb.StateRequest(id="nope")) == Code.NOT_FOUND
+
+    async with trio.open_nursery() as nursery:
+        waited: list = []
+
+        async def wait_init() -> None:  # Wait is in flight before Start, as the Go client does it
+            waited.append(await shim("Wait", pb.WaitRequest(id="c1"), pb.WaitResponse))
+
+        nursery.start_soon(wait_init)
+        assert (await shim("Start", pb.StartRequest(id="c1"), pb.StartResponse)).pid == pid
+        assert (await shim("State", pb.StateRequest(id="c1"), pb.StateResponse)).status == 2  # RUNNING
+        assert await shim.code_of("Start", pb.StartRequest(id="c1")) == Code.FAILED_PRECONDITION
+
+        pids = await shim("Pids", pb.PidsRequest(id="c1"), pb.PidsResponse)
+        assert pid in [p.pid for p in pids.processes]
+        stats = await shim("Stats", pb.StatsRequest(id="c1"), pb.StatsResponse)
+        assert stats.stats.type_url in ("io.containerd.cgroups.v1.Metrics", "io.containerd.cgroups.v2.Metrics")
+        resources = pack_json("types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+                              {"pids": {"limit": 100}})
+        await shim("Update", pb.UpdateTaskRequest(id="c1", resources=resources))
+
+        process = {"args": ["sh", "-c", "exit 3"], "cwd": "/", "env": [PATH_ENV]}
+        spec = pack_json("types.containerd.io/opencontainers/runtime-spec/1/Process", process)
+        await shim("Exec", pb.ExecProcessRequest(id="c1", exec_id="e1", spec=spec))
+        assert await shim.code_of("Exec", pb.ExecProcessRequest(id="c1", exec_id="e1", spec=spec)) \
+            == Code.ALREADY_EXISTS
+        assert await shim.code_of("Kill", pb.KillRequest(id="c1", exec_id="e1", signal=9)) \
+            == Code.FAILED_PRECONDITION  # not started: no pid
+        await shim("Start", pb.StartRequest(id="c1", exec_id="e1"), pb.StartResponse)
+        exec_exit = await shim("Wait", pb.WaitRequest(id="c1", exec_id="e1"), pb.WaitResponse)
+        assert exec_exit.exit_status == 3
+        assert await shim.code_of("Kill", pb.KillRequest(id="c1", exec_id="e1", signal=9)) == Code.NOT_FOUND
+        deleted = await shim("Delete", pb.DeleteRequest(id="c1", exec_id="e1"), pb.DeleteResponse)
+        assert deleted.exit_status == 3
+        assert await shim.code_of("Delete", pb.DeleteRequest(id="c1", exec_id="e1")) == Code.NOT_FOUND
+
+        await shim("Pause", pb.PauseRequest(id="c1"))
+        assert (await shim("State", pb.StateRequest(id="c1"), pb.StateResponse)).status == 4  # PAUSED
+        assert await shim.code_of("Exec", pb.ExecProcessRequest(id="c1", exec_id="e2", spec=spec)) \
+            == Code.FAILED_PRECONDITION
+        assert await shim.code_of("Delete", pb.DeleteRequest(id="c1")) == Code.FAILED_PRECONDITION
+        await shim("Resume", pb.ResumeRequest(id="c1"))
+
+        await shim("Kill", pb.KillRequest(id="c1", signal=signal.SIGKILL))
+    assert waited[0].exit_status == 137 and waited[0].exited_at.seconds > 0
+    state = await shim("State", pb.StateRequest(id="c1"), pb.StateResponse)
+    assert (state.status, state.exit_status) == (3, 137)  # STOPPED
+    assert await shim.code_of("Kill", pb.KillRequest(id="c1", signal=9)) == Code.NOT_FOUND
+    await shim("Shutdown", pb.ShutdownRequest(id="c1"))  # still holds a task: keeps running
+    deleted = await shim("Delete", pb.DeleteRequest(id="c1"), pb.DeleteResponse)
+    assert (deleted.pid, deleted.exit_status) == (pid, 137)
+    assert await shim.code_of("Delete", pb.DeleteRequest(id="c1")) == Code.NOT_FOUND
+    assert not os.path.ismount(bundle / "rootfs")
+    await shim("Shutdown", pb.ShutdownRequest(id="c1"))
+    return connected.shim_pid
