@@ -67,9 +67,6 @@ def test_exec_exits_precede_the_init_exit(cd, image, cid) -> None:
     assert topics.index(("/tasks/exec-started", "long")) < topics.index(("/tasks/exit", "long"))
 
 
-@pytest.mark.xfail(reason="runtime/cgroups/oom.py: the v1 OomWatcher.read() returns 0 when its eventfd fires, "
-                   "because the kernel counts the kill a moment later, and later reads with an empty eventfd "
-                   "never look at the counter again; passes whenever the OOM fires the eventfd twice")
 def test_oom_is_reported_before_the_exit(cd, image, cid) -> None:
     events = Events(cd)
     result = run(cd, image, cid, "sh", "-c", "x=a; while true; do x=$x$x; done",
