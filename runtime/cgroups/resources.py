@@ -6,6 +6,8 @@ Each accessor names the JSON path in its error, so a bad Update or config.json s
 from __future__ import annotations
 
 import dataclasses
+import os
+
 from .errors import ResourceError
 
 
@@ -126,7 +128,12 @@ THROTTLE_KEYS = ("throttleReadBpsDevice", "throttleWriteBpsDevice", "throttleRea
 
 
 def hugepage_limits(resources: dict) -> list[tuple[str, int]]:
-    """[(pageSize like '2MB', limit bytes)]; the page size is a file-name part, so it is checked."""
+    """[(pageSize like '2MB', limit bytes)] for the page sizes this kernel has.
+
+    The page size is a file-name part, so it is checked. A size the kernel does not offer (the
+    kubelet sends a limit for every size it knows) cannot be used, so its limit holds trivially
+    and is left out rather than failing the container.
+    """
     out = []
     for where, d in items(resources, "hugepageLimits", ""):
         size = string(d, "pageSize", where)
@@ -135,5 +142,10 @@ def hugepage_limits(resources: dict) -> list[tuple[str, int]]:
             raise ResourceError(f"{where}.pageSize", f"must look like 2MB or 1GB, got {size!r}")
         if limit is None:
             raise ResourceError(f"{where}.limit", "is required")
-        out.append((size, limit))
+        if os.path.isdir(f"{HUGEPAGES_SYSFS}/hugepages-{int(size[:-2]) * _KB[size[-2:]]}kB"):
+            out.append((size, limit))
     return out
+
+
+HUGEPAGES_SYSFS = "/sys/kernel/mm/hugepages"
+_KB = {"KB": 1, "MB": 1024, "GB": 1024 * 1024}

@@ -9,7 +9,7 @@ import signal
 import pytest
 from google.protobuf import json_format
 
-from railcar.runtime.cgroups import Cgroup, CgroupV1, ResourceError
+from railcar.runtime.cgroups import Cgroup, CgroupError, CgroupV1, ResourceError
 from railcar.ttrpc_proto.api import cgroups_v1_pb2
 
 from .conftest import PYTHON, v1_only, wait_for
@@ -169,3 +169,31 @@ def test_kill_all_reaches_a_paused_cgroup_and_ignores_a_gone_one(cgroup_parent: 
     cg.destroy()
     cg.kill_all(signal.SIGKILL)
     assert cg.pids() == []
+
+
+def test_block_io_throttles_and_unsupported_weight(cgroup_parent: str) -> None:
+    cg = CgroupV1(f"{cgroup_parent}/c9")
+    cg.create({"blockIO": {"throttleReadBpsDevice": [{"major": 7, "minor": 0, "rate": 1 << 20}],
+                           "throttleWriteIOPSDevice": [{"major": 7, "minor": 0, "rate": 100}]}})
+    assert read(cg, "blkio", "blkio.throttle.read_bps_device") == f"7:0 {1 << 20}"
+    assert read(cg, "blkio", "blkio.throttle.write_iops_device") == "7:0 100"
+    d = cg.dir("blkio")
+    if not os.path.exists(f"{d}/blkio.weight") and not os.path.exists(f"{d}/blkio.bfq.weight"):
+        with pytest.raises(ResourceError, match="no I/O scheduler with weights"):
+            cg.update({"blockIO": {"weight": 500}})
+    cg.destroy()
+
+
+def test_hugepage_limits(cgroup_parent: str) -> None:
+    cg = CgroupV1(f"{cgroup_parent}/c10")
+    cg.create({"hugepageLimits": [{"pageSize": "64KB", "limit": 0}]})  # no such size here: nothing to limit
+    two_mb = {"hugepageLimits": [{"pageSize": "2MB", "limit": 4 << 21}]}
+    if not os.path.isdir("/sys/kernel/mm/hugepages/hugepages-2048kB"):
+        pytest.skip("no 2MB huge pages on this kernel")
+    if "hugetlb" in cg.mounts:
+        cg.update(two_mb)
+        assert read(cg, "hugetlb", "hugetlb.2MB.limit_in_bytes") == str(4 << 21)
+    else:
+        with pytest.raises(CgroupError, match="hugetlb controller, which is not mounted"):
+            cg.update(two_mb)
+    cg.destroy()

@@ -41,6 +41,8 @@ def test_create_applies_resources(cgroup_parent: str) -> None:
     assert read(cg, "cpu.weight") == "39"
     assert read(cg, "cpu.max") == "20000 100000"
     assert read(cg, "pids.max") == "42"
+    if not os.path.isdir("/sys/kernel/mm/hugepages/hugepages-2048kB"):  # nothing to limit: accepted
+        cg.update({"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]})
     cg.update({"cpu": {"quota": -1}, "memory": {"limit": -1, "swap": -1}, "pids": {"limit": -1}})
     assert read(cg, "cpu.max") == "max 100000"
     assert read(cg, "memory.max") == "max"
