@@ -9,7 +9,7 @@ import signal
 import pytest
 from google.protobuf import json_format
 
-from railcar.runtime.cgroups import Cgroup, CgroupError, CgroupV1, ResourceError
+from railcar.runtime.cgroups import Cgroup, CgroupError, CgroupV1, ResourceError, open_cgroup
 from railcar.ttrpc_proto.api import cgroups_v1_pb2
 
 from .conftest import PYTHON, v1_only, wait_for
@@ -101,9 +101,12 @@ def test_processes_freeze_thaw_kill(cgroup_parent: str, spawn) -> None:
 
 
 def test_state_round_trip(cgroup_parent: str) -> None:
-    cg = CgroupV1(f"{cgroup_parent}/c4")
+    cg = open_cgroup(f"{cgroup_parent}/c4", "c4")
+    assert isinstance(cg, CgroupV1)
     again = Cgroup.from_state(cg.to_state())
     assert isinstance(again, CgroupV1) and again.path == cg.path
+    with pytest.raises(CgroupError, match="invalid saved cgroup state"):
+        Cgroup.from_state({"version": 3, "path": cg.path})
 
 
 def test_stats_parse_as_metrics_and_count_usage(cgroup_parent: str, spawn) -> None:
