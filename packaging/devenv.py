@@ -217,17 +217,20 @@ def busybox_image(cd: Containerd, ref: str = IMAGE_REF) -> str:
 
 
 def _demo(workdir: Path) -> int:
+    """The README's main job: a private containerd, the busybox image, one container run through railcar."""
     venv_bin = Path(sys.executable).parent
     cd = start_containerd(workdir, extra_path=[str(venv_bin)])
     try:
         image = busybox_image(cd)
-        print(f"containerd {cd.pid} at {cd.address}; image {image}", file=sys.stderr)
+        print(f"containerd (pid {cd.pid}) at {cd.address}, image {image} imported", flush=True)
         cmd = ["run", "--rm", "--runtime", "io.containerd.railcar.v2", image, f"demo-{os.getpid()}",
-               "sh", "-c", "echo hello from railcar: pid $$ in $(hostname), uid $(id -u)"]
-        print("$ ctr " + " ".join(cmd), file=sys.stderr)
+               "sh", "-c", "echo hello from railcar: pid $$, hostname $(hostname), uid $(id -u); ls /"]
+        print("$ ctr " + " ".join(cmd), flush=True)
         result = cd.ctr(*cmd, timeout=60)
         sys.stdout.buffer.write(result.stdout)
+        sys.stdout.flush()
         sys.stderr.buffer.write(result.stderr)
+        print(f"exit status {result.returncode}", flush=True)
         return result.returncode
     finally:
         cd.stop()
