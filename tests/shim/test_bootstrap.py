@@ -46,8 +46,14 @@ def _peer_pid(path: str) -> int:
 
 
 def _fd_targets(pid: int) -> dict[int, str]:
-    fd_dir = f"/proc/{pid}/fd"
-    return {int(n): os.readlink(os.path.join(fd_dir, n)) for n in os.listdir(fd_dir)}
+    """What each fd of `pid` points at (fds closed while we look are skipped)."""
+    targets = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            pass
+    return targets
 
 
 async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle: Path, address: str,
