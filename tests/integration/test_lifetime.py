@@ -73,3 +73,22 @@ def test_killed_shim_is_cleaned_up_by_containerd(cd, image, cid) -> None:
         assert _eventually(lambda: not os.path.exists(f"/proc/{container_pid}"))
     finally:
         _remove(cd, cid)
+
+
+def test_a_pod_shares_one_shim_and_each_delete_touches_only_its_container(cd, image, cid) -> None:
+    pod = ("--annotation", f"io.kubernetes.cri.sandbox-id={cid}")
+    first, second = cid, cid + "-b"
+    for container in (first, second):
+        result = cd.ctr("run", "-d", "--runtime", RUNTIME, *pod, image, container, "sleep", "1000")
+        assert result.returncode == 0, result.stderr
+    try:
+        shim = _shim_of(cd, first)
+        assert _shim_of(cd, second) == shim
+        assert (cd.bundle(first) / "address").read_text() == (cd.bundle(second) / "address").read_text()
+        _remove(cd, first)
+        assert _status(cd, second) == "RUNNING" and shim in shim_pids()
+        result = cd.ctr("task", "exec", "--exec-id", "e", second, "echo", "alone")
+        assert (result.returncode, result.stdout) == (0, b"alone\n")
+    finally:
+        _remove(cd, first)
+        _remove(cd, second)

@@ -1,6 +1,7 @@
 """Detached containers: exec, ps, metrics, pause/resume, kill and delete through `ctr task`."""
 
 import re
+import shlex
 import subprocess
 import time
 
@@ -86,3 +87,13 @@ def test_kill_then_delete(cd, detached) -> None:
     deleted = cd.ctr("task", "rm", detached)
     assert deleted.returncode == 0, deleted.stderr
     assert _status(cd, detached) == ""
+
+
+def test_exec_with_a_terminal(cd, detached) -> None:
+    ctr = ["ctr", "--address", cd.address, "--namespace", cd.namespace, "task", "exec", "-t", "--exec-id", "tty",
+           detached, "sh", "-c", "tty; echo exec tty; exit 2"]
+    result = subprocess.run(["script", "-qec", shlex.join(ctr), "/dev/null"], capture_output=True, env=cd.env,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    text = result.stdout.decode(errors="replace")
+    assert "/dev/pts/" in text and "exec tty\r" in text, text
+    assert result.returncode == 2
