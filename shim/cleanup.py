@@ -6,7 +6,6 @@ runtime's state directory alone, touches only the container named by `-id` (a gr
 serve others), succeeds when everything is already gone, and prints nothing but the response.
 """
 
-import glob
 import os
 import signal
 import sys
@@ -102,9 +101,10 @@ def _remove_socket_if_unused(bundle: str) -> None:
     if not address or not address.startswith("unix://"):
         return
     me = os.path.realpath(bundle)
-    for other in glob.glob(os.path.join(os.path.dirname(me), "*", paths.ADDRESS_FILE)):
-        if os.path.dirname(other) != me and _read(other) == address:
-            return
+    with os.scandir(os.path.dirname(me)) as siblings:  # not glob: it imports re, 6 ms of a 5 s budget path
+        for sibling in siblings:
+            if sibling.path != me and _read(os.path.join(sibling.path, paths.ADDRESS_FILE)) == address:
+                return
     try:
         os.unlink(address[len("unix://"):])
     except OSError:

@@ -211,6 +211,7 @@ class TaskService:
         if req.checkpoint or req.parent_checkpoint:
             raise TtrpcError(Code.UNIMPLEMENTED, "checkpoint restore is not supported by railcar")
         self.created_any.set()
+        began = time.perf_counter()
         bundle = req.bundle or os.getcwd()
         init = Process(req.id, "", req.stdin, req.stdout, req.stderr, req.terminal)
         task = Task(req.id, bundle, init)
@@ -236,6 +237,7 @@ class TaskService:
         self._events.publish(ev.TaskCreate(
             container_id=req.id, bundle=bundle, rootfs=list(req.rootfs), checkpoint=req.checkpoint, pid=init.pid,
             io=ev.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal)))
+        self._log.debug("created %s (pid %d) in %.1f ms", req.id, init.pid, (time.perf_counter() - began) * 1e3)
         return pb.CreateTaskResponse(pid=init.pid)
 
     async def _undo_create(self, task: Task, pio: ProcessIO | None, created: bool) -> None:
