@@ -14,7 +14,6 @@ import trio
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from railcar.ttrpc_proto import TtrpcError
 from railcar.ttrpc_proto.api import events_ttrpc_pb2
 from railcar.ttrpc_proto.client import Client, connect_unix
 from railcar.ttrpc_proto.typeurl import pack
@@ -99,7 +98,7 @@ class Publisher:
                                           timeout=self._call_timeout,
                                           metadata={NAMESPACE_KEY: self._namespace})
                         break
-                    except (TtrpcError, OSError) as e:
+                    except Exception as e:  # whatever went wrong, a publisher failure is never fatal
                         client = None
                         self._log.warning("publish %s failed (attempt %d/%d): %s",
                                           request.envelope.topic, attempt, self._attempts, e)

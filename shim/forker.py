@@ -244,8 +244,11 @@ class Forker:
 
     def _roundtrip(self, message: bytes, fds: list[int]) -> tuple[Any, list[int]]:
         assert self._sock is not None, "Forker.start() was not called"
-        socket.send_fds(self._sock, [message], fds)
-        data, out_fds, _, _ = socket.recv_fds(self._sock, _MAX_MESSAGE, _MAX_FDS)
+        try:
+            socket.send_fds(self._sock, [message], fds)
+            data, out_fds, _, _ = socket.recv_fds(self._sock, _MAX_MESSAGE, _MAX_FDS)
+        except OSError as e:
+            raise ForkerError("internal", f"the forker process is gone: {e}") from None
         if not data:
             raise ForkerError("internal", "the forker process is gone")
         return json.loads(data), out_fds

@@ -114,8 +114,16 @@ class TaskService:
             pio.attach_console(fds[0])
         process.io = pio
         process.pid = result["pid"]
-        self._nursery.start_soon(pio.run)
-        self._nursery.start_soon(self._watch, process)
+        self._nursery.start_soon(self._guarded, pio.run, f"stdio of {process.id}")
+        self._nursery.start_soon(self._guarded, self._watch, f"exit watch of {process.id}", process)
+
+    async def _guarded(self, fn: Callable[..., Awaitable[None]], what: str, *args: Any) -> None:
+        """Run a background task whose failure must cost one process its forwarding or events,
+        never the daemon and every other container it serves."""
+        try:
+            await fn(*args)
+        except Exception:
+            self._log.exception("%s failed", what)
 
     # ---- exits ----------------------------------------------------------------------------
 
@@ -195,7 +203,7 @@ class TaskService:
             self._log.warning("no OOM notifications for %s: %s", task.id, e)
             return
         self._log.debug("watching %s for OOM kills (cgroup v%d)", task.cgroup, task.cgroup.version)
-        self._nursery.start_soon(self._watch_oom, task)
+        self._nursery.start_soon(self._guarded, self._watch_oom, f"OOM watch of {task.id}", task)
 
     def _stop_oom_watch(self, task: Task) -> None:
         watcher, task.oom_watcher = task.oom_watcher, None

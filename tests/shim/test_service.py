@@ -169,3 +169,29 @@ async def _exercise(shim: Shim, bundle: Path) -> int:
     assert not os.path.ismount(bundle / "rootfs")
     await shim("Shutdown", pb.ShutdownRequest(id="c1"))
     return connected.shim_pid
+
+
+async def test_failed_creates_name_the_problem_and_leave_nothing(bundle: Path, address: str, namespace: str,
+                                                                 cgroup_parent: str) -> None:
+    devenv.busybox_rootfs(bundle / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(_spec([], f"{cgroup_parent}/bad")))
+    result = await trio.to_thread.run_sync(lambda: run_shim(
+        ["-namespace", namespace, "-address", address, "-id", "bad", "start"], bundle))
+    assert result.returncode == 0, result.stderr
+    async with connect_unix(result.stdout.decode()) as client:
+        shim = Shim(client, "bad")
+        with pytest.raises(TtrpcError) as info:
+            await shim("Create", pb.CreateTaskRequest(id="bad", bundle=str(bundle)))
+        assert info.value.code == Code.INVALID_ARGUMENT and "process.args" in info.value.message
+        (bundle / "config.json").write_text(json.dumps(_spec(["true"], f"{cgroup_parent}/bad")))
+        with pytest.raises(TtrpcError) as info:
+            await shim("Create", pb.CreateTaskRequest(id="bad", bundle=str(bundle), stdout="bogus:///x"))
+        assert info.value.code == Code.INVALID_ARGUMENT and "bogus:///x" in info.value.message
+        assert await shim.code_of("State", pb.StateRequest(id="bad")) == Code.NOT_FOUND
+        pid = (await shim("Connect", pb.ConnectRequest(id="bad"), pb.ConnectResponse)).shim_pid
+        await shim("Shutdown", pb.ShutdownRequest(id="bad"))
+    assert await trio.to_thread.run_sync(wait_gone, pid)
+    runtime_dir = Path("/run/railcar") / namespace
+    assert not runtime_dir.exists() or not list(runtime_dir.iterdir())
+    if runtime_dir.exists():
+        runtime_dir.rmdir()
