@@ -5,6 +5,8 @@ falls on all of them alike; medians and ratios against runc are printed. crun 1.
 hybrid cgroup host, so it runs through ../shared/tools/crun-hybrid (crun in a private mount
 namespace that hides the v2 mount), as the runc binary of containerd's runc-v2 shim. Every
 benchmarked command's exit status is checked: a failing create is fast and would flatter us.
+railcar's first `start` launches its warm zygote (the first run is cold; medians absorb it); shims it
+forked are found through their bundles' shim.pid, and the zygote is stopped at the end.
 
     .venv/bin/python benchmarks/startup.py [--rounds N] [--skip-memory] [--skip-throughput]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -161,6 +164,7 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     venv_bin = Path(sys.executable).parent
+    zygotes_before = zygote_pids()
     with tempfile.TemporaryDirectory(prefix="railcar-bench-") as work:
         cd = devenv.start_containerd(Path(work), extra_path=[str(venv_bin)])
         try:
@@ -173,6 +177,24 @@ def main() -> None:
                 bench_memory(cd, image, args.containers)
         finally:
             cd.stop()
+            stop_new_zygotes(zygotes_before)
+
+
+def zygote_pids() -> set[int]:
+    """railcar's warm zygotes (a per-node helper the first railcar `start` launches)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "railcar-zygote":
+                found.add(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def stop_new_zygotes(before: set[int]) -> None:
+    for pid in zygote_pids() - before:
+        os.kill(pid, signal.SIGTERM)
 
 
 if __name__ == "__main__":

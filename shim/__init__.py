@@ -1,1 +1,15 @@
-"""The containerd shim v2 daemon and its bootstrap commands (start, delete, -v, -info)."""
+"""The containerd shim v2 daemon and its bootstrap commands (start, delete, -v, -info).
+
+Short-lived commands (light imports only): `__main__` (dispatch), `flags` (Go-style flags),
+`bootstrap` (`start`), `cleanup` (`delete` and the files the daemon leaves for it), `info` (`-v`,
+`-info`), `wire` (hand-encoded protobuf answers), `paths` (sockets and state roots).
+
+The daemon: `zygote` (warm per-node process that forks ready daemons), `daemon` (process set-up,
+trio main), `forker` (does all forking for the runtime), `reaper` (the one waitpid loop),
+`process` (lifecycle table), `service` (the 17 task methods), `events` (ordered publisher),
+`spawner` (binary:// loggers through the reaper), `log` (logrus lines on the bundle's log FIFO).
+
+Environment knobs: RAILCAR_ZYGOTE=0 (never use the zygote), RAILCAR_ZYGOTE_IDLE (seconds before an
+idle zygote exits, default 600), RAILCAR_SHIM_GRACE (seconds a daemon waits for its first Create,
+default 30).
+"""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from .conftest import run
+from .conftest import RUNTIME, devenv, run
 
 pytestmark = pytest.mark.integration
 
@@ -26,3 +26,10 @@ def test_stderr_apart_from_stdout(cd, image, cid) -> None:
 def test_stdin(cd, image, cid) -> None:
     result = run(cd, image, cid, "head", "-c", "3", input=b"abc")
     assert result.stdout == b"abc"
+
+
+def test_host_rootfs_without_snapshotter_mounts(cd, cid, tmp_path) -> None:
+    """`ctr run --rootfs DIR`: Create carries no mounts; config.json's root.path is used as given."""
+    rootfs = devenv.busybox_rootfs(tmp_path / "rootfs")
+    result = cd.ctr("run", "--rm", "--runtime", RUNTIME, "--rootfs", str(rootfs), cid, "sh", "-c", "echo $((6*7))")
+    assert (result.returncode, result.stdout) == (0, b"42\n")
