@@ -123,9 +123,23 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
+def _exited(pid: int) -> bool:
+    """True once ``pid`` is gone or a zombie. If the test process is a child subreaper (another suite's
+    fixture may have made it one) the orphaned shim is re-parented to us: reap it then."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return True
+    state, ppid = fields[0], int(fields[1])
+    if state == "Z" and ppid == os.getpid():
+        os.waitpid(pid, 0)
+    return state == "Z"
+
+
 def _wait_gone(pid: int) -> None:
     for _ in range(600):  # generous: the whole suite shares 2 cores
-        if not os.path.exists(f"/proc/{pid}"):
+        if _exited(pid):
             return
         time.sleep(0.1)
     raise AssertionError(f"process {pid} is still alive")
