@@ -269,9 +269,11 @@ class TaskService:
     async def start(self, req: pb.StartRequest, ctx: Any) -> pb.StartResponse:
         task, process = self._process(req.id, req.exec_id)
         process.check("start")
-        process.starting = True
+        if process.starting:
+            raise TtrpcError(Code.FAILED_PRECONDITION, f"process {process.id} is already being started")
         if process.exec_id and task.init.status not in (Status.RUNNING, Status.PAUSED):
             raise TtrpcError(Code.FAILED_PRECONDITION, f"container {task.id} init process is not running")
+        process.starting = True
         try:
             if process.exec_id:
                 pio = await self._open_io(process)

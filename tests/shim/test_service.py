@@ -195,3 +195,32 @@ async def test_failed_creates_name_the_problem_and_leave_nothing(bundle: Path, a
     assert not runtime_dir.exists() or not list(runtime_dir.iterdir())
     if runtime_dir.exists():
         runtime_dir.rmdir()
+
+
+async def test_a_created_task_can_be_deleted_without_start(bundle: Path, address: str, namespace: str,
+                                                           cgroup_parent: str, tmp_path: Path) -> None:
+    devenv.busybox_rootfs(bundle / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/never")))
+    fake = FakeContainerd()
+    events_path = str(tmp_path / "events.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve, events_path)
+        result = await trio.to_thread.run_sync(lambda: run_shim(
+            ["-namespace", namespace, "-address", address, "-id", "never", "start"], bundle,
+            env={"TTRPC_ADDRESS": events_path}))
+        async with connect_unix(result.stdout.decode()) as client:
+            shim = Shim(client, "never")
+            pid = (await shim("Create", pb.CreateTaskRequest(id="never", bundle=str(bundle)),
+                              pb.CreateTaskResponse)).pid
+            deleted = await shim("Delete", pb.DeleteRequest(id="never"), pb.DeleteResponse)
+            assert (deleted.pid, deleted.exit_status) == (pid, 137)
+            shim_pid = (await shim("Connect", pb.ConnectRequest(id="never"), pb.ConnectResponse)).shim_pid
+            await shim("Shutdown", pb.ShutdownRequest(id="never"))
+        assert await trio.to_thread.run_sync(wait_gone, shim_pid)
+        nursery.cancel_scope.cancel()
+    # never started: no start and no exit event (containerd's README: delete follows create)
+    assert [e.topic for e, _ in fake.received] == ["/tasks/create", "/tasks/delete"]
+    assert wait_gone(pid)
+    runtime_dir = Path("/run/railcar") / namespace
+    assert not list(runtime_dir.iterdir())
+    runtime_dir.rmdir()
