@@ -88,9 +88,10 @@ def _field_value(field: descriptor.FieldDescriptor, value: object) -> object:
 def _any_to_jsonable(value: any_pb2.Any) -> object:
     try:
         inner = to_jsonable(typeurl.unpack(value))
-        return {"@type": value.type_url, **inner} if isinstance(inner, dict) else {"@type": value.type_url, "value": inner}
     except typeurl.TypeUrlError:
         pass
+    else:  # well-known types (Timestamp ...) map to a JSON scalar, messages to an object
+        return {"@type": value.type_url, **(inner if isinstance(inner, dict) else {"value": inner})}
     try:
         return {"@type": value.type_url, "value": typeurl.unpack_json(value)}
     except typeurl.TypeUrlError:

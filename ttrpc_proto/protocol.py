@@ -110,7 +110,8 @@ class Connection:
     def _oversize(self, header: FrameHeader) -> PeerError:
         message = _oversize_message(header.length, self.max_payload)
         if self.role is Role.SERVER:
-            return self._owe(PeerError(header.stream_id, Code.RESOURCE_EXHAUSTED, message, answer=header.type == MessageType.REQUEST))
+            is_request = header.type == MessageType.REQUEST
+            return self._owe(PeerError(header.stream_id, Code.RESOURCE_EXHAUSTED, message, answer=is_request))
         self.open_streams.discard(header.stream_id)
         return PeerError(header.stream_id, Code.RESOURCE_EXHAUSTED, message)
 
@@ -132,7 +133,8 @@ class Connection:
         if sid in self.open_streams:
             return PeerError(sid, Code.INVALID_ARGUMENT, f"stream {sid} is already in use")
         if sid % 2 != 1:
-            return self._owe(PeerError(sid, Code.INVALID_ARGUMENT, "StreamID must be odd for client initiated streams", answer=True))
+            message = "StreamID must be odd for client initiated streams"
+            return self._owe(PeerError(sid, Code.INVALID_ARGUMENT, message, answer=True))
         self.open_streams.add(sid)
         return Request(
             stream_id=sid,

@@ -105,3 +105,8 @@ def test_to_jsonable_keeps_unknown_and_json_any_readable() -> None:
     assert to_jsonable(msg) == {"id": "c", "spec": {"@type": typeurl.PROCESS, "value": {"args": ["sh"]}}}
     msg = task_v2_pb2.StatsResponse(stats={"type_url": "x.Unknown", "value": b"\x00\x01"})
     assert to_jsonable(msg) == {"stats": {"@type": "x.Unknown", "value_base64": "AAE="}}
+
+
+def test_to_jsonable_wraps_well_known_scalars() -> None:
+    msg = task_v2_pb2.StatsResponse(stats=typeurl.pack(timestamp_pb2.Timestamp(seconds=5)))
+    assert to_jsonable(msg) == {"stats": {"@type": "google.protobuf.Timestamp", "value": "1970-01-01T00:00:05Z"}}
