@@ -56,6 +56,8 @@ class Server:
     def __init__(self, *, require_same_user: bool = True) -> None:
         self.require_same_user = require_same_user
         self._services: dict[str, dict[str, tuple[type[Message], Handler]]] = {}
+        self._connections: set[tuple[Connection, Outbox]] = set()
+        self._progress = trio.lowlevel.ParkingLot()  # unparked when a connection flushes or ends
 
     def register(self, service: str, methods: Mapping[str, tuple[type[Message], Handler]]) -> None:
         """Serve ``service`` (full name, e.g. ``containerd.task.v2.Task``); ``methods`` maps each method
@@ -97,15 +99,28 @@ class Server:
     async def serve_connection(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until the peer closes it, then cancel its pending calls and close it."""
         conn = Connection(Role.SERVER)
-        outbox = Outbox()
+        outbox = Outbox(on_flushed=self._progress.unpark_all)
+        entry = (conn, outbox)
+        self._connections.add(entry)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_then_stop, outbox, stream, nursery.cancel_scope)
                 await self._read(conn, outbox, stream, nursery)
                 nursery.cancel_scope.cancel()
         finally:
+            self._connections.discard(entry)
+            self._progress.unpark_all()
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    async def drain(self) -> None:
+        """Wait until no call is in progress and every answer has been written, on every connection.
+
+        For a clean exit (like Go ttrpc's ``Shutdown``): after the Shutdown call, ``drain()`` returns
+        once its reply has left, and the caller can then cancel ``serve()``. Bound it with a timeout:
+        a client may keep a call (say, Wait) pending forever."""
+        while any(conn.open_streams or outbox.queued for conn, outbox in self._connections):
+            await self._progress.park()
 
     @staticmethod
     async def _write_then_stop(outbox: Outbox, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:

@@ -323,3 +323,31 @@ async def test_require_same_user_false_accepts_any_peer(unix_listener) -> None:
         async with connect_unix(path) as client:
             assert (await client.call(SVC, "Echo", S(value="b"), S)).value.endswith("b")
         nursery.cancel_scope.cancel()
+
+
+async def test_drain_returns_once_the_last_answer_is_written() -> None:
+    release = trio.Event()
+    drained: list[str] = []
+
+    async def slow(req: S, ctx: CallContext) -> S:
+        await release.wait()
+        return S(value="done")
+
+    server = echo_server(Slow=slow)
+    async with paired(server) as client:
+        await server.drain()  # idle: returns at once
+        async with trio.open_nursery() as nursery:
+            async def call() -> None:
+                drained.append((await client.call(SVC, "Slow", S(), S)).value)
+
+            async def drain() -> None:
+                await server.drain()
+                drained.append("drained")
+
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(drain)
+            await trio.testing.wait_all_tasks_blocked()
+            assert drained == []  # a call is still in progress
+            release.set()
+    assert sorted(drained) == ["done", "drained"]
