@@ -4,6 +4,11 @@ Each request runs in its own task, so a long call (the task service's Wait) neve
 the same connection. A handler answers by returning a message or raising ``TtrpcError``; anything
 else it raises becomes UNKNOWN with the exception's text, as Go ttrpc does for plain errors. Bad
 input from a peer is answered or dropped for that connection alone; the server keeps serving.
+
+Status codes for dispatch failures follow Go ttrpc (Unimplemented ``service X`` / ``method X``,
+InvalidArgument for an unreadable Request, ResourceExhausted for oversize), with one deliberate
+difference: a payload that does not decode as the method's request type is InvalidArgument (the
+caller's fault) where Go answers Internal.
 """
 
 from __future__ import annotations
