@@ -1,0 +1,118 @@
+"""Typed, intent-named messages between the caller and its forked helpers.
+
+Stages talk over a SOCK_SEQPACKET socketpair: one datagram per message, JSON with a ``kind`` tag,
+file descriptors (a pty master) riding along with SCM_RIGHTS. Receiving an unexpected kind is a
+protocol error, and a peer that dies without a word shows up as ``PeerGone`` — so the caller
+never hangs on a helper that crashed.
+"""
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, fields
+
+from .errors import RuntimeFailure
+
+
+@dataclass(frozen=True)
+class MapIds:
+    """Intermediate → caller: I made a user namespace; write uid_map/gid_map for ``pid``."""
+    pid: int
+
+
+@dataclass(frozen=True)
+class IdsMapped:
+    """Caller → intermediate: the id maps are written, go on."""
+
+
+@dataclass(frozen=True)
+class InitForked:
+    """Intermediate → caller: the container init is ``pid`` (in the caller's pid namespace)."""
+    pid: int
+
+
+@dataclass(frozen=True)
+class HooksDone:
+    """Caller → init: prestart/createRuntime hooks ran; set up the rootfs. ``state`` is the
+    container state that in-container hooks receive."""
+    state: dict
+
+
+@dataclass(frozen=True)
+class Parked:
+    """Init → caller: all set up, blocked before execve; a pty master rides along if asked."""
+    console: bool
+
+
+@dataclass(frozen=True)
+class ExecForked:
+    """Exec intermediate → caller: the exec process is ``pid``; EOF follows once it execve'd."""
+    pid: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Any helper → caller: ``stage`` failed with ``cause``; the helper exits right after."""
+    stage: str
+    cause: str
+
+
+MESSAGES = {cls.__name__: cls for cls in (MapIds, IdsMapped, InitForked, HooksDone, Parked,
+                                           ExecForked, Failed)}
+_MAX = 65536
+
+
+class PeerGone(RuntimeFailure):
+    """The other end closed without sending the expected message."""
+
+
+class Channel:
+    """One end of a helper socketpair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @staticmethod
+    def pair() -> tuple["Channel", "Channel"]:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        return Channel(a), Channel(b)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, msg: object, fds: list[int] | tuple[int, ...] = ()) -> None:
+        data = json.dumps({"kind": type(msg).__name__, **asdict(msg)}).encode()
+        if fds:
+            socket.send_fds(self.sock, [data], list(fds))
+        else:
+            self.sock.send(data)
+
+    def recv(self, stage: str, *expected: type) -> tuple[object, list[int]]:
+        """Receive one message of one of the ``expected`` kinds (or ``Failed``, raised)."""
+        data, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX, 4)
+        if not data:
+            raise PeerGone(stage, "helper exited without reporting")
+        doc = json.loads(data)
+        cls = MESSAGES.get(doc.pop("kind", None))
+        if cls is None or set(doc) != {f.name for f in fields(cls)}:
+            raise RuntimeFailure(stage, f"malformed helper message {data[:200]!r}")
+        msg = cls(**doc)
+        if isinstance(msg, Failed):
+            for fd in fds:
+                os.close(fd)
+            raise RuntimeFailure(msg.stage, msg.cause)
+        if not isinstance(msg, expected):
+            raise RuntimeFailure(stage, f"helper sent {cls.__name__}, expected "
+                                        f"{' or '.join(c.__name__ for c in expected)}")
+        return msg, fds
+
+    def wait_closed(self, stage: str) -> None:
+        """Expect the peer to close without a word (it execve'd); a ``Failed`` is raised."""
+        try:
+            msg, fds = self.recv(stage)
+        except PeerGone:
+            return
+        raise RuntimeFailure(stage, f"unexpected helper message {type(msg).__name__}")

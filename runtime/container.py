@@ -1,0 +1,323 @@
+"""The ``Container`` object: create / start / state / kill / pids / exec / pause / resume /
+update / stats / delete, per the OCI runtime-spec lifecycle.
+
+Only ``create`` and ``exec`` fork (they must be called from a plain, non-async process whose
+ancestor is a child subreaper: the init and exec processes are re-parented there and never waited
+for here). Every other verb works from the state on disk alone, from any process or thread.
+"""
+
+import json
+import os
+import select
+import shutil
+import signal
+from dataclasses import dataclass
+
+from . import security
+from .cgroups import Cgroup, open_cgroup
+from .errors import ContainerExists, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
+from .process import PROC_NS, Launch, spawn_exec, spawn_init
+from .spec import Spec, load_spec, parse_process, parse_spec
+from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, is_alive,
+                    read_record, start_time, write_record)
+
+DEFAULT_ROOT = "/run/railcar"
+
+
+@dataclass
+class CreateResult:
+    pid: int
+    console_fd: int | None     # pty master; the caller owns it
+
+
+@dataclass
+class ContainerState:
+    id: str
+    status: str                # "creating" | "created" | "running" | "paused" | "stopped"
+    pid: int
+    bundle: str
+    annotations: dict[str, str]
+
+
+def _run_hooks(kind: str, hooks: list, state: dict) -> None:
+    from .hooks import run_hooks   # only containers with hooks pay for the import
+    run_hooks(kind, hooks, state)
+
+
+class Container:
+    """A container known by its state directory ``<root>/<id>``."""
+
+    def __init__(self, directory: str, record: Record) -> None:
+        self._dir = directory
+        self._record = record
+
+    id = property(lambda self: self._record.id)
+    bundle = property(lambda self: self._record.bundle)
+    init_pid = property(lambda self: self._record.init_pid)
+
+    # --- create ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, container_id: str, bundle: str, *, root: str = DEFAULT_ROOT,
+               stdio: tuple[int, int, int] | None = None,
+               terminal: bool | None = None) -> tuple["Container", CreateResult]:
+        """Set the container up and leave its init blocked before execve of the user program.
+
+        Any failure raises ``RuntimeFailure`` (``SpecError`` for config.json) and leaves nothing
+        behind: no state directory, cgroup, mount or process.
+        """
+        spec = load_spec(bundle)
+        if spec.process is None:
+            raise SpecError("process", "is required to create a container")
+        plan = security.prepare(spec.process.raw, spec.linux.raw)
+        directory = container_dir(root, container_id)
+        os.makedirs(root, 0o711, exist_ok=True)
+        try:
+            os.mkdir(directory, 0o711)
+        except FileExistsError:
+            raise ContainerExists(container_id) from None
+        record = Record(id=container_id, bundle=spec.bundle, annotations=spec.annotations)
+        cgroup: Cgroup | None = None
+        try:
+            with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+                json.dump(spec.raw, f)
+            os.mkfifo(os.path.join(directory, EXEC_FIFO), 0o622)
+            cgroup = open_cgroup(spec.linux.cgroups_path, container_id)
+            record.cgroup = cgroup.to_state()
+            write_record(directory, record)   # from here on, delete can find the cgroup
+            cgroup.create(_with_allowed_devices(spec))
+            container = cls(directory, record)
+
+            def on_forked(pid: int) -> dict:
+                started = start_time(pid)
+                if started is None:
+                    raise RuntimeFailure("namespaces", "the container init died right away")
+                record.init_pid, record.init_start_time = pid, started
+                write_record(directory, record)
+                state = container._hook_state("creating")
+                for kind in ("prestart", "createRuntime"):
+                    if spec.hooks.get(kind):
+                        _run_hooks(kind, spec.hooks[kind], state)
+                return state
+
+            launch = Launch(spec=spec, process=spec.process, stdio=stdio,
+                            terminal=spec.process.terminal if terminal is None else terminal,
+                            cgroup=cgroup, security=plan, run_hooks=_run_hooks,
+                            exec_fifo=os.path.join(directory, EXEC_FIFO))
+            spawned = spawn_init(launch, on_forked)
+            record.created = True
+            write_record(directory, record)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.destroy()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return container, CreateResult(spawned.pid, spawned.console_fd)
+
+    @classmethod
+    def load(cls, container_id: str, *, root: str = DEFAULT_ROOT) -> "Container":
+        directory = container_dir(root, container_id)
+        try:
+            record = read_record(directory, container_id)
+        except ContainerNotFound:
+            if not os.path.isdir(directory):
+                raise
+            # A creator crashed before writing anything: nothing to kill, only the dir to drop.
+            record = Record(id=container_id, bundle="")
+        return cls(directory, record)
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def _cgroup(self) -> Cgroup | None:
+        return Cgroup.from_state(self._record.cgroup) if self._record.cgroup else None
+
+    def _alive(self) -> bool:
+        return is_alive(self._record.init_pid, self._record.init_start_time)
+
+    def status(self) -> str:
+        if not self._alive():
+            return "stopped" if self._record.created or not self._record.init_pid else "creating"
+        if not self._record.created:
+            return "creating"
+        cgroup = self._cgroup()
+        if cgroup is not None and cgroup.frozen():
+            return "paused"
+        return "created" if os.path.exists(os.path.join(self._dir, EXEC_FIFO)) else "running"
+
+    def state(self) -> ContainerState:
+        status = self.status()
+        return ContainerState(self.id, status, 0 if status == "stopped" else self.init_pid,
+                              self.bundle, dict(self._record.annotations))
+
+    def _hook_state(self, status: str) -> dict:
+        return {"ociVersion": "1.0.2", "id": self.id, "status": status,
+                "pid": self.init_pid if status != "stopped" else 0, "bundle": self.bundle,
+                "annotations": dict(self._record.annotations)}
+
+    def _spec(self) -> Spec:
+        with open(os.path.join(self._dir, CONFIG_FILE)) as f:
+            return parse_spec(json.load(f), self.bundle)
+
+    def pids(self) -> list[int]:
+        cgroup = self._cgroup()
+        return cgroup.pids() if cgroup is not None else []
+
+    # --- verbs ------------------------------------------------------------------------------
+
+    def _open_init(self, verb: str) -> int:
+        """A pidfd for the init, verified against the recorded start time (pid reuse)."""
+        try:
+            pidfd = os.pidfd_open(self.init_pid)
+        except (ProcessLookupError, ValueError, OSError):
+            raise InvalidState(verb, "stopped") from None
+        if not self._alive():
+            os.close(pidfd)
+            raise InvalidState(verb, "stopped")
+        return pidfd
+
+    def start(self) -> None:
+        """Let the parked init execve the user program; returns once it has been let go."""
+        status = self.status()
+        if status != "created":
+            raise InvalidState("start", status)
+        fifo_path = os.path.join(self._dir, EXEC_FIFO)
+        pidfd = self._open_init("start")
+        try:
+            fifo = os.open(fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            os.close(pidfd)
+            raise InvalidState("start", "running") from None
+        try:
+            poller = select.poll()
+            poller.register(fifo, select.POLLIN)
+            poller.register(pidfd, select.POLLIN)
+            while True:
+                ready = dict(poller.poll())
+                if ready.get(fifo, 0) & (select.POLLIN | select.POLLHUP):
+                    if os.read(fifo, 1):
+                        break
+                if pidfd in ready:
+                    raise RuntimeFailure("start", "the container init exited before start")
+        finally:
+            os.close(fifo)
+            os.close(pidfd)
+        os.unlink(fifo_path)
+        hooks = self._spec().hooks.get("poststart")
+        if hooks:
+            try:
+                _run_hooks("poststart", hooks, self._hook_state("running"))
+            except RuntimeFailure:
+                self.kill(signal.SIGKILL, all=True)
+                raise
+
+    def kill(self, sig: int, *, all: bool = False) -> None:
+        """Signal the init, or with ``all`` every process of the container (its cgroup)."""
+        if all:
+            cgroup = self._cgroup()
+            if cgroup is not None:
+                cgroup.kill_all(sig)
+                return
+        pidfd = self._open_init("kill")
+        try:
+            signal.pidfd_send_signal(pidfd, sig)
+        except ProcessLookupError:
+            raise InvalidState("kill", "stopped") from None
+        finally:
+            os.close(pidfd)
+
+    def exec(self, process: dict, *, stdio: tuple[int, int, int] | None = None,
+             terminal: bool = False) -> CreateResult:
+        """Run another process in the container's namespaces and cgroup; returns once it
+        execve'd. Its pid is re-parented to the caller's subreaper like the init."""
+        proc = parse_process(process)
+        spec = self._spec()
+        plan = security.prepare(process, spec.linux.raw)
+        pidfd = self._open_init("exec")
+        ns_fds: list[tuple[int, int]] = []
+        try:
+            for name, flag in PROC_NS:
+                theirs = f"/proc/{self.init_pid}/ns/{name}"
+                if not os.path.exists(theirs) or _same_file(theirs, f"/proc/self/ns/{name}"):
+                    continue
+                ns_fds.append((os.open(theirs, os.O_RDONLY | os.O_CLOEXEC), flag))
+            if not self._alive():   # the pid was reused while we opened: not our container
+                raise InvalidState("exec", "stopped")
+            spawned = spawn_exec(Launch(spec=spec, process=proc, stdio=stdio, terminal=terminal,
+                                        cgroup=self._cgroup(), security=plan, ns_fds=ns_fds))
+        finally:
+            os.close(pidfd)
+            for fd, _ in ns_fds:
+                os.close(fd)
+        return CreateResult(spawned.pid, spawned.console_fd)
+
+    def pause(self) -> None:
+        self._require_cgroup("pause").freeze()
+
+    def resume(self) -> None:
+        self._require_cgroup("resume").thaw()
+
+    def update(self, resources: dict) -> None:
+        self._require_cgroup("update").update(resources)
+
+    def stats(self) -> dict:
+        return self._require_cgroup("stats").stats()
+
+    def _require_cgroup(self, verb: str) -> Cgroup:
+        cgroup = self._cgroup()
+        if cgroup is None:
+            raise RuntimeFailure(verb, f"container {self.id!r} has no cgroup")
+        return cgroup
+
+    def delete(self, *, force: bool = False) -> None:
+        """Remove everything create made; a no-op for an already deleted container.
+
+        A created container is killed as runc does; a running or paused one only with ``force``.
+        """
+        if not os.path.isdir(self._dir):
+            return
+        status = self.status()
+        if status in ("running", "paused") and not force:
+            raise InvalidState("delete", f"{status} (use force)")
+        cgroup = self._cgroup()
+        if self._alive():
+            # No waiting for the init to die here: a dying pid-namespace init only finishes
+            # once the caller has reaped the namespace's other zombies, and the caller may be
+            # the very thread that reaps. The cgroup removal below waits for the processes.
+            if cgroup is not None:
+                cgroup.kill_all(signal.SIGKILL)
+            else:
+                self.kill(signal.SIGKILL)
+        if cgroup is not None:
+            cgroup.destroy()
+        hooks = self._spec().hooks.get("poststop") if self._record.created else None
+        if hooks:
+            try:
+                _run_hooks("poststop", hooks, self._hook_state("stopped"))
+            except RuntimeFailure:
+                pass   # runtime-spec: a failing poststop hook must not stop the delete
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+# What every container may use whatever linux.resources.devices says (runc's AllowedDevices):
+# the default /dev nodes, the pty multiplexer and slaves, /dev/tty.
+_ALLOWED_DEVICES = (("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9),
+                    ("c", 5, 0), ("c", 5, 1), ("c", 5, 2), ("c", 136, None))
+
+
+def _with_allowed_devices(spec: Spec) -> dict | None:
+    """``linux.resources`` plus allow rules for the default devices and ``linux.devices``."""
+    resources = dict(spec.linux.resources or {})
+    rules = list(resources.get("devices") or [])
+    if not rules and not spec.linux.devices:
+        return spec.linux.resources
+    rules += [{"allow": True, "type": t, "major": ma, **({} if mi is None else {"minor": mi}),
+               "access": "rwm"} for t, ma, mi in _ALLOWED_DEVICES]
+    rules += [{"allow": True, "type": "c" if d.type == "u" else d.type, "major": d.major,
+               "minor": d.minor, "access": "rwm"} for d in spec.linux.devices if d.type != "p"]
+    resources["devices"] = rules
+    return resources
+
+
+def _same_file(a: str, b: str) -> bool:
+    sa, sb = os.stat(a), os.stat(b)
+    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)

@@ -1,0 +1,233 @@
+"""Mount option parsing, symlink-safe mount targets, and the rootfs layers the shim mounts.
+
+Options are fstab-style strings (containerd's and runtime-spec's vocabulary): known words become
+mount flags or propagation changes, anything else is filesystem data. Targets inside a container
+rootfs are opened with openat2(RESOLVE_IN_ROOT) and mounted through /proc/self/fd, so a symlink in
+an image (``/proc -> /host/etc``) can never redirect a mount onto the host.
+"""
+
+import os
+from dataclasses import dataclass
+
+from . import syscalls as sc
+from .errors import RuntimeFailure
+
+# word -> (flags to set, flags to clear)
+_FLAG_WORDS: dict[str, tuple[int, int]] = {
+    "async": (0, sc.MS_SYNCHRONOUS), "atime": (0, sc.MS_NOATIME), "bind": (sc.MS_BIND, 0),
+    "defaults": (0, 0), "dev": (0, sc.MS_NODEV), "diratime": (0, sc.MS_NODIRATIME),
+    "dirsync": (sc.MS_DIRSYNC, 0), "exec": (0, sc.MS_NOEXEC), "mand": (sc.MS_MANDLOCK, 0),
+    "noatime": (sc.MS_NOATIME, 0), "nodev": (sc.MS_NODEV, 0),
+    "nodiratime": (sc.MS_NODIRATIME, 0), "noexec": (sc.MS_NOEXEC, 0),
+    "nomand": (0, sc.MS_MANDLOCK), "norelatime": (0, sc.MS_RELATIME),
+    "nostrictatime": (0, sc.MS_STRICTATIME), "nosuid": (sc.MS_NOSUID, 0),
+    "nosymfollow": (sc.MS_NOSYMFOLLOW, 0), "rbind": (sc.MS_BIND | sc.MS_REC, 0),
+    "relatime": (sc.MS_RELATIME, 0), "remount": (sc.MS_REMOUNT, 0), "ro": (sc.MS_RDONLY, 0),
+    "rw": (0, sc.MS_RDONLY), "strictatime": (sc.MS_STRICTATIME, 0), "suid": (0, sc.MS_NOSUID),
+    "sync": (sc.MS_SYNCHRONOUS, 0),
+}
+PROPAGATION_FLAGS: dict[str, int] = {
+    "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
+    "shared": sc.MS_SHARED, "rshared": sc.MS_SHARED | sc.MS_REC,
+    "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
+    "unbindable": sc.MS_UNBINDABLE, "runbindable": sc.MS_UNBINDABLE | sc.MS_REC,
+}
+# Flags a read-only bind remount must keep, or the kernel refuses to drop them (EPERM).
+_LOCKED = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME | sc.MS_NODIRATIME \
+    | sc.MS_RELATIME | sc.MS_STRICTATIME
+# Overlay option strings longer than this do not fit the kernel's one-page mount data.
+_MAX_DATA = os.sysconf("SC_PAGESIZE") - 512
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    flags: int
+    propagation: tuple[int, ...]
+    data: str
+
+    @property
+    def is_bind(self) -> bool:
+        return bool(self.flags & sc.MS_BIND)
+
+
+def parse_options(options: list[str] | tuple[str, ...], where: str = "options") -> MountOptions:
+    """Split fstab-style words into flags, propagation changes and fs data."""
+    flags, propagation, data = 0, [], []
+    for word in options:
+        if word in _FLAG_WORDS:
+            set_, clear = _FLAG_WORDS[word]
+            flags = (flags | set_) & ~clear
+        elif word in PROPAGATION_FLAGS:
+            propagation.append(PROPAGATION_FLAGS[word])
+        elif word == "loop":
+            raise RuntimeFailure("rootfs", f"{where}: loop devices are not supported")
+        else:
+            data.append(word)
+    return MountOptions(flags, tuple(propagation), ",".join(data))
+
+
+def mount_first(source: str, target: str, fstype: str, opts: MountOptions) -> None:
+    """The mount call itself; a bind's other flags need ``apply_after`` on the new mount."""
+    if opts.is_bind:
+        sc.mount(source, target, None, opts.flags & (sc.MS_BIND | sc.MS_REC))
+    else:
+        sc.mount(source, target, fstype or None, opts.flags, opts.data or None)
+
+
+def apply_after(target: str, opts: MountOptions) -> None:
+    """Remount a bind with its flags (ro, nosuid, ...) and apply propagation changes.
+
+    ``target`` must name the new mount (a path, or a freshly opened fd), not the covered dir.
+    """
+    if opts.is_bind:
+        extra = opts.flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)
+        if extra:
+            sc.mount(None, target, None,
+                     sc.MS_BIND | sc.MS_REMOUNT | extra | locked_flags(target))
+    for prop in opts.propagation:
+        sc.mount(None, target, None, prop)
+
+
+def mount_one(source: str, target: str, fstype: str, opts: MountOptions) -> None:
+    """Mount with the two-step dance bind mounts need for ro/nosuid/... to take effect."""
+    mount_first(source, target, fstype, opts)
+    apply_after(target, opts)
+
+
+def locked_flags(target: str) -> int:
+    """The per-mount flags already on ``target`` that a bind remount must keep."""
+    st = os.statvfs(target)
+    mapping = {os.ST_NOSUID: sc.MS_NOSUID, os.ST_NODEV: sc.MS_NODEV, os.ST_NOEXEC: sc.MS_NOEXEC,
+               os.ST_NOATIME: sc.MS_NOATIME, os.ST_NODIRATIME: sc.MS_NODIRATIME,
+               os.ST_RELATIME: sc.MS_RELATIME}
+    return sum(flag for st_flag, flag in mapping.items() if st.f_flag & st_flag) & _LOCKED
+
+
+def mount_layers(mounts: list[dict], target: str) -> None:
+    """Mount containerd's rootfs mounts onto ``target`` in order.
+
+    Each mount is ``{type, source, options[, target]}`` (``target``, from containerd 2.x, is a
+    path under ``target``). On failure everything this call mounted is unmounted again and a
+    ``RuntimeFailure`` names the failing mount.
+    """
+    done = 0
+    try:
+        for i, m in enumerate(mounts):
+            where = f"rootfs[{i}]"
+            if not isinstance(m, dict) or not isinstance(m.get("type", ""), str):
+                raise RuntimeFailure("rootfs", f"{where}: must be an object with a string type")
+            opts = parse_options(m.get("options") or [], f"{where}.options")
+            dest = target
+            if m.get("target"):
+                dest = os.path.join(target, m["target"].lstrip("/"))
+            fstype = m.get("type") or ""
+            source = m.get("source") or fstype
+            data_fd = None
+            if fstype == "overlay" and len(opts.data) > _MAX_DATA:
+                opts, data_fd = _shorten_overlay(opts)
+            try:
+                mount_one(source, dest, "" if fstype == "bind" else fstype, opts)
+            except OSError as e:
+                raise RuntimeFailure("rootfs", f"{where}: mounting {fstype} {source} on {dest}: "
+                                               f"{e.strerror}") from None
+            finally:
+                if data_fd is not None:
+                    os.close(data_fd)
+            done += 1
+    except BaseException:
+        if done:
+            unmount_all(target)
+        raise
+
+
+def _shorten_overlay(opts: MountOptions) -> tuple[MountOptions, int]:
+    """Rewrite overlay lowerdirs relative to an fd of their common parent to fit one page."""
+    parts = opts.data.split(",")
+    lower_i = next((i for i, p in enumerate(parts) if p.startswith("lowerdir=")), None)
+    if lower_i is None:
+        raise RuntimeFailure("rootfs", "overlay options too long and no lowerdir to shorten")
+    lowers = parts[lower_i][len("lowerdir="):].split(":")
+    common = os.path.commonpath(lowers)
+    fd = os.open(common, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    base = f"/proc/self/fd/{fd}"
+    parts[lower_i] = "lowerdir=" + ":".join(base + low[len(common):] for low in lowers)
+    data = ",".join(parts)
+    if len(data) > _MAX_DATA:
+        os.close(fd)
+        raise RuntimeFailure("rootfs", f"overlay options are {len(data)} bytes even shortened")
+    return MountOptions(opts.flags, opts.propagation, data), fd
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points in the order the kernel lists them (parents before children)."""
+    with open(mountinfo) as f:
+        return [_unescape(line.split()[4]) for line in f]
+
+
+def unmount_all(target: str) -> None:
+    """Unmount everything at or under ``target``, deepest and most recent first.
+
+    No error when nothing is mounted; stacked mounts on one point are all removed.
+    """
+    target = os.path.realpath(target)
+    prefix = target.rstrip("/") + "/"
+    while True:
+        points = [p for p in mount_points() if p == target or p.startswith(prefix)]
+        if not points:
+            return
+        # Deepest path first; among equals the last listed is the top of the stack.
+        victim = max(reversed(points), key=lambda p: p.count("/"))
+        try:
+            sc.umount2(victim, sc.UMOUNT_NOFOLLOW)
+        except OSError as e:
+            if e.errno != 16:  # EBUSY: detach it; it goes away when its last user does
+                raise RuntimeFailure("rootfs", f"unmounting {victim}: {e.strerror}") from None
+            sc.umount2(victim, sc.MNT_DETACH | sc.UMOUNT_NOFOLLOW)
+
+
+def open_in_root(root_fd: int, path: str, create: str | None = None) -> int:
+    """Open ``path`` (O_PATH) as seen from ``root_fd`` with symlinks confined to that root.
+
+    ``create`` is "dir" or "file" to make a missing target (and its missing parents as dirs).
+    """
+    rel = path.strip("/")
+    flags = os.O_PATH
+    try:
+        return sc.openat2(root_fd, rel or ".", flags, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+    except FileNotFoundError:
+        if create is None:
+            raise
+    parent, _, name = rel.rpartition("/")
+    parent_fd = open_in_root(root_fd, parent, "dir")
+    try:
+        if create == "dir":
+            try:
+                os.mkdir(name, 0o755, dir_fd=parent_fd)
+            except FileExistsError:
+                pass
+        else:
+            try:
+                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+                                 | os.O_NOFOLLOW, 0o644, dir_fd=parent_fd))
+            except FileExistsError:
+                pass
+    finally:
+        os.close(parent_fd)
+    return sc.openat2(root_fd, rel, flags, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+
+
+def fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"

@@ -1,0 +1,428 @@
+"""The forked helpers: the intermediate that enters namespaces and the container init / exec.
+
+Caller ── fork ──▶ intermediate: joins the cgroup, setns() into namespaces given by path,
+                   unshares the new ones (user first; the caller writes its id maps), then forks
+  └────────────────────▶ init: pid 1 of the new pid namespace; rootfs, pivot_root, process setup,
+                         then parks on the exec FIFO until ``start``, then execve.
+The intermediate exits as soon as it reported the init's pid, so the init is re-parented to the
+caller's child subreaper; the caller only ever waits for the intermediate, never for the init.
+
+Every stage reports over one SOCK_SEQPACKET channel (``channel``); a failure anywhere comes back
+as ``RuntimeFailure(stage, cause)`` and the half-made init is killed (via a pidfd, so a reused
+pid is never hit). Helpers are non-dumpable and close every fd they do not need right after fork;
+the init closes everything but 0-2 immediately before execve.
+"""
+
+import fcntl
+import os
+import resource
+import select
+import signal
+import termios
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, NoReturn
+
+from . import rootfs
+from . import syscalls as sc
+from .channel import Channel, ExecForked, Failed, HooksDone, IdsMapped, InitForked, MapIds, Parked
+from .errors import RuntimeFailure
+from .mounts import open_in_root
+from .spec import IdMapping, Process, Spec
+
+NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_NEWPID,
+            "network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS,
+            "cgroup": sc.CLONE_NEWCGROUP, "time": sc.CLONE_NEWTIME}
+# /proc/PID/ns names, in the order an exec joins them (user first: it owns the others).
+PROC_NS = (("user", sc.CLONE_NEWUSER), ("mnt", sc.CLONE_NEWNS), ("pid", sc.CLONE_NEWPID),
+           ("net", sc.CLONE_NEWNET), ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS),
+           ("cgroup", sc.CLONE_NEWCGROUP), ("time", sc.CLONE_NEWTIME))
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class Launch:
+    """Everything the forked helpers need, prepared in the caller before fork."""
+    spec: Spec
+    process: Process
+    stdio: tuple[int, int, int] | None
+    terminal: bool
+    cgroup: object | None = None        # railcar.runtime.cgroups.Cgroup
+    security: object | None = None      # railcar.runtime.security plan
+    run_hooks: Callable[[str, list, dict], None] | None = None
+    exec_fifo: str = ""                 # init only: where it parks until start
+    ns_fds: list[tuple[int, int]] = field(default_factory=list)   # exec only: (fd, nstype)
+
+    def keep_fds(self) -> set[int]:
+        return {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds)}
+
+
+@dataclass
+class Spawned:
+    pid: int
+    console_fd: int | None
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Turn any failure inside the block into ``RuntimeFailure(name, cause)``."""
+    try:
+        yield
+    except RuntimeFailure:
+        raise
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise RuntimeFailure(name, f"{e.strerror or e}{where}") from None
+    except Exception as e:
+        raise RuntimeFailure(name, f"{type(e).__name__}: {e}") from None
+
+
+# --- caller side ---------------------------------------------------------------------------
+
+def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
+    """Fork the intermediate and the init; return once the init is parked before execve.
+
+    ``on_forked(pid)`` runs in the caller once the init exists in its namespaces (record the
+    pid, run prestart/createRuntime hooks) and returns the state dict in-container hooks get.
+    """
+    parent, child = Channel.pair()
+    helper = _fork_helper(parent, child, launch, _intermediate)
+    init_pidfd = None
+    try:
+        with _reaping(helper):
+            while True:
+                msg, _ = parent.recv("namespaces", MapIds, InitForked)
+                if isinstance(msg, InitForked):
+                    break
+                with stage("namespaces"):
+                    _write_id_maps(msg.pid, launch.spec)
+                parent.send(IdsMapped())
+        init_pidfd = os.pidfd_open(msg.pid)
+        parent.send(HooksDone(on_forked(msg.pid)))
+        parked, fds = parent.recv("process", Parked)
+        return Spawned(msg.pid, fds[0] if parked.console else None)
+    except BaseException:
+        if init_pidfd is not None:
+            _kill_and_wait(init_pidfd)
+        raise
+    finally:
+        parent.close()
+        if init_pidfd is not None:
+            os.close(init_pidfd)
+
+
+def spawn_exec(launch: Launch) -> Spawned:
+    """Fork a process into the namespaces in ``launch.ns_fds``; return once it has execve'd."""
+    parent, child = Channel.pair()
+    helper = _fork_helper(parent, child, launch, _exec_intermediate)
+    pidfd = None
+    console = None
+    try:
+        # The intermediate's report and the exec process's may arrive in either order.
+        pid = parked = None
+        with _reaping(helper):
+            while pid is None:
+                msg, fds = parent.recv("process", ExecForked, Parked)
+                if isinstance(msg, ExecForked):
+                    pid = msg.pid
+                else:
+                    parked, console = msg, (fds[0] if msg.console else None)
+        pidfd = os.pidfd_open(pid)
+        if parked is None:
+            parked, fds = parent.recv("process", Parked)
+            console = fds[0] if parked.console else None
+        parent.wait_closed("exec")   # the channel is close-on-exec: EOF means execve worked
+        return Spawned(pid, console)
+    except BaseException:
+        if console is not None:
+            os.close(console)
+        if pidfd is not None:
+            _kill_and_wait(pidfd)
+        raise
+    finally:
+        parent.close()
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _fork_helper(parent: Channel, child: Channel, launch: Launch,
+                 body: Callable[[Channel, Launch], None]) -> int:
+    keep = launch.keep_fds() | {child.fileno()}
+    pid = os.fork()
+    if pid == 0:
+        _run_child(child, keep, body, launch)
+    child.close()
+    return pid
+
+
+@contextmanager
+def _reaping(helper: int) -> Iterator[None]:
+    """Wait for our own intermediate after the block; kill it first if the block failed."""
+    try:
+        yield
+    except BaseException:
+        os.kill(helper, signal.SIGKILL)
+        raise
+    finally:
+        os.waitpid(helper, 0)
+
+
+def _kill_and_wait(pidfd: int) -> None:
+    """SIGKILL a half-made process and wait until it is dead (we are not its parent)."""
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    select.select([pidfd], [], [])
+
+
+def _write_id_maps(pid: int, spec: Spec) -> None:
+    def fmt(maps: tuple[IdMapping, ...]) -> bytes:
+        return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps).encode()
+
+    for name, maps in (("uid_map", spec.linux.uid_mappings), ("gid_map", spec.linux.gid_mappings)):
+        fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, fmt(maps))
+        finally:
+            os.close(fd)
+
+
+# --- helper side (forked; never returns into the caller's code) ----------------------------
+
+def _run_child(ch: Channel, keep: set[int], body: Callable[..., None], *args: object) -> NoReturn:
+    code = 1
+    try:
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        _close_fds_except(keep | {0, 1, 2})
+        body(ch, *args)
+        code = 0
+    except BaseException as e:
+        failure = e if isinstance(e, RuntimeFailure) else RuntimeFailure(
+            "internal", f"{type(e).__name__}: {e}")
+        try:
+            ch.send(Failed(failure.stage, failure.message))
+        except BaseException:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 30)
+
+
+def _intermediate(ch: Channel, launch: Launch) -> None:
+    linux = launch.spec.linux
+    if launch.cgroup is not None:
+        # Before any unshare: the init must never run a line outside its cgroup.
+        with stage("cgroups"):
+            launch.cgroup.add_process(os.getpid())
+    with stage("namespaces"):
+        joins = sorted((ns for ns in linux.namespaces if ns.path), key=lambda n: n.type != "user")
+        fds = [(os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC), NS_FLAGS[ns.type]) for ns in joins]
+        _setns_all(fds)
+        new = {ns.type for ns in linux.namespaces if not ns.path}
+        if "user" in new:
+            sc.unshare(sc.CLONE_NEWUSER)
+            ch.send(MapIds(os.getpid()))
+            ch.recv("namespaces", IdsMapped)
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        flags = 0
+        for kind in new - {"user"}:
+            flags |= NS_FLAGS[kind]
+        sc.unshare(flags)
+        if "time" in new and linux.time_offsets:
+            with open("/proc/self/timens_offsets", "w") as f:
+                f.write("".join(f"{c} {s} {n}\n" for c, s, n in linux.time_offsets))
+    pid = os.fork()
+    if pid == 0:
+        _run_child(ch, launch.keep_fds() | {ch.fileno()}, _init, launch)
+    ch.send(InitForked(pid))
+
+
+def _setns_all(fds: list[tuple[int, int]]) -> None:
+    joined_user = False
+    for fd, nstype in fds:
+        sc.setns(fd, nstype)
+        os.close(fd)
+        joined_user |= nstype == sc.CLONE_NEWUSER
+    if joined_user:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+
+
+def _init(ch: Channel, launch: Launch) -> None:
+    spec = launch.spec
+    hooks_done, _ = ch.recv("rootfs", HooksDone)
+    hook_state = hooks_done.state
+    userns = spec.linux.namespace("user") is not None
+    with stage("rootfs"):
+        fifo = os.open(launch.exec_fifo, os.O_PATH | os.O_CLOEXEC)
+        rootfs.prepare(spec, userns)
+    _hooks(launch, "createContainer", hook_state)
+    with stage("rootfs"):
+        rootfs.pivot(spec.root_path)
+        rootfs.finalize(spec)
+    ready = _prepare_process(launch)
+    ch.send(Parked(ready.console is not None), [ready.console] if ready.console is not None else [])
+    if ready.console is not None:
+        os.close(ready.console)
+    ch.close()
+    # Blocks until `start` opens the FIFO for reading. /proc/self/fd works for ourselves even
+    # non-dumpable and after the user switch; the FIFO's path is not reachable any more.
+    try:
+        started = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
+        os.write(started, b"0")
+        os.close(started)
+        os.close(fifo)
+        _hooks(launch, "startContainer", {**hook_state, "status": "running"})
+    except BaseException as e:
+        _die(ready.stdio[2], f"railcar: before exec: {e}")
+    _execve(ready, launch, None)
+
+
+def _exec_intermediate(ch: Channel, launch: Launch) -> None:
+    if launch.cgroup is not None:
+        with stage("cgroups"):
+            launch.cgroup.add_process(os.getpid())
+    with stage("namespaces"):
+        _setns_all(launch.ns_fds)
+    pid = os.fork()
+    if pid == 0:
+        _run_child(ch, launch.keep_fds() | {ch.fileno()}, _exec_process, launch)
+    ch.send(ExecForked(pid))
+
+
+def _exec_process(ch: Channel, launch: Launch) -> None:
+    ready = _prepare_process(launch)
+    ch.send(Parked(ready.console is not None), [ready.console] if ready.console is not None else [])
+    if ready.console is not None:
+        os.close(ready.console)
+    # The channel stays open (close-on-exec) so the caller sees EOF exactly when execve worked.
+    _execve(ready, launch, ch)
+
+
+@dataclass
+class _Ready:
+    path: str
+    stdio: tuple[int, int, int]
+    console: int | None      # pty master, for the caller
+
+
+def _prepare_process(launch: Launch) -> _Ready:
+    """Inside the container's root: stdio/pty, rlimits, oom score, user, cwd, executable."""
+    proc = launch.process
+    plan = launch.security
+    with stage("process"):
+        os.setsid()
+        console = None
+        if launch.terminal:
+            console, slave = os.openpty()   # /dev/ptmx of the container's devpts
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            os.fchown(slave, proc.user.uid, proc.user.gid)
+            stdio = (slave, slave, slave)
+        elif launch.stdio is not None:
+            stdio = launch.stdio
+        else:
+            null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+            stdio = (null, null, null)
+        for rl in proc.rlimits:
+            limit = getattr(resource, rl.type, None)
+            if limit is None:
+                raise RuntimeFailure("process", f"process.rlimits: {rl.type} is not known here")
+            resource.setrlimit(limit, (rl.soft, rl.hard))
+        if proc.oom_score_adj is not None:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(proc.oom_score_adj))
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            cwd = open_in_root(root, proc.cwd, "dir")
+        finally:
+            os.close(root)
+    with stage("security"):
+        if plan is not None:
+            plan.before_user_switch()
+    with stage("user"):
+        os.setgroups(list(proc.user.additional_gids))
+        os.setresgid(proc.user.gid, proc.user.gid, proc.user.gid)
+        os.setresuid(proc.user.uid, proc.user.uid, proc.user.uid)
+    with stage("security"):
+        if plan is not None:
+            plan.after_user_switch()
+    with stage("process"):
+        try:
+            os.fchdir(cwd)
+        finally:
+            os.close(cwd)
+        os.getcwd()   # raises if the cwd is not reachable from our root
+        if proc.user.umask is not None:
+            os.umask(proc.user.umask)
+        path = _lookup(proc.args[0], proc.env)
+    return _Ready(path, stdio, console)
+
+
+def _lookup(prog: str, env: tuple[str, ...]) -> str:
+    """PATH lookup inside the container, as execvp would, so errors surface at create."""
+    if "/" in prog:
+        candidates = [prog]
+    else:
+        path = next((e[5:] for e in reversed(env) if e.startswith("PATH=")), DEFAULT_PATH)
+        candidates = [os.path.join(d or ".", prog) for d in path.split(":")]
+    for c in candidates:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise RuntimeFailure("process", f"process.args[0]: executable {prog!r} not found "
+                                    "in the container")
+
+
+def _hooks(launch: Launch, kind: str, state: dict) -> None:
+    hooks = launch.spec.hooks.get(kind)
+    if hooks and launch.run_hooks is not None:
+        with stage("hooks"):
+            launch.run_hooks(kind, hooks, state)
+
+
+def _execve(ready: _Ready, launch: Launch, report: Channel | None) -> NoReturn:
+    """Install stdio as 0-2, close everything else, reset signals, seccomp last, execve.
+
+    A failure goes to ``report`` (kept open, close-on-exec) or, with nobody listening any more
+    (an init after start), to the process's stderr.
+    """
+    try:
+        with stage("exec"):
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in ready.stdio]
+            for target, fd in enumerate(high):
+                os.dup2(fd, target, inheritable=True)
+            _close_fds_except({0, 1, 2} | ({report.fileno()} if report else set()))
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            for sig in signal.valid_signals():
+                if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                    try:
+                        signal.signal(sig, signal.SIG_DFL)
+                    except (OSError, ValueError):
+                        pass
+        with stage("security"):
+            if launch.security is not None:
+                launch.security.last()
+        with stage("exec"):
+            os.execve(ready.path, list(launch.process.args), dict(
+                e.split("=", 1) for e in launch.process.env))
+    except RuntimeFailure as e:
+        if report is None:
+            _die(2, f"railcar: {e}")
+        report.send(Failed(e.stage, e.message))
+        os._exit(127)
+
+
+def _die(fd: int, message: str) -> NoReturn:
+    try:
+        os.write(fd, message.encode() + b"\n")
+    finally:
+        os._exit(127)

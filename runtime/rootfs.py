@@ -1,0 +1,255 @@
+"""Build the container's root filesystem from inside its mount namespace (runs in the init).
+
+Order (as runc): make ``/`` a slave (or the spec's rootfsPropagation), bind the rootfs onto
+itself, mount the spec's mounts in order, populate ``/dev``, create ``linux.devices``; then
+``pivot_root`` and detach the old root; then sysctls, readonly and masked paths, and a read-only
+root last. Every target is opened inside the rootfs (``mounts.open_in_root``).
+"""
+
+import os
+import stat
+from contextlib import contextmanager
+from typing import Iterator
+
+from . import syscalls as sc
+from .errors import RuntimeFailure
+from .mounts import (PROPAGATION_FLAGS, apply_after, fd_path, locked_flags, mount_first,
+                     open_in_root, parse_options)
+from .spec import Device, Mount, Spec
+
+# (name, major, minor) of the devices every container gets when /dev is a fresh tmpfs.
+DEFAULT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+                   ("urandom", 1, 9), ("tty", 5, 0))
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
+
+
+@contextmanager
+def _opened(root_fd: int, path: str, create: str | None = None) -> Iterator[int]:
+    fd = open_in_root(root_fd, path, create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def prepare(spec: Spec, userns: bool) -> None:
+    """Everything before pivot_root: the rootfs bind, the spec's mounts, /dev and devices."""
+    root = spec.root_path
+    propagation = PROPAGATION_FLAGS.get(spec.linux.rootfs_propagation, sc.MS_SLAVE | sc.MS_REC)
+    sc.mount(None, "/", None, propagation)
+    sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, m in enumerate(spec.mounts):
+            try:
+                _mount_entry(root_fd, m, spec.bundle)
+            except OSError as e:
+                raise RuntimeFailure("rootfs", f"mounts[{i}] ({m.type or 'bind'} on "
+                                               f"{m.destination}): {e.strerror}") from None
+        if any(os.path.normpath(m.destination) == "/dev" for m in spec.mounts):
+            _populate_dev(root_fd, spec.linux.devices, userns)
+        for i, dev in enumerate(spec.linux.devices):
+            try:
+                _make_device(root_fd, dev, userns)
+            except OSError as e:
+                raise RuntimeFailure("rootfs", f"linux.devices[{i}] ({dev.path}): "
+                                               f"{e.strerror}") from None
+    finally:
+        os.close(root_fd)
+
+
+def _mount_entry(root_fd: int, m: Mount, bundle: str) -> None:
+    opts = parse_options(m.options, m.destination)
+    if m.type == "cgroup":
+        _mount_cgroups(root_fd, m.destination, bool(opts.flags & sc.MS_RDONLY))
+        return
+    source = m.source or m.type
+    kind = "dir"
+    if opts.is_bind or m.type == "bind":
+        if not opts.is_bind:
+            opts = parse_options(("rbind", *m.options), m.destination)
+        source = os.path.join(bundle, m.source)
+        kind = "dir" if os.path.isdir(source) else "file"
+    with _opened(root_fd, m.destination, kind) as target:
+        mount_first(source, fd_path(target), m.type, opts)
+    # The fd above names the covered directory; reopen to act on the new mount.
+    with _opened(root_fd, m.destination) as top:
+        apply_after(fd_path(top), opts)
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controllers field of /proc/self/cgroup ("cpu,cpuacct", "name=systemd", "") -> path."""
+    out = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            out[controllers] = path
+    return out
+
+
+def _mount_cgroups(root_fd: int, dest: str, readonly: bool) -> None:
+    """A tmpfs at ``dest`` with each host hierarchy's view of our own cgroup bound into it.
+
+    Only the container's own cgroup subtree is reachable, never the host's parents; with a
+    cgroup namespace the container additionally sees it as its root.
+    """
+    own = _own_cgroups()
+    with _opened(root_fd, dest, "dir") as target:
+        sc.mount("cgroup", fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+                 "mode=755")
+    with open("/proc/self/mountinfo") as f:
+        hierarchies = [line.split() for line in f]
+    for fields in hierarchies:
+        mount_point, fstype = fields[4], fields[fields.index("-") + 1]
+        if fstype not in ("cgroup", "cgroup2") or not mount_point.startswith("/sys/fs/cgroup/"):
+            continue
+        name = os.path.basename(mount_point)
+        if fstype == "cgroup2":
+            key = ""
+        else:
+            super_opts = fields[fields.index("-") + 3].split(",")
+            key = ",".join(o for o in super_opts if o not in ("rw", "ro") and "=" not in o
+                           or o.startswith("name="))
+        if key not in own:
+            continue
+        source = mount_point + own[key]
+        with _opened(root_fd, os.path.join(dest, name), "dir") as sub:
+            sc.mount(source, fd_path(sub), None, sc.MS_BIND | sc.MS_REC)
+        with _opened(root_fd, os.path.join(dest, name)) as top:
+            sc.mount(None, fd_path(top), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID
+                     | sc.MS_NODEV | sc.MS_NOEXEC | (sc.MS_RDONLY if readonly else 0))
+    with _opened(root_fd, dest) as top:
+        for entry in os.listdir("/sys/fs/cgroup"):  # cpu -> cpu,cpuacct and friends
+            host = os.path.join("/sys/fs/cgroup", entry)
+            if os.path.islink(host):
+                os.symlink(os.readlink(host), entry, dir_fd=top)
+        if readonly:
+            sc.mount(None, fd_path(top), None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID
+                     | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+
+
+def _populate_dev(root_fd: int, devices: tuple[Device, ...], userns: bool) -> None:
+    """Default devices, /dev/ptmx, the fd links and /dev/shm on a /dev the spec mounted."""
+    wanted = {os.path.normpath(d.path) for d in devices}
+    for name, major, minor in DEFAULT_DEVICES:
+        if f"/dev/{name}" not in wanted:
+            _make_device(root_fd, Device(f"/dev/{name}", "c", major, minor), userns)
+    with _opened(root_fd, "/dev") as dev:
+        for name, target in DEV_LINKS:
+            _symlink(target, name, dev)
+        if "/dev/ptmx" not in wanted:
+            _symlink("pts/ptmx", "ptmx", dev)
+    os.close(open_in_root(root_fd, "/dev/shm", "dir"))
+
+
+def _symlink(target: str, name: str, dir_fd: int) -> None:
+    try:
+        os.symlink(target, name, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+
+
+def _make_device(root_fd: int, dev: Device, userns: bool) -> None:
+    """mknod, or (in a user namespace, where mknod is refused) bind the host's node."""
+    parent, _, name = dev.path.strip("/").rpartition("/")
+    with _opened(root_fd, parent, "dir") as pfd:
+        if userns:
+            if dev.type == "p":
+                os.mkfifo(name, dev.file_mode & 0o7777, dir_fd=pfd)
+            else:
+                host = _host_device(dev)
+                with _opened(root_fd, dev.path, "file") as target:
+                    sc.mount(host, fd_path(target), None, sc.MS_BIND)
+            return
+        kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+        try:
+            os.unlink(name, dir_fd=pfd)
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        os.mknod(name, kind[dev.type] | (dev.file_mode & 0o7777), os.makedev(dev.major, dev.minor),
+                 dir_fd=pfd)
+        os.chmod(name, dev.file_mode & 0o7777, dir_fd=pfd)  # mknod's mode passed the umask
+        os.chown(name, dev.uid, dev.gid, dir_fd=pfd, follow_symlinks=False)
+
+
+def _host_device(dev: Device) -> str:
+    """The host node with the same numbers (a user namespace can only bind existing nodes)."""
+    try:
+        st = os.stat(dev.path)
+        if os.major(st.st_rdev) == dev.major and os.minor(st.st_rdev) == dev.minor:
+            return dev.path
+    except FileNotFoundError:
+        pass
+    raise RuntimeFailure("rootfs", f"{dev.path}: no host device {dev.major}:{dev.minor} to bind "
+                                   "into a user namespace")
+
+
+def pivot(root: str) -> None:
+    """pivot_root into ``root`` and detach the old root, leaving no host path reachable."""
+    old = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    new = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fchdir(new)
+        sc.pivot_root(".", ".")
+        # The old root is now stacked under the new one at "."; make it a slave so detaching
+        # it cannot propagate an unmount back to the host, then drop it.
+        os.fchdir(old)
+        sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
+        sc.umount2(".", sc.MNT_DETACH)
+        os.chdir("/")
+    finally:
+        os.close(old)
+        os.close(new)
+
+
+def finalize(spec: Spec) -> None:
+    """After pivot_root: hostname, sysctls, readonly and masked paths, then a read-only root."""
+    if spec.hostname is not None:
+        sc.sethostname(spec.hostname)
+    if spec.domainname is not None:
+        sc.setdomainname(spec.domainname)
+    for key, value in spec.linux.sysctl:
+        try:
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise RuntimeFailure("rootfs", f"linux.sysctl.{key}: {e.strerror}") from None
+    root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for path in spec.linux.readonly_paths:
+            _readonly(root_fd, path)
+        for path in spec.linux.masked_paths:
+            _mask(root_fd, path)
+    finally:
+        os.close(root_fd)
+    if spec.root_readonly:
+        sc.mount(None, "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | locked_flags("/"))
+
+
+def _readonly(root_fd: int, path: str) -> None:
+    try:
+        fd = open_in_root(root_fd, path)
+    except FileNotFoundError:
+        return
+    try:
+        sc.mount(fd_path(fd), fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
+    finally:
+        os.close(fd)
+    with _opened(root_fd, path) as top:
+        sc.mount(None, fd_path(top), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY
+                 | locked_flags(fd_path(top)))
+
+
+def _mask(root_fd: int, path: str) -> None:
+    try:
+        fd = open_in_root(root_fd, path)
+    except FileNotFoundError:
+        return
+    try:
+        if stat.S_ISDIR(os.stat(fd_path(fd)).st_mode):
+            sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_RDONLY, "size=0")
+        else:
+            sc.mount("/dev/null", fd_path(fd), None, sc.MS_BIND)
+    finally:
+        os.close(fd)

@@ -1,0 +1,390 @@
+"""Load and validate an OCI bundle's config.json (runtime-spec 1.x) into typed objects.
+
+Validation happens entirely before anything is created, so a bad spec leaves nothing behind. Every
+error is a ``SpecError`` naming the JSON path (``process.args``, ``mounts[2].destination``) and the
+problem. Unknown fields are tolerated, as the spec requires; the raw dicts are kept for the parts
+other modules interpret (``linux.resources`` for cgroups, capabilities and seccomp for security).
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import SpecError
+
+NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
+PROPAGATIONS = ("", "private", "rprivate", "slave", "rslave", "shared", "rshared",
+                "unbindable", "runbindable")
+DEVICE_TYPES = ("c", "u", "b", "p")
+
+
+@dataclass(frozen=True)
+class User:
+    uid: int = 0
+    gid: int = 0
+    umask: int | None = None
+    additional_gids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rlimit:
+    type: str
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class Process:
+    args: tuple[str, ...]
+    cwd: str
+    env: tuple[str, ...] = ()
+    terminal: bool = False
+    user: User = User()
+    rlimits: tuple[Rlimit, ...] = ()
+    oom_score_adj: int | None = None
+    no_new_privileges: bool = False
+    raw: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Mount:
+    destination: str
+    type: str = ""
+    source: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Namespace:
+    type: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    container_id: int
+    host_id: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Device:
+    path: str
+    type: str
+    major: int = 0
+    minor: int = 0
+    file_mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class Linux:
+    namespaces: tuple[Namespace, ...] = ()
+    uid_mappings: tuple[IdMapping, ...] = ()
+    gid_mappings: tuple[IdMapping, ...] = ()
+    devices: tuple[Device, ...] = ()
+    cgroups_path: str | None = None
+    resources: dict | None = None
+    rootfs_propagation: str = ""
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+    sysctl: tuple[tuple[str, str], ...] = ()
+    time_offsets: tuple[tuple[str, int, int], ...] = ()
+    raw: dict = field(default_factory=dict, compare=False)
+
+    def namespace(self, ns_type: str) -> Namespace | None:
+        return next((ns for ns in self.namespaces if ns.type == ns_type), None)
+
+
+@dataclass(frozen=True)
+class Spec:
+    oci_version: str
+    bundle: str             # absolute
+    root_path: str          # absolute: resolved against the bundle
+    root_readonly: bool
+    process: Process | None
+    hostname: str | None
+    domainname: str | None
+    mounts: tuple[Mount, ...]
+    linux: Linux
+    hooks: dict
+    annotations: dict
+    raw: dict = field(compare=False)
+
+
+def load_spec(bundle: str) -> Spec:
+    """Read ``<bundle>/config.json`` and validate it."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise SpecError("config.json", f"not found in bundle {bundle}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SpecError("config.json", f"not valid JSON: {e}") from None
+    return parse_spec(doc, bundle)
+
+
+def parse_spec(doc: Any, bundle: str) -> Spec:
+    """Validate a decoded config.json; relative ``root.path`` is taken against ``bundle``."""
+    top = _obj(doc, "$")
+    version = _str(top, "ociVersion", "ociVersion", required=True)
+    if not version.startswith("1."):
+        raise SpecError("ociVersion", f"unsupported version {version!r} (need 1.x)")
+    root = _obj(top.get("root"), "root", required=True)
+    root_path = _str(root, "path", "root.path", required=True)
+    if not root_path:
+        raise SpecError("root.path", "must not be empty")
+    process = _process(top.get("process"), "process") if "process" in top else None
+    mounts = tuple(_mount(m, f"mounts[{i}]")
+                   for i, m in enumerate(_list(top.get("mounts"), "mounts")))
+    hooks = _obj(top.get("hooks"), "hooks")
+    for kind, entries in hooks.items():
+        for i, hook in enumerate(_list(entries, f"hooks.{kind}")):
+            _str(_obj(hook, f"hooks.{kind}[{i}]"), "path", f"hooks.{kind}[{i}].path",
+                 required=True)
+    annotations = _obj(top.get("annotations"), "annotations")
+    for key, value in annotations.items():
+        if not isinstance(value, str):
+            raise SpecError(f"annotations.{key}", "must be a string")
+    linux = _linux(top.get("linux"), "linux")
+    hostname = _opt_str(top, "hostname", "hostname")
+    if hostname is not None and linux.namespace("uts") is None:
+        raise SpecError("hostname", "setting it needs a uts namespace")
+    domainname = _opt_str(top, "domainname", "domainname")
+    if domainname is not None and linux.namespace("uts") is None:
+        raise SpecError("domainname", "setting it needs a uts namespace")
+    return Spec(
+        oci_version=version,
+        bundle=os.path.abspath(bundle),
+        root_path=os.path.normpath(os.path.join(os.path.abspath(bundle), root_path)),
+        root_readonly=_bool(root, "readonly", "root.readonly"),
+        process=process,
+        hostname=hostname,
+        domainname=domainname,
+        mounts=mounts,
+        linux=linux,
+        hooks=hooks,
+        annotations=annotations,
+        raw=top,
+    )
+
+
+def parse_process(doc: Any, path: str = "process") -> Process:
+    """Validate an OCI Process object on its own (what ``exec`` receives)."""
+    return _process(doc, path)
+
+
+def _process(doc: Any, path: str) -> Process:
+    p = _obj(doc, path, required=True)
+    args = _str_list(p.get("args"), f"{path}.args")
+    if not args:
+        raise SpecError(f"{path}.args", "must be a non-empty list")
+    cwd = _str(p, "cwd", f"{path}.cwd", required=True)
+    if not os.path.isabs(cwd):
+        raise SpecError(f"{path}.cwd", f"must be an absolute path, got {cwd!r}")
+    env = _str_list(p.get("env"), f"{path}.env")
+    for i, entry in enumerate(env):
+        if "=" not in entry:
+            raise SpecError(f"{path}.env[{i}]", f"must look like KEY=VALUE, got {entry!r}")
+    u = _obj(p.get("user"), f"{path}.user")
+    user = User(
+        uid=_uint(u, "uid", f"{path}.user.uid"),
+        gid=_uint(u, "gid", f"{path}.user.gid"),
+        umask=_uint(u, "umask", f"{path}.user.umask") if "umask" in u else None,
+        additional_gids=tuple(_int_item(g, f"{path}.user.additionalGids[{i}]")
+                              for i, g in enumerate(_list(u.get("additionalGids"),
+                                                          f"{path}.user.additionalGids"))),
+    )
+    rlimits = []
+    for i, r in enumerate(_list(p.get("rlimits"), f"{path}.rlimits")):
+        rp = f"{path}.rlimits[{i}]"
+        r = _obj(r, rp)
+        kind = _str(r, "type", f"{rp}.type", required=True)
+        if not kind.startswith("RLIMIT_"):
+            raise SpecError(f"{rp}.type", f"unknown rlimit {kind!r}")
+        rlimits.append(Rlimit(kind, _uint(r, "soft", f"{rp}.soft", required=True),
+                              _uint(r, "hard", f"{rp}.hard", required=True)))
+    oom = p.get("oomScoreAdj")
+    if oom is not None and (not _is_int(oom) or not -1000 <= oom <= 1000):
+        raise SpecError(f"{path}.oomScoreAdj", "must be an integer between -1000 and 1000")
+    return Process(args=tuple(args), cwd=cwd, env=tuple(env),
+                   terminal=_bool(p, "terminal", f"{path}.terminal"), user=user,
+                   rlimits=tuple(rlimits), oom_score_adj=oom,
+                   no_new_privileges=_bool(p, "noNewPrivileges", f"{path}.noNewPrivileges"),
+                   raw=p)
+
+
+def _mount(doc: Any, path: str) -> Mount:
+    m = _obj(doc, path)
+    dest = _str(m, "destination", f"{path}.destination", required=True)
+    if not os.path.isabs(dest):
+        raise SpecError(f"{path}.destination", f"must be an absolute path, got {dest!r}")
+    return Mount(destination=dest, type=_str(m, "type", f"{path}.type"),
+                 source=_str(m, "source", f"{path}.source"),
+                 options=tuple(_str_list(m.get("options"), f"{path}.options")))
+
+
+def _linux(doc: Any, path: str) -> Linux:
+    lx = _obj(doc, path)
+    namespaces, seen = [], set()
+    for i, ns in enumerate(_list(lx.get("namespaces"), f"{path}.namespaces")):
+        np = f"{path}.namespaces[{i}]"
+        ns = _obj(ns, np)
+        kind = _str(ns, "type", f"{np}.type", required=True)
+        if kind not in NAMESPACE_TYPES:
+            raise SpecError(f"{np}.type", f"unknown namespace type {kind!r}")
+        if kind in seen:
+            raise SpecError(f"{np}.type", f"namespace {kind!r} listed twice")
+        seen.add(kind)
+        ns_path = _str(ns, "path", f"{np}.path")
+        if ns_path and not os.path.isabs(ns_path):
+            raise SpecError(f"{np}.path", f"must be an absolute path, got {ns_path!r}")
+        namespaces.append(Namespace(kind, ns_path))
+    if "mount" not in seen:
+        raise SpecError(f"{path}.namespaces", "a mount namespace is required")
+    uid_maps = _id_mappings(lx.get("uidMappings"), f"{path}.uidMappings")
+    gid_maps = _id_mappings(lx.get("gidMappings"), f"{path}.gidMappings")
+    user_ns = next((n for n in namespaces if n.type == "user"), None)
+    if (uid_maps or gid_maps) and (user_ns is None or user_ns.path):
+        raise SpecError(f"{path}.uidMappings", "mappings need a new user namespace")
+    if user_ns is not None and not user_ns.path and not (uid_maps and gid_maps):
+        raise SpecError(f"{path}.uidMappings", "a new user namespace needs uid and gid mappings")
+    devices = []
+    for i, d in enumerate(_list(lx.get("devices"), f"{path}.devices")):
+        dp = f"{path}.devices[{i}]"
+        d = _obj(d, dp)
+        dpath = _str(d, "path", f"{dp}.path", required=True)
+        if not os.path.isabs(dpath):
+            raise SpecError(f"{dp}.path", f"must be an absolute path, got {dpath!r}")
+        kind = _str(d, "type", f"{dp}.type", required=True)
+        if kind not in DEVICE_TYPES:
+            raise SpecError(f"{dp}.type", f"must be one of {', '.join(DEVICE_TYPES)}")
+        devices.append(Device(dpath, kind, _uint(d, "major", f"{dp}.major", required=kind != "p"),
+                              _uint(d, "minor", f"{dp}.minor", required=kind != "p"),
+                              _uint(d, "fileMode", f"{dp}.fileMode") if "fileMode" in d else 0o666,
+                              _uint(d, "uid", f"{dp}.uid"), _uint(d, "gid", f"{dp}.gid")))
+    propagation = _str(lx, "rootfsPropagation", f"{path}.rootfsPropagation")
+    if propagation not in PROPAGATIONS:
+        raise SpecError(f"{path}.rootfsPropagation", f"unknown propagation {propagation!r}")
+    sysctl = _obj(lx.get("sysctl"), f"{path}.sysctl")
+    for key, value in sysctl.items():
+        if not isinstance(value, str):
+            raise SpecError(f"{path}.sysctl.{key}", "must be a string")
+        if "/" in key or ".." in key.split("."):
+            raise SpecError(f"{path}.sysctl.{key}", "is not a valid sysctl name")
+    offsets = []
+    for clock, off in _obj(lx.get("timeOffsets"), f"{path}.timeOffsets").items():
+        op = f"{path}.timeOffsets.{clock}"
+        if clock not in ("monotonic", "boottime"):
+            raise SpecError(op, "only monotonic and boottime can be offset")
+        off = _obj(off, op)
+        offsets.append((clock, _int(off, "secs", f"{op}.secs"), _uint(off, "nanosecs",
+                                                                      f"{op}.nanosecs")))
+    cgroups_path = _opt_str(lx, "cgroupsPath", f"{path}.cgroupsPath")
+    resources = lx.get("resources")
+    if resources is not None:
+        _obj(resources, f"{path}.resources")
+    return Linux(
+        namespaces=tuple(namespaces), uid_mappings=uid_maps, gid_mappings=gid_maps,
+        devices=tuple(devices), cgroups_path=cgroups_path, resources=resources,
+        rootfs_propagation=propagation,
+        masked_paths=tuple(_abs_list(lx.get("maskedPaths"), f"{path}.maskedPaths")),
+        readonly_paths=tuple(_abs_list(lx.get("readonlyPaths"), f"{path}.readonlyPaths")),
+        sysctl=tuple(sysctl.items()), time_offsets=tuple(offsets), raw=lx)
+
+
+def _id_mappings(doc: Any, path: str) -> tuple[IdMapping, ...]:
+    out = []
+    for i, m in enumerate(_list(doc, path)):
+        mp = f"{path}[{i}]"
+        m = _obj(m, mp)
+        size = _uint(m, "size", f"{mp}.size", required=True)
+        if size == 0:
+            raise SpecError(f"{mp}.size", "must be positive")
+        out.append(IdMapping(_uint(m, "containerID", f"{mp}.containerID", required=True),
+                             _uint(m, "hostID", f"{mp}.hostID", required=True), size))
+    return tuple(out)
+
+
+# --- small typed accessors; each raises SpecError naming the path ---------------------------
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _obj(v: Any, path: str, *, required: bool = False) -> dict:
+    if v is None:
+        if required:
+            raise SpecError(path, "is required")
+        return {}
+    if not isinstance(v, dict):
+        raise SpecError(path, f"must be an object, got {type(v).__name__}")
+    return v
+
+
+def _list(v: Any, path: str) -> list:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise SpecError(path, f"must be a list, got {type(v).__name__}")
+    return v
+
+
+def _str_list(v: Any, path: str) -> list[str]:
+    items = _list(v, path)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise SpecError(f"{path}[{i}]", f"must be a string, got {type(item).__name__}")
+    return items
+
+
+def _abs_list(v: Any, path: str) -> list[str]:
+    items = _str_list(v, path)
+    for i, item in enumerate(items):
+        if not os.path.isabs(item):
+            raise SpecError(f"{path}[{i}]", f"must be an absolute path, got {item!r}")
+    return items
+
+
+def _str(d: dict, key: str, path: str, *, required: bool = False) -> str:
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise SpecError(path, "is required")
+        return ""
+    if not isinstance(v, str):
+        raise SpecError(path, f"must be a string, got {type(v).__name__}")
+    return v
+
+
+def _opt_str(d: dict, key: str, path: str) -> str | None:
+    return _str(d, key, path) if d.get(key) is not None else None
+
+
+def _bool(d: dict, key: str, path: str) -> bool:
+    v = d.get(key, False)
+    if not isinstance(v, bool):
+        raise SpecError(path, f"must be a boolean, got {type(v).__name__}")
+    return v
+
+
+def _int_item(v: Any, path: str) -> int:
+    if not _is_int(v) or v < 0:
+        raise SpecError(path, "must be a non-negative integer")
+    return v
+
+
+def _int(d: dict, key: str, path: str) -> int:
+    v = d.get(key, 0)
+    if not _is_int(v):
+        raise SpecError(path, "must be an integer")
+    return v
+
+
+def _uint(d: dict, key: str, path: str, *, required: bool = False) -> int:
+    if key not in d and required:
+        raise SpecError(path, "is required")
+    return _int_item(d.get(key, 0), path)

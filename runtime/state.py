@@ -1,0 +1,80 @@
+"""What a container leaves on disk under the state root, and the pid-reuse-safe liveness check.
+
+``<root>/<id>/`` holds ``state.json`` (init pid and its start time, bundle, cgroup, annotations,
+whether create finished), ``config.json`` (the spec as created, for exec and hooks) and, until
+start, the ``exec.fifo`` the parked init blocks on. That is all another process needs to kill and
+clean up the container after its creator crashed.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from .errors import ContainerNotFound, RuntimeFailure
+
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.json"
+EXEC_FIFO = "exec.fifo"
+
+
+@dataclass
+class Record:
+    """The contents of state.json."""
+    id: str
+    bundle: str
+    init_pid: int = 0
+    init_start_time: int = 0
+    created: bool = False          # false while create is still setting the init up
+    cgroup: dict | None = None     # Cgroup.to_state()
+    annotations: dict = field(default_factory=dict)
+
+
+def container_dir(root: str, container_id: str) -> str:
+    if (not container_id or "/" in container_id or container_id in (".", "..")
+            or "\0" in container_id):
+        raise RuntimeFailure("state", f"invalid container id {container_id!r}")
+    return os.path.join(root, container_id)
+
+
+def write_record(directory: str, record: Record) -> None:
+    """Atomically replace state.json, so a crash never leaves a half-written file."""
+    tmp = os.path.join(directory, f".{STATE_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(asdict(record)).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, os.path.join(directory, STATE_FILE))
+
+
+def read_record(directory: str, container_id: str) -> Record:
+    try:
+        with open(os.path.join(directory, STATE_FILE), "rb") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise ContainerNotFound(container_id) from None
+    except ValueError as e:
+        raise RuntimeFailure("state", f"{directory}/{STATE_FILE} is corrupt: {e}") from None
+    return Record(**doc)
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks since boot), or None if the pid is gone or dead.
+
+    A zombie or dead process counts as gone: it will never run container code again.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    rest = stat[stat.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X", b"x"):
+        return None
+    return int(rest[19])
+
+
+def is_alive(pid: int, expected_start: int) -> bool:
+    """True if ``pid`` still is the process we recorded (never a reused pid)."""
+    return pid > 0 and start_time(pid) == expected_start

@@ -1,0 +1,150 @@
+"""Lifecycle through the library: create, start, state, exec, kill, delete, on real namespaces."""
+
+import os
+import signal
+
+import pytest
+
+from railcar.runtime import Container, ContainerNotFound, InvalidState
+
+from .conftest import create_captured, finish, run_container, wait_for
+
+
+def test_pid_1_and_hostname(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sh", "-c", "echo pid=$$; hostname"])
+    ran = run_container(bundle, state_root)
+    assert ran.status == 0
+    assert ran.output.split() == ["pid=1", "railcar"]
+
+
+def test_create_without_start_runs_no_user_code(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["root"]["readonly"] = False
+
+    bundle = make_bundle(["touch", "/ran"], edit=edit)
+    marker = os.path.join(bundle.rootfs, "ran")
+    container, created = create_captured(bundle, state_root)
+    assert container.state().status == "created"
+    assert container.state().pid == created.result.pid
+    assert not os.path.exists(marker)
+    loaded = Container.load(bundle.id, root=state_root)
+    assert loaded.state().status == "created"
+    loaded.start()
+    ran = finish(container, created)
+    assert ran.status == 0
+    assert os.path.exists(marker)
+
+
+def test_states_and_delete_twice(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    assert container.state().status == "running"
+    with pytest.raises(InvalidState):
+        container.start()
+    with pytest.raises(InvalidState):
+        container.delete()
+    assert created.result.pid in container.pids()
+    container.kill(signal.SIGKILL)
+    assert wait_for(created.result.pid) == -signal.SIGKILL
+    state = container.state()
+    assert (state.status, state.pid) == ("stopped", 0)
+    with pytest.raises(InvalidState):
+        container.kill(signal.SIGTERM)
+    created.read_all()
+    container.delete()
+    container.delete()
+    with pytest.raises(ContainerNotFound):
+        Container.load(bundle.id, root=state_root)
+
+
+def test_delete_force_kills_every_process(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sh", "-c", "sleep 100 & sleep 100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    container.delete(force=True)
+    wait_for(created.result.pid)
+    created.read_all()
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
+
+
+def test_delete_of_created_container(make_bundle, state_root) -> None:
+    bundle = make_bundle(["true"])
+    container, created = create_captured(bundle, state_root)
+    container.delete()
+    wait_for(created.result.pid)
+    created.read_all()
+    with pytest.raises(ContainerNotFound):
+        Container.load(bundle.id, root=state_root)
+
+
+def test_exec_sees_same_pid_namespace(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    r, w = os.pipe()
+    try:
+        result = container.exec({"args": ["sh", "-c", "echo $$; cat /proc/self/cgroup; echo; "
+                                          "cat /proc/1/cgroup; echo; cat /proc/1/cmdline"],
+                                 "cwd": "/", "env": ["PATH=/bin"]}, stdio=(w, w, w))
+    finally:
+        os.close(w)
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    assert wait_for(result.pid) == 0
+    exec_pid, cgroups = out.decode().split("\n", 1)
+    exec_cgroup, init_cgroup, init_cmdline = cgroups.split("\n\n")
+    assert int(exec_pid) > 1
+    assert exec_cgroup == init_cgroup and bundle.id in exec_cgroup
+    assert init_cmdline.split("\0")[:2] == ["sleep", "100"]
+    container.kill(signal.SIGKILL, all=True)
+    finish(container, created)
+
+
+def test_exec_failure_is_reported(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    with pytest.raises(Exception, match="no-such-program"):
+        container.exec({"args": ["no-such-program"], "cwd": "/"})
+    container.delete(force=True)
+    finish_quietly(created)
+
+
+def finish_quietly(created) -> None:
+    created.read_all()
+    wait_for(created.result.pid)
+
+
+def test_pause_and_resume(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    container.pause()
+    assert container.state().status == "paused"
+    container.resume()
+    assert container.state().status == "running"
+    container.delete(force=True)
+    finish_quietly(created)
+
+
+def test_terminal_gives_the_caller_the_pty_master(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sh", "-c", "tty; echo done"])
+    container, result = Container.create(bundle.id, bundle.path, root=state_root, terminal=True)
+    assert result.console_fd is not None
+    container.start()
+    out = b""
+    while True:
+        try:
+            chunk = os.read(result.console_fd, 4096)
+        except OSError:   # EIO once the slave side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(result.console_fd)
+    wait_for(result.pid)
+    container.delete()
+    assert out.decode().split() == ["/dev/pts/0", "done"]
