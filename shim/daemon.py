@@ -68,7 +68,8 @@ async def _serve(flags: Flags, bundle: str, listener: socket.socket, forker: For
         publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace, logger)
         nursery.start_soon(publisher.run)
         service = TaskService(namespace=flags.namespace, root=paths.runtime_root(flags.namespace), forker=forker,
-                              reaper=reaper, publisher=publisher, nursery=nursery, logger=logger)
+                              reaper=reaper, publisher=publisher, nursery=nursery, logger=logger,
+                              log_bundle=bundle)
         server = Server(require_same_user=True)
         server.register("containerd.task.v2.Task", service.methods(task_v2_pb2))
         server.register("containerd.task.v3.Task", service.methods(task_v3_pb2))

@@ -10,6 +10,7 @@ every exit. (Logger binaries need no forker: posix_spawn runs no Python in the c
 """
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -136,6 +137,12 @@ def update(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     return None, []
 
 
+def stderr(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
+    """Take the given fd as fd 2: the daemon moved its log to another bundle's FIFO."""
+    os.dup2(fds[0], 2)
+    return None, []
+
+
 def mount(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Mount the snapshotter's layers onto the bundle's rootfs."""
     from railcar.runtime.mounts import mount_layers
@@ -162,6 +169,7 @@ HANDLERS: dict[str, Handler] = {
     "resume": resume,
     "update": update,
     "mount": mount,
+    "stderr": stderr,
     "unmount": unmount,
 }
 
@@ -188,6 +196,8 @@ def serve(sock: socket.socket, handlers: dict[str, Handler]) -> None:
             reply = {"error": {"kind": e.kind, "message": e.message, "path": e.path}}
         except Exception as e:  # the forker must survive any request: report it instead
             err = _runtime_error(e)
+            if err.kind == "internal":  # not a runtime verdict but a bug somewhere: keep the traceback
+                logging.getLogger(__name__).exception("forker request %r failed", data[:200])
             reply = {"error": {"kind": err.kind, "message": err.message, "path": err.path}}
         finally:
             _close_all(fds)
@@ -221,7 +231,9 @@ class Forker:
             try:
                 ours.close()
                 prctl.set_name(PROCESS_NAME)
-                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                # SIGPIPE stays ignored (as in the daemon): a write to a helper that died must be an
+                # error the request reports, not the death of the forker. The runtime resets every
+                # signal to its default before the container's execve.
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 keep = set(keep_fds) | {theirs.fileno()}

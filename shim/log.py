@@ -53,16 +53,26 @@ class FdHandler(logging.Handler):
             pass
 
 
+def open_fifo(bundle: str) -> int | None:
+    """Our non-blocking write end of `<bundle>/log`; None without a FIFO or without a reader
+    (containerd holds a read end for each live bundle, so that means the bundle is gone)."""
+    try:
+        return os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def redirect_stderr(fd: int) -> None:
+    """Make `fd` this process's fd 2 (and close `fd`)."""
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def setup(bundle: str, namespace: str, debug: bool) -> logging.Logger:
     """Point fd 2 at `<bundle>/log` (if containerd made one) and return the shim's logger."""
-    try:
-        fd = os.open(os.path.join(bundle, "log"), os.O_WRONLY | os.O_CLOEXEC)
-    except OSError:
-        fd = -1
-    if fd >= 0:
-        os.dup2(fd, 2)
-        os.close(fd)
-        os.set_blocking(2, False)
+    fd = open_fifo(bundle)
+    if fd is not None:
+        redirect_stderr(fd)
     handler = FdHandler(2)
     handler.setFormatter(LogrusFormatter({"namespace": namespace, "pid": str(os.getpid()), "runtime": RUNTIME}))
     root = logging.getLogger()  # the libraries' loggers (ttrpc server, io) land in the same stream

@@ -25,6 +25,7 @@ from railcar.ttrpc_proto.api import runc_options_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.typeurl import pack
 
 from . import cleanup
+from . import log as shim_log
 from .events import Publisher
 from .forker import Forker, ForkerError
 from .process import Process, Status
@@ -63,8 +64,9 @@ class TaskService:
     """The state of one shim daemon: its tasks, and the handlers containerd calls."""
 
     def __init__(self, *, namespace: str, root: str, forker: Forker, reaper: Reaper, publisher: Publisher,
-                 nursery: trio.Nursery, logger: logging.Logger) -> None:
+                 nursery: trio.Nursery, logger: logging.Logger, log_bundle: str) -> None:
         self.namespace = namespace
+        self._log_bundle = log_bundle  # whose `log` FIFO is our fd 2
         self.root = root
         self.tasks: dict[str, Task] = {}
         self.created_any = trio.Event()  # first Create arrived (the daemon's grace timer stops)
@@ -323,10 +325,28 @@ class TaskService:
             if cleaned:
                 cleanup.record_cleaned(task.bundle)
             del self.tasks[task.id]
+            if task.bundle == self._log_bundle:
+                await self._move_log()
             self._events.publish(ev.TaskDelete(container_id=task.id, pid=process.pid,
                                                exit_status=process.exit_status,
                                                exited_at=_timestamp(process.exited_at_ns)))
             return response
+
+    async def _move_log(self) -> None:
+        """Our fd 2 is the log FIFO of a bundle containerd is about to remove, and a FIFO without a
+        reader fails every write with EPIPE. A grouped daemon moves its log (and its forker's) to the
+        FIFO of a task it still serves."""
+        for other in self.tasks.values():
+            fd = shim_log.open_fifo(other.bundle)
+            if fd is None:
+                continue
+            try:
+                await self._call("stderr", {}, [fd])
+            except TtrpcError as e:
+                self._log.warning("cannot move the forker's log: %s", e)
+            shim_log.redirect_stderr(fd)
+            self._log_bundle = other.bundle
+            return
 
     async def exec(self, req: pb.ExecProcessRequest, ctx: Any) -> empty_pb2.Empty:
         task = self._task(req.id)

@@ -4,6 +4,7 @@ runtime and a fake events service, driven over ttrpc the way containerd drives i
 import json
 import os
 import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -13,11 +14,11 @@ import trio
 from google.protobuf import empty_pb2
 
 from railcar.ttrpc_proto import Code, TtrpcError
-from railcar.ttrpc_proto.api import task_v2_pb2 as pb
+from railcar.ttrpc_proto.api import mount_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
 from railcar.ttrpc_proto.typeurl import pack_json
 
-from .conftest import FakeContainerd, run_shim, wait_gone
+from .conftest import FakeContainerd, pid_gone, run_shim, wait_gone, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
 import devenv  # noqa: E402
@@ -58,14 +59,34 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def cgroup_parent() -> str:
+def cgroup_parent(tmp_path: Path) -> str:
+    """The tests' cgroup parent; afterwards, whatever a failed test left is removed (then reported):
+    daemons named in shim.pid files, processes in our cgroups, mounts under tmp_path."""
     parent = f"/railcar-test-shim-{os.getpid()}"
     yield parent
+    leaks = []
+    for shim_pid in tmp_path.rglob("shim.pid"):
+        pid = int(shim_pid.read_text())
+        if not pid_gone(pid):
+            leaks.append(f"shim daemon {pid}")
+            os.kill(pid, signal.SIGKILL)
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
         leftover = hierarchy / parent.lstrip("/")
-        if leftover.is_dir():
-            assert not [d for d in leftover.iterdir() if d.is_dir()], f"cgroups left under {leftover}"
-            leftover.rmdir()
+        if not leftover.is_dir():
+            continue
+        for child in [d for d in leftover.iterdir() if d.is_dir()]:
+            leaks.append(f"cgroup {child}")
+            for pid in (child / "cgroup.procs").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+            assert wait_until(lambda: not (child / "cgroup.procs").read_text().strip())
+            child.rmdir()
+        leftover.rmdir()
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if line.split()[4].startswith(str(tmp_path))]
+    for mount in reversed(mounts):
+        leaks.append(f"mount {mount}")
+        subprocess.run(["umount", "-l", mount], check=False)
+    assert not leaks, f"left behind: {leaks}"
 
 
 async def test_the_whole_task_api(bundle: Path, address: str, namespace: str, cgroup_parent: str,
@@ -221,6 +242,60 @@ async def test_a_created_task_can_be_deleted_without_start(bundle: Path, address
     # never started: no start and no exit event (containerd's README: delete follows create)
     assert [e.topic for e, _ in fake.received] == ["/tasks/create", "/tasks/delete"]
     assert wait_gone(pid)
+    runtime_dir = Path("/run/railcar") / namespace
+    assert not list(runtime_dir.iterdir())
+    runtime_dir.rmdir()
+
+
+async def test_one_daemon_serves_two_tasks_and_deleting_one_spares_the_other(
+        bundle: Path, address: str, namespace: str, cgroup_parent: str, tmp_path: Path) -> None:
+    bundles = {}
+    layer = devenv.busybox_rootfs(tmp_path / "layer")  # mounted by the shim, as a snapshot would be
+    for name in ("ga", "gb"):
+        b = tmp_path / name
+        (b / "rootfs").mkdir(parents=True)
+        spec = _spec(["sleep", "1000"], f"{cgroup_parent}/{name}")
+        spec["annotations"] = {"io.kubernetes.cri.sandbox-id": "pod"}
+        (b / "config.json").write_text(json.dumps(spec))
+        os.mkfifo(b / "log", 0o700)
+        bundles[name] = b
+    readers = {name: os.open(b / "log", os.O_RDWR | os.O_NONBLOCK) for name, b in bundles.items()}  # containerd's
+    addresses = set()
+    for name, b in bundles.items():
+        result = await trio.to_thread.run_sync(lambda: run_shim(
+            ["-namespace", namespace, "-address", address, "-id", name, "start"], b))
+        addresses.add(result.stdout.decode())
+    assert len(addresses) == 1
+    process = {"args": ["echo", "alone"], "cwd": "/", "env": [PATH_ENV]}
+    spec = pack_json("types.containerd.io/opencontainers/runtime-spec/1/Process", process)
+    async with connect_unix(addresses.pop()) as client:
+        shim = Shim(client, "ga")
+        rootfs = [mount_pb2.Mount(type="bind", source=str(layer), options=["rbind", "ro"])]
+        for name, b in bundles.items():
+            await shim("Create", pb.CreateTaskRequest(id=name, bundle=str(b), rootfs=rootfs), pb.CreateTaskResponse)
+            await shim("Start", pb.StartRequest(id=name), pb.StartResponse)
+        for round_ in range(2):
+            exec_id = f"e{round_}"
+            await shim("Exec", pb.ExecProcessRequest(id="gb", exec_id=exec_id, spec=spec))
+            await shim("Start", pb.StartRequest(id="gb", exec_id=exec_id), pb.StartResponse)
+            assert (await shim("Wait", pb.WaitRequest(id="gb", exec_id=exec_id), pb.WaitResponse)).exit_status == 0
+            await shim("Delete", pb.DeleteRequest(id="gb", exec_id=exec_id), pb.DeleteResponse)
+            if round_ == 0:  # the first task goes; the second keeps working
+                await shim("Kill", pb.KillRequest(id="ga", signal=9))
+                await shim("Wait", pb.WaitRequest(id="ga"), pb.WaitResponse)
+                await shim("Delete", pb.DeleteRequest(id="ga"), pb.DeleteResponse)
+                os.close(readers.pop("ga"))  # containerd drops the bundle and its log FIFO
+                await shim("Shutdown", pb.ShutdownRequest(id="ga"))
+        assert (await shim("State", pb.StateRequest(id="gb"), pb.StateResponse)).status == 2
+        await shim("Kill", pb.KillRequest(id="gb", signal=9))
+        await shim("Wait", pb.WaitRequest(id="gb"), pb.WaitResponse)
+        await shim("Delete", pb.DeleteRequest(id="gb"), pb.DeleteResponse)
+        shim_pid = (await shim("Connect", pb.ConnectRequest(id="gb"), pb.ConnectResponse)).shim_pid
+        await shim("Shutdown", pb.ShutdownRequest(id="gb"))
+    assert await trio.to_thread.run_sync(wait_gone, shim_pid)
+    logged = os.read(readers["gb"], 1 << 20).decode()
+    os.close(readers["gb"])
+    assert "railcar shim exiting" in logged  # the daemon moved its log to the bundle still alive
     runtime_dir = Path("/run/railcar") / namespace
     assert not list(runtime_dir.iterdir())
     runtime_dir.rmdir()
