@@ -95,14 +95,17 @@ def cd(containerd: devenv.Containerd) -> Iterator[devenv.Containerd]:
     """The session containerd, with a check that the test left nothing of railcar's behind."""
     sockets_before = set(os.listdir(SOCKET_DIR)) if os.path.isdir(SOCKET_DIR) else set()
     shims_before = shim_pids()
+    runtime_dir = Path(RUNTIME_STATE) / containerd.namespace
+    state_before = set(runtime_dir.iterdir()) if runtime_dir.is_dir() else set()
+    cgroups_before = set(cgroups_of(containerd.namespace))
     yield containerd
     assert not _settled(lambda: shim_pids() - shims_before), "shim daemons left running"
     assert not _settled(lambda: (set(os.listdir(SOCKET_DIR)) if os.path.isdir(SOCKET_DIR) else set())
                         - sockets_before), "shim sockets left in /run/containerd/s"
     assert not _settled(lambda: mounts_under(containerd.state, containerd.root)), "mounts left"
-    runtime_dir = Path(RUNTIME_STATE) / containerd.namespace
-    assert not _settled(lambda: list(runtime_dir.iterdir()) if runtime_dir.is_dir() else []), "runtime state left"
-    assert not _settled(lambda: cgroups_of(containerd.namespace)), "cgroups left"
+    assert not _settled(lambda: (set(runtime_dir.iterdir()) if runtime_dir.is_dir() else set()) - state_before), \
+        "runtime state left"
+    assert not _settled(lambda: set(cgroups_of(containerd.namespace)) - cgroups_before), "cgroups left"
 
 
 @pytest.fixture
