@@ -36,7 +36,6 @@ EMPTY = empty_pb2.Empty()
 DRAIN_TIMEOUT = 2.0
 EXEC_EXIT_TIMEOUT = 5.0
 OOM_RECHECK_DELAYS = (0.0, 0.01, 0.02, 0.05, 0.1)
-METRICS_URLS = {1: "io.containerd.cgroups.v1.Metrics", 2: "io.containerd.cgroups.v2.Metrics"}
 _FORKER_CODES = {"spec": Code.INVALID_ARGUMENT, "not_found": Code.NOT_FOUND, "runtime": Code.UNKNOWN,
                  "internal": Code.INTERNAL}
 
