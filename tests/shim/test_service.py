@@ -70,6 +70,11 @@ def cgroup_parent(tmp_path: Path) -> str:
         if not pid_gone(pid):
             leaks.append(f"shim daemon {pid}")
             os.kill(pid, signal.SIGKILL)
+    for address in tmp_path.rglob("address"):
+        socket_file = Path(address.read_text().removeprefix("unix://"))
+        if socket_file.exists() and wait_until(lambda: not socket_file.exists(), timeout=2) is False:
+            leaks.append(f"socket {socket_file}")
+            socket_file.unlink()
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
         leftover = hierarchy / parent.lstrip("/")
         if not leftover.is_dir():
