@@ -81,7 +81,7 @@ class Container:
         try:
             with open(os.path.join(directory, CONFIG_FILE), "w") as f:
                 json.dump(spec.raw, f)
-            os.mkfifo(os.path.join(directory, EXEC_FIFO), 0o622)
+            _make_exec_fifo(os.path.join(directory, EXEC_FIFO), spec)
             cgroup = open_cgroup(spec.linux.cgroups_path, container_id)
             record.cgroup = cgroup.to_state()
             write_record(directory, record)   # from here on, delete can find the cgroup
@@ -100,11 +100,15 @@ class Container:
                         _run_hooks(kind, spec.hooks[kind], state)
                 return state
 
-            launch = Launch(spec=spec, process=spec.process, stdio=stdio,
-                            terminal=spec.process.terminal if terminal is None else terminal,
-                            cgroup=cgroup, security=plan, run_hooks=_run_hooks,
-                            exec_fifo=os.path.join(directory, EXEC_FIFO))
-            spawned = spawn_init(launch, on_forked)
+            fifo = os.open(os.path.join(directory, EXEC_FIFO), os.O_PATH | os.O_CLOEXEC)
+            try:
+                launch = Launch(spec=spec, process=spec.process, stdio=stdio,
+                                terminal=spec.process.terminal if terminal is None else terminal,
+                                cgroup=cgroup, security=plan, run_hooks=_run_hooks,
+                                exec_fifo=fifo)
+                spawned = spawn_init(launch, on_forked)
+            finally:
+                os.close(fifo)
             record.created = True
             write_record(directory, record)
         except BaseException:
@@ -316,6 +320,21 @@ def _with_allowed_devices(spec: Spec) -> dict | None:
                "minor": d.minor, "access": "rwm"} for d in spec.linux.devices if d.type != "p"]
     resources["devices"] = rules
     return resources
+
+
+def _make_exec_fifo(path: str, spec: Spec) -> None:
+    """The FIFO the init parks on, writable by the container's root (as runc makes it)."""
+    os.mkfifo(path, 0o600)
+    os.chmod(path, 0o622)   # mkfifo's mode went through the umask
+    uid = _host_id(spec.linux.uid_mappings)
+    gid = _host_id(spec.linux.gid_mappings)
+    if uid or gid:
+        os.chown(path, uid, gid)
+
+
+def _host_id(mappings: tuple) -> int:
+    """The host id container id 0 maps to (0 without a user namespace)."""
+    return next((m.host_id for m in mappings if m.container_id == 0), 0)
 
 
 def _same_file(a: str, b: str) -> bool:

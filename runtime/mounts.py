@@ -6,7 +6,9 @@ rootfs are opened with openat2(RESOLVE_IN_ROOT) and mounted through /proc/self/f
 an image (``/proc -> /host/etc``) can never redirect a mount onto the host.
 """
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 
 from . import syscalls as sc
@@ -199,34 +201,66 @@ def unmount_all(target: str) -> None:
 
 
 def open_in_root(root_fd: int, path: str, create: str | None = None) -> int:
-    """Open ``path`` (O_PATH) as seen from ``root_fd`` with symlinks confined to that root.
+    """Open ``path`` (O_PATH) as seen from ``root_fd``, with symlinks confined to that root.
 
-    ``create`` is "dir" or "file" to make a missing target (and its missing parents as dirs).
+    ``create`` is "dir" or "file" to make a missing target and its missing parents (as dirs),
+    following symlinks the way the container will see them: ``/a -> /b`` creates ``<root>/b``.
     """
-    rel = path.strip("/")
-    flags = os.O_PATH
+    resolve = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
     try:
-        return sc.openat2(root_fd, rel or ".", flags, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+        return sc.openat2(root_fd, path.strip("/") or ".", os.O_PATH, resolve)
     except FileNotFoundError:
         if create is None:
             raise
-    parent, _, name = rel.rpartition("/")
-    parent_fd = open_in_root(root_fd, parent, "dir")
-    try:
-        if create == "dir":
+    real = _walk_creating(root_fd, path, create)
+    # No symlinks left in ``real``: refuse any that a racing writer might swap in.
+    return sc.openat2(root_fd, real or ".", os.O_PATH, resolve | sc.RESOLVE_NO_SYMLINKS)
+
+
+_MAX_LINKS = 40
+
+
+def _walk_creating(root_fd: int, path: str, create: str) -> str:
+    """Resolve ``path`` component by component inside the root, creating what is missing.
+
+    Returns the symlink-free path relative to the root.
+    """
+    done: list[str] = []
+    todo = [c for c in path.split("/") if c]
+    links = 0
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            done = done[:-1]
+            continue
+        parent = sc.openat2(root_fd, "/".join(done) or ".", os.O_PATH | os.O_DIRECTORY,
+                            sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS)
+        try:
             try:
-                os.mkdir(name, 0o755, dir_fd=parent_fd)
-            except FileExistsError:
-                pass
-        else:
-            try:
-                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
-                                 | os.O_NOFOLLOW, 0o644, dir_fd=parent_fd))
-            except FileExistsError:
-                pass
-    finally:
-        os.close(parent_fd)
-    return sc.openat2(root_fd, rel, flags, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+                st = os.lstat(name, dir_fd=parent)
+            except FileNotFoundError:
+                if todo or create == "dir":
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                else:
+                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+                                     | os.O_NOFOLLOW, 0o644, dir_fd=parent))
+                done.append(name)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, "too many symlinks", path)
+                target = os.readlink(name, dir_fd=parent)
+                if target.startswith("/"):
+                    done = []
+                todo[:0] = [c for c in target.split("/") if c]
+                continue
+            done.append(name)
+        finally:
+            os.close(parent)
+    return "/".join(done)
 
 
 def fd_path(fd: int) -> str:

@@ -50,11 +50,12 @@ class Launch:
     cgroup: object | None = None        # railcar.runtime.cgroups.Cgroup
     security: object | None = None      # railcar.runtime.security plan
     run_hooks: Callable[[str, list, dict], None] | None = None
-    exec_fifo: str = ""                 # init only: where it parks until start
+    exec_fifo: int = -1                 # init only: O_PATH fd of the FIFO it parks on
     ns_fds: list[tuple[int, int]] = field(default_factory=list)   # exec only: (fd, nstype)
 
     def keep_fds(self) -> set[int]:
-        return {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds)}
+        fds = {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds)}
+        return fds | {self.exec_fifo} if self.exec_fifo >= 0 else fds
 
 
 @dataclass
@@ -264,7 +265,6 @@ def _init(ch: Channel, launch: Launch) -> None:
     hook_state = hooks_done.state
     userns = spec.linux.namespace("user") is not None
     with stage("rootfs"):
-        fifo = os.open(launch.exec_fifo, os.O_PATH | os.O_CLOEXEC)
         rootfs.prepare(spec, userns)
     _hooks(launch, "createContainer", hook_state)
     with stage("rootfs"):
@@ -276,12 +276,13 @@ def _init(ch: Channel, launch: Launch) -> None:
         os.close(ready.console)
     ch.close()
     # Blocks until `start` opens the FIFO for reading. /proc/self/fd works for ourselves even
-    # non-dumpable and after the user switch; the FIFO's path is not reachable any more.
+    # non-dumpable and after the user switch; the FIFO's path is not reachable from here (and
+    # the caller opened it: a user-namespaced init may not even traverse the state root).
     try:
-        started = os.open(f"/proc/self/fd/{fifo}", os.O_WRONLY | os.O_CLOEXEC)
+        started = os.open(f"/proc/self/fd/{launch.exec_fifo}", os.O_WRONLY | os.O_CLOEXEC)
         os.write(started, b"0")
         os.close(started)
-        os.close(fifo)
+        os.close(launch.exec_fifo)
         _hooks(launch, "startContainer", {**hook_state, "status": "running"})
     except BaseException as e:
         _die(ready.stdio[2], f"railcar: before exec: {e}")

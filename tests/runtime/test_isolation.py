@@ -1,0 +1,195 @@
+"""What the container sees: mounts, masked and read-only paths, fds, users, namespaces."""
+
+import os
+import signal
+
+
+from .conftest import create_captured, finish, run_container, wait_for
+
+
+def _mountinfo(output: str) -> dict[str, tuple[str, str]]:
+    """mount point -> (per-mount options, fs type), last mount on a point wins."""
+    out = {}
+    for line in output.splitlines():
+        fields = line.split()
+        out[fields[4]] = (fields[5], fields[fields.index("-") + 1])
+    return out
+
+
+def test_mounts_exactly_as_specified(make_bundle, state_root) -> None:
+    bundle = make_bundle(["cat", "/proc/self/mountinfo"])
+    ran = run_container(bundle, state_root)
+    assert ran.status == 0
+    points = [line.split()[4] for line in ran.output.splitlines()]
+    spec_points = [m["destination"] for m in bundle.config["mounts"]]
+    # The spec's mounts, in order, right after the root; cgroup hierarchies under theirs.
+    assert points[0] == "/"
+    assert [p for p in points if p in spec_points] == spec_points
+    assert all(p == "/" or p.startswith(("/proc", "/dev", "/sys")) for p in points)
+    info = _mountinfo(ran.output)
+    assert info["/"][0].startswith("ro")
+    assert info["/sys"] == (info["/sys"][0], "sysfs") and info["/sys"][0].startswith("ro")
+    assert info["/dev"][1] == "tmpfs" and info["/dev/pts"][1] == "devpts"
+    assert info["/dev/mqueue"][1] == "mqueue" and "nodev" in info["/dev/shm"][0]
+    assert info["/sys/fs/cgroup/memory"][0].startswith("ro")
+
+
+def test_masked_and_readonly_paths(make_bundle, state_root) -> None:
+    # /proc/kcore only exists with CONFIG_PROC_KCORE; check every masked file the host has.
+    masked = [p for p in ("/proc/kcore", "/proc/keys", "/proc/timer_list") if os.path.exists(p)]
+    assert os.path.getsize("/proc/keys") == 0 and open("/proc/keys").read()  # real content
+    bundle = make_bundle(["sh", "-c", "".join(f"cat {p} | wc -c; " for p in masked)
+                          + "ls /sys/firmware | wc -l; "
+                          "echo 1 > /proc/sys/kernel/domainname && echo writable"])
+    ran = run_container(bundle, state_root)
+    lines = ran.output.splitlines()
+    assert lines[:len(masked) + 1] == ["0"] * (len(masked) + 1)
+    assert "writable" not in ran.output and "Read-only file system" in ran.output
+
+
+def test_only_stdio_fds_and_no_host_cwd(make_bundle, state_root) -> None:
+    # A host fd the caller forgot to mark close-on-exec must not reach the container.
+    leaked = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    os.set_inheritable(leaked, True)
+    try:
+        bundle = make_bundle(["sh", "-c", "ls /proc/$$/fd; pwd; readlink /proc/$$/cwd"])
+        ran = run_container(bundle, state_root)
+    finally:
+        os.close(leaked)
+    assert ran.output.split() == ["0", "1", "2", "/", "/"]
+
+
+def test_devices_and_dev_links(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                                  "fileMode": 0o600, "uid": 0, "gid": 0}]
+
+    bundle = make_bundle(["sh", "-c", "ls -l /dev/fuse /dev/null /dev/zero | cut -c1-10; "
+                                      "readlink /dev/fd; readlink /dev/ptmx; "
+                                      "echo hi > /dev/null && head -c 3 /dev/zero | wc -c"],
+                         edit=edit)
+    ran = run_container(bundle, state_root)
+    assert ran.output.split() == ["crw-------", "crw-rw-rw-", "crw-rw-rw-", "/proc/self/fd",
+                                  "pts/ptmx", "3"]
+
+
+def test_process_user_cwd_env_rlimits(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [5, 7],
+                                "umask": 0o077}
+        c["process"]["cwd"] = "/work/dir"
+        c["process"]["env"].append("GREETING=hello world")
+        c["process"]["oomScoreAdj"] = 123
+        c["root"]["readonly"] = False
+
+    bundle = make_bundle(["sh", "-c", "id -u; id -g; id -G; pwd; echo $GREETING; umask; "
+                                      "ulimit -n; cat /proc/self/oom_score_adj"], edit=edit)
+    ran = run_container(bundle, state_root)
+    assert ran.output.splitlines() == ["1000", "1000", "1000 5 7", "/work/dir", "hello world",
+                                       "0077", "1024", "123"]
+
+
+def test_cwd_symlink_stays_inside_rootfs(make_bundle, state_root, tmp_path) -> None:
+    host_dir = tmp_path / "host-side"
+    host_dir.mkdir()
+
+    def edit(c: dict) -> None:
+        c["process"]["cwd"] = "/escape/sub"
+        c["root"]["readonly"] = False
+
+    bundle = make_bundle(["pwd"], edit=edit)
+    os.symlink(str(host_dir), os.path.join(bundle.rootfs, "escape"))
+    ran = run_container(bundle, state_root)
+    assert ran.status == 0
+    assert os.listdir(host_dir) == []
+    assert os.path.isdir(os.path.join(bundle.rootfs, str(host_dir).lstrip("/"), "sub"))
+
+
+def test_mount_target_symlink_cannot_reach_host(make_bundle, state_root, tmp_path) -> None:
+    host_dir = tmp_path / "host-target"
+    host_dir.mkdir()
+
+    def edit(c: dict) -> None:
+        c["mounts"].append({"destination": "/evil/data", "type": "tmpfs", "source": "tmpfs"})
+
+    bundle = make_bundle(["sh", "-c", "grep -c ' /evil/data ' /proc/self/mountinfo"], edit=edit)
+    os.symlink(str(host_dir), os.path.join(bundle.rootfs, "evil"))
+    ran = run_container(bundle, state_root)
+    assert ran.output.split() == ["0"]   # the mount landed on the resolved, in-root path
+    assert os.listdir(host_dir) == []
+    assert os.path.isdir(os.path.join(bundle.rootfs, str(host_dir).lstrip("/"), "data"))
+
+
+def test_user_namespace_uid_map(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["linux"]["namespaces"].append({"type": "user"})
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["mounts"] = [m for m in c["mounts"] if m["type"] != "cgroup"]
+
+    bundle = make_bundle(["sh", "-c", "cat /proc/self/uid_map; id -u; echo > /dev/null && "
+                                      "echo devnull-ok"], edit=edit, copy_binary=True)
+    # The container's root (host uid 100000) must be able to reach its rootfs.
+    path = bundle.path
+    while path != "/":
+        os.chmod(path, os.stat(path).st_mode | 0o011)
+        path = os.path.dirname(path)
+    for dirpath, dirnames, filenames in os.walk(bundle.rootfs):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.lchown(name, 100000, 100000)
+    ran = run_container(bundle, state_root)
+    assert ran.output.split() == ["0", "100000", "65536", "0", "devnull-ok"]
+
+
+def test_join_network_namespace_by_path(make_bundle, state_root) -> None:
+    first = make_bundle(["sleep", "100"])
+    container, created = create_captured(first, state_root)
+    try:
+        netns = f"/proc/{created.result.pid}/ns/net"
+        inode = os.stat(netns).st_ino
+
+        def edit(c: dict) -> None:
+            c["linux"]["namespaces"] = [n for n in c["linux"]["namespaces"]
+                                        if n["type"] != "network"] + [
+                {"type": "network", "path": netns}]
+
+        second = make_bundle(["sh", "-c", "readlink /proc/self/ns/net; "
+                                          "ip -o link | cut -d: -f2"], edit=edit)
+        ran = run_container(second, state_root)
+        assert ran.output.split() == [f"net:[{inode}]", "lo"]
+    finally:
+        container.kill(signal.SIGKILL)
+        finish(container, created)
+
+
+def test_sysctl_and_domainname(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+        c["domainname"] = "example.org"
+
+    bundle = make_bundle(["sh", "-c", "cat /proc/sys/net/ipv4/ip_forward "
+                                      "/proc/sys/kernel/domainname"],
+                         edit=edit)
+    ran = run_container(bundle, state_root)
+    assert ran.output.split() == ["1", "example.org"]
+
+
+def test_exec_with_terminal(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    result = container.exec({"args": ["tty"], "cwd": "/"}, terminal=True)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(result.console_fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(result.console_fd)
+    assert wait_for(result.pid) == 0
+    assert out.decode().strip().startswith("/dev/pts/")
+    container.kill(signal.SIGKILL)
+    finish(container, created)
