@@ -1,0 +1,74 @@
+"""Rootfs layers from containerd (mount_layers / unmount_all) and option parsing."""
+
+import os
+
+import pytest
+
+from railcar.runtime import RuntimeFailure
+from railcar.runtime import syscalls as sc
+from railcar.runtime.mounts import mount_layers, mount_points, parse_options, unmount_all
+
+
+def test_parse_options_splits_flags_propagation_and_data() -> None:
+    opts = parse_options(["rbind", "ro", "nosuid", "rprivate", "size=1m", "mode=755"])
+    assert opts.flags == sc.MS_BIND | sc.MS_REC | sc.MS_RDONLY | sc.MS_NOSUID
+    assert opts.propagation == (sc.MS_PRIVATE | sc.MS_REC,)
+    assert opts.data == "size=1m,mode=755"
+    assert parse_options(["ro", "rw"]).flags == 0
+    with pytest.raises(RuntimeFailure, match="loop devices"):
+        parse_options(["loop"])
+
+
+def _under(path: str) -> list[str]:
+    return [p for p in mount_points() if p == path or p.startswith(path + "/")]
+
+
+def test_overlay_and_readonly_bind_layers(tmp_path) -> None:
+    lower1, lower2, upper, work, target = (tmp_path / n for n in
+                                           ("l1", "l2", "up", "work", "rootfs"))
+    for d in (lower1, lower2, upper, work, target):
+        d.mkdir()
+    (lower1 / "a").write_text("from l1")
+    (lower2 / "b").write_text("from l2")
+    mount_layers([{"type": "overlay", "source": "overlay",
+                   "options": ["index=off", f"workdir={work}", f"upperdir={upper}",
+                               f"lowerdir={lower1}:{lower2}"]}], str(target))
+    try:
+        assert sorted(os.listdir(target)) == ["a", "b"]
+        (target / "c").write_text("new")
+        assert (upper / "c").exists()
+        bind_target = tmp_path / "bound"
+        bind_target.mkdir()
+        mount_layers([{"type": "bind", "source": str(lower1), "options": ["rbind", "ro"]}],
+                     str(bind_target))
+        with pytest.raises(OSError):
+            (bind_target / "x").write_text("no")
+        unmount_all(str(bind_target))
+        assert _under(str(bind_target)) == []
+    finally:
+        unmount_all(str(target))
+    assert _under(str(target)) == []
+    unmount_all(str(target))   # nothing mounted: no error
+
+
+def test_failed_layer_unmounts_what_was_mounted(tmp_path) -> None:
+    src, target = tmp_path / "src", tmp_path / "rootfs"
+    src.mkdir()
+    target.mkdir()
+    with pytest.raises(RuntimeFailure, match=r"rootfs\[1\]"):
+        mount_layers([{"type": "bind", "source": str(src), "options": ["rbind"]},
+                      {"type": "bind", "source": str(tmp_path / "missing"),
+                       "options": ["rbind"]}], str(target))
+    assert _under(str(target)) == []
+
+
+def test_unmount_all_removes_stacked_and_nested_mounts(tmp_path) -> None:
+    target = tmp_path / "stack"
+    target.mkdir()
+    sc.mount("tmpfs", str(target), "tmpfs", 0, None)
+    sc.mount("tmpfs", str(target), "tmpfs", 0, None)
+    (target / "sub").mkdir()
+    sc.mount("tmpfs", str(target / "sub"), "tmpfs", 0, None)
+    assert len(_under(str(target))) == 3
+    unmount_all(str(target))
+    assert _under(str(target)) == []

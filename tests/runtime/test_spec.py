@@ -1,0 +1,102 @@
+"""config.json validation: every error names the JSON path; a bad spec creates nothing."""
+
+import json
+import os
+
+import pytest
+
+from railcar.runtime import Container, SpecError
+from railcar.runtime.spec import load_spec, parse_spec
+
+from .conftest import CGROUP_PARENT, CGROUP_ROOT, default_config
+
+
+def _with(edit) -> dict:
+    config = default_config("spec-test")
+    edit(config)
+    return config
+
+
+@pytest.mark.parametrize("edit, path, problem", [
+    (lambda c: c["process"].update(args=[]), "process.args", "must be a non-empty list"),
+    (lambda c: c["process"].update(args="sh"), "process.args", "must be a list"),
+    (lambda c: c["process"].update(cwd="relative"), "process.cwd", "absolute"),
+    (lambda c: c["process"].update(env=["NOEQUALS"]), "process.env[0]", "KEY=VALUE"),
+    (lambda c: c["process"]["user"].update(uid=-1), "process.user.uid", "non-negative"),
+    (lambda c: c["process"].update(oomScoreAdj=5000), "process.oomScoreAdj", "-1000"),
+    (lambda c: c["process"].update(rlimits=[{"type": "NOFILE", "soft": 1, "hard": 1}]),
+     "process.rlimits[0].type", "unknown rlimit"),
+    (lambda c: c.pop("root"), "root", "is required"),
+    (lambda c: c.update(ociVersion="2.0.0"), "ociVersion", "unsupported"),
+    (lambda c: c["mounts"][2].update(destination="dev/pts"), "mounts[2].destination",
+     "absolute"),
+    (lambda c: c["mounts"][0].update(options="ro"), "mounts[0].options", "must be a list"),
+    (lambda c: c["linux"]["namespaces"].append({"type": "bogus"}), "linux.namespaces[5].type",
+     "unknown namespace"),
+    (lambda c: c["linux"]["namespaces"].append({"type": "pid"}), "linux.namespaces[5].type",
+     "listed twice"),
+    (lambda c: c["linux"].update(namespaces=[{"type": "pid"}]), "linux.namespaces",
+     "mount namespace is required"),
+    (lambda c: c["linux"]["namespaces"].append({"type": "user"}), "linux.uidMappings",
+     "needs uid and gid mappings"),
+    (lambda c: c["linux"].update(devices=[{"path": "/dev/x", "type": "q"}]),
+     "linux.devices[0].type", "must be one of"),
+    (lambda c: c["linux"].update(rootfsPropagation="sideways"), "linux.rootfsPropagation",
+     "unknown propagation"),
+    (lambda c: c["linux"].update(maskedPaths=["proc/kcore"]), "linux.maskedPaths[0]",
+     "absolute"),
+    (lambda c: c["linux"].update(sysctl={"kernel.x": 1}), "linux.sysctl.kernel.x",
+     "must be a string"),
+    (lambda c: c.update(annotations={"a": 1}), "annotations.a", "must be a string"),
+    (lambda c: c["linux"].update(namespaces=[{"type": "mount"}]), "hostname",
+     "uts namespace"),
+])
+def test_errors_name_the_json_path(edit, path, problem) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(_with(edit), "/bundle")
+    assert info.value.path == path
+    assert str(info.value).startswith(f"{path}: ") and problem in str(info.value)
+    assert info.value.stage == "spec"
+
+
+def test_unknown_fields_are_tolerated_and_defaults_apply() -> None:
+    def edit(c: dict) -> None:
+        c["futureField"] = {"x": 1}
+        c["process"]["somethingNew"] = True
+        c["root"]["path"] = "rootfs"
+
+    spec = parse_spec(_with(edit), "/bundle")
+    assert spec.root_path == "/bundle/rootfs" and spec.root_readonly
+    assert spec.process.args == ("sh",) and spec.process.user.uid == 0
+    assert [ns.type for ns in spec.linux.namespaces] == ["pid", "network", "ipc", "uts",
+                                                         "mount"]
+    assert spec.mounts[2].options == ("nosuid", "noexec", "newinstance", "ptmxmode=0666",
+                                      "mode=0620", "gid=5")
+
+
+def test_load_spec_reports_missing_and_malformed_files(tmp_path) -> None:
+    with pytest.raises(SpecError, match="config.json: not found"):
+        load_spec(str(tmp_path))
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(SpecError, match="config.json: not valid JSON"):
+        load_spec(str(tmp_path))
+
+
+def test_broken_config_creates_nothing(make_bundle, state_root) -> None:
+    bundle = make_bundle(["true"])
+    bundle.config["process"]["args"] = []
+    bundle.write()
+    with pytest.raises(SpecError, match=r"^process\.args: must be a non-empty list$"):
+        Container.create(bundle.id, bundle.path, root=state_root)
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
+    assert not os.path.exists(os.path.join(CGROUP_ROOT, "pids", CGROUP_PARENT.lstrip("/"),
+                                           bundle.id))
+
+
+def test_failure_in_the_init_creates_nothing(make_bundle, state_root) -> None:
+    bundle = make_bundle(["no-such-binary"])
+    with pytest.raises(Exception, match="no-such-binary") as info:
+        Container.create(bundle.id, bundle.path, root=state_root)
+    assert info.value.stage == "process"
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
+    assert json.load(open(os.path.join(bundle.path, "config.json")))  # bundle untouched
