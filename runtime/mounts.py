@@ -249,6 +249,7 @@ def _walk_creating(root_fd: int, path: str, create: str) -> str:
                 done.append(name)
                 continue
             if stat.S_ISLNK(st.st_mode):
+                _refuse_magic_link(parent, name, path)
                 links += 1
                 if links > _MAX_LINKS:
                     raise OSError(errno.ELOOP, "too many symlinks", path)
@@ -261,6 +262,15 @@ def _walk_creating(root_fd: int, path: str, create: str) -> str:
         finally:
             os.close(parent)
     return "/".join(done)
+
+
+def _refuse_magic_link(parent: int, name: str, path: str) -> None:
+    """/proc/self/fd/N and friends are not paths: following them could leave the root."""
+    try:
+        os.close(sc.openat2(parent, name, os.O_PATH, sc.RESOLVE_NO_MAGICLINKS))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "refusing to follow a /proc magic link", path) from None
 
 
 def fd_path(fd: int) -> str:
