@@ -1,0 +1,106 @@
+"""create + start + wait + delete of /bin/true: railcar's library beside `runc run` and `crun run`.
+
+Same bundle (from `runc spec`, busybox-static rootfs), interleaved rounds, medians and ratios.
+crun 1.8 refuses this hybrid cgroup host, so it runs through ../shared/tools/crun-hybrid, which
+hides the v2 mount in a private mount namespace (an extra `unshare` + `bash` per run is included
+in its figure). railcar runs in-process, as the shim's forker calls it: the fork of an
+already-imported interpreter is the point.
+
+    .venv/bin/python benchmarks/runtime_bench.py [ROUNDS]
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from railcar.runtime import Container
+from railcar.runtime import syscalls as sc
+
+CRUN_HYBRID = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tools",
+                           "crun-hybrid")
+CGROUP_PARENT = f"/railcar-bench-{os.getpid()}"
+
+
+def make_bundle(base: str) -> str:
+    bundle = os.path.join(base, "bundle")
+    os.makedirs(os.path.join(bundle, "rootfs", "bin"))
+    shutil.copy2("/bin/busybox", os.path.join(bundle, "rootfs", "bin", "busybox"))
+    os.symlink("busybox", os.path.join(bundle, "rootfs", "bin", "true"))
+    for d in ("proc", "sys", "dev", "tmp"):
+        os.makedirs(os.path.join(bundle, "rootfs", d))
+    subprocess.run(["runc", "spec", "--bundle", bundle], check=True)
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["process"]["terminal"] = False
+    config["process"]["args"] = ["/bin/true"]
+    config["linux"]["cgroupsPath"] = f"{CGROUP_PARENT}/bench"
+    # runc spec lists ambient capabilities that are not inheritable, which railcar's
+    # security module rejects as contradictory; no ambient set changes nothing for /bin/true.
+    config["process"]["capabilities"].pop("ambient", None)
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return bundle
+
+
+def run_railcar(bundle: str, root: str, n: int) -> None:
+    null = os.open("/dev/null", os.O_RDWR)
+    try:
+        container, result = Container.create(f"rc{n}", bundle, root=root, stdio=(null,) * 3)
+    finally:
+        os.close(null)
+    container.start()
+    while os.waitpid(-1, 0)[0] != result.pid:
+        pass
+    container.delete()
+
+
+def run_cli(argv: list[str], bundle: str, root: str, n: int) -> None:
+    subprocess.run([*argv, "--root", root, "run", "--bundle", bundle, f"cli{n}"], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    base = tempfile.mkdtemp(prefix="railcar-bench-")
+    try:
+        bundle = make_bundle(base)
+        runners = {
+            "railcar": lambda n: run_railcar(bundle, os.path.join(base, "state-railcar"), n),
+            "runc": lambda n: run_cli(["runc"], bundle, os.path.join(base, "state-runc"), n),
+            "crun": lambda n: run_cli([CRUN_HYBRID], bundle, os.path.join(base, "state-crun"),
+                                      n),
+        }
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for n in range(rounds + 1):           # round 0 warms caches and is not counted
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                run(n)
+                if n:
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        for hierarchy in os.listdir("/sys/fs/cgroup"):
+            parent = os.path.join("/sys/fs/cgroup", hierarchy, CGROUP_PARENT.lstrip("/"))
+            if os.path.isdir(parent) and not os.path.islink(parent):
+                for child in os.listdir(parent):
+                    if os.path.isdir(os.path.join(parent, child)):
+                        os.rmdir(os.path.join(parent, child))
+                os.rmdir(parent)
+    medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    print(f"create+start+wait+delete of /bin/true, {rounds} interleaved rounds, median ms:")
+    for name, ms in medians.items():
+        print(f"  {name:8s} {ms:8.1f} ms   (min {min(times[name]) * 1000:.1f})")
+    for other in ("runc", "crun"):
+        print(f"  railcar / {other}: {medians['railcar'] / medians[other]:.2f}")
+    print("  (crun through crun-hybrid: +1 unshare and bash per run)")
+
+
+if __name__ == "__main__":
+    main()
