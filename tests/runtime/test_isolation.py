@@ -193,3 +193,16 @@ def test_exec_with_terminal(make_bundle, state_root) -> None:
     assert out.decode().strip().startswith("/dev/pts/")
     container.kill(signal.SIGKILL)
     finish(container, created)
+
+
+def test_time_and_cgroup_namespaces(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["linux"]["namespaces"] += [{"type": "time"}, {"type": "cgroup"}]
+        c["linux"]["timeOffsets"] = {"boottime": {"secs": 86400 * 365, "nanosecs": 0}}
+
+    bundle = make_bundle(["sh", "-c", "cut -d. -f1 /proc/uptime; grep -c ':/$' /proc/self/cgroup;"
+                                      " wc -l < /proc/self/cgroup"], edit=edit)
+    ran = run_container(bundle, state_root)
+    uptime, at_root, lines = ran.output.split()
+    assert int(uptime) >= 86400 * 365
+    assert at_root == lines   # every hierarchy shows the container's cgroup as its root

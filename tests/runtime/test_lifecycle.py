@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from railcar.runtime import Container, ContainerNotFound, InvalidState
+from railcar.runtime import Container, ContainerNotFound, InvalidState, RuntimeFailure
 
 from .conftest import create_captured, finish, run_container, wait_for
 
@@ -148,3 +148,37 @@ def test_terminal_gives_the_caller_the_pty_master(make_bundle, state_root) -> No
     wait_for(result.pid)
     container.delete()
     assert out.decode().split() == ["/dev/pts/0", "done"]
+
+
+def test_hooks_run_at_their_moments(make_bundle, state_root, tmp_path) -> None:
+    log = tmp_path / "hooks.log"
+
+    def hook(kind: str) -> dict:
+        # Each hook appends its kind and the status from the state JSON on its stdin.
+        script = (f"read state; s=${{state#*\\\"status\\\": \\\"}}; "
+                  f"echo {kind} ${{s%%\\\"*}} >> {log}")
+        return {"path": "/bin/sh", "args": ["sh", "-c", script]}
+
+    def edit(c: dict) -> None:
+        c["hooks"] = {k: [hook(k)] for k in ("prestart", "createRuntime", "createContainer",
+                                             "poststart", "poststop")}
+
+    bundle = make_bundle(["true"], edit=edit)
+    container, created = create_captured(bundle, state_root)
+    assert log.read_text().split("\n")[:3] == ["prestart creating", "createRuntime creating",
+                                               "createContainer creating"]
+    container.start()
+    finish(container, created)
+    assert log.read_text().split() == ["prestart", "creating", "createRuntime", "creating",
+                                       "createContainer", "creating", "poststart", "running",
+                                       "poststop", "stopped"]
+
+
+def test_failing_hook_fails_create_and_leaves_nothing(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["hooks"] = {"createRuntime": [{"path": "/bin/false"}]}
+
+    bundle = make_bundle(["true"], edit=edit)
+    with pytest.raises(RuntimeFailure, match="createRuntime"):
+        Container.create(bundle.id, bundle.path, root=state_root)
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
