@@ -38,6 +38,10 @@ def prepare(spec: Spec, userns: bool) -> None:
     root = spec.root_path
     propagation = PROPAGATION_FLAGS.get(spec.linux.rootfs_propagation, sc.MS_SLAVE | sc.MS_REC)
     sc.mount(None, "/", None, propagation)
+    if propagation & sc.MS_SHARED:
+        # pivot_root refuses shared mounts: make the rootfs's parent private first, so the
+        # bind below is private too; finalize() makes the new root shared again.
+        sc.mount(None, _mount_point_of(os.path.dirname(root)), None, sc.MS_PRIVATE)
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -57,6 +61,14 @@ def prepare(spec: Spec, userns: bool) -> None:
                                                f"{e.strerror}") from None
     finally:
         os.close(root_fd)
+
+
+def _mount_point_of(path: str) -> str:
+    """The mount point of the mount ``path`` lives on."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return max((p for p in points if path == p or path.startswith(p.rstrip("/") + "/")),
+               key=len)
 
 
 def _mount_entry(root_fd: int, m: Mount, bundle: str) -> None:
@@ -204,7 +216,11 @@ def pivot(root: str) -> None:
 
 
 def finalize(spec: Spec) -> None:
-    """After pivot_root: hostname, sysctls, readonly and masked paths, then a read-only root."""
+    """After pivot_root: root propagation, hostname, sysctls, readonly and masked paths, then
+    a read-only root."""
+    propagation = PROPAGATION_FLAGS.get(spec.linux.rootfs_propagation, 0)
+    if propagation & sc.MS_SHARED:
+        sc.mount(None, "/", None, propagation)
     if spec.hostname is not None:
         sc.sethostname(spec.hostname)
     if spec.domainname is not None:

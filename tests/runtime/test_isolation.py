@@ -206,3 +206,13 @@ def test_time_and_cgroup_namespaces(make_bundle, state_root) -> None:
     uptime, at_root, lines = ran.output.split()
     assert int(uptime) >= 86400 * 365
     assert at_root == lines   # every hierarchy shows the container's cgroup as its root
+
+
+def test_shared_rootfs_propagation(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["linux"]["rootfsPropagation"] = "rshared"
+
+    bundle = make_bundle(["awk", '$5 == "/" && / shared:/ { n++ } END { print n + 0 }',
+                          "/proc/self/mountinfo"], edit=edit)
+    ran = run_container(bundle, state_root)
+    assert ran.output.split() == ["1"]
