@@ -76,7 +76,8 @@ class Container:
             os.mkdir(directory, 0o711)
         except FileExistsError:
             raise ContainerExists(container_id) from None
-        record = Record(id=container_id, bundle=spec.bundle, annotations=spec.annotations)
+        record = Record(id=container_id, bundle=spec.bundle, oci_version=spec.oci_version,
+                        annotations=spec.annotations)
         cgroup: Cgroup | None = None
         try:
             with open(os.path.join(directory, CONFIG_FILE), "w") as f:
@@ -154,7 +155,7 @@ class Container:
                               self.bundle, dict(self._record.annotations))
 
     def _hook_state(self, status: str) -> dict:
-        return {"ociVersion": "1.0.2", "id": self.id, "status": status,
+        return {"ociVersion": self._record.oci_version, "id": self.id, "status": status,
                 "pid": self.init_pid if status != "stopped" else 0, "bundle": self.bundle,
                 "annotations": dict(self._record.annotations)}
 

@@ -22,6 +22,7 @@ class Record:
     """The contents of state.json."""
     id: str
     bundle: str
+    oci_version: str = "1.0.2"     # the spec's, echoed in the state hooks receive
     init_pid: int = 0
     init_start_time: int = 0
     created: bool = False          # false while create is still setting the init up

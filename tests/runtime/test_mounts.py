@@ -72,3 +72,23 @@ def test_unmount_all_removes_stacked_and_nested_mounts(tmp_path) -> None:
     assert len(_under(str(target))) == 3
     unmount_all(str(target))
     assert _under(str(target)) == []
+
+
+def test_overlay_options_longer_than_a_page_are_shortened(tmp_path) -> None:
+    lowers = []
+    for i in range(40):
+        d = tmp_path / f"layer-{i:02d}-{'x' * 40}"
+        d.mkdir()
+        (d / f"f{i}").write_text(str(i))
+        lowers.append(str(d))
+    upper, work, target = tmp_path / "up", tmp_path / "work", tmp_path / "rootfs"
+    for d in (upper, work, target):
+        d.mkdir()
+    options = [f"workdir={work}", f"upperdir={upper}", "lowerdir=" + ":".join(lowers)]
+    assert len(",".join(options)) > os.sysconf("SC_PAGESIZE")
+    mount_layers([{"type": "overlay", "source": "overlay", "options": options}], str(target))
+    try:
+        assert sorted(os.listdir(target)) == sorted(f"f{i}" for i in range(40))
+    finally:
+        unmount_all(str(target))
+    assert _under(str(target)) == []
