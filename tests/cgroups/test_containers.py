@@ -64,8 +64,6 @@ def test_capabilities_and_no_new_privs_are_exactly_the_spec(make_bundle, state_r
     assert st["NoNewPrivs"] == "1"
 
 
-@pytest.mark.xfail(reason="runtime/process.py: a non-root init cannot reopen the exec FIFO through "
-                          "/proc/self/fd (EACCES) - reported to the runtime owner")
 def test_non_root_user_with_ambient_capability(make_bundle, state_root) -> None:
     one = ["CAP_NET_BIND_SERVICE"]
 
@@ -75,15 +73,7 @@ def test_non_root_user_with_ambient_capability(make_bundle, state_root) -> None:
                                              "inheritable": one, "ambient": one}
         config["process"]["noNewPrivileges"] = False
 
-    container, created = create_captured(make_bundle(["cat", "/proc/self/status"], edit=edit), state_root)
-    try:
-        container.start()
-    except BaseException:
-        container.delete(force=True)
-        created.read_all()
-        os.waitpid(created.result.pid, 0)
-        raise
-    ran = finish(container, created)
+    ran = run_container(make_bundle(["cat", "/proc/self/status"], edit=edit), state_root)
     assert ran.status == 0, ran.output
     st = status_of(ran.output)
     assert st["Uid"].split()[0] == "1000"
