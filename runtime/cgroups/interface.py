@@ -101,6 +101,7 @@ class Cgroup(abc.ABC):
                 self.thaw()  # a frozen task only dies once thawed
 
     def _can_freeze(self) -> bool:
+        """Whether freeze() is possible here (a v1 host may lack the freezer hierarchy)."""
         return True
 
     def to_state(self) -> dict:
@@ -109,7 +110,8 @@ class Cgroup(abc.ABC):
 
     @classmethod
     def from_state(cls, d: dict) -> Cgroup:
-        from .v1 import CgroupV1
+        """Reopen a cgroup saved by `to_state`, with the driver that created it."""
+        from .v1 import CgroupV1  # the drivers import this module: resolve them at call time
         from .v2 import CgroupV2
 
         drivers: dict[int, type[Cgroup]] = {1: CgroupV1, 2: CgroupV2}
