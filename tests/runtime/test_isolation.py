@@ -129,14 +129,7 @@ def test_user_namespace_uid_map(make_bundle, state_root) -> None:
 
     bundle = make_bundle(["sh", "-c", "cat /proc/self/uid_map; id -u; echo > /dev/null && "
                                       "echo devnull-ok"], edit=edit, copy_binary=True)
-    # The container's root (host uid 100000) must be able to reach its rootfs.
-    path = bundle.path
-    while path != "/":
-        os.chmod(path, os.stat(path).st_mode | 0o011)
-        path = os.path.dirname(path)
-    for dirpath, dirnames, filenames in os.walk(bundle.rootfs):
-        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
-            os.lchown(name, 100000, 100000)
+    _give_rootfs_to(bundle, 100000)
     ran = run_container(bundle, state_root)
     assert ran.output.split() == ["0", "100000", "65536", "0", "devnull-ok"]
 
@@ -216,3 +209,41 @@ def test_shared_rootfs_propagation(make_bundle, state_root) -> None:
                           "/proc/self/mountinfo"], edit=edit)
     ran = run_container(bundle, state_root)
     assert ran.output.split() == ["1"]
+
+
+def test_exec_into_user_namespaced_container(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["linux"]["namespaces"].append({"type": "user"})
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["mounts"] = [m for m in c["mounts"] if m["type"] != "cgroup"]
+
+    bundle = make_bundle(["sleep", "100"], edit=edit, copy_binary=True)
+    _give_rootfs_to(bundle, 100000)
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    r, w = os.pipe()
+    try:
+        result = container.exec({"args": ["sh", "-c", "id -u; cat /proc/self/uid_map"],
+                                 "cwd": "/", "user": {"uid": 0, "gid": 0}}, stdio=(w, w, w))
+    finally:
+        os.close(w)
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    assert wait_for(result.pid) == 0
+    assert out.decode().split() == ["0", "0", "100000", "65536"]
+    container.kill(signal.SIGKILL)
+    finish(container, created)
+
+
+def _give_rootfs_to(bundle, host_id: int) -> None:
+    """chown the rootfs to the container's root and let it traverse the bundle's parents."""
+    path = bundle.path
+    while path != "/":
+        os.chmod(path, os.stat(path).st_mode | 0o011)
+        path = os.path.dirname(path)
+    for dirpath, dirnames, filenames in os.walk(bundle.rootfs):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.lchown(name, host_id, host_id)
