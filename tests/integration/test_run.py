@@ -33,3 +33,9 @@ def test_host_rootfs_without_snapshotter_mounts(cd, cid, tmp_path) -> None:
     rootfs = devenv.busybox_rootfs(tmp_path / "rootfs")
     result = cd.ctr("run", "--rm", "--runtime", RUNTIME, "--rootfs", str(rootfs), cid, "sh", "-c", "echo $((6*7))")
     assert (result.returncode, result.stdout) == (0, b"42\n")
+
+
+def test_null_io(cd, image, cid) -> None:
+    """`--null-io`: Create carries no stdio paths; the process gets /dev/null and still exits normally."""
+    result = run(cd, image, cid, "sh", "-c", "echo lost; read x; exit 4", ctr_flags=("--null-io",))
+    assert (result.returncode, result.stdout) == (4, b"")
