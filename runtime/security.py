@@ -182,10 +182,10 @@ def prepare(process: dict, linux: dict) -> SecurityPlan:
     if not sets["effective"] <= sets["permitted"]:
         extra = sorted(CAPABILITIES[c] for c in sets["effective"] - sets["permitted"])
         raise SpecError("process.capabilities.effective", f"{', '.join(extra)} not in the permitted set")
-    missing = sets["ambient"] - (sets["permitted"] & sets["inheritable"])
-    if missing:
-        names = ", ".join(sorted(CAPABILITIES[c] for c in missing))
-        raise SpecError("process.capabilities.ambient", f"{names} must also be permitted and inheritable")
+    # The kernel keeps an ambient capability only while it is permitted and inheritable. runc
+    # ignores the failed raise, and `runc spec` itself lists ambient capabilities without an
+    # inheritable set, so such a spec must run: those capabilities are simply not ambient.
+    sets["ambient"] &= sets["permitted"] & sets["inheritable"]
     nnp = process.get("noNewPrivileges", False)
     if not isinstance(nnp, bool):
         raise SpecError("process.noNewPrivileges", "must be true or false")

@@ -75,6 +75,15 @@ def test_non_root_keeps_ambient_capabilities_across_exec() -> None:
     assert st["NoNewPrivs"] == "0"
 
 
+def test_ambient_capabilities_that_are_not_inheritable_are_dropped_as_runc_does() -> None:
+    """`runc spec` lists ambient capabilities without an inheritable set; runc runs it."""
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    st = proc_status(prepare({"capabilities": {"bounding": caps, "effective": caps, "permitted": caps,
+                                               "ambient": caps}}, {}))
+    assert st["CapPrm"] == st["CapEff"] == mask(*caps)
+    assert st["CapInh"] == st["CapAmb"] == mask()
+
+
 def test_missing_capabilities_means_none() -> None:
     st = proc_status(prepare({}, {}))
     assert st["CapBnd"] == st["CapPrm"] == st["CapEff"] == mask()
@@ -139,7 +148,6 @@ def test_seccomp_default_errno_applies() -> None:
 @pytest.mark.parametrize(("process", "linux", "path"), [
     ({"capabilities": {"bounding": ["CAP_NOPE"]}}, {}, "process.capabilities.bounding[0]"),
     ({"capabilities": {"effective": ["CAP_KILL"]}}, {}, "process.capabilities.effective"),
-    ({"capabilities": {"permitted": ["CAP_KILL"], "ambient": ["CAP_KILL"]}}, {}, "process.capabilities.ambient"),
     ({"noNewPrivileges": "yes"}, {}, "process.noNewPrivileges"),
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_MAYBE"}}, "linux.seccomp.defaultAction"),
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action":
