@@ -189,7 +189,8 @@ def test_stats_reflect_real_usage(make_bundle, state_root) -> None:
     if v1:
         assert metrics.memory.usage.limit == 256 << 20 and metrics.cpu.usage.total > 0
     else:
-        assert metrics.memory.usage_limit == 256 << 20 and metrics.memory.shmem >= 30_000_000
+        # memory.stat is flushed lazily from per-cpu counters: allow a page batch or so of lag
+        assert metrics.memory.usage_limit == 256 << 20 and metrics.memory.shmem >= 30_000_000 - (1 << 20)
         assert metrics.cpu.usage_usec > 0
     container.kill(signal.SIGKILL)
     finish(container, created)
