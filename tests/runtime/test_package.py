@@ -11,7 +11,7 @@ def test_import_does_not_load_container_until_asked() -> None:
             "assert 'railcar.runtime.container' not in sys.modules, 'loaded eagerly'\n"
             "from railcar.runtime import Container, CreateResult, RuntimeFailure, SpecError\n"
             "from railcar.runtime.container import Container as C\n"
-            "assert Container is C and issubclass(SpecError, RuntimeFailure)\n"
+            "assert Container is C and issubclass(SpecError, RuntimeFailure)\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
