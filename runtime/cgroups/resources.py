@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from .errors import ResourceError
 
@@ -21,34 +22,30 @@ def section(resources: dict, key: str) -> dict:
     return value
 
 
-def integer(d: dict, key: str, where: str, lo: int | None = None, hi: int | None = None) -> int | None:
-    """An optional integer field; None when absent or null."""
+def _field(d: dict, key: str, where: str, kind: type, expected: str) -> Any:
+    """An optional field of one JSON type; None when absent or null (true is not an integer)."""
     value = d.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ResourceError(f"{where}.{key}", f"must be an integer, got {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ResourceError(f"{where}.{key}", f"must be {expected}, got {value!r}")
+    return value
+
+
+def integer(d: dict, key: str, where: str, lo: int | None = None, hi: int | None = None) -> int | None:
+    """An optional integer field within [lo, hi]; None when absent or null."""
+    value = _field(d, key, where, int, "an integer")
+    if value is not None and ((lo is not None and value < lo) or (hi is not None and value > hi)):
         raise ResourceError(f"{where}.{key}", f"{value} is outside [{lo}, {hi}]")
     return value
 
 
 def string(d: dict, key: str, where: str) -> str | None:
-    value = d.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ResourceError(f"{where}.{key}", f"must be a string, got {value!r}")
-    return value
+    return _field(d, key, where, str, "a string")
 
 
 def boolean(d: dict, key: str, where: str) -> bool | None:
-    value = d.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise ResourceError(f"{where}.{key}", f"must be true or false, got {value!r}")
-    return value
+    return _field(d, key, where, bool, "true or false")
 
 
 def items(d: dict, key: str, where: str) -> list[tuple[str, dict]]:
@@ -60,6 +57,55 @@ def items(d: dict, key: str, where: str) -> list[tuple[str, dict]]:
         raise ResourceError(f"{where}.{key}" if where else key, "must be a list of objects")
     prefix = f"{where}.{key}" if where else key
     return [(f"{prefix}[{i}]", x) for i, x in enumerate(value)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """`linux.resources.memory`, validated; None = absent. Each driver decides what it can honour."""
+
+    limit: int | None = None
+    swap: int | None = None  # memory+swap, as the runtime-spec (and v1's memsw) counts it
+    reservation: int | None = None
+    kernel: int | None = None
+    kernel_tcp: int | None = None
+    swappiness: int | None = None
+    disable_oom_killer: bool | None = None
+
+
+def memory(resources: dict) -> Memory:
+    mem = section(resources, "memory")
+    return Memory(
+        limit=integer(mem, "limit", "memory", lo=-1),
+        swap=integer(mem, "swap", "memory", lo=-1),
+        reservation=integer(mem, "reservation", "memory", lo=-1),
+        kernel=integer(mem, "kernel", "memory", lo=-1),
+        kernel_tcp=integer(mem, "kernelTCP", "memory", lo=-1),
+        swappiness=integer(mem, "swappiness", "memory", lo=0, hi=100),
+        disable_oom_killer=boolean(mem, "disableOOMKiller", "memory"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightDevice:
+    """One `blockIO.weightDevice` entry; `where` is its JSON path for the driver's errors."""
+
+    where: str
+    major: int
+    minor: int
+    weight: int | None
+    leaf_weight: int | None
+
+
+def weight_devices(block_io: dict) -> list[WeightDevice]:
+    out = []
+    for where, dev in items(block_io, "weightDevice", "blockIO"):
+        major = integer(dev, "major", where, lo=0)
+        minor = integer(dev, "minor", where, lo=0)
+        if major is None or minor is None:
+            raise ResourceError(where, "needs major and minor")
+        out.append(WeightDevice(where, major, minor, integer(dev, "weight", where, lo=0, hi=1000),
+                                integer(dev, "leafWeight", where, lo=0, hi=1000)))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

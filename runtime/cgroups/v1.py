@@ -125,7 +125,7 @@ class CgroupV1(Cgroup):
             raise ResourceError("", "must be an object")
         if res.section(resources, "unified"):
             raise ResourceError("unified", "needs a cgroup v2 host; this host's cgroups are v1")
-        self._memory(res.section(resources, "memory"))
+        self._memory(res.memory(resources))
         self._cpu(res.section(resources, "cpu"))
         self._pids(res.section(resources, "pids"))
         self._block_io(res.section(resources, "blockIO"))
@@ -137,17 +137,10 @@ class CgroupV1(Cgroup):
             for rule in rules:
                 files.write(f"{d}/devices.{'allow' if rule.allow else 'deny'}", rule.v1_line())
 
-    def _memory(self, mem: dict) -> None:
-        if not mem:
+    def _memory(self, m: res.Memory) -> None:
+        if m == res.Memory():
             return
-        where = "memory"
-        limit = res.integer(mem, "limit", where, lo=-1)
-        swap = res.integer(mem, "swap", where, lo=-1)
-        reservation = res.integer(mem, "reservation", where, lo=-1)
-        kernel = res.integer(mem, "kernel", where, lo=-1)
-        kernel_tcp = res.integer(mem, "kernelTCP", where, lo=-1)
-        swappiness = res.integer(mem, "swappiness", where, lo=0, hi=100)
-        disable_oom = res.boolean(mem, "disableOOMKiller", where)
+        limit, swap = m.limit, m.swap
         d = self._require("memory", "linux.resources.memory")
         if limit is not None and swap is not None and swap != -1 and limit != -1 and swap < limit:
             raise ResourceError("memory.swap", f"{swap} is below memory.limit {limit} (swap counts memory+swap)")
@@ -162,18 +155,18 @@ class CgroupV1(Cgroup):
             files.write(f"{d}/memory.limit_in_bytes", limit)
         if swap is not None:
             files.write(memsw, swap)
-        if reservation is not None:
-            files.write(f"{d}/memory.soft_limit_in_bytes", reservation)
+        if m.reservation is not None:
+            files.write(f"{d}/memory.soft_limit_in_bytes", m.reservation)
         # Kernel memory limits are deprecated in the runtime-spec; kernels >= 5.16 accept and ignore
         # them, older ones may lack the file or refuse. Like runc, apply them where the kernel can.
-        if kernel is not None and os.path.exists(f"{d}/memory.kmem.limit_in_bytes"):
-            self._write_if_supported(f"{d}/memory.kmem.limit_in_bytes", kernel)
-        if kernel_tcp is not None:
-            files.write(f"{d}/memory.kmem.tcp.limit_in_bytes", kernel_tcp)
-        if swappiness is not None:
-            files.write(f"{d}/memory.swappiness", swappiness)
-        if disable_oom is not None:
-            files.write(f"{d}/memory.oom_control", int(disable_oom))
+        if m.kernel is not None and os.path.exists(f"{d}/memory.kmem.limit_in_bytes"):
+            self._write_if_supported(f"{d}/memory.kmem.limit_in_bytes", m.kernel)
+        if m.kernel_tcp is not None:
+            files.write(f"{d}/memory.kmem.tcp.limit_in_bytes", m.kernel_tcp)
+        if m.swappiness is not None:
+            files.write(f"{d}/memory.swappiness", m.swappiness)
+        if m.disable_oom_killer is not None:
+            files.write(f"{d}/memory.oom_control", int(m.disable_oom_killer))
 
     @staticmethod
     def _write_if_supported(path: str, value: int) -> None:
@@ -224,7 +217,7 @@ class CgroupV1(Cgroup):
             return
         weight = res.integer(bio, "weight", "blockIO", lo=0, hi=1000)
         leaf = res.integer(bio, "leafWeight", "blockIO", lo=0, hi=1000)
-        devices = res.items(bio, "weightDevice", "blockIO")
+        devices = res.weight_devices(bio)
         wanted = any(v for v in (weight, leaf)) or devices or any(bio.get(k) for k in res.THROTTLE_KEYS)
         if not wanted:
             return
@@ -237,19 +230,13 @@ class CgroupV1(Cgroup):
         if leaf:
             self._need(f"{d}/blkio.leaf_weight", "blockIO.leafWeight", "needs the CFQ scheduler")
             files.write(f"{d}/blkio.leaf_weight", leaf)
-        for where, dev in devices:
-            major = res.integer(dev, "major", where, lo=0)
-            minor = res.integer(dev, "minor", where, lo=0)
-            w = res.integer(dev, "weight", where, lo=0, hi=1000)
-            lw = res.integer(dev, "leafWeight", where, lo=0, hi=1000)
-            if major is None or minor is None:
-                raise ResourceError(where, "needs major and minor")
-            if w:
-                self._need(f"{d}/{prefix}.weight_device", f"{where}.weight", "no I/O scheduler with weights")
-                files.write(f"{d}/{prefix}.weight_device", f"{major}:{minor} {w}")
-            if lw:
-                self._need(f"{d}/blkio.leaf_weight_device", f"{where}.leafWeight", "needs the CFQ scheduler")
-                files.write(f"{d}/blkio.leaf_weight_device", f"{major}:{minor} {lw}")
+        for dev in devices:
+            if dev.weight:
+                self._need(f"{d}/{prefix}.weight_device", f"{dev.where}.weight", "no I/O scheduler with weights")
+                files.write(f"{d}/{prefix}.weight_device", f"{dev.major}:{dev.minor} {dev.weight}")
+            if dev.leaf_weight:
+                self._need(f"{d}/blkio.leaf_weight_device", f"{dev.where}.leafWeight", "needs the CFQ scheduler")
+                files.write(f"{d}/blkio.leaf_weight_device", f"{dev.major}:{dev.minor} {dev.leaf_weight}")
         names = dict(zip(res.THROTTLE_KEYS, ("read_bps_device", "write_bps_device", "read_iops_device",
                                              "write_iops_device")))
         for key, name in names.items():

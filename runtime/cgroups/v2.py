@@ -91,7 +91,7 @@ class CgroupV2(Cgroup):
     def update(self, resources: dict) -> None:
         if not isinstance(resources, dict):
             raise ResourceError("", "must be an object")
-        self._memory(res.section(resources, "memory"))
+        self._memory(res.memory(resources))
         self._cpu(res.section(resources, "cpu"))
         pids = res.integer(res.section(resources, "pids"), "limit", "pids")
         if pids:  # 0 leaves it, negative means unlimited
@@ -118,20 +118,15 @@ class CgroupV2(Cgroup):
                                        f"{files.read(f'{self.root}/cgroup.controllers').strip()})")
         files.write(path, value)
 
-    def _memory(self, mem: dict) -> None:
-        if not mem:
-            return
-        where = "memory"
-        limit = res.integer(mem, "limit", where, lo=-1)
-        swap = res.integer(mem, "swap", where, lo=-1)
-        reservation = res.integer(mem, "reservation", where, lo=-1)
-        res.integer(mem, "kernel", where, lo=-1)  # validated, then ignored: v2 has no kernel memory limit
-        if res.integer(mem, "kernelTCP", where, lo=-1) is not None:
+    def _memory(self, m: res.Memory) -> None:
+        # m.kernel is accepted and ignored: the runtime-spec deprecates it and v2 has no such limit.
+        if m.kernel_tcp is not None:
             raise ResourceError("memory.kernelTCP", "cgroup v2 has no separate kernel TCP limit")
-        if res.integer(mem, "swappiness", where, lo=0, hi=100) is not None:
+        if m.swappiness is not None:
             raise ResourceError("memory.swappiness", "cgroup v2 has no per-cgroup swappiness")
-        if res.boolean(mem, "disableOOMKiller", where):
+        if m.disable_oom_killer:
             raise ResourceError("memory.disableOOMKiller", "cgroup v2 cannot disable the OOM killer")
+        limit, swap = m.limit, m.swap
         if limit:
             self._write("memory.max", limit if limit > 0 else "max", "memory.limit")
         if swap:
@@ -145,8 +140,8 @@ class CgroupV2(Cgroup):
             else:
                 value = swap - limit
             self._write("memory.swap.max", value, "memory.swap")
-        if reservation:
-            self._write("memory.low", reservation if reservation > 0 else "max", "memory.reservation")
+        if m.reservation:
+            self._write("memory.low", m.reservation if m.reservation > 0 else "max", "memory.reservation")
 
     def _cpu(self, cpu: dict) -> None:
         if not cpu:
@@ -185,19 +180,15 @@ class CgroupV2(Cgroup):
                 self._write("io.bfq.weight", weight, "blockIO.weight")
             else:
                 self._write("io.weight", f"default {blkio_to_io_weight(max(weight, 10))}", "blockIO.weight")
-        for where, dev in res.items(bio, "weightDevice", "blockIO"):
-            major = res.integer(dev, "major", where, lo=0)
-            minor = res.integer(dev, "minor", where, lo=0)
-            w = res.integer(dev, "weight", where, lo=0, hi=1000)
-            if major is None or minor is None:
-                raise ResourceError(where, "needs major and minor")
-            if res.integer(dev, "leafWeight", where):
-                raise ResourceError(f"{where}.leafWeight", "cgroup v2 has no leaf weights")
-            if w:
+        for dev in res.weight_devices(bio):
+            if dev.leaf_weight:
+                raise ResourceError(f"{dev.where}.leafWeight", "cgroup v2 has no leaf weights")
+            if dev.weight:
                 if bfq:
-                    self._write("io.bfq.weight", f"{major}:{minor} {w}", f"{where}.weight")
+                    self._write("io.bfq.weight", f"{dev.major}:{dev.minor} {dev.weight}", f"{dev.where}.weight")
                 else:
-                    self._write("io.weight", f"{major}:{minor} {blkio_to_io_weight(max(w, 10))}", f"{where}.weight")
+                    self._write("io.weight", f"{dev.major}:{dev.minor} {blkio_to_io_weight(max(dev.weight, 10))}",
+                                f"{dev.where}.weight")
         for key, name in zip(res.THROTTLE_KEYS, ("rbps", "wbps", "riops", "wiops")):
             for t in res.throttles(bio, key):
                 self._write("io.max", f"{t.major}:{t.minor} {name}={t.rate or 'max'}", f"blockIO.{key}")

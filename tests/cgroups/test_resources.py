@@ -1,0 +1,80 @@
+"""The shared `linux.resources` parsing, and the v2 driver's translation of it, on plain files.
+
+A unit test of the parsers plus the v2 driver pointed at a temporary directory laid out like a
+cgroup2 mount, so the translation (OCI memory+swap -> v2 swap alone, weights, refusals) is checked
+on every host, not only in the cgroup2 guest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from railcar.runtime.cgroups import CgroupV2, ResourceError
+from railcar.runtime.cgroups import resources as res
+
+
+def test_memory_parses_every_field() -> None:
+    m = res.memory({"memory": {"limit": 64, "swap": 96, "reservation": 16, "kernel": -1, "kernelTCP": 8,
+                               "swappiness": 60, "disableOOMKiller": False}})
+    assert m == res.Memory(64, 96, 16, -1, 8, 60, False)
+    assert res.memory({}) == res.Memory() == res.memory({"memory": None})
+
+
+@pytest.mark.parametrize(("memory", "path"), [
+    ({"limit": True}, "linux.resources.memory.limit"),        # JSON true is not an integer
+    ({"swap": -2}, "linux.resources.memory.swap"),
+    ({"swappiness": 101}, "linux.resources.memory.swappiness"),
+    ({"disableOOMKiller": 1}, "linux.resources.memory.disableOOMKiller"),
+])
+def test_memory_errors_name_the_json_path(memory: dict, path: str) -> None:
+    with pytest.raises(ResourceError) as e:
+        res.memory({"memory": memory})
+    assert e.value.path == path
+
+
+def test_weight_devices() -> None:
+    bio = {"weightDevice": [{"major": 8, "minor": 0, "weight": 500}, {"major": 8, "minor": 16, "leafWeight": 10}]}
+    assert res.weight_devices(bio) == [res.WeightDevice("blockIO.weightDevice[0]", 8, 0, 500, None),
+                                       res.WeightDevice("blockIO.weightDevice[1]", 8, 16, None, 10)]
+    with pytest.raises(ResourceError) as e:
+        res.weight_devices({"weightDevice": [{"major": 8, "weight": 5}]})
+    assert e.value.path == "linux.resources.blockIO.weightDevice[0]"
+    with pytest.raises(ResourceError) as e:
+        res.weight_devices({"weightDevice": [{"major": 8, "minor": 0, "weight": 1001}]})
+    assert e.value.path == "linux.resources.blockIO.weightDevice[0].weight"
+
+
+@pytest.fixture
+def fake_v2(tmp_path: Path) -> CgroupV2:
+    """A CgroupV2 whose root is a directory holding the control files the driver writes."""
+    (tmp_path / "cgroup.controllers").write_text("memory io\n")
+    leaf = tmp_path / "c"
+    leaf.mkdir()
+    for name in ("memory.max", "memory.swap.max", "memory.low", "io.weight"):
+        (leaf / name).write_text("")
+    return CgroupV2("/c", root=str(tmp_path))
+
+
+def test_v2_translates_memory_and_weights(fake_v2: CgroupV2) -> None:
+    fake_v2.update({"memory": {"limit": 64 << 20, "swap": 96 << 20, "reservation": 16 << 20, "kernel": 1 << 20},
+                    "blockIO": {"weightDevice": [{"major": 8, "minor": 0, "weight": 1000}]}})
+    d = Path(fake_v2.dir)
+    assert (d / "memory.max").read_text() == str(64 << 20)
+    assert (d / "memory.swap.max").read_text() == str(32 << 20)   # v2 counts swap alone
+    assert (d / "memory.low").read_text() == str(16 << 20)
+    assert (d / "io.weight").read_text() == "8:0 10000"
+
+
+@pytest.mark.parametrize(("resources", "path"), [
+    ({"memory": {"kernelTCP": 1}}, "linux.resources.memory.kernelTCP"),
+    ({"memory": {"disableOOMKiller": True}}, "linux.resources.memory.disableOOMKiller"),
+    ({"memory": {"limit": 100, "swap": 50}}, "linux.resources.memory.swap"),
+    ({"blockIO": {"weightDevice": [{"major": 8, "minor": 0, "leafWeight": 5}]}},
+     "linux.resources.blockIO.weightDevice[0].leafWeight"),
+])
+def test_v2_refusals_name_the_json_path(fake_v2: CgroupV2, resources: dict, path: str) -> None:
+    with pytest.raises(ResourceError) as e:
+        fake_v2.update(resources)
+    assert e.value.path == path
