@@ -27,6 +27,7 @@ from pathlib import Path
 IMAGE_REF = "railcar.local/busybox:latest"
 NAMESPACE = "railcar"
 BUSYBOX = "/bin/busybox"
+CGROUP_ROOT = "/sys/fs/cgroup"
 # sun_path holds 108 bytes; containerd also creates "<address>.ttrpc".
 _SOCKET_PATH_LIMIT = 100
 
@@ -116,6 +117,18 @@ class Containerd:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._remove_namespace_cgroups()
+
+    def _remove_namespace_cgroups(self) -> None:
+        """ctr puts containers under /<namespace>/<id>; runtimes remove the leaf, not the parent.
+        Remove the parent once empty (a container still running keeps it)."""
+        for hierarchy in os.listdir(CGROUP_ROOT):
+            parent = os.path.join(CGROUP_ROOT, hierarchy, self.namespace)
+            if not os.path.islink(os.path.join(CGROUP_ROOT, hierarchy)) and os.path.isdir(parent):
+                try:
+                    os.rmdir(parent)
+                except OSError:
+                    pass
 
     def restart(self) -> None:
         self.stop()
