@@ -41,6 +41,12 @@ def _run(flags: Flags) -> int:
             return 1
         sys.stdout.buffer.write(response)
         return 0
+    # The daemon and its forker are what containers are forked from: run them from a sealed copy of
+    # the interpreter (CVE-2019-5736) before anything else is loaded. `start`/`delete` never enter a
+    # container, so they skip the extra exec; zygote-forked daemons inherit the zygote's seal.
+    from railcar.runtime.sealing import reexec_sealed
+
+    reexec_sealed()
     from .daemon import run
 
     return run(flags)

@@ -18,6 +18,8 @@ import socket
 import struct
 import sys
 
+from railcar.runtime.sealing import reexec_sealed
+
 from . import paths
 from .flags import FlagError, parse
 
@@ -117,6 +119,7 @@ def _warm_up() -> None:
 
 def main() -> int:
     """Serve fork requests until idle for the idle timeout."""
+    reexec_sealed()  # every daemon and forker forked from here shares the sealed interpreter (CVE-2019-5736)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked daemons are reaped by the kernel
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # still remove the socket
     path = paths.zygote_socket()

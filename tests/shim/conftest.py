@@ -29,6 +29,25 @@ def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdi
                           capture_output=True, env={**os.environ, "RAILCAR_ZYGOTE": "0", **(env or {})}, timeout=30)
 
 
+def runs_sealed(pid: int) -> bool:
+    """Whether `pid` runs from railcar's sealed memfd copy of the interpreter, not the host's binary."""
+    return os.readlink(f"/proc/{pid}/exe").startswith("/memfd:railcar-sealed")
+
+
+def children_named(pid: int, comm: str) -> list[int]:
+    """The direct children of `pid` whose comm is `comm`."""
+    found = []
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        for child in f.read().split():
+            try:
+                with open(f"/proc/{child}/comm") as c:
+                    if c.read().strip() == comm:
+                        found.append(int(child))
+            except FileNotFoundError:
+                pass
+    return found
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll `predicate` until it holds; False if it still does not after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from railcar.shim import paths
 from railcar.ttrpc_proto.api import task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
 
-from .conftest import run_shim, wait_gone, wait_until
+from .conftest import children_named, run_shim, runs_sealed, wait_gone, wait_until
 
 
 def test_socket_path_hashes_the_cleaned_join() -> None:
@@ -76,6 +76,8 @@ async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle
         fds = _fd_targets(pid)
         assert fds[0] == fds[1] == "/dev/null" and fds[2].endswith("/log") and fds[3].startswith("socket:")
         assert not any(target.startswith("pipe:") for target in fds.values())
+        # A cold daemon re-executed itself from a sealed interpreter; its forker inherits that.
+        assert runs_sealed(pid) and runs_sealed(children_named(pid, "railcar-forker")[0])
 
         other = tmp_path / "other"
         other.mkdir()
@@ -101,6 +103,7 @@ def test_start_imports_neither_trio_nor_protobuf(bundle: Path, address: str) -> 
     imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines() if "|" in line}
     assert "railcar.shim.bootstrap" in imported
     assert not {name for name in imported if name.startswith(("trio", "google"))}
+    assert "railcar.runtime.sealing" not in imported  # never enters a container: no re-exec to pay
     socket_file = result.stdout.decode().removeprefix("unix://")
     # No Create ever comes: the daemon gives up after its grace period and removes its socket.
     assert wait_until(lambda: not os.path.exists(socket_file))
@@ -136,6 +139,8 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
             assert f.read().strip() == "railcar-shim"
         fds = _fd_targets(pid)
         assert fds[0] == fds[1] == fds[2] == "/dev/null" and fds[3].startswith("socket:")
+        # The zygote sealed itself once; its daemons and their forkers share that interpreter.
+        assert runs_sealed(serving) and runs_sealed(pid) and runs_sealed(children_named(pid, "railcar-forker")[0])
         await _shutdown(shim_address)
         assert wait_gone(pid)
     finally:

@@ -1,0 +1,50 @@
+"""CVE-2019-5736 through the real shim: every process a container is forked from runs a sealed interpreter."""
+
+import os
+import time
+
+import pytest
+
+from .conftest import RUNTIME, shim_pids
+
+pytestmark = pytest.mark.integration
+
+
+def _exe(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/exe")
+
+
+def _forker_of(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(child) for child in f.read().split()]
+    forkers = []
+    for child in children:
+        with open(f"/proc/{child}/comm") as f:
+            if f.read().strip() == "railcar-forker":
+                forkers.append(child)
+    assert len(forkers) == 1, f"shim {pid} has children {children}, not one forker"
+    return forkers[0]
+
+
+def _stop(cd, cid: str) -> None:
+    cd.ctr("task", "kill", "-s", "SIGKILL", cid)
+    deadline = time.monotonic() + 15
+    while cd.ctr("task", "delete", cid).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cd.ctr("container", "rm", cid)
+
+
+def test_shim_daemons_and_forkers_run_a_sealed_interpreter(cd, image, cid) -> None:
+    # Two containers: whichever of them a cold daemon serves and whichever a zygote forked, both are sealed.
+    ids = (cid, cid + "-b")
+    try:
+        for name in ids:
+            assert cd.ctr("run", "-d", "--runtime", RUNTIME, image, name, "sleep", "1000").returncode == 0
+        for name in ids:
+            shim = int((cd.bundle(name) / "shim.pid").read_text())
+            assert shim in shim_pids()
+            for pid in (shim, _forker_of(shim)):
+                assert _exe(pid).startswith("/memfd:railcar-sealed"), f"{pid} runs {_exe(pid)}"
+    finally:
+        for name in ids:
+            _stop(cd, name)
