@@ -19,7 +19,7 @@ import resource
 import select
 import signal
 import termios
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NoReturn
 
@@ -88,8 +88,8 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
     """
     parent, child = Channel.pair()
     helper = _fork_helper(parent, child, launch, _intermediate)
-    init_pidfd = None
-    try:
+    with ExitStack() as owned:
+        owned.callback(parent.close)
         with _reaping(helper):
             while True:
                 msg, _ = parent.recv("namespaces", MapIds, InitForked)
@@ -98,52 +98,57 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
                 with stage("namespaces"):
                     _write_id_maps(msg.pid, launch.spec)
                 parent.send(IdsMapped())
-        init_pidfd = os.pidfd_open(msg.pid)
+        _own(owned, msg.pid)
         parent.send(HooksDone(on_forked(msg.pid)))
         parked, fds = parent.recv("process", Parked)
-        return Spawned(msg.pid, fds[0] if parked.console else None)
-    except BaseException:
-        if init_pidfd is not None:
-            _kill_and_wait(init_pidfd)
-        raise
-    finally:
-        parent.close()
-        if init_pidfd is not None:
-            os.close(init_pidfd)
+        return Spawned(msg.pid, _own_console(owned, parked, fds))
 
 
 def spawn_exec(launch: Launch) -> Spawned:
     """Fork a process into the namespaces in ``launch.ns_fds``; return once it has execve'd."""
     parent, child = Channel.pair()
     helper = _fork_helper(parent, child, launch, _exec_intermediate)
-    pidfd = None
-    console = None
-    try:
+    with ExitStack() as owned:
+        owned.callback(parent.close)
         # The intermediate's report and the exec process's may arrive in either order.
-        pid = parked = None
+        pid = parked = console = None
         with _reaping(helper):
             while pid is None:
                 msg, fds = parent.recv("process", ExecForked, Parked)
                 if isinstance(msg, ExecForked):
                     pid = msg.pid
                 else:
-                    parked, console = msg, (fds[0] if msg.console else None)
-        pidfd = os.pidfd_open(pid)
+                    parked, console = msg, _own_console(owned, msg, fds)
+        _own(owned, pid)
         if parked is None:
             parked, fds = parent.recv("process", Parked)
-            console = fds[0] if parked.console else None
+            console = _own_console(owned, parked, fds)
         parent.wait_closed("exec")   # the channel is close-on-exec: EOF means execve worked
         return Spawned(pid, console)
-    except BaseException:
-        if console is not None:
-            os.close(console)
-        if pidfd is not None:
-            _kill_and_wait(pidfd)
-        raise
-    finally:
-        parent.close()
-        if pidfd is not None:
+
+
+def _own(owned: ExitStack, pid: int) -> None:
+    """Hold a pidfd on a half-made process until ``owned`` unwinds; if that is by an error, the
+    process is killed and waited for first (through the pidfd: a reused pid is never hit)."""
+    pidfd = os.pidfd_open(pid)
+
+    def release(failed: type[BaseException] | None, *_: object) -> None:
+        try:
+            if failed is not None:
+                _kill_and_wait(pidfd)
+        finally:
             os.close(pidfd)
+    owned.push(release)
+
+
+def _own_console(owned: ExitStack, parked: Parked, fds: list[int]) -> int | None:
+    """The pty master that came with ``parked``, if any; closed by ``owned`` only if spawning
+    fails after all (on success the caller of spawn_* owns it)."""
+    if not parked.console:
+        return None
+    console = fds[0]
+    owned.push(lambda failed, *_: os.close(console) if failed is not None else None)
+    return console
 
 
 def _fork_helper(parent: Channel, child: Channel, launch: Launch,
@@ -218,12 +223,25 @@ def _close_fds_except(keep: set[int]) -> None:
     os.closerange(low, 1 << 30)
 
 
-def _intermediate(ch: Channel, launch: Launch) -> None:
-    linux = launch.spec.linux
+def _join_cgroup(launch: Launch) -> None:
+    """First thing in an intermediate, before any setns/unshare and fork: the container's
+    processes must never run a line outside its cgroup."""
     if launch.cgroup is not None:
-        # Before any unshare: the init must never run a line outside its cgroup.
         with stage("cgroups"):
             launch.cgroup.add_process(os.getpid())
+
+
+def _fork_child(ch: Channel, launch: Launch, body: Callable[[Channel, Launch], None]) -> int:
+    """Fork the init or exec process from an intermediate; it keeps only the channel and ``launch``'s fds."""
+    pid = os.fork()
+    if pid == 0:
+        _run_child(ch, launch.keep_fds() | {ch.fileno()}, body, launch)
+    return pid
+
+
+def _intermediate(ch: Channel, launch: Launch) -> None:
+    linux = launch.spec.linux
+    _join_cgroup(launch)
     with stage("namespaces"):
         joins = sorted((ns for ns in linux.namespaces if ns.path), key=lambda n: n.type != "user")
         fds = [(os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC), NS_FLAGS[ns.type]) for ns in joins]
@@ -242,10 +260,7 @@ def _intermediate(ch: Channel, launch: Launch) -> None:
         if "time" in new and linux.time_offsets:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write("".join(f"{c} {s} {n}\n" for c, s, n in linux.time_offsets))
-    pid = os.fork()
-    if pid == 0:
-        _run_child(ch, launch.keep_fds() | {ch.fileno()}, _init, launch)
-    ch.send(InitForked(pid))
+    ch.send(InitForked(_fork_child(ch, launch, _init)))
 
 
 def _setns_all(fds: list[tuple[int, int]]) -> None:
@@ -271,9 +286,7 @@ def _init(ch: Channel, launch: Launch) -> None:
         rootfs.pivot(spec.root_path)
         rootfs.finalize(spec)
     ready = _prepare_process(launch)
-    ch.send(Parked(ready.console is not None), [ready.console] if ready.console is not None else [])
-    if ready.console is not None:
-        os.close(ready.console)
+    _report_parked(ch, ready)
     ch.close()
     # Blocks until `start` opens the FIFO for reading. /proc/self/fd works for ourselves even
     # non-dumpable and after the user switch; the FIFO's path is not reachable from here (and
@@ -290,24 +303,24 @@ def _init(ch: Channel, launch: Launch) -> None:
 
 
 def _exec_intermediate(ch: Channel, launch: Launch) -> None:
-    if launch.cgroup is not None:
-        with stage("cgroups"):
-            launch.cgroup.add_process(os.getpid())
+    _join_cgroup(launch)
     with stage("namespaces"):
         _setns_all(launch.ns_fds)
-    pid = os.fork()
-    if pid == 0:
-        _run_child(ch, launch.keep_fds() | {ch.fileno()}, _exec_process, launch)
-    ch.send(ExecForked(pid))
+    ch.send(ExecForked(_fork_child(ch, launch, _exec_process)))
 
 
 def _exec_process(ch: Channel, launch: Launch) -> None:
     ready = _prepare_process(launch)
+    _report_parked(ch, ready)
+    # The channel stays open (close-on-exec) so the caller sees EOF exactly when execve worked.
+    _execve(ready, launch, ch)
+
+
+def _report_parked(ch: Channel, ready: "_Ready") -> None:
+    """Tell the caller we are ready to execve, handing over the pty master (ours no longer)."""
     ch.send(Parked(ready.console is not None), [ready.console] if ready.console is not None else [])
     if ready.console is not None:
         os.close(ready.console)
-    # The channel stays open (close-on-exec) so the caller sees EOF exactly when execve worked.
-    _execve(ready, launch, ch)
 
 
 @dataclass

@@ -113,6 +113,21 @@ def test_exec_failure_is_reported(make_bundle, state_root) -> None:
     finish_quietly(created)
 
 
+def test_exec_failing_at_execve_with_a_terminal_leaks_no_console(make_bundle, state_root) -> None:
+    """The pty master arrives before execve is tried; when execve fails it must not stay open
+    (the autouse no_leaks fixture counts our fds and children)."""
+    bundle = make_bundle(["sleep", "100"])
+    with open(os.path.join(bundle.rootfs, "not-a-program"), "w") as f:
+        f.write("\x7fELF garbage")
+    os.chmod(os.path.join(bundle.rootfs, "not-a-program"), 0o755)
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    with pytest.raises(RuntimeFailure, match="exec"):
+        container.exec({"args": ["/not-a-program"], "cwd": "/"}, terminal=True)
+    container.delete(force=True)
+    finish_quietly(created)
+
+
 def finish_quietly(created) -> None:
     created.read_all()
     wait_for(created.result.pid)
