@@ -175,6 +175,33 @@ class Captured:
         return b"".join(chunks).decode()
 
 
+def exec_captured(container: Container, process: dict) -> Ran:
+    """exec ``process`` with stdout/stderr on one pipe; wait for it and return its status and output."""
+    r, w = os.pipe()
+    try:
+        result = container.exec(process, stdio=(w, w, w))
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    output = Captured(result, r).read_all()
+    return Ran(wait_for(result.pid), output)
+
+
+def read_console(fd: int) -> str:
+    """Read a pty master until the slave side is gone (EIO, or EOF), then close it."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    except OSError:   # EIO once every slave fd is closed
+        pass
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
 def wait_for(pid: int) -> int:
     """Reap children (as the shim's reaper does) until ``pid`` exits; returns its exit code.
 

@@ -4,7 +4,7 @@ import os
 import signal
 
 
-from .conftest import create_captured, finish, run_container, wait_for
+from .conftest import create_captured, exec_captured, finish, read_console, run_container, wait_for
 
 
 def _mountinfo(output: str) -> dict[str, tuple[str, str]]:
@@ -172,18 +172,9 @@ def test_exec_with_terminal(make_bundle, state_root) -> None:
     container, created = create_captured(bundle, state_root)
     container.start()
     result = container.exec({"args": ["tty"], "cwd": "/"}, terminal=True)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(result.console_fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(result.console_fd)
+    out = read_console(result.console_fd)
     assert wait_for(result.pid) == 0
-    assert out.decode().strip().startswith("/dev/pts/")
+    assert out.strip().startswith("/dev/pts/")
     container.kill(signal.SIGKILL)
     finish(container, created)
 
@@ -222,18 +213,10 @@ def test_exec_into_user_namespaced_container(make_bundle, state_root) -> None:
     _give_rootfs_to(bundle, 100000)
     container, created = create_captured(bundle, state_root)
     container.start()
-    r, w = os.pipe()
-    try:
-        result = container.exec({"args": ["sh", "-c", "id -u; cat /proc/self/uid_map"],
-                                 "cwd": "/", "user": {"uid": 0, "gid": 0}}, stdio=(w, w, w))
-    finally:
-        os.close(w)
-    out = b""
-    while chunk := os.read(r, 4096):
-        out += chunk
-    os.close(r)
-    assert wait_for(result.pid) == 0
-    assert out.decode().split() == ["0", "0", "100000", "65536"]
+    ran = exec_captured(container, {"args": ["sh", "-c", "id -u; cat /proc/self/uid_map"],
+                                    "cwd": "/", "user": {"uid": 0, "gid": 0}})
+    assert ran.status == 0
+    assert ran.output.split() == ["0", "0", "100000", "65536"]
     container.kill(signal.SIGKILL)
     finish(container, created)
 

@@ -7,7 +7,7 @@ import pytest
 
 from railcar.runtime import Container, ContainerNotFound, InvalidState, RuntimeFailure
 
-from .conftest import create_captured, finish, run_container, wait_for
+from .conftest import create_captured, exec_captured, finish, read_console, run_container, wait_for
 
 
 def test_pid_1_and_hostname(make_bundle, state_root) -> None:
@@ -82,19 +82,11 @@ def test_exec_sees_same_pid_namespace(make_bundle, state_root) -> None:
     bundle = make_bundle(["sleep", "100"])
     container, created = create_captured(bundle, state_root)
     container.start()
-    r, w = os.pipe()
-    try:
-        result = container.exec({"args": ["sh", "-c", "echo $$; cat /proc/self/cgroup; echo; "
-                                          "cat /proc/1/cgroup; echo; cat /proc/1/cmdline"],
-                                 "cwd": "/", "env": ["PATH=/bin"]}, stdio=(w, w, w))
-    finally:
-        os.close(w)
-    out = b""
-    while chunk := os.read(r, 4096):
-        out += chunk
-    os.close(r)
-    assert wait_for(result.pid) == 0
-    exec_pid, cgroups = out.decode().split("\n", 1)
+    ran = exec_captured(container, {"args": ["sh", "-c", "echo $$; cat /proc/self/cgroup; echo; "
+                                             "cat /proc/1/cgroup; echo; cat /proc/1/cmdline"],
+                                    "cwd": "/", "env": ["PATH=/bin"]})
+    assert ran.status == 0
+    exec_pid, cgroups = ran.output.split("\n", 1)
     exec_cgroup, init_cgroup, init_cmdline = cgroups.split("\n\n")
     assert int(exec_pid) > 1
     assert exec_cgroup == init_cgroup and bundle.id in exec_cgroup
@@ -150,19 +142,10 @@ def test_terminal_gives_the_caller_the_pty_master(make_bundle, state_root) -> No
     container, result = Container.create(bundle.id, bundle.path, root=state_root, terminal=True)
     assert result.console_fd is not None
     container.start()
-    out = b""
-    while True:
-        try:
-            chunk = os.read(result.console_fd, 4096)
-        except OSError:   # EIO once the slave side is closed
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(result.console_fd)
+    out = read_console(result.console_fd)
     wait_for(result.pid)
     container.delete()
-    assert out.decode().split() == ["/dev/pts/0", "done"]
+    assert out.split() == ["/dev/pts/0", "done"]
 
 
 def test_hooks_run_at_their_moments(make_bundle, state_root, tmp_path) -> None:
