@@ -6,6 +6,8 @@ import sys
 
 import trio
 
+from railcar.io import ProcessIO
+
 
 def open_reader(path: str) -> int:
     """Be the client: open a FIFO for reading, as containerd does before Create."""
@@ -40,3 +42,17 @@ def container(script: str, stdio: tuple[int, int, int]) -> subprocess.Popen[byte
 
 async def wait(process: subprocess.Popen[bytes]) -> int:
     return await trio.to_thread.run_sync(process.wait)
+
+
+async def run_and_read(pio: ProcessIO, script: str, reader: int) -> tuple[int, bytes]:
+    """Run `script` behind `pio` and forward until the client's `reader` sees EOF.
+
+    Returns the process's exit status and every byte the client read.
+    """
+    assert pio.container_stdio is not None
+    process = container(script, pio.container_stdio)
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        received = await read_to_eof(reader)
+    return await wait(process), received

@@ -15,7 +15,7 @@ import trio
 from railcar.io import ProcessIO
 from railcar.io.pump import PIPE_SIZE
 
-from .clients import container, open_reader, read_to_eof, wait
+from .clients import container, open_reader, read_to_eof, run_and_read, wait
 
 MB = 1 << 20
 
@@ -26,17 +26,9 @@ async def test_100_mb_arrive_byte_exact(fifo: Callable[[str], str], tmp_path: Pa
     out = fifo("stdout")
     pio = await ProcessIO.open("", out, "", terminal=False)
     assert pio.container_stdio is not None
-    reader = open_reader(out)
-    writer = container(
-        f"import sys; b = open({str(tmp_path / 'block')!r}, 'rb').read()\n"
-        "for _ in range(100): sys.stdout.buffer.write(b)",
-        pio.container_stdio,
-    )
-    pio.close_container_side()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pio.run)
-        received = await read_to_eof(reader)
-    assert await wait(writer) == 0
+    status, received = await run_and_read(pio, f"import sys; b = open({str(tmp_path / 'block')!r}, 'rb').read()\n"
+                                                "for _ in range(100): sys.stdout.buffer.write(b)", open_reader(out))
+    assert status == 0
     assert len(received) == 100 * MB
     assert hashlib.sha256(received).digest() == hashlib.sha256(block * 100).digest()
     await pio.aclose()
@@ -46,20 +38,12 @@ async def test_thousand_writers_that_exit_at_once_lose_nothing(fifo: Callable[[s
     out = fifo("stdout")
     pio = await ProcessIO.open("", out, "", terminal=False)
     assert pio.container_stdio is not None
-    reader = open_reader(out)
-    parent = container(
-        "import os\n"
-        "for i in range(1000):\n"
-        "    if os.fork() == 0:\n"
-        "        os.write(1, b'writer %d\\n' % i); os._exit(0)\n"
-        "for _ in range(1000): os.wait()",
-        pio.container_stdio,
-    )
-    pio.close_container_side()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pio.run)
-        received = await read_to_eof(reader)
-    assert await wait(parent) == 0
+    status, received = await run_and_read(pio, "import os\n"
+                                                "for i in range(1000):\n"
+                                                "    if os.fork() == 0:\n"
+                                                "        os.write(1, b'writer %d\\n' % i); os._exit(0)\n"
+                                                "for _ in range(1000): os.wait()", open_reader(out))
+    assert status == 0
     lines = received.decode().splitlines()
     assert sorted(lines) == sorted(f"writer {i}" for i in range(1000))
     await pio.aclose()
