@@ -18,6 +18,7 @@ import os
 import resource
 import select
 import signal
+import struct
 import termios
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -340,6 +341,8 @@ def _prepare_process(launch: Launch) -> _Ready:
         if launch.terminal:
             console, slave = os.openpty()   # /dev/ptmx of the container's devpts
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            if proc.console_size is not None:
+                fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *proc.console_size, 0, 0))
             os.fchown(slave, proc.user.uid, proc.user.gid)
             stdio = (slave, slave, slave)
         elif launch.stdio is not None:

@@ -44,6 +44,7 @@ class Process:
     rlimits: tuple[Rlimit, ...] = ()
     oom_score_adj: int | None = None
     no_new_privileges: bool = False
+    console_size: tuple[int, int] | None = None   # (height, width) of the pty, terminal only
     raw: dict = field(default_factory=dict, compare=False)
 
 
@@ -210,11 +211,18 @@ def _process(doc: Any, path: str) -> Process:
     oom = p.get("oomScoreAdj")
     if oom is not None and (not _is_int(oom) or not -1000 <= oom <= 1000):
         raise SpecError(f"{path}.oomScoreAdj", "must be an integer between -1000 and 1000")
+    size = _obj(p.get("consoleSize"), f"{path}.consoleSize")
+    console_size = None
+    if size:
+        console_size = tuple(_uint(size, key, f"{path}.consoleSize.{key}", required=True)
+                             for key in ("height", "width"))
+        if max(console_size) > 0xFFFF:
+            raise SpecError(f"{path}.consoleSize", f"height and width must be at most 65535, got {size}")
     return Process(args=tuple(args), cwd=cwd, env=tuple(env),
                    terminal=_bool(p, "terminal", f"{path}.terminal"), user=user,
                    rlimits=tuple(rlimits), oom_score_adj=oom,
                    no_new_privileges=_bool(p, "noNewPrivileges", f"{path}.noNewPrivileges"),
-                   raw=p)
+                   console_size=console_size, raw=p)
 
 
 def _mount(doc: Any, path: str) -> Mount:

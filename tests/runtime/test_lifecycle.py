@@ -180,3 +180,23 @@ def test_failing_hook_fails_create_and_leaves_nothing(make_bundle, state_root) -
     with pytest.raises(RuntimeFailure, match="createRuntime"):
         Container.create(bundle.id, bundle.path, root=state_root)
     assert not os.path.exists(os.path.join(state_root, bundle.id))
+
+
+def test_console_size_is_applied_to_init_and_exec(make_bundle, state_root) -> None:
+    """process.consoleSize sets the pty's window size before the program runs (not ignored)."""
+    bundle = make_bundle(["sh", "-c", "stty size; sleep 100"],
+                         edit=lambda c: c["process"].update(terminal=True, consoleSize={"height": 31, "width": 97}))
+    container, result = Container.create(bundle.id, bundle.path, root=state_root, terminal=True)
+    container.start()
+    first_line = b""
+    while not first_line.endswith(b"\n"):
+        first_line += os.read(result.console_fd, 1)
+    assert first_line.decode().split() == ["31", "97"], first_line
+    ran = container.exec({"args": ["stty", "size"], "cwd": "/", "consoleSize": {"height": 5, "width": 7}},
+                         terminal=True)
+    assert read_console(ran.console_fd).split() == ["5", "7"]
+    assert wait_for(ran.pid) == 0
+    container.kill(signal.SIGKILL)
+    os.close(result.console_fd)
+    wait_for(result.pid)
+    container.delete()
