@@ -23,6 +23,8 @@ RUNTIME = "io.containerd.railcar.v2"
 VENV_BIN = Path(sys.executable).parent
 SOCKET_DIR = "/run/containerd/s"
 RUNTIME_STATE = "/run/railcar"
+ZYGOTE_IDLE_ENV = "RAILCAR_ZYGOTE_IDLE"
+ZYGOTE_IDLE = "10"  # seconds: long enough to serve a run of tests, short enough to go soon after
 
 
 def processes_named(comm: str) -> set[int]:
@@ -42,7 +44,7 @@ def processes_named(comm: str) -> set[int]:
 
 
 def shim_pids() -> set[int]:
-    """Running railcar shim daemons and their forkers (the zygote is a per-node service, not a leak)."""
+    """Running railcar shim daemons and their forkers (the zygote lives on between tests; the session stops it)."""
     return processes_named("railcar-shim") | processes_named("railcar-forker")
 
 
@@ -62,17 +64,59 @@ def cgroups_of(namespace: str) -> list[str]:
     return left
 
 
+def cgroups_parents(namespace: str) -> list[str]:
+    """The namespace's cgroup parent (/<namespace>) in any hierarchy."""
+    return [str(h / namespace) for h in Path("/sys/fs/cgroup").iterdir() if (h / namespace).is_dir()]
+
+
+def zygotes_of(cd: devenv.Containerd) -> set[int]:
+    """Live zygotes a shim `start` of this containerd spawned (containerd puts TTRPC_ADDRESS in their env)."""
+    mine = f"TTRPC_ADDRESS={cd.ttrpc_address}".encode()
+    found = set()
+    for pid in processes_named("railcar-zygote"):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mine in f.read().split(b"\0"):
+                    found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
+def _stop_zygotes(cd: devenv.Containerd) -> None:
+    """SIGTERM (the zygote removes its socket) the zygotes our shims started, by pid, and wait for them."""
+    for pid in zygotes_of(cd):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    assert not _settled(lambda: zygotes_of(cd)), "zygotes did not stop"
+
+
 @pytest.fixture(scope="session")
 def containerd() -> Iterator[devenv.Containerd]:
-    zygotes_before = processes_named("railcar-zygote")
+    """containerd for the session, in a namespace of its own (so its cgroup parent and runtime state
+    directory are ours to remove), with a short zygote idle time; at the end, nothing of it is left."""
     workdir = Path(tempfile.mkdtemp(prefix="railcar-it-"))
-    cd = devenv.start_containerd(workdir, extra_path=[str(VENV_BIN)])
+    saved = os.environ.get(ZYGOTE_IDLE_ENV)
+    os.environ[ZYGOTE_IDLE_ENV] = ZYGOTE_IDLE  # containerd, and so every shim and zygote, inherit it
+    try:
+        cd = devenv.start_containerd(workdir, extra_path=[str(VENV_BIN)])
+    finally:
+        if saved is None:
+            del os.environ[ZYGOTE_IDLE_ENV]
+        else:
+            os.environ[ZYGOTE_IDLE_ENV] = saved
+    cd.namespace = f"railcar-it-{os.getpid()}"
     try:
         yield cd
     finally:
-        cd.stop()
-        for pid in processes_named("railcar-zygote") - zygotes_before:  # the one our shims started
-            os.kill(pid, signal.SIGTERM)
+        cd.stop()  # also removes the namespace's empty cgroup parents
+        _stop_zygotes(cd)
+        runtime_dir = Path(RUNTIME_STATE) / cd.namespace
+        if runtime_dir.is_dir():
+            runtime_dir.rmdir()  # fails (and so reports) if a container's state is still in it
+        assert not cgroups_parents(cd.namespace), "namespace cgroups left"
 
 
 @pytest.fixture(scope="session")
