@@ -18,6 +18,7 @@ import errno as errno_mod
 import functools
 import json
 import os
+from typing import Any
 
 from .errors import RuntimeFailure, SpecError
 
@@ -112,12 +113,32 @@ class SeccompProgram:
             raise RuntimeFailure("seccomp", f"loading the seccomp filter: {os.strerror(err)}")
 
 
+def _known(table: dict, name: object, where: str, what: str) -> Any:
+    """``table[name]``, or a SpecError when ``name`` is not one of its (string) keys."""
+    if not isinstance(name, str) or name not in table:
+        raise SpecError(where, f"unknown {what} {name!r}")
+    return table[name]
+
+
+def _list(value: object, where: str) -> list:
+    """An optional JSON list ([] when absent or null)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(where, f"must be a list, got {type(value).__name__}")
+    return value
+
+
+def _uint(value: object, where: str, bits: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << bits:
+        raise SpecError(where, f"must be an unsigned {bits}-bit integer, got {value!r}")
+    return value
+
+
 def _action(name: object, errno_ret: object, where: str) -> int:
     if name == "SCMP_ACT_NOTIFY":
         raise SpecError(where, "SCMP_ACT_NOTIFY (seccomp user notification) is not supported by railcar")
-    if name not in ACTIONS:
-        raise SpecError(where, f"unknown seccomp action {name!r}")
-    value, takes_errno = ACTIONS[name]  # type: ignore[index]
+    value, takes_errno = _known(ACTIONS, name, where, "seccomp action")
     if not takes_errno:
         return value
     if errno_ret is None:
@@ -152,24 +173,22 @@ def _compile_canonical(canonical: str) -> SeccompProgram:
         raise SpecError(f"{where}.listenerPath", "seccomp user notification is not supported by railcar")
     default = _action(seccomp.get("defaultAction"), seccomp.get("defaultErrnoRet"), f"{where}.defaultAction")
     flags = 0
-    for i, flag in enumerate(seccomp.get("flags") or []):
-        if flag not in FLAGS:
-            raise SpecError(f"{where}.flags[{i}]", f"unknown seccomp flag {flag!r}")
-        flags |= FLAGS[flag]
+    for i, flag in enumerate(_list(seccomp.get("flags"), f"{where}.flags")):
+        flags |= _known(FLAGS, flag, f"{where}.flags[{i}]", "seccomp flag")
     lib = _libseccomp()
     ctx = lib.seccomp_init(default)
     if not ctx:
         raise RuntimeFailure("seccomp", f"seccomp_init refused default action {seccomp.get('defaultAction')!r}")
     try:
         lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_NNP, 0)  # no_new_privs is the security plan's call
-        for i, arch in enumerate(seccomp.get("architectures") or []):
-            token = lib.seccomp_arch_resolve_name(_arch_name(str(arch)))
+        for i, arch in enumerate(_list(seccomp.get("architectures"), f"{where}.architectures")):
+            token = lib.seccomp_arch_resolve_name(_arch_name(arch)) if isinstance(arch, str) else 0
             if token == 0:
                 raise SpecError(f"{where}.architectures[{i}]", f"unknown architecture {arch!r}")
             rc = lib.seccomp_arch_add(ctx, token)
             if rc < 0 and rc != -errno_mod.EEXIST:
                 raise SpecError(f"{where}.architectures[{i}]", f"cannot add {arch!r}: {os.strerror(-rc)}")
-        for i, rule in enumerate(seccomp.get("syscalls") or []):
+        for i, rule in enumerate(_list(seccomp.get("syscalls"), f"{where}.syscalls")):
             _add_rule(lib, ctx, rule, default, f"{where}.syscalls[{i}]")
         return SeccompProgram(_export(lib, ctx), flags)
     finally:
@@ -183,7 +202,7 @@ def _add_rule(lib: ctypes.CDLL, ctx: int, rule: dict, default: int, where: str) 
     names = rule.get("names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise SpecError(f"{where}.names", "must be a non-empty list of syscall names")
-    groups = _argument_groups(rule.get("args") or [], f"{where}.args")
+    groups = _argument_groups(_list(rule.get("args"), f"{where}.args"), f"{where}.args")
     if action == default:
         return
     for name in names:
@@ -199,22 +218,16 @@ def _add_rule(lib: ctypes.CDLL, ctx: int, rule: dict, default: int, where: str) 
 
 def _argument_groups(args: list, where: str) -> list[list[_ArgCmp]]:
     """One comparison list per rule to add: several conditions on one argument index are ORed."""
-    if not isinstance(args, list):
-        raise SpecError(where, "must be a list")
     cmps = []
     for j, arg in enumerate(args):
         here = f"{where}[{j}]"
         if not isinstance(arg, dict):
             raise SpecError(here, "must be an object")
         index, value, value2, op = arg.get("index"), arg.get("value", 0), arg.get("valueTwo", 0), arg.get("op")
-        if not isinstance(index, int) or not 0 <= index <= 5:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= 5:
             raise SpecError(f"{here}.index", f"must be an argument index 0-5, got {index!r}")
-        for key, v in (("value", value), ("valueTwo", value2)):
-            if not isinstance(v, int) or not 0 <= v < 1 << 64:
-                raise SpecError(f"{here}.{key}", f"must be an unsigned 64-bit integer, got {v!r}")
-        if op not in OPERATORS:
-            raise SpecError(f"{here}.op", f"unknown comparison {op!r}")
-        cmps.append(_ArgCmp(index, OPERATORS[op], value, value2))
+        cmps.append(_ArgCmp(index, _known(OPERATORS, op, f"{here}.op", "comparison"),
+                            _uint(value, f"{here}.value", 64), _uint(value2, f"{here}.valueTwo", 64)))
     indexes = [c.arg for c in cmps]
     if len(set(indexes)) == len(indexes):
         return [cmps]

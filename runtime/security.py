@@ -160,13 +160,15 @@ def _write_attr(path: str, value: str, what: str) -> None:
 
 def _cap_set(caps: dict, name: str) -> frozenset[int]:
     where = f"process.capabilities.{name}"
-    names = caps.get(name) or []
+    names = caps.get(name)
+    if names is None:
+        names = []
     if not isinstance(names, list):
         raise SpecError(where, "must be a list of capability names")
     known = last_cap()
     out = set()
     for i, cap in enumerate(names):
-        if cap not in CAP_NUMBERS:
+        if not isinstance(cap, str) or cap not in CAP_NUMBERS:
             raise SpecError(f"{where}[{i}]", f"unknown capability {cap!r}")
         if CAP_NUMBERS[cap] <= known:  # newer than this kernel: it cannot be granted, like runc we skip it
             out.add(CAP_NUMBERS[cap])

@@ -162,6 +162,22 @@ def test_seccomp_default_errno_applies() -> None:
      "linux.seccomp.architectures[0]"),
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_MAGIC"]}},
      "linux.seccomp.flags[0]"),
+    # Wrong JSON types are named, never a TypeError from a lookup or a loop.
+    ({"capabilities": {"bounding": [["CAP_KILL"]]}}, {}, "process.capabilities.bounding[0]"),
+    ({"capabilities": {"permitted": {"CAP_KILL": True}}}, {}, "process.capabilities.permitted"),
+    ({}, {"seccomp": {"defaultAction": ["SCMP_ACT_ALLOW"]}}, "linux.seccomp.defaultAction"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "flags": 1}}, "linux.seccomp.flags"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "flags": [{}]}}, "linux.seccomp.flags[0]"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "architectures": 1}}, "linux.seccomp.architectures"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": 1}}, "linux.seccomp.syscalls"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": {}}]}},
+     "linux.seccomp.syscalls[0].action"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "value": 1, "op": []}]}]}},
+     "linux.seccomp.syscalls[0].args[0].op"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_ERRNO", "args": [{"index": True, "op": "SCMP_CMP_EQ"}]}]}},
+     "linux.seccomp.syscalls[0].args[0].index"),
 ])
 def test_bad_specs_name_the_json_path(process: dict, linux: dict, path: str) -> None:
     with pytest.raises(SpecError) as e:
