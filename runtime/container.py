@@ -7,6 +7,7 @@ for here). Every other verb works from the state on disk alone, from any process
 """
 
 import json
+import logging
 import os
 import select
 import shutil
@@ -22,6 +23,8 @@ from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, is_alive,
                     read_record, start_time, write_record)
 
 DEFAULT_ROOT = "/run/railcar"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -298,8 +301,8 @@ class Container:
         if hooks:
             try:
                 _run_hooks("poststop", hooks, self._hook_state("stopped"))
-            except RuntimeFailure:
-                pass   # runtime-spec: a failing poststop hook must not stop the delete
+            except RuntimeFailure as e:   # runtime-spec: log it, and the delete goes on
+                log.warning("container %s: %s; deleting anyway", self.id, e)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

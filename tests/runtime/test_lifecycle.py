@@ -1,5 +1,6 @@
 """Lifecycle through the library: create, start, state, exec, kill, delete, on real namespaces."""
 
+import logging
 import os
 import signal
 
@@ -180,6 +181,14 @@ def test_failing_hook_fails_create_and_leaves_nothing(make_bundle, state_root) -
     with pytest.raises(RuntimeFailure, match="createRuntime"):
         Container.create(bundle.id, bundle.path, root=state_root)
     assert not os.path.exists(os.path.join(state_root, bundle.id))
+
+
+def test_failing_poststop_hook_is_logged_and_delete_goes_on(make_bundle, state_root, caplog) -> None:
+    bundle = make_bundle(["true"], edit=lambda c: c.update(hooks={"poststop": [{"path": "/bin/false"}]}))
+    with caplog.at_level(logging.WARNING, logger="railcar.runtime"):
+        assert run_container(bundle, state_root).status == 0
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
+    assert any("poststop" in r.getMessage() and bundle.id in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_console_size_is_applied_to_init_and_exec(make_bundle, state_root) -> None:
