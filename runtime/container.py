@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from . import security
 from .cgroups import Cgroup, open_cgroup
 from .errors import ContainerExists, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
-from .process import PROC_NS, Launch, spawn_exec, spawn_init
+from .process import PROC_NS, Launch, Spawned, kill_and_wait, spawn_exec, spawn_init
 from .spec import Spec, load_spec, parse_process, parse_spec
 from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, is_alive,
                     read_record, start_time, write_record)
@@ -82,6 +82,7 @@ class Container:
         record = Record(id=container_id, bundle=spec.bundle, oci_version=spec.oci_version,
                         annotations=spec.annotations)
         cgroup: Cgroup | None = None
+        spawned = None
         try:
             with open(os.path.join(directory, CONFIG_FILE), "w") as f:
                 json.dump(spec.raw, f)
@@ -116,6 +117,8 @@ class Container:
             record.created = True
             write_record(directory, record)
         except BaseException:
+            if spawned is not None:   # parked in its cgroup (which it has to leave first) and ours
+                _kill_parked(spawned, record.init_start_time)
             if cgroup is not None:
                 cgroup.destroy()
             shutil.rmtree(directory, ignore_errors=True)
@@ -304,6 +307,23 @@ class Container:
             except RuntimeFailure as e:   # runtime-spec: log it, and the delete goes on
                 log.warning("container %s: %s; deleting anyway", self.id, e)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _kill_parked(spawned: Spawned, started: int) -> None:
+    """Undo a successful spawn_init when create fails after it: SIGKILL the parked init and wait
+    until it is gone (it has no children: it dies at once, and a zombie leaves its cgroup), then
+    close its pty master. Through a pidfd checked against the start time: never a reused pid."""
+    if spawned.console_fd is not None:
+        os.close(spawned.console_fd)
+    try:
+        pidfd = os.pidfd_open(spawned.pid)
+    except ProcessLookupError:
+        return
+    try:
+        if is_alive(spawned.pid, started):
+            kill_and_wait(pidfd)
+    finally:
+        os.close(pidfd)
 
 
 # What every container may use whatever linux.resources.devices says (runc's AllowedDevices):

@@ -136,7 +136,7 @@ def _own(owned: ExitStack, pid: int) -> None:
     def release(failed: type[BaseException] | None, *_: object) -> None:
         try:
             if failed is not None:
-                _kill_and_wait(pidfd)
+                kill_and_wait(pidfd)
         finally:
             os.close(pidfd)
     owned.push(release)
@@ -174,7 +174,7 @@ def _reaping(helper: int) -> Iterator[None]:
         os.waitpid(helper, 0)
 
 
-def _kill_and_wait(pidfd: int) -> None:
+def kill_and_wait(pidfd: int) -> None:
     """SIGKILL a half-made process and wait until it is dead (we are not its parent)."""
     try:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)

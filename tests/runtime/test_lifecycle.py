@@ -209,3 +209,21 @@ def test_console_size_is_applied_to_init_and_exec(make_bundle, state_root) -> No
     os.close(result.console_fd)
     wait_for(result.pid)
     container.delete()
+
+
+def test_failure_after_the_init_is_parked_leaves_nothing(make_bundle, state_root, monkeypatch) -> None:
+    """The last step of create (recording it as created) failing must not leave a parked init,
+    its pty master or its cgroup behind (the autouse no_leaks fixture checks)."""
+    import railcar.runtime.container as container_module
+    real_write = container_module.write_record
+
+    def failing_write(directory: str, record) -> None:
+        if record.created:
+            raise OSError(28, "No space left on device")
+        real_write(directory, record)
+
+    monkeypatch.setattr(container_module, "write_record", failing_write)
+    bundle = make_bundle(["true"])
+    with pytest.raises(OSError, match="No space"):
+        Container.create(bundle.id, bundle.path, root=state_root, terminal=True)
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
