@@ -178,8 +178,21 @@ def parse_process(doc: Any, path: str = "process") -> Process:
     return _process(doc, path)
 
 
+# runtime-spec fields railcar does not implement: refused with a clear error rather than ignored,
+# so a container never runs without a setting it asked for.
+UNSUPPORTED_PROCESS = ("scheduler", "ioPriority", "execCPUAffinity")
+UNSUPPORTED_LINUX = ("personality", "intelRdt", "memoryPolicy", "netDevices")
+
+
+def _refuse(doc: dict, keys: tuple[str, ...], path: str) -> None:
+    for key in keys:
+        if doc.get(key) is not None:
+            raise SpecError(f"{path}.{key}", "is not supported by railcar")
+
+
 def _process(doc: Any, path: str) -> Process:
     p = _obj(doc, path, required=True)
+    _refuse(p, UNSUPPORTED_PROCESS, path)
     args = _str_list(p.get("args"), f"{path}.args")
     if not args:
         raise SpecError(f"{path}.args", "must be a non-empty list")
@@ -237,6 +250,7 @@ def _mount(doc: Any, path: str) -> Mount:
 
 def _linux(doc: Any, path: str) -> Linux:
     lx = _obj(doc, path)
+    _refuse(lx, UNSUPPORTED_LINUX, path)
     namespaces, seen = [], set()
     for i, ns in enumerate(_list(lx.get("namespaces"), f"{path}.namespaces")):
         np = f"{path}.namespaces[{i}]"
