@@ -16,14 +16,14 @@ from typing import TypeVar
 import trio
 from google.protobuf.message import DecodeError, Message
 
-from .events import ConnectionClosed, PeerError, Response
+from .events import Event, PeerError, Response
+from .exchange import exchange
 from .outbox import Outbox
 from .protocol import Connection, MessageTooLarge, Role
 from .status import CLOSED_MESSAGE, Code, TtrpcError
 
 M = TypeVar("M", bound=Message)
 
-_READ_SIZE = 65536
 
 
 class _Pending:
@@ -108,34 +108,16 @@ class Client:
     async def _run(self) -> None:
         """Read responses and write requests until the connection ends, then fail what is pending."""
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_then_stop, nursery.cancel_scope)
-                await self._read()
-                nursery.cancel_scope.cancel()
+            await exchange(self._conn, self._outbox, self._stream, self._on_event)
         finally:
             self._close_pending()
 
-    async def _write_then_stop(self, scope: trio.CancelScope) -> None:
-        await self._outbox.write_all(self._stream)
-        scope.cancel()
-
-    async def _read(self) -> None:
-        while True:
-            try:
-                data = await self._stream.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            self._conn.receive_data(data)
-            while True:
-                event = self._conn.next_event()
-                if isinstance(event, Response):
-                    self._resolve(event.stream_id, event)
-                elif isinstance(event, PeerError):
-                    self._resolve(event.stream_id, TtrpcError(event.code, event.message))
-                elif isinstance(event, ConnectionClosed):
-                    return
-                else:
-                    break  # NEED_DATA; a Data frame has no meaning for unary calls
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Response):
+            self._resolve(event.stream_id, event)
+        elif isinstance(event, PeerError):
+            self._resolve(event.stream_id, TtrpcError(event.code, event.message))
+        # a Data frame has no meaning for unary calls
 
     def _resolve(self, stream_id: int, outcome: Response | TtrpcError) -> None:
         pending = self._pending.get(stream_id)

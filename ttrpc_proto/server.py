@@ -25,14 +25,14 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 from google.protobuf.message import DecodeError, Message
 
-from .events import ConnectionClosed, PeerError, Request
+from .events import Event, PeerError, Request
+from .exchange import exchange
 from .outbox import Outbox
 from .protocol import Connection, MessageTooLarge, Role
 from .status import Code, TtrpcError
 
 log = logging.getLogger(__name__)
 
-_READ_SIZE = 65536
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 #: accept() failures that mean "out of resources for now": wait and retry instead of dying.
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -108,10 +108,9 @@ class Server:
         entry = (conn, outbox)
         self._connections.add(entry)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_then_stop, outbox, stream, nursery.cancel_scope)
-                await self._read(conn, outbox, stream, nursery)
-                nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as handlers:   # one task per request; cancelled when the connection ends
+                await exchange(conn, outbox, stream, lambda event: self._on_event(conn, outbox, handlers, event))
+                handlers.cancel_scope.cancel()
         finally:
             self._connections.discard(entry)
             self._progress.unpark_all()
@@ -127,30 +126,14 @@ class Server:
         while any(conn.open_streams or outbox.queued for conn, outbox in self._connections):
             await self._progress.park()
 
-    @staticmethod
-    async def _write_then_stop(outbox: Outbox, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
-        await outbox.write_all(stream)
-        scope.cancel()
-
-    async def _read(self, conn: Connection, outbox: Outbox, stream: trio.abc.Stream, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                data = await stream.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            conn.receive_data(data)
-            while True:
-                event = conn.next_event()
-                if isinstance(event, Request):
-                    nursery.start_soon(self._answer, conn, outbox, event)
-                elif isinstance(event, PeerError):
-                    log.debug("ttrpc peer error on stream %d: %s", event.stream_id, event.message)
-                    if event.answer:
-                        outbox.put(conn.send_response(event.stream_id, code=event.code, message=event.message))
-                elif isinstance(event, ConnectionClosed):
-                    return
-                else:
-                    break  # NEED_DATA; Data frames have no meaning for unary services
+    def _on_event(self, conn: Connection, outbox: Outbox, handlers: trio.Nursery, event: Event) -> None:
+        if isinstance(event, Request):
+            handlers.start_soon(self._answer, conn, outbox, event)
+        elif isinstance(event, PeerError):
+            log.debug("ttrpc peer error on stream %d: %s", event.stream_id, event.message)
+            if event.answer:
+                outbox.put(conn.send_response(event.stream_id, code=event.code, message=event.message))
+        # Data frames have no meaning for unary services
 
     async def _answer(self, conn: Connection, outbox: Outbox, request: Request) -> None:
         code, message, payload = await self._call(request)

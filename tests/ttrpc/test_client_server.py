@@ -14,7 +14,7 @@ from google.protobuf import wrappers_pb2
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.client import connect_unix, open_client
 from railcar.ttrpc_proto.events import NEED_DATA, Response
-from railcar.ttrpc_proto.frame import MAX_PAYLOAD
+from railcar.ttrpc_proto.frame import MAX_PAYLOAD, MessageType, encode_frame
 from railcar.ttrpc_proto.protocol import Connection, Role
 from railcar.ttrpc_proto.server import CallContext, Server
 
@@ -351,3 +351,32 @@ async def test_drain_returns_once_the_last_answer_is_written() -> None:
             assert drained == []  # a call is still in progress
             release.set()
     assert sorted(drained) == ["done", "drained"]
+
+
+async def test_server_answers_a_request_that_follows_a_data_frame_in_one_read(
+        autojump_clock: trio.abc.Clock) -> None:
+    """A Data frame means nothing to a unary server, but must not hide the request after it
+    until more bytes arrive (with the autojump clock a hang fails at once, not after a wait)."""
+    sender = Connection(Role.CLIENT)
+    _, request = sender.send_request(SVC, "Echo", S(value="after data").SerializeToString())
+    data = encode_frame(7, MessageType.DATA, b"stray")
+    with trio.fail_after(60):
+        (response,) = await raw_exchange(echo_server(), data + request, 1)
+    assert S.FromString(response.payload).value.endswith("after data")
+
+
+async def test_client_sees_a_response_that_follows_a_data_frame_in_one_read(
+        autojump_clock: trio.abc.Clock) -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = Connection(Role.SERVER)
+
+    async def answer_once() -> None:
+        while (event := server.next_event()) is NEED_DATA:
+            server.receive_data(await server_stream.receive_some(65536))
+        reply = server.send_response(event.stream_id, S(value="late").SerializeToString())
+        await server_stream.send_all(encode_frame(event.stream_id, MessageType.DATA, b"stray") + reply)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery, open_client(client_stream) as client:
+            nursery.start_soon(answer_once)
+            assert (await client.call(SVC, "Echo", S(), S)).value == "late"
