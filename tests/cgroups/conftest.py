@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from railcar.runtime.cgroups import host_version
+from railcar.runtime.cgroups import ResourceError, host_version
 from railcar.runtime.cgroups.interface import Cgroup, remove_tree
 from railcar.runtime.cgroups.v1 import v1_mounts
 
@@ -87,6 +87,14 @@ def spawn() -> Iterator:
 
 
 PYTHON = shutil.which("python3") or "/usr/bin/python3"
+
+
+def assert_refused(cg: Cgroup, resources: dict, path: str) -> None:
+    """Creating ``cg`` with ``resources`` fails with a ResourceError naming the JSON ``path``."""
+    with pytest.raises(ResourceError) as e:
+        cg.create(resources)
+    assert e.value.path == path
+    cg.destroy()
 
 
 def wait_for(condition: Callable[[], bool], what: str = "condition") -> None:

@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from railcar.runtime.cgroups import Cgroup, CgroupError, CgroupV1, ResourceError, open_cgroup
 from railcar.ttrpc_proto.api import cgroups_v1_pb2
 
-from .conftest import PYTHON, v1_only, wait_for
+from .conftest import PYTHON, assert_refused, v1_only, wait_for
 
 pytestmark = v1_only
 
@@ -75,11 +75,7 @@ def test_update_raises_and_lowers_memory_with_swap(cgroup_parent: str) -> None:
     ({"hugepageLimits": [{"pageSize": "2XB", "limit": 1}]}, "linux.resources.hugepageLimits[0].pageSize"),
 ])
 def test_bad_resources_name_the_json_path(cgroup_parent: str, resources: dict, path: str) -> None:
-    cg = CgroupV1(f"{cgroup_parent}/bad")
-    with pytest.raises(ResourceError) as e:
-        cg.create(resources)
-    assert e.value.path == path
-    cg.destroy()
+    assert_refused(CgroupV1(f"{cgroup_parent}/bad"), resources, path)
 
 
 def test_processes_freeze_thaw_kill(cgroup_parent: str, spawn) -> None:

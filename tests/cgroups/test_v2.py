@@ -9,10 +9,10 @@ import signal
 import pytest
 from google.protobuf import json_format
 
-from railcar.runtime.cgroups import Cgroup, CgroupV2, ResourceError, open_cgroup
+from railcar.runtime.cgroups import Cgroup, CgroupV2, open_cgroup
 from railcar.ttrpc_proto.api import cgroups_v2_pb2
 
-from .conftest import PYTHON, v2_only, wait_for
+from .conftest import PYTHON, assert_refused, v2_only, wait_for
 
 pytestmark = [pytest.mark.cgroup_v2, v2_only]
 
@@ -60,11 +60,7 @@ def test_create_applies_resources(cgroup_parent: str) -> None:
     ({"unified": {"nosuch.file": "1"}}, "linux.resources.unified.nosuch.file"),
 ])
 def test_unsupported_resources_are_clear_errors(cgroup_parent: str, resources: dict, path: str) -> None:
-    cg = CgroupV2(f"{cgroup_parent}/bad")
-    with pytest.raises(ResourceError) as e:
-        cg.create(resources)
-    assert e.value.path == path
-    cg.destroy()
+    assert_refused(CgroupV2(f"{cgroup_parent}/bad"), resources, path)
 
 
 def test_processes_freeze_thaw_kill(cgroup_parent: str, spawn) -> None:
