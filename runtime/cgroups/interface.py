@@ -91,11 +91,7 @@ class Cgroup(abc.ABC):
         if freeze:
             self.freeze()
         try:
-            for pid in self.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+            _signal_members(self.pids, sig)
         finally:
             if freeze or (sig == signal.SIGKILL and self.frozen()):
                 self.thaw()  # a frozen task only dies once thawed
@@ -120,6 +116,38 @@ class Cgroup(abc.ABC):
             return driver(d["path"])
         except (KeyError, TypeError) as e:
             raise CgroupError(f"invalid saved cgroup state {d!r}") from e
+
+
+_PIN_BATCH = 256
+"""pidfds held at once while signalling, well below the usual 1024-fd soft limit."""
+
+
+def _signal_members(list_pids: Callable[[], list[int]], sig: int) -> None:
+    """Signal every process ``list_pids()`` names, never a process that merely reuses a pid.
+
+    A listed process can exit, and its pid go to a process outside the cgroup, before we signal
+    it. So each pid is pinned with a pidfd first and signalled only if it is still listed after
+    pinning: then the pidfd names the member itself, and a later exit cannot redirect the signal.
+    """
+    pids = list_pids()
+    for start in range(0, len(pids), _PIN_BATCH):
+        pinned: dict[int, int] = {}
+        try:
+            for pid in pids[start:start + _PIN_BATCH]:
+                try:
+                    pinned[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    pass
+            members = set(list_pids())
+            for pid, pidfd in pinned.items():
+                if pid in members:
+                    try:
+                        signal.pidfd_send_signal(pidfd, sig)
+                    except ProcessLookupError:
+                        pass
+        finally:
+            for pidfd in pinned.values():
+                os.close(pidfd)
 
 
 def wait_until(done: Callable[[], bool], what: str, retry: Callable[[], None] | None = None) -> None:

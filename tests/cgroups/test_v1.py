@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
 
 import pytest
 from google.protobuf import json_format
@@ -195,4 +196,25 @@ def test_hugepage_limits(cgroup_parent: str) -> None:
     else:
         with pytest.raises(CgroupError, match="hugetlb controller, which is not mounted"):
             cg.update(two_mb)
+    cg.destroy()
+
+
+def test_kill_all_never_signals_a_pid_that_left_the_cgroup(cgroup_parent: str, spawn, monkeypatch) -> None:
+    """Between reading cgroup.procs and signalling, a listed process may exit and its pid go to a
+    process outside the container. Simulated: the sweep's read lists an outsider's pid."""
+    cg = CgroupV1(f"{cgroup_parent}/c11")
+    cg.create(None)
+    spawn(cg, "sleep", "1000")
+    outsider = subprocess.Popen(["sleep", "1000"])
+    try:
+        real_pids, calls = cg.pids, iter(range(1000))
+        monkeypatch.setattr(cg, "pids", lambda: [outsider.pid] if next(calls) == 1 else real_pids())
+        cg.kill_all(signal.SIGKILL)
+        assert outsider.poll() is None, "a process outside the cgroup was signalled"
+    finally:
+        outsider.kill()
+        outsider.wait()
+    monkeypatch.undo()
+    cg.kill_all(signal.SIGKILL)
+    wait_for(lambda: cg.pids() == [], "the cgroup to empty")
     cg.destroy()
