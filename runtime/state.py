@@ -51,12 +51,11 @@ def write_record(directory: str, record: Record) -> None:
 def read_record(directory: str, container_id: str) -> Record:
     try:
         with open(os.path.join(directory, STATE_FILE), "rb") as f:
-            doc = json.load(f)
+            return Record(**json.load(f))
     except FileNotFoundError:
         raise ContainerNotFound(container_id) from None
-    except ValueError as e:
+    except (ValueError, TypeError) as e:   # not JSON, not an object, or fields this version lacks
         raise RuntimeFailure("state", f"{directory}/{STATE_FILE} is corrupt: {e}") from None
-    return Record(**doc)
 
 
 def start_time(pid: int) -> int | None:

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from railcar.runtime import Container, InvalidState
+from railcar.runtime import Container, InvalidState, RuntimeFailure
 from railcar.runtime.state import STATE_FILE, is_alive, start_time
 
 from .conftest import create_captured, finish
@@ -48,3 +48,13 @@ def test_delete_cleans_up_after_a_crashed_creator(make_bundle, state_root) -> No
     os.makedirs(os.path.join(state_root, bundle.id))   # creator died right after mkdir
     Container.load(bundle.id, root=state_root).delete()
     assert not os.path.exists(os.path.join(state_root, bundle.id))
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"id": "x", "bundle": "/b", "future_field": 1}',
+                                     b'{"id": "x"}'])
+def test_a_corrupt_state_file_is_a_clear_error(tmp_path, content: bytes) -> None:
+    """A state.json this version cannot read (damaged, or from another version) names the file."""
+    os.makedirs(tmp_path / "x")
+    (tmp_path / "x" / STATE_FILE).write_bytes(content)
+    with pytest.raises(RuntimeFailure, match="state.json is corrupt"):
+        Container.load("x", root=str(tmp_path))
