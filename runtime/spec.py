@@ -207,7 +207,7 @@ def _process(doc: Any, path: str) -> Process:
     user = User(
         uid=_uint(u, "uid", f"{path}.user.uid"),
         gid=_uint(u, "gid", f"{path}.user.gid"),
-        umask=_uint(u, "umask", f"{path}.user.umask") if "umask" in u else None,
+        umask=_uint(u, "umask", f"{path}.user.umask") if u.get("umask") is not None else None,
         additional_gids=tuple(_int_item(g, f"{path}.user.additionalGids[{i}]")
                               for i, g in enumerate(_list(u.get("additionalGids"),
                                                           f"{path}.user.additionalGids"))),
@@ -286,7 +286,7 @@ def _linux(doc: Any, path: str) -> Linux:
             raise SpecError(f"{dp}.type", f"must be one of {', '.join(DEVICE_TYPES)}")
         devices.append(Device(dpath, kind, _uint(d, "major", f"{dp}.major", required=kind != "p"),
                               _uint(d, "minor", f"{dp}.minor", required=kind != "p"),
-                              _uint(d, "fileMode", f"{dp}.fileMode") if "fileMode" in d else 0o666,
+                              _uint(d, "fileMode", f"{dp}.fileMode") if d.get("fileMode") is not None else 0o666,
                               _uint(d, "uid", f"{dp}.uid"), _uint(d, "gid", f"{dp}.gid")))
     propagation = _str(lx, "rootfsPropagation", f"{path}.rootfsPropagation")
     if propagation not in PROPAGATIONS:
@@ -387,7 +387,10 @@ def _opt_str(d: dict, key: str, path: str) -> str | None:
 
 
 def _bool(d: dict, key: str, path: str) -> bool:
-    v = d.get(key, False)
+    """An optional boolean; null counts as absent (false), as in Go's encoding/json."""
+    v = d.get(key)
+    if v is None:
+        return False
     if not isinstance(v, bool):
         raise SpecError(path, f"must be a boolean, got {type(v).__name__}")
     return v
@@ -400,13 +403,19 @@ def _int_item(v: Any, path: str) -> int:
 
 
 def _int(d: dict, key: str, path: str) -> int:
-    v = d.get(key, 0)
+    v = d.get(key)
+    if v is None:
+        return 0
     if not _is_int(v):
         raise SpecError(path, "must be an integer")
     return v
 
 
 def _uint(d: dict, key: str, path: str, *, required: bool = False) -> int:
-    if key not in d and required:
-        raise SpecError(path, "is required")
-    return _int_item(d.get(key, 0), path)
+    """A non-negative integer; null counts as absent (0, or an error when required)."""
+    v = d.get(key)
+    if v is None:
+        if required:
+            raise SpecError(path, "is required")
+        return 0
+    return _int_item(v, path)

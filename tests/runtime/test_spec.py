@@ -108,3 +108,21 @@ def test_failure_in_the_init_creates_nothing(make_bundle, state_root) -> None:
     assert info.value.stage == "process"
     assert not os.path.exists(os.path.join(state_root, bundle.id))
     assert json.load(open(os.path.join(bundle.path, "config.json")))  # bundle untouched
+
+
+def test_null_means_absent_as_in_go() -> None:
+    """runc's encoding/json reads null as the zero value; a null must not become a wrong value."""
+    def edit(c: dict) -> None:
+        c["process"].update(terminal=None, noNewPrivileges=None)
+        c["process"]["user"].update(umask=None, uid=None)
+        c["linux"]["devices"] = [{"path": "/dev/null2", "type": "c", "major": 1, "minor": 3, "fileMode": None}]
+
+    spec = parse_spec(_with(edit), "/bundle")
+    assert spec.process is not None
+    assert (spec.process.terminal, spec.process.no_new_privileges) == (False, False)
+    assert (spec.process.user.umask, spec.process.user.uid) == (None, 0)
+    assert spec.linux.devices[0].file_mode == 0o666
+    with pytest.raises(SpecError) as info:
+        parse_spec(_with(lambda c: c["linux"].update(devices=[{"path": "/dev/x", "type": "c", "major": None}])),
+                   "/bundle")
+    assert info.value.path.endswith(".major")
