@@ -3,15 +3,17 @@
 containerd runs `start` once per container, reads stdout+stderr (one pipe) as the address and waits
 for EOF on that pipe. So this module prints exactly one `unix://` address, never writes to stderr on
 success, and makes sure the daemon holds no copy of the pipe. It imports only the standard library's
-lightest modules: its wall time is most of a container's start latency budget.
+lightest modules: its wall time is most of a container's start latency budget. So it uses `_socket`
+(socket.py builds enums) and speaks `marshal` to the zygote (json pulls in `re`): ~25 ms less.
 """
 
 import errno
 import fcntl
-import json
+import marshal
 import os
-import socket
+import struct
 import sys
+from _socket import AF_UNIX, SCM_RIGHTS, SOCK_CLOEXEC, SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, socket
 
 from . import paths
 from .flags import Flags
@@ -26,12 +28,25 @@ class StartError(RuntimeError):
 
 
 def group_key(bundle: str, container_id: str) -> str:
-    """The grouping key: the first group annotation in the bundle's config.json, else the container id."""
+    """The grouping key: the first group annotation in the bundle's config.json, else the container id.
+
+    A config that names neither annotation is not parsed at all (json costs ~15 ms of imports and
+    its own parse): Create validates the spec anyway, and the names contain nothing a JSON encoder
+    escapes, so they cannot be present without appearing verbatim.
+    """
     config_path = os.path.join(bundle, "config.json")
     try:
         with open(config_path, "rb") as f:
-            spec = json.load(f)
-    except (OSError, ValueError) as e:
+            data = f.read()
+    except OSError as e:
+        raise StartError(f"cannot read {config_path}: {e}") from e
+    if not any(name.encode() in data for name in GROUP_ANNOTATIONS):
+        return container_id
+    import json
+
+    try:
+        spec = json.loads(data)
+    except ValueError as e:
         raise StartError(f"cannot read {config_path}: {e}") from e
     annotations = spec.get("annotations") if isinstance(spec, dict) else None
     if isinstance(annotations, dict):
@@ -44,7 +59,7 @@ def group_key(bundle: str, container_id: str) -> str:
 
 def _live(path: str) -> bool:
     """Whether a shim answers on `path` (a connect within 100 ms, as containerd's own shims check)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
     probe.settimeout(_CONNECT_TIMEOUT)
     try:
         probe.connect(path)
@@ -55,11 +70,11 @@ def _live(path: str) -> bool:
         probe.close()
 
 
-def _listen(path: str) -> socket.socket | None:
+def _listen(path: str) -> socket | None:
     """Bind and listen on `path`; None when a live shim already serves it. A stale socket is replaced."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     for _ in range(2):
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
         try:
             listener.bind(path)
         except OSError as e:
@@ -114,7 +129,7 @@ def _daemon_flags(flags: Flags, bundle: str) -> list[str]:
                  id=flags.id, bundle=bundle, debug=flags.debug).to_argv()
 
 
-def _spawn_daemon(daemon_flags: list[str], listener: socket.socket) -> int:
+def _spawn_daemon(daemon_flags: list[str], listener: socket) -> int:
     """Run a cold daemon with the listener as fd 3, stdio on /dev/null, in its own process group."""
     high = fcntl.fcntl(listener.fileno(), fcntl.F_DUPFD, 10)  # never 3, so the dup2 below clears CLOEXEC
     _only_inheritable(high)
@@ -154,20 +169,20 @@ def _spawn_zygote() -> None:
         pass  # only an optimisation
 
 
-def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket.socket) -> int | None:
+def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket) -> int | None:
     """Ask a running zygote to fork the daemon; None when there is none (or it failed)."""
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    conn = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)
     conn.settimeout(_ZYGOTE_TIMEOUT)
     try:
         conn.connect(paths.zygote_socket())
         request = {"flags": daemon_flags, "env": dict(os.environ), "cwd": bundle}
-        socket.send_fds(conn, [json.dumps(request).encode()], [listener.fileno()])
-        reply = json.loads(conn.recv(4096) or b"{}")
-    except (OSError, ValueError):
+        conn.sendmsg([marshal.dumps(request)], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", listener.fileno()))])
+        reply = marshal.loads(conn.recv(4096))
+    except (OSError, ValueError, EOFError, TypeError):
         return None
     finally:
         conn.close()
-    pid = reply.get("pid")
+    pid = reply.get("pid") if isinstance(reply, dict) else None
     return pid if isinstance(pid, int) and pid > 0 else None
 
 

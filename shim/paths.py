@@ -5,10 +5,14 @@ not move it (reference §1.4.2), so every shim of every containerd on the host s
 socket name has to be unique per containerd address, namespace and group.
 """
 
-import hashlib
 import os
 import posixpath
 import sys
+
+try:  # hashlib would load OpenSSL first: ~5 ms of every `start` and `delete`
+    from _sha256 import sha256
+except ImportError:  # Python >= 3.12 names the module _sha2
+    from _sha2 import sha256
 
 SOCKET_DIR = "/run/containerd/s"
 RUNTIME_ROOT = "/run/railcar"
@@ -21,7 +25,7 @@ def socket_path(address: str, namespace: str, group: str) -> str:
     joined = posixpath.normpath(posixpath.join(address, namespace, group))
     if joined.startswith("//"):
         joined = joined[1:]
-    return posixpath.join(SOCKET_DIR, hashlib.sha256(joined.encode()).hexdigest())
+    return posixpath.join(SOCKET_DIR, sha256(joined.encode()).hexdigest())
 
 
 def runtime_root(namespace: str) -> str:
@@ -54,4 +58,4 @@ def zygote_socket() -> str:
     upgrade (or an edit) a new zygote is started and the old one idles out."""
     top = posixpath.dirname(posixpath.dirname(posixpath.abspath(__file__)))
     key = f"{sys.executable}\0{top}\0{_code_stamp(top)}"
-    return posixpath.join(RUNTIME_ROOT, f"zygote-{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock")
+    return posixpath.join(RUNTIME_ROOT, f"zygote-{sha256(key.encode()).hexdigest()[:16]}.sock")

@@ -1,6 +1,7 @@
 """`start` as containerd runs it: one address on stdout, a detached daemon, reuse within a group."""
 
 import json
+import marshal
 import os
 import socket
 import stat
@@ -104,6 +105,8 @@ def test_start_imports_neither_trio_nor_protobuf(bundle: Path, address: str) -> 
     assert "railcar.shim.bootstrap" in imported
     assert not {name for name in imported if name.startswith(("trio", "google"))}
     assert "railcar.runtime.sealing" not in imported  # never enters a container: no re-exec to pay
+    # Nor the standard library's heavier modules (a config without group annotations is not parsed).
+    assert not imported & {"json", "re", "enum", "socket", "hashlib", "signal"}
     socket_file = result.stdout.decode().removeprefix("unix://")
     # No Create ever comes: the daemon gives up after its grace period and removes its socket.
     assert wait_until(lambda: not os.path.exists(socket_file))
@@ -143,6 +146,12 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
         assert runs_sealed(serving) and runs_sealed(pid) and runs_sealed(children_named(pid, "railcar-forker")[0])
         await _shutdown(shim_address)
         assert wait_gone(pid)
+        for bad in (b"\xffnot marshal", marshal.dumps(["not", "a", "dict"]), marshal.dumps({"flags": ["-bogus"]})):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+                conn.connect(paths.zygote_socket())
+                socket.send_fds(conn, [bad], [0])
+                assert set(marshal.loads(conn.recv(4096))) == {"error"}  # answered, nothing forked
+        assert _peer_pid(paths.zygote_socket()) == serving  # and still serving
     finally:
         zygote.terminate()
         assert zygote.wait(timeout=10) == 0
