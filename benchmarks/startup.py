@@ -6,7 +6,8 @@ hybrid cgroup host, so it runs through ../shared/tools/crun-hybrid (crun in a pr
 namespace that hides the v2 mount), as the runc binary of containerd's runc-v2 shim. Every
 benchmarked command's exit status is checked: a failing create is fast and would flatter us.
 railcar's first `start` launches its warm zygote (the first run is cold; medians absorb it); shims it
-forked are found through their bundles' shim.pid, and the zygote is stopped at the end.
+forked are found through their bundles' shim.pid, and the zygote is stopped at the end. The
+containerd gets a namespace of its own, whose runtime state directory is removed at the end.
 
     .venv/bin/python benchmarks/startup.py [--rounds N] [--skip-memory] [--skip-throughput]
 """
@@ -107,15 +108,15 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def railcar_shim_pids(cd: devenv.Containerd, ids: list[str]) -> list[int]:
+def railcar_shim_pids(cd: devenv.Containerd, ids: list[str]) -> tuple[list[int], list[int]]:
     """railcar daemons (forked by the zygote, so not findable by name) from their bundles' shim.pid,
-    plus each daemon's forker child: both are the per-shim cost."""
-    daemons = {int((cd.bundle(cid) / "shim.pid").read_text()) for cid in ids}
-    pids = set(daemons)
+    and each daemon's forker child: together they are the per-shim cost."""
+    daemons = sorted({int((cd.bundle(cid) / "shim.pid").read_text()) for cid in ids})
+    forkers = []
     for pid in daemons:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids |= {int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "railcar-forker"}
-    return sorted(pids)
+        forkers += [int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "railcar-forker"]
+    return daemons, forkers
 
 
 def shim_pids(binary: str, namespace: str) -> list[int]:
@@ -144,11 +145,18 @@ def bench_memory(cd: devenv.Containerd, image: str, count: int) -> None:
             try:
                 for cid in ids:
                     timed(cd, "run", "-d", *flags, *extra, image, cid, "sleep", "1000", what=f"{name} run -d")
-                pids = (railcar_shim_pids(cd, ids) if name == "railcar"
-                        else shim_pids(SHIM_BINARIES[name], cd.namespace))
+                split = ""
+                if name == "railcar":
+                    daemons, forkers = railcar_shim_pids(cd, ids)
+                    pids = daemons + forkers
+                    split = "  (daemons {:.2f}, forkers {:.2f})".format(
+                        *(sum(map(pss_kib, group)) / count / 1024 for group in (daemons, forkers)))
+                else:
+                    pids = shim_pids(SHIM_BINARIES[name], cd.namespace)
                 total = sum(pss_kib(p) for p in pids)
                 label = "grouped" if grouped else "one shim each"
-                print(f"  {name:8s} {label:14s} {len(pids):2d} shim processes, {total / count / 1024:6.2f} MiB PSS per container")
+                print(f"  {name:8s} {label:14s} {len(pids):2d} shim processes, "
+                      f"{total / count / 1024:6.2f} MiB PSS per container{split}")
             finally:
                 for cid in ids:
                     cd.ctr("task", "kill", "-s", "SIGKILL", cid)
@@ -167,9 +175,9 @@ def main() -> None:
     args = parser.parse_args()
     venv_bin = Path(sys.executable).parent
     compile_railcar()
-    zygotes_before = zygote_pids()
     with tempfile.TemporaryDirectory(prefix="railcar-bench-") as work:
         cd = devenv.start_containerd(Path(work), extra_path=[str(venv_bin)])
+        cd.namespace = f"railcar-bench-{os.getpid()}"  # its cgroup parent and runtime state dir are ours
         try:
             image = devenv.busybox_image(cd)
             bench_run(cd, image, args.rounds)
@@ -180,7 +188,11 @@ def main() -> None:
                 bench_memory(cd, image, args.containers)
         finally:
             cd.stop()
-            stop_new_zygotes(zygotes_before)
+            stop_zygotes_of(cd)
+            try:
+                os.rmdir(os.path.join("/run/railcar", cd.namespace))
+            except OSError:
+                pass
 
 
 def compile_railcar() -> None:
@@ -193,21 +205,17 @@ def compile_railcar() -> None:
         compileall.compile_dir(HERE.parent / folder, quiet=1)
 
 
-def zygote_pids() -> set[int]:
-    """railcar's warm zygotes (a per-node helper the first railcar `start` launches)."""
-    found = set()
+def stop_zygotes_of(cd: devenv.Containerd) -> None:
+    """SIGTERM the zygotes this containerd's shims started (containerd put TTRPC_ADDRESS in their
+    environment), by pid; other zygotes on the node are left alone."""
+    mine = f"TTRPC_ADDRESS={cd.ttrpc_address}".encode()
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "railcar-zygote":
-                found.add(int(entry))
+            if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "railcar-zygote" \
+                    and mine in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                os.kill(int(entry), signal.SIGTERM)
         except OSError:
             continue
-    return found
-
-
-def stop_new_zygotes(before: set[int]) -> None:
-    for pid in zygote_pids() - before:
-        os.kill(pid, signal.SIGTERM)
 
 
 if __name__ == "__main__":
