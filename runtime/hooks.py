@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 
 from .errors import RuntimeFailure
@@ -65,14 +66,19 @@ def _run_one(kind: str, index: int, hook: dict, stdin: bytes) -> None:
     path, args, env, timeout = _validate(kind, index, hook)
     environ = dict(e.split("=", 1) for e in env)
     try:
+        # A session (and process group) of its own, so a timeout can kill what it started too.
         proc = subprocess.Popen(args, executable=path, env=environ, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, cwd="/")
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, cwd="/",
+                                start_new_session=True)
     except OSError as e:
         raise HookError(kind, index, path, f"cannot execute: {e.strerror}") from e
     try:
         output, _ = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        # Not just the hook: a background child it left would hold the output pipe open, and
+        # reading to EOF would then outlast the timeout forever. The group outlives the hook
+        # until it is reaped, so its pid cannot have been reused yet.
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise HookError(kind, index, path, f"timed out after {timeout}s and was killed") from None
     if proc.returncode != 0:

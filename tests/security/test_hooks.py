@@ -73,6 +73,21 @@ def test_timeout_kills_the_hook(tmp_path: Path) -> None:
     assert not os.path.exists(f"/proc/{pid}")  # killed and reaped
 
 
+def test_timeout_also_ends_what_the_hook_left_running(tmp_path: Path) -> None:
+    """A background child holding the hook's output pipe must not stretch the timeout forever;
+    it goes with the hook (same process group) and is waited for."""
+    pidfile = tmp_path / "pid"
+    with pytest.raises(HookError, match="timed out after 1s"):
+        run_hooks("prestart", [{"path": SH, "args": ["sh", "-c", f"sleep 1000 & echo $! > {pidfile}; exec sleep 60"],
+                                "timeout": 1}], STATE)
+    pid = int(pidfile.read_text())
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] == "Z", "the hook's background child still runs"
+    except FileNotFoundError:
+        pass  # killed and already reaped by its new parent
+
+
 def test_missing_binary(tmp_path: Path) -> None:
     with pytest.raises(HookError, match="cannot execute"):
         run_hooks("startContainer", [{"path": str(tmp_path / "nope")}], STATE)
