@@ -1,8 +1,9 @@
 """Moving bytes from one fd to another inside trio, by splice(2) when both ends are pipes.
 
 Both fds must never block: pipes, FIFOs and pty masters in non-blocking mode, or regular files.
-Those in non-blocking mode must be *ours alone*: O_NONBLOCK lives in the open file description, so setting it on an fd the container shares (its end of a pipe, a pty slave) would
-change what the container sees. Our end of a pipe, a FIFO we opened ourselves, a pty master and a
+Those in non-blocking mode must be *ours alone*: O_NONBLOCK lives in the open file description,
+so setting it on an fd the container shares (its end of a pipe, a pty slave) would change what
+the container sees. Our end of a pipe, a FIFO we opened ourselves, a pty master and a
 file we opened are each a description nobody else holds, so railcar.io only ever makes those
 non-blocking.
 
