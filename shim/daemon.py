@@ -121,9 +121,11 @@ def run(flags: Flags) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     _set_child_subreaper()
     listener = _listener(flags)
+    # Freeze before forking the forker, so that neither process's collector ever walks (and so
+    # copies) the objects they share; a cold daemon's imports are frozen here too.
+    gc.freeze()
     forker = Forker()
     forker.start(keep_fds=(0, 1, 2))
-    gc.freeze()  # what was imported so far stays shared with the forker (copy-on-write friendly)
     try:
         trio.run(_serve, flags, bundle, listener, forker, logger)
     except BaseException:
