@@ -207,15 +207,28 @@ def compile_railcar() -> None:
 
 def stop_zygotes_of(cd: devenv.Containerd) -> None:
     """SIGTERM the zygotes this containerd's shims started (containerd put TTRPC_ADDRESS in their
-    environment), by pid; other zygotes on the node are left alone."""
+    environment), by pid, and wait for them; other zygotes on the node are left alone."""
     mine = f"TTRPC_ADDRESS={cd.ttrpc_address}".encode()
+    stopped = []
     for entry in os.listdir("/proc"):
         try:
             if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "railcar-zygote" \
                     and mine in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
                 os.kill(int(entry), signal.SIGTERM)
+                stopped.append(int(entry))
         except OSError:
             continue
+    deadline = time.monotonic() + 10
+    while any(map(running, stopped)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (an orphan's parent may be slow to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

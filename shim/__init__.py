@@ -9,6 +9,10 @@ trio main), `forker` (does all forking for the runtime), `reaper` (the one waitp
 `process` (lifecycle table), `service` (the 17 task methods), `events` (ordered publisher),
 `spawner` (binary:// loggers through the reaper), `log` (logrus lines on the bundle's log FIFO).
 
+The zygote and a cold daemon re-execute themselves from a sealed copy of the interpreter
+(`railcar.runtime.sealing`, CVE-2019-5736), so every daemon and forker a container is made from runs
+one; `start` and `delete` never enter a container and skip that cost.
+
 Environment knobs: RAILCAR_ZYGOTE=0 (never use the zygote), RAILCAR_ZYGOTE_IDLE (seconds before an
 idle zygote exits, default 600), RAILCAR_SHIM_GRACE (seconds a daemon waits for its first Create,
 default 30).
