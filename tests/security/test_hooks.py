@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -81,11 +82,18 @@ def test_timeout_also_ends_what_the_hook_left_running(tmp_path: Path) -> None:
         run_hooks("prestart", [{"path": SH, "args": ["sh", "-c", f"sleep 1000 & echo $! > {pidfile}; exec sleep 60"],
                                 "timeout": 1}], STATE)
     pid = int(pidfile.read_text())
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            assert f.read().rsplit(")", 1)[1].split()[0] == "Z", "the hook's background child still runs"
-    except FileNotFoundError:
-        pass  # killed and already reaped by its new parent
+
+    def dead() -> bool:  # SIGKILL is delivered asynchronously: the child may take a moment to die
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except FileNotFoundError:
+            return True  # killed and already reaped by its new parent
+
+    deadline = time.monotonic() + 10
+    while not dead() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert dead(), "the hook's background child still runs"
 
 
 def test_missing_binary(tmp_path: Path) -> None:
