@@ -407,20 +407,21 @@ class TaskService:
         return response
 
     async def pause(self, req: pb.PauseRequest, ctx: Any) -> empty_pb2.Empty:
-        task = self._task(req.id)
-        task.init.check("pause")
-        await self._call("pause", {"id": task.id, "root": self.root})
-        task.init.apply("pause")
-        self._events.publish(ev.TaskPaused(container_id=task.id))
+        await self._freeze_verb(req.id, "pause", ev.TaskPaused)
         return EMPTY
 
     async def resume(self, req: pb.ResumeRequest, ctx: Any) -> empty_pb2.Empty:
-        task = self._task(req.id)
-        task.init.check("resume")
-        await self._call("resume", {"id": task.id, "root": self.root})
-        task.init.apply("resume")
-        self._events.publish(ev.TaskResumed(container_id=task.id))
+        await self._freeze_verb(req.id, "resume", ev.TaskResumed)
         return EMPTY
+
+    async def _freeze_verb(self, container_id: str, verb: str, event: type) -> None:
+        """Pause or resume: the lifecycle table allows `verb` before the runtime runs it, so a refused
+        verb never reaches the cgroup; the state moves and the event goes out only once it is done."""
+        task = self._task(container_id)
+        task.init.check(verb)
+        await self._call(verb, {"id": task.id, "root": self.root})
+        task.init.apply(verb)
+        self._events.publish(event(container_id=task.id))
 
     async def checkpoint(self, req: pb.CheckpointTaskRequest, ctx: Any) -> empty_pb2.Empty:
         raise TtrpcError(Code.UNIMPLEMENTED, "checkpoint is not supported by railcar")

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -94,23 +96,48 @@ def cgroup_parent(tmp_path: Path) -> str:
     assert not leaks, f"left behind: {leaks}"
 
 
-async def test_the_whole_task_api(bundle: Path, address: str, namespace: str, cgroup_parent: str,
-                                  tmp_path: Path) -> None:
-    devenv.busybox_rootfs(bundle / "rootfs")
-    (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/c1")))
+async def _start(namespace: str, address: str, container_id: str, bundle: Path,
+                 env: dict[str, str] | None = None) -> str:
+    """`start` as containerd runs it; the daemon's ttrpc address."""
+    result = await trio.to_thread.run_sync(lambda: run_shim(
+        ["-namespace", namespace, "-address", address, "-id", container_id, "start"], bundle, env=env))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+@asynccontextmanager
+async def _shim_with_events(namespace: str, address: str, container_id: str, bundle: Path,
+                            tmp_path: Path) -> AsyncIterator[tuple[Shim, FakeContainerd]]:
+    """A daemon for `container_id` publishing to a fake containerd, and a client on it. The block must
+    end with Shutdown: the fake serves until the daemon is gone, so no event it published is lost."""
     fake = FakeContainerd()
     events_path = str(tmp_path / "events.sock")
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve, events_path)
-        result = await trio.to_thread.run_sync(lambda: run_shim(
-            ["-namespace", namespace, "-address", address, "-id", "c1", "start"], bundle,
-            env={"TTRPC_ADDRESS": events_path}))
-        assert result.returncode == 0, result.stderr
-        async with connect_unix(result.stdout.decode()) as client:
-            shim = Shim(client, "c1")
-            daemon_pid = await _exercise(shim, bundle)
+        daemon = await _start(namespace, address, container_id, bundle, env={"TTRPC_ADDRESS": events_path})
+        async with connect_unix(daemon) as client:
+            shim = Shim(client, container_id)
+            daemon_pid = (await shim("Connect", pb.ConnectRequest(id=container_id), pb.ConnectResponse)).shim_pid
+            yield shim, fake
         assert await trio.to_thread.run_sync(wait_gone, daemon_pid)
         nursery.cancel_scope.cancel()
+
+
+def _remove_runtime_dir(namespace: str, created: bool = True) -> None:
+    """The namespace's runtime state directory (there if a task was `created`) must be empty: no
+    container's state is left. Remove it."""
+    runtime_dir = Path("/run/railcar") / namespace
+    if created or runtime_dir.exists():
+        assert not list(runtime_dir.iterdir())
+        runtime_dir.rmdir()
+
+
+async def test_the_whole_task_api(bundle: Path, address: str, namespace: str, cgroup_parent: str,
+                                  tmp_path: Path) -> None:
+    devenv.busybox_rootfs(bundle / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/c1")))
+    async with _shim_with_events(namespace, address, "c1", bundle, tmp_path) as (shim, fake):
+        await _exercise(shim, bundle)
     topics = [(e.topic, _who(e)) for e, _ in fake.received]
     assert topics == [
         ("/tasks/create", "c1"), ("/tasks/start", "c1"),
@@ -118,9 +145,7 @@ async def test_the_whole_task_api(bundle: Path, address: str, namespace: str, cg
         ("/tasks/paused", "c1"), ("/tasks/resumed", "c1"),
         ("/tasks/exit", "c1"), ("/tasks/delete", "c1"),
     ]
-    runtime_dir = Path("/run/railcar") / namespace
-    assert not list(runtime_dir.iterdir())
-    runtime_dir.rmdir()
+    _remove_runtime_dir(namespace)
 
 
 def _who(envelope) -> str:
@@ -130,7 +155,7 @@ def _who(envelope) -> str:
     return getattr(event, "exec_id", "") or getattr(event, "id", "") or event.container_id
 
 
-async def _exercise(shim: Shim, bundle: Path) -> int:
+async def _exercise(shim: Shim, bundle: Path) -> None:
     create = pb.CreateTaskRequest(id="c1", bundle=str(bundle))
     pid = (await shim("Create", create, pb.CreateTaskResponse)).pid
     assert pid > 0
@@ -194,17 +219,13 @@ async def _exercise(shim: Shim, bundle: Path) -> int:
     assert await shim.code_of("Delete", pb.DeleteRequest(id="c1")) == Code.NOT_FOUND
     assert not os.path.ismount(bundle / "rootfs")
     await shim("Shutdown", pb.ShutdownRequest(id="c1"))
-    return connected.shim_pid
 
 
 async def test_failed_creates_name_the_problem_and_leave_nothing(bundle: Path, address: str, namespace: str,
                                                                  cgroup_parent: str) -> None:
     devenv.busybox_rootfs(bundle / "rootfs")
     (bundle / "config.json").write_text(json.dumps(_spec([], f"{cgroup_parent}/bad")))
-    result = await trio.to_thread.run_sync(lambda: run_shim(
-        ["-namespace", namespace, "-address", address, "-id", "bad", "start"], bundle))
-    assert result.returncode == 0, result.stderr
-    async with connect_unix(result.stdout.decode()) as client:
+    async with connect_unix(await _start(namespace, address, "bad", bundle)) as client:
         shim = Shim(client, "bad")
         with pytest.raises(TtrpcError) as info:
             await shim("Create", pb.CreateTaskRequest(id="bad", bundle=str(bundle)))
@@ -217,39 +238,22 @@ async def test_failed_creates_name_the_problem_and_leave_nothing(bundle: Path, a
         pid = (await shim("Connect", pb.ConnectRequest(id="bad"), pb.ConnectResponse)).shim_pid
         await shim("Shutdown", pb.ShutdownRequest(id="bad"))
     assert await trio.to_thread.run_sync(wait_gone, pid)
-    runtime_dir = Path("/run/railcar") / namespace
-    assert not runtime_dir.exists() or not list(runtime_dir.iterdir())
-    if runtime_dir.exists():
-        runtime_dir.rmdir()
+    _remove_runtime_dir(namespace, created=False)
 
 
 async def test_a_created_task_can_be_deleted_without_start(bundle: Path, address: str, namespace: str,
                                                            cgroup_parent: str, tmp_path: Path) -> None:
     devenv.busybox_rootfs(bundle / "rootfs")
     (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/never")))
-    fake = FakeContainerd()
-    events_path = str(tmp_path / "events.sock")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.serve, events_path)
-        result = await trio.to_thread.run_sync(lambda: run_shim(
-            ["-namespace", namespace, "-address", address, "-id", "never", "start"], bundle,
-            env={"TTRPC_ADDRESS": events_path}))
-        async with connect_unix(result.stdout.decode()) as client:
-            shim = Shim(client, "never")
-            pid = (await shim("Create", pb.CreateTaskRequest(id="never", bundle=str(bundle)),
-                              pb.CreateTaskResponse)).pid
-            deleted = await shim("Delete", pb.DeleteRequest(id="never"), pb.DeleteResponse)
-            assert (deleted.pid, deleted.exit_status) == (pid, 137)
-            shim_pid = (await shim("Connect", pb.ConnectRequest(id="never"), pb.ConnectResponse)).shim_pid
-            await shim("Shutdown", pb.ShutdownRequest(id="never"))
-        assert await trio.to_thread.run_sync(wait_gone, shim_pid)
-        nursery.cancel_scope.cancel()
+    async with _shim_with_events(namespace, address, "never", bundle, tmp_path) as (shim, fake):
+        pid = (await shim("Create", pb.CreateTaskRequest(id="never", bundle=str(bundle)), pb.CreateTaskResponse)).pid
+        deleted = await shim("Delete", pb.DeleteRequest(id="never"), pb.DeleteResponse)
+        assert (deleted.pid, deleted.exit_status) == (pid, 137)
+        await shim("Shutdown", pb.ShutdownRequest(id="never"))
     # never started: no start and no exit event (containerd's README: delete follows create)
     assert [e.topic for e, _ in fake.received] == ["/tasks/create", "/tasks/delete"]
     assert wait_gone(pid)
-    runtime_dir = Path("/run/railcar") / namespace
-    assert not list(runtime_dir.iterdir())
-    runtime_dir.rmdir()
+    _remove_runtime_dir(namespace)
 
 
 async def test_one_daemon_serves_two_tasks_and_deleting_one_spares_the_other(
@@ -267,9 +271,7 @@ async def test_one_daemon_serves_two_tasks_and_deleting_one_spares_the_other(
     readers = {name: os.open(b / "log", os.O_RDWR | os.O_NONBLOCK) for name, b in bundles.items()}  # containerd's
     addresses = set()
     for name, b in bundles.items():
-        result = await trio.to_thread.run_sync(lambda: run_shim(
-            ["-namespace", namespace, "-address", address, "-id", name, "start"], b))
-        addresses.add(result.stdout.decode())
+        addresses.add(await _start(namespace, address, name, b))
     assert len(addresses) == 1
     process = {"args": ["echo", "alone"], "cwd": "/", "env": [PATH_ENV]}
     spec = pack_json("types.containerd.io/opencontainers/runtime-spec/1/Process", process)
@@ -301,6 +303,4 @@ async def test_one_daemon_serves_two_tasks_and_deleting_one_spares_the_other(
     logged = os.read(readers["gb"], 1 << 20).decode()
     os.close(readers["gb"])
     assert "railcar shim exiting" in logged  # the daemon moved its log to the bundle still alive
-    runtime_dir = Path("/run/railcar") / namespace
-    assert not list(runtime_dir.iterdir())
-    runtime_dir.rmdir()
+    _remove_runtime_dir(namespace)
