@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -124,14 +124,20 @@ def image(containerd: devenv.Containerd) -> str:
     return devenv.busybox_image(containerd)
 
 
-def _settled(check, timeout: float = 10.0):
-    """Poll `check()` (returns what is left) until it is empty; what is still left after `timeout`."""
+def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll `predicate` until it holds; False if it still does not after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        left = check()
-        if not left or time.monotonic() > deadline:
-            return left
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
+    return True
+
+
+def _settled(check: Callable[[], Collection], timeout: float = 10.0) -> Collection:
+    """Poll `check()` (returns what is left) until it is empty; what is still left after `timeout`."""
+    eventually(lambda: not check(), timeout)
+    return check()
 
 
 @pytest.fixture
@@ -163,3 +169,20 @@ def run(cd: devenv.Containerd, image: str, cid: str, *args: str, ctr_flags: tupl
     """`ctr run --rm --runtime railcar [flags] IMAGE ID ARGS...`"""
     return cd.ctr("run", "--rm", "--runtime", RUNTIME, *ctr_flags, image, cid, *args, input=input,
                   timeout=timeout)
+
+
+def task_status(cd: devenv.Containerd, cid: str) -> str:
+    """The STATUS column of `ctr task ls` for `cid`; "" when containerd lists no such task."""
+    for line in cd.ctr("task", "ls").stdout.decode().splitlines():
+        fields = line.split()
+        if fields and fields[0] == cid:
+            return fields[-1]
+    return ""
+
+
+def remove_task(cd: devenv.Containerd, cid: str) -> None:
+    """SIGKILL `cid`, wait until it stopped, then remove its task and container (each step may find nothing)."""
+    cd.ctr("task", "kill", "-s", "SIGKILL", cid)
+    eventually(lambda: task_status(cd, cid) in ("STOPPED", ""))
+    cd.ctr("task", "rm", cid)
+    cd.ctr("container", "rm", cid)

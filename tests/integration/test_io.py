@@ -6,13 +6,12 @@ import os
 import shlex
 import stat
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from .conftest import RUNTIME, devenv, run
+from .conftest import RUNTIME, devenv, eventually, run
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +22,6 @@ cat <&3 > "$2.out" &
 cat <&4 > "$2.err" &
 wait
 """
-
-
-def _eventually(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_terminal(cd, image, cid) -> None:
@@ -52,9 +42,9 @@ def test_binary_log_uri(cd, image, cid, tmp_path: Path) -> None:
     result = run(cd, image, cid, "sh", "-c", "echo to stdout; echo to stderr >&2",
                  ctr_flags=("--log-uri", f"binary://{logger}?file={prefix}"))
     assert result.returncode == 0, result.stderr
-    assert _eventually(lambda: Path(f"{prefix}.out").exists() and Path(f"{prefix}.out").read_bytes() != b"")
+    assert eventually(lambda: Path(f"{prefix}.out").exists() and Path(f"{prefix}.out").read_bytes() != b"")
     assert Path(f"{prefix}.out").read_bytes() == b"to stdout\n"
-    assert _eventually(lambda: Path(f"{prefix}.err").read_bytes() == b"to stderr\n")
+    assert eventually(lambda: Path(f"{prefix}.err").read_bytes() == b"to stderr\n")
 
 
 def test_file_log_uri(cd, image, cid, tmp_path: Path) -> None:

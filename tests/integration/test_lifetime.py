@@ -6,26 +6,9 @@ import time
 
 import pytest
 
-from .conftest import RUNTIME, shim_pids
+from .conftest import RUNTIME, eventually, remove_task, shim_pids, task_status
 
 pytestmark = pytest.mark.integration
-
-
-def _status(cd, cid: str) -> str:
-    for line in cd.ctr("task", "ls").stdout.decode().splitlines():
-        fields = line.split()
-        if fields and fields[0] == cid:
-            return fields[-1]
-    return ""
-
-
-def _eventually(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _shim_of(cd, cid: str) -> int:
@@ -33,13 +16,6 @@ def _shim_of(cd, cid: str) -> int:
     pid = int((cd.bundle(cid) / "shim.pid").read_text())
     assert pid in shim_pids()
     return pid
-
-
-def _remove(cd, cid: str) -> None:
-    cd.ctr("task", "kill", "-s", "SIGKILL", cid)
-    _eventually(lambda: _status(cd, cid) in ("STOPPED", ""))
-    cd.ctr("task", "rm", cid)
-    cd.ctr("container", "rm", cid)
 
 
 def test_containerd_restart_keeps_the_container_running(cd, image, cid) -> None:
@@ -52,15 +28,15 @@ def test_containerd_restart_keeps_the_container_running(cd, image, cid) -> None:
         time.sleep(1.5)  # the second container exits while containerd is down
         cd.start()
         assert _shim_of(cd, cid) == shim
-        assert _status(cd, cid) == "RUNNING"
-        assert _eventually(lambda: _status(cd, exited) == "STOPPED")
+        assert task_status(cd, cid) == "RUNNING"
+        assert eventually(lambda: task_status(cd, exited) == "STOPPED")
         result = cd.ctr("task", "exec", "--exec-id", "after", cid, "echo", "still here")
         assert (result.returncode, result.stdout) == (0, b"still here\n")
         assert cd.ctr("task", "kill", "-s", "SIGKILL", cid).returncode == 0
-        assert _eventually(lambda: _status(cd, cid) == "STOPPED")
+        assert eventually(lambda: task_status(cd, cid) == "STOPPED")
     finally:
-        _remove(cd, cid)
-        _remove(cd, exited)
+        remove_task(cd, cid)
+        remove_task(cd, exited)
 
 
 def test_killed_shim_is_cleaned_up_by_containerd(cd, image, cid) -> None:
@@ -69,10 +45,10 @@ def test_killed_shim_is_cleaned_up_by_containerd(cd, image, cid) -> None:
         shim = _shim_of(cd, cid)
         container_pid = int(cd.ctr("task", "ls").stdout.decode().split(cid)[1].split()[0])
         os.kill(shim, signal.SIGKILL)
-        assert _eventually(lambda: _status(cd, cid) in ("", "STOPPED"))
-        assert _eventually(lambda: not os.path.exists(f"/proc/{container_pid}"))
+        assert eventually(lambda: task_status(cd, cid) in ("", "STOPPED"))
+        assert eventually(lambda: not os.path.exists(f"/proc/{container_pid}"))
     finally:
-        _remove(cd, cid)
+        remove_task(cd, cid)
 
 
 def test_a_pod_shares_one_shim_and_each_delete_touches_only_its_container(cd, image, cid) -> None:
@@ -85,10 +61,10 @@ def test_a_pod_shares_one_shim_and_each_delete_touches_only_its_container(cd, im
         shim = _shim_of(cd, first)
         assert _shim_of(cd, second) == shim
         assert (cd.bundle(first) / "address").read_text() == (cd.bundle(second) / "address").read_text()
-        _remove(cd, first)
-        assert _status(cd, second) == "RUNNING" and shim in shim_pids()
+        remove_task(cd, first)
+        assert task_status(cd, second) == "RUNNING" and shim in shim_pids()
         result = cd.ctr("task", "exec", "--exec-id", "e", second, "echo", "alone")
         assert (result.returncode, result.stdout) == (0, b"alone\n")
     finally:
-        _remove(cd, first)
-        _remove(cd, second)
+        remove_task(cd, first)
+        remove_task(cd, second)

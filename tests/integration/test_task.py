@@ -3,31 +3,12 @@
 import re
 import shlex
 import subprocess
-import time
 
 import pytest
 
-from .conftest import RUNTIME
+from .conftest import RUNTIME, eventually, remove_task, task_status
 
 pytestmark = pytest.mark.integration
-
-
-def _status(cd, cid: str) -> str:
-    listing = cd.ctr("task", "ls").stdout.decode()
-    for line in listing.splitlines():
-        fields = line.split()
-        if fields and fields[0] == cid:
-            return fields[-1]
-    return ""
-
-
-def _eventually(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.fixture
@@ -35,12 +16,9 @@ def detached(cd, image, cid):
     """A running `sleep` container; killed and removed afterwards whatever the test did."""
     result = cd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "1000")
     assert result.returncode == 0, result.stderr
-    assert _status(cd, cid) == "RUNNING"
+    assert task_status(cd, cid) == "RUNNING"
     yield cid
-    cd.ctr("task", "kill", "-s", "SIGKILL", cid)
-    _eventually(lambda: _status(cd, cid) in ("STOPPED", ""))
-    cd.ctr("task", "rm", cid)
-    cd.ctr("container", "rm", cid)
+    remove_task(cd, cid)
 
 
 def test_exec_output_and_exit_code(cd, detached) -> None:
@@ -54,7 +32,7 @@ def test_ps_marks_exec_processes(cd, detached) -> None:
     exec_proc = subprocess.Popen(["ctr", "--address", cd.address, "--namespace", cd.namespace, "task", "exec",
                                   "--exec-id", "bg", detached, "sleep", "30"], env=cd.env)
     try:
-        assert _eventually(lambda: len(cd.ctr("task", "ps", detached).stdout.splitlines()) >= 3)
+        assert eventually(lambda: len(cd.ctr("task", "ps", detached).stdout.splitlines()) >= 3)
         listing = cd.ctr("task", "ps", detached).stdout.decode()
         assert "bg" in listing  # ProcessDetails{exec_id} decoded by ctr
     finally:
@@ -72,21 +50,21 @@ def test_metrics(cd, detached) -> None:
 
 def test_pause_resume(cd, detached) -> None:
     assert cd.ctr("task", "pause", detached).returncode == 0
-    assert _status(cd, detached) == "PAUSED"
+    assert task_status(cd, detached) == "PAUSED"
     refused = cd.ctr("task", "exec", "--exec-id", "p", detached, "true")
     assert refused.returncode != 0
     assert cd.ctr("task", "resume", detached).returncode == 0
-    assert _status(cd, detached) == "RUNNING"
+    assert task_status(cd, detached) == "RUNNING"
 
 
 def test_kill_then_delete(cd, detached) -> None:
     assert cd.ctr("task", "kill", "-s", "SIGKILL", detached).returncode == 0  # pid 1 ignores SIGTERM
-    assert _eventually(lambda: _status(cd, detached) == "STOPPED")
+    assert eventually(lambda: task_status(cd, detached) == "STOPPED")
     second = cd.ctr("task", "kill", "-s", "SIGTERM", detached)
     assert second.returncode != 0 and b"not found" in second.stderr
     deleted = cd.ctr("task", "rm", detached)
     assert deleted.returncode == 0, deleted.stderr
-    assert _status(cd, detached) == ""
+    assert task_status(cd, detached) == ""
 
 
 def test_exec_with_a_terminal(cd, detached) -> None:
