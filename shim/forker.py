@@ -20,6 +20,11 @@ from typing import Any
 import prctl
 import trio
 
+# Cheap: the package holds only the errors; `runtime.Container` loads the container module (spec,
+# mounts, cgroups) on first use, in the forker, or earlier when a zygote warmed it up.
+from railcar import runtime
+from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
+
 PROCESS_NAME = "railcar-forker"
 _MAX_MESSAGE = 1 << 20
 _MAX_FDS = 16
@@ -48,8 +53,6 @@ def _close_all(fds: list[int]) -> None:
 
 
 def _runtime_error(e: BaseException) -> ForkerError:
-    from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
-
     if isinstance(e, SpecError):
         return ForkerError("spec", str(e), e.path)
     if isinstance(e, ContainerNotFound):
@@ -59,22 +62,23 @@ def _runtime_error(e: BaseException) -> ForkerError:
     return ForkerError("internal", f"{type(e).__name__}: {e}")
 
 
+def _load(args: dict[str, Any]) -> "runtime.Container":
+    """The container a request names by `id` under `root`."""
+    return runtime.Container.load(args["id"], root=args["root"])
+
+
 def create(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Container.create with the process's stdio fds (three, or none in terminal/null mode)."""
-    from railcar.runtime import Container
-
     stdio = (fds[0], fds[1], fds[2]) if len(fds) == 3 else None
-    _, result = Container.create(args["id"], args["bundle"], root=args["root"], stdio=stdio,
+    _, result = runtime.Container.create(args["id"], args["bundle"], root=args["root"], stdio=stdio,
                                  terminal=args["terminal"])
     return _process_result(result)
 
 
 def exec_process(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Container.exec of an OCI Process dict; same stdio rules as create."""
-    from railcar.runtime import Container
-
     stdio = (fds[0], fds[1], fds[2]) if len(fds) == 3 else None
-    container = Container.load(args["id"], root=args["root"])
+    container = _load(args)
     result = container.exec(args["process"], stdio=stdio, terminal=args["terminal"])
     return _process_result(result)
 
@@ -86,19 +90,14 @@ def _process_result(result: Any) -> tuple[Any, list[int]]:
 
 def start(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Container.start (it may run poststart hooks, hence here)."""
-    from railcar.runtime import Container
-
-    Container.load(args["id"], root=args["root"]).start()
+    _load(args).start()
     return None, []
 
 
 def delete(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Container.delete (runs poststop hooks); a container already gone is not an error."""
-    from railcar.runtime import Container
-    from railcar.runtime.errors import ContainerNotFound
-
     try:
-        container = Container.load(args["id"], root=args["root"])
+        container = _load(args)
     except ContainerNotFound:
         return None, []
     container.delete(force=args.get("force", False))
@@ -107,33 +106,25 @@ def delete(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
 
 def kill(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Container.kill: the init (or, with all, every process in the container)."""
-    from railcar.runtime import Container
-
-    Container.load(args["id"], root=args["root"]).kill(args["signal"], all=args["all"])
+    _load(args).kill(args["signal"], all=args["all"])
     return None, []
 
 
 def pause(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Container.pause (freezes the cgroup and records the state)."""
-    from railcar.runtime import Container
-
-    Container.load(args["id"], root=args["root"]).pause()
+    _load(args).pause()
     return None, []
 
 
 def resume(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Container.resume."""
-    from railcar.runtime import Container
-
-    Container.load(args["id"], root=args["root"]).resume()
+    _load(args).resume()
     return None, []
 
 
 def update(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Container.update with OCI LinuxResources."""
-    from railcar.runtime import Container
-
-    Container.load(args["id"], root=args["root"]).update(args["resources"])
+    _load(args).update(args["resources"])
     return None, []
 
 
