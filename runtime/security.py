@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import os
 
 from .errors import RuntimeFailure, SpecError
@@ -72,8 +73,13 @@ def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> No
         raise _fail(what)
 
 
+@functools.cache
 def last_cap() -> int:
-    """The highest capability this kernel knows; the spec may name newer ones it cannot hold."""
+    """The highest capability this kernel knows; the spec may name newer ones it cannot hold.
+
+    Fixed for the kernel's lifetime, so read once per process: prepare asks for every
+    capability set, and the forker's children inherit the value.
+    """
     with open("/proc/sys/kernel/cap_last_cap") as f:
         return int(f.read())
 
