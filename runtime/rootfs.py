@@ -112,26 +112,31 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool) -> None:
                  "mode=755")
     with open("/proc/self/mountinfo") as f:
         hierarchies = [line.split() for line in f]
-    for fields in hierarchies:
-        mount_point, fstype = fields[4], fields[fields.index("-") + 1]
-        if fstype not in ("cgroup", "cgroup2") or not mount_point.startswith("/sys/fs/cgroup/"):
-            continue
-        name = os.path.basename(mount_point)
-        if fstype == "cgroup2":
-            key = ""
-        else:
-            super_opts = fields[fields.index("-") + 3].split(",")
-            key = ",".join(o for o in super_opts if o not in ("rw", "ro") and "=" not in o
-                           or o.startswith("name="))
-        if key not in own:
-            continue
-        source = mount_point + own[key]
-        with _opened(root_fd, os.path.join(dest, name), "dir") as sub:
-            sc.mount(source, fd_path(sub), None, sc.MS_BIND | sc.MS_REC)
-        with _opened(root_fd, os.path.join(dest, name)) as top:
-            sc.mount(None, fd_path(top), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID
-                     | sc.MS_NODEV | sc.MS_NOEXEC | (sc.MS_RDONLY if readonly else 0))
+    # The tmpfs is ours alone and empty: its entries are made and opened relative to its root
+    # (no symlink can be in it), instead of resolving dest inside the rootfs for each of them.
     with _opened(root_fd, dest) as top:
+        for fields in hierarchies:
+            mount_point, fstype = fields[4], fields[fields.index("-") + 1]
+            if fstype not in ("cgroup", "cgroup2") or not mount_point.startswith("/sys/fs/cgroup/"):
+                continue
+            name = os.path.basename(mount_point)
+            if fstype == "cgroup2":
+                key = ""
+            else:
+                super_opts = fields[fields.index("-") + 3].split(",")
+                key = ",".join(o for o in super_opts if o not in ("rw", "ro") and "=" not in o
+                               or o.startswith("name="))
+            if key not in own:
+                continue
+            try:
+                os.mkdir(name, 0o755, dir_fd=top)
+            except FileExistsError:   # a hierarchy listed twice (stacked mounts)
+                pass
+            with _opened_entry(top, name) as sub:
+                sc.mount(mount_point + own[key], fd_path(sub), None, sc.MS_BIND | sc.MS_REC)
+            with _opened_entry(top, name) as bound:   # the new mount, not the covered dir
+                sc.mount(None, fd_path(bound), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID
+                         | sc.MS_NODEV | sc.MS_NOEXEC | (sc.MS_RDONLY if readonly else 0))
         for entry in os.listdir("/sys/fs/cgroup"):  # cpu -> cpu,cpuacct and friends
             host = os.path.join("/sys/fs/cgroup", entry)
             if os.path.islink(host):
@@ -139,6 +144,16 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool) -> None:
         if readonly:
             sc.mount(None, fd_path(top), None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID
                      | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+
+
+@contextmanager
+def _opened_entry(dir_fd: int, name: str) -> Iterator[int]:
+    """O_PATH fd of directory ``name`` in ``dir_fd``, never through a symlink."""
+    fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _populate_dev(root_fd: int, devices: tuple[Device, ...], userns: bool) -> None:
