@@ -40,12 +40,18 @@ def logger_argv(uri: str) -> list[str]:
 
 
 class BinaryLogger:
-    """One running logger process; `start` returns once it signalled ready."""
+    """One running logger process; `start` returns once it signalled ready.
 
-    def __init__(self, uri: str, spawner: Spawner, pid: int) -> None:
+    It holds a pidfd on the logger from spawn to the end of `stop`, and signals only through it: the
+    reaper that owns the logger's exit (the shim's) may reap it at any checkpoint, and a signal sent
+    by pid after that could hit whatever process got the pid next.
+    """
+
+    def __init__(self, uri: str, spawner: Spawner, pid: int, pidfd: int) -> None:
         self.uri = uri
         self.pid = pid
         self._spawner = spawner
+        self._pidfd = pidfd
 
     @classmethod
     async def start(
@@ -68,12 +74,15 @@ class BinaryLogger:
         try:
             child_fds = {0: devnull, 1: devnull, 2: devnull, 3: stdout_read, 4: stderr_read, 5: ready_write}
             pid = spawner.spawn(argv, env, child_fds)
+            # No checkpoint since spawn: a reaper in this trio thread cannot have reaped it yet, so the
+            # pid is still the logger's (a zombie at worst, which pidfd_open accepts).
+            pidfd = os.pidfd_open(pid)
         except OSError as error:
             raise StdioError(uri, f"cannot start logging binary: {error}") from error
         finally:
             for fd in (ready_write, devnull, stdout_read, stderr_read):
                 fds.close(fd)
-        logger = cls(uri, spawner, pid)
+        logger = cls(uri, spawner, pid, pidfd)
         try:
             await logger._wait_ready(ready_read)
         except BaseException:
@@ -99,26 +108,29 @@ class BinaryLogger:
         raise StdioError(self.uri, f"logging binary did not signal ready within {READY_TIMEOUT:g}s")
 
     async def stop(self, timeout: float) -> None:
-        """SIGTERM, up to `timeout` seconds for it to exit, then SIGKILL; returns once it was reaped."""
+        """SIGTERM, up to `timeout` seconds for it to exit, then SIGKILL; returns once it was reaped.
+        Call it once: it closes the pidfd."""
         exited = trio.Event()
 
         async def reap() -> None:
             await self._spawner.wait(self.pid)
             exited.set()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reap)
-            await trio.lowlevel.checkpoint()  # an already reaped logger must not be signalled (pid reuse)
-            if not exited.is_set():
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reap)
                 self._signal(signal.SIGTERM)
                 with trio.move_on_after(timeout):
                     await exited.wait()
                 if not exited.is_set():
                     self._signal(signal.SIGKILL)
+        finally:
+            os.close(self._pidfd)
 
     def _signal(self, signum: int) -> None:
+        """Signal the logger through its pidfd; one already reaped (ESRCH) needs nothing."""
         try:
-            os.kill(self.pid, signum)
+            signal.pidfd_send_signal(self._pidfd, signum)
         except OSError as error:
             if error.errno != errno.ESRCH:
                 raise

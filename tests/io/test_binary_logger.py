@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from railcar.io import DefaultSpawner, ProcessIO, StdioError
-from railcar.io.binary_logger import logger_argv
+from railcar.io.binary_logger import BinaryLogger, logger_argv
+from railcar.io.fds import FdSet
 
 from .clients import container, wait
 
@@ -162,3 +163,43 @@ async def test_default_spawner_maps_crossing_fds(tmp_path: Path) -> None:
     os.close(b_read)
     with pytest.raises(KeyError):  # waiting twice is a programming error, not a hang
         await spawner.wait(pid)
+
+
+class EagerReaper(DefaultSpawner):
+    """Like the shim's reaper: collects a child's exit as soon as asked (`reap`), and reports it to
+    `wait` only a few checkpoints later, as a reaper doing its own bookkeeping may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reaped: dict[int, int] = {}
+
+    async def reap(self, pid: int) -> None:
+        self._reaped[pid] = await super().wait(pid)
+
+    async def wait(self, pid: int) -> int:
+        for _ in range(5):
+            await trio.lowlevel.checkpoint()
+        return self._reaped.pop(pid)
+
+
+async def test_a_logger_reaped_before_stop_is_never_signalled_by_pid(tmp_path: Path, monkeypatch) -> None:
+    """Once reaped, the logger's pid may belong to a stranger: stop must signal through the pidfd it
+    opened at spawn (which reports ESRCH), never by pid."""
+    logger_path = write_logger(tmp_path, SIGNAL_READY)  # ready, then exits
+    spawner = EagerReaper()
+    fds = FdSet()
+    out_read, out_write = fds.pipe()
+    err_read, err_write = fds.pipe()
+    fds_before = set(os.listdir("/proc/self/fd"))
+    logger = await BinaryLogger.start(f"binary://{logger_path}", spawner, fds, stdout_read=out_read,
+                                      stderr_read=err_read, env={})
+    pidfds = [fd for fd in set(os.listdir("/proc/self/fd")) - fds_before
+              if f"Pid:\t{logger.pid}\n" in Path(f"/proc/self/fdinfo/{fd}").read_text()]
+    assert len(pidfds) == 2  # DefaultSpawner's own, and the logger's: pinned from spawn on
+    await spawner.reap(logger.pid)  # the pid is free for reuse from here on
+    by_pid: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, signum: by_pid.append((pid, signum)))
+    await logger.stop(timeout=0)
+    assert by_pid == []
+    assert set(os.listdir("/proc/self/fd")) - fds_before == set()  # the pidfd is closed
+    fds.close_all()
