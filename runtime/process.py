@@ -91,14 +91,15 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
     helper = _fork_helper(parent, child, launch, _intermediate)
     with ExitStack() as owned:
         owned.callback(parent.close)
-        with _reaping(helper):
-            while True:
-                msg, _ = parent.recv("namespaces", MapIds, InitForked)
-                if isinstance(msg, InitForked):
-                    break
-                with stage("namespaces"):
-                    _write_id_maps(msg.pid, launch.spec)
-                parent.send(IdsMapped())
+        # Reaped only at the end: its exit overlaps with our work and the init's.
+        owned.enter_context(_reaping(helper))
+        while True:
+            msg, _ = parent.recv("namespaces", MapIds, InitForked)
+            if isinstance(msg, InitForked):
+                break
+            with stage("namespaces"):
+                _write_id_maps(msg.pid, launch.spec)
+            parent.send(IdsMapped())
         _own(owned, msg.pid)
         parent.send(HooksDone(on_forked(msg.pid)))
         parked, fds = parent.recv("process", Parked)
@@ -111,15 +112,15 @@ def spawn_exec(launch: Launch) -> Spawned:
     helper = _fork_helper(parent, child, launch, _exec_intermediate)
     with ExitStack() as owned:
         owned.callback(parent.close)
+        owned.enter_context(_reaping(helper))   # as in spawn_init: reaped at the end
         # The intermediate's report and the exec process's may arrive in either order.
         pid = parked = console = None
-        with _reaping(helper):
-            while pid is None:
-                msg, fds = parent.recv("process", ExecForked, Parked)
-                if isinstance(msg, ExecForked):
-                    pid = msg.pid
-                else:
-                    parked, console = msg, _own_console(owned, msg, fds)
+        while pid is None:
+            msg, fds = parent.recv("process", ExecForked, Parked)
+            if isinstance(msg, ExecForked):
+                pid = msg.pid
+            else:
+                parked, console = msg, _own_console(owned, msg, fds)
         _own(owned, pid)
         if parked is None:
             parked, fds = parent.recv("process", Parked)
