@@ -382,6 +382,8 @@ class TaskService:
     async def kill(self, req: pb.KillRequest, ctx: Any) -> empty_pb2.Empty:
         task, process = self._process(req.id, req.exec_id)
         process.check("kill")
+        if process.starting:
+            await process.started.wait()  # a Kill racing the Start it follows signals what Start made
         if not process.pid:
             raise TtrpcError(Code.FAILED_PRECONDITION, "process not created")
         if process.reaped or self._reaper.has_exited(process.pid):
@@ -397,6 +399,9 @@ class TaskService:
 
     async def pids(self, req: pb.PidsRequest, ctx: Any) -> pb.PidsResponse:
         task = self._task(req.id)
+        for p in list(task.execs.values()):
+            if p.starting:
+                await p.started.wait()  # an exec being started is in the cgroup before we know its pid
         pids = await trio.to_thread.run_sync(task.cgroup.pids) if task.cgroup is not None else [task.init.pid]
         by_pid = {p.pid: p.exec_id for p in task.execs.values() if p.pid}
         response = pb.PidsResponse()
