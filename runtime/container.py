@@ -165,9 +165,17 @@ class Container:
                 "pid": self.init_pid if status != "stopped" else 0, "bundle": self.bundle,
                 "annotations": dict(self._record.annotations)}
 
+    def _stored_config(self) -> dict:
+        """The config.json saved at create (validated then)."""
+        with open(os.path.join(self._dir, CONFIG_FILE), "rb") as f:
+            return json.load(f)
+
     def _spec(self) -> Spec:
-        with open(os.path.join(self._dir, CONFIG_FILE)) as f:
-            return parse_spec(json.load(f), self.bundle)
+        return parse_spec(self._stored_config(), self.bundle)
+
+    def _stored_hooks(self, kind: str) -> list:
+        """The ``kind`` hooks only: start and delete need no more, so they skip parse_spec."""
+        return (self._stored_config().get("hooks") or {}).get(kind) or []
 
     def pids(self) -> list[int]:
         cgroup = self._cgroup()
@@ -213,7 +221,7 @@ class Container:
             os.close(fifo)
             os.close(pidfd)
         os.unlink(fifo_path)
-        hooks = self._spec().hooks.get("poststart")
+        hooks = self._stored_hooks("poststart")
         if hooks:
             try:
                 _run_hooks("poststart", hooks, self._hook_state("running"))
@@ -300,7 +308,7 @@ class Container:
                 self.kill(signal.SIGKILL)
         if cgroup is not None:
             cgroup.destroy()
-        hooks = self._spec().hooks.get("poststop") if self._record.created else None
+        hooks = self._stored_hooks("poststop") if self._record.created else None
         if hooks:
             try:
                 _run_hooks("poststop", hooks, self._hook_state("stopped"))
