@@ -86,6 +86,37 @@ def memory(resources: dict) -> Memory:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cpu:
+    """`linux.resources.cpu`, validated; None = absent, and 0 leaves a number as it is (runc's convention).
+    Each driver decides what it can honour (v2 has no real-time bandwidth)."""
+
+    shares: int | None = None
+    quota: int | None = None  # -1: unlimited
+    period: int | None = None
+    realtime_runtime: int | None = None  # -1: unlimited
+    realtime_period: int | None = None
+    cpus: str | None = None
+    mems: str | None = None
+
+
+MAX_CPU_SHARES = 262144
+"""The kernel's cap: v1 cpu.shares silently clamps above it (runc then fails the read-back check)."""
+
+
+def cpu(resources: dict) -> Cpu:
+    c = section(resources, "cpu")
+    return Cpu(
+        shares=integer(c, "shares", "cpu", lo=0, hi=MAX_CPU_SHARES),
+        quota=integer(c, "quota", "cpu", lo=-1),
+        period=integer(c, "period", "cpu", lo=0),
+        realtime_runtime=integer(c, "realtimeRuntime", "cpu", lo=-1),
+        realtime_period=integer(c, "realtimePeriod", "cpu", lo=0),
+        cpus=string(c, "cpus", "cpu"),
+        mems=string(c, "mems", "cpu"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class WeightDevice:
     """One `blockIO.weightDevice` entry; `where` is its JSON path for the driver's errors."""
 

@@ -126,7 +126,7 @@ class CgroupV1(Cgroup):
         if res.section(resources, "unified"):
             raise ResourceError("unified", "needs a cgroup v2 host; this host's cgroups are v1")
         self._memory(res.memory(resources))
-        self._cpu(res.section(resources, "cpu"))
+        self._cpu(res.cpu(resources))
         self._pids(res.section(resources, "pids"))
         self._block_io(res.section(resources, "blockIO"))
         self._hugetlb(res.hugepage_limits(resources))
@@ -176,35 +176,20 @@ class CgroupV1(Cgroup):
             if e.errno != errno.EOPNOTSUPP:  # kmem accounting switched off (cgroup.memory=nokmem)
                 raise
 
-    def _cpu(self, cpu: dict) -> None:
-        if not cpu:
-            return
-        where = "cpu"
-        shares = res.integer(cpu, "shares", where, lo=0)
-        quota = res.integer(cpu, "quota", where, lo=-1)
-        period = res.integer(cpu, "period", where, lo=0)
-        rt_runtime = res.integer(cpu, "realtimeRuntime", where, lo=-1)
-        rt_period = res.integer(cpu, "realtimePeriod", where, lo=0)
-        cpus = res.string(cpu, "cpus", where)
-        mems = res.string(cpu, "mems", where)
-        if any(v not in (None, 0) for v in (shares, quota, period, rt_runtime, rt_period)):
+    def _cpu(self, cpu: res.Cpu) -> None:
+        # Each period before the amount it bounds: the kernel checks an amount against the current period.
+        bandwidth = [("cpu.shares", cpu.shares), ("cpu.cfs_period_us", cpu.period), ("cpu.cfs_quota_us", cpu.quota),
+                     ("cpu.rt_period_us", cpu.realtime_period), ("cpu.rt_runtime_us", cpu.realtime_runtime)]
+        if any(value for _, value in bandwidth):
             d = self._require("cpu", "linux.resources.cpu")
-            if shares:
-                files.write(f"{d}/cpu.shares", shares)
-            if period:
-                files.write(f"{d}/cpu.cfs_period_us", period)
-            if quota:
-                files.write(f"{d}/cpu.cfs_quota_us", quota)
-            if rt_period:
-                files.write(f"{d}/cpu.rt_period_us", rt_period)
-            if rt_runtime:
-                files.write(f"{d}/cpu.rt_runtime_us", rt_runtime)
-        if cpus or mems:
+            for name, value in bandwidth:
+                if value:
+                    files.write(f"{d}/{name}", value)
+        if cpu.cpus or cpu.mems:
             d = self._require("cpuset", "linux.resources.cpu.cpus/mems")
-            if cpus:
-                files.write(f"{d}/cpuset.cpus", cpus)
-            if mems:
-                files.write(f"{d}/cpuset.mems", mems)
+            for name, value in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
+                if value:
+                    files.write(f"{d}/{name}", value)
 
     def _pids(self, pids: dict) -> None:
         limit = res.integer(pids, "limit", "pids")

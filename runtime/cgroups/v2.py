@@ -92,7 +92,7 @@ class CgroupV2(Cgroup):
         if not isinstance(resources, dict):
             raise ResourceError("", "must be an object")
         self._memory(res.memory(resources))
-        self._cpu(res.section(resources, "cpu"))
+        self._cpu(res.cpu(resources))
         pids = res.integer(res.section(resources, "pids"), "limit", "pids")
         if pids:  # 0 leaves it, negative means unlimited
             self._write("pids.max", pids if pids > 0 else "max", "pids.limit")
@@ -143,29 +143,21 @@ class CgroupV2(Cgroup):
         if m.reservation:
             self._write("memory.low", m.reservation if m.reservation > 0 else "max", "memory.reservation")
 
-    def _cpu(self, cpu: dict) -> None:
-        if not cpu:
-            return
-        where = "cpu"
-        shares = res.integer(cpu, "shares", where, lo=0, hi=262144)
-        quota = res.integer(cpu, "quota", where, lo=-1)
-        period = res.integer(cpu, "period", where, lo=0)
-        for key in ("realtimeRuntime", "realtimePeriod"):
-            if res.integer(cpu, key, where):
+    def _cpu(self, cpu: res.Cpu) -> None:
+        for key, value in (("realtimeRuntime", cpu.realtime_runtime), ("realtimePeriod", cpu.realtime_period)):
+            if value:
                 raise ResourceError(f"cpu.{key}", "cgroup v2 has no real-time CPU bandwidth control")
-        cpus = res.string(cpu, "cpus", where)
-        mems = res.string(cpu, "mems", where)
-        if shares:
-            self._write("cpu.weight", shares_to_weight(max(shares, 2)), "cpu.shares")
-        if quota or period:
+        if cpu.shares:
+            self._write("cpu.weight", shares_to_weight(max(cpu.shares, 2)), "cpu.shares")
+        if cpu.quota or cpu.period:
             current_quota, current_period = (files.read_optional(self._file("cpu.max")) or "max 100000").split()
-            q = ("max" if quota < 0 else str(quota)) if quota else current_quota
-            p = str(period) if period else current_period
+            q = ("max" if cpu.quota < 0 else str(cpu.quota)) if cpu.quota else current_quota
+            p = str(cpu.period) if cpu.period else current_period
             self._write("cpu.max", f"{q} {p}", "cpu.quota")
-        if cpus:
-            self._write("cpuset.cpus", cpus, "cpu.cpus")
-        if mems:
-            self._write("cpuset.mems", mems, "cpu.mems")
+        if cpu.cpus:
+            self._write("cpuset.cpus", cpu.cpus, "cpu.cpus")
+        if cpu.mems:
+            self._write("cpuset.mems", cpu.mems, "cpu.mems")
 
     def _io(self, bio: dict) -> None:
         if not bio:

@@ -34,6 +34,29 @@ def test_memory_errors_name_the_json_path(memory: dict, path: str) -> None:
     assert e.value.path == path
 
 
+def test_cpu_parses_every_field() -> None:
+    c = res.cpu({"cpu": {"shares": 512, "quota": -1, "period": 100000, "realtimeRuntime": 950,
+                         "realtimePeriod": 1000, "cpus": "0-1", "mems": "0"}})
+    assert c == res.Cpu(512, -1, 100000, 950, 1000, "0-1", "0")
+    assert res.cpu({}) == res.Cpu() == res.cpu({"cpu": None})
+
+
+@pytest.mark.parametrize(("cpu", "path"), [
+    ({"shares": res.MAX_CPU_SHARES + 1}, "linux.resources.cpu.shares"),
+    ({"quota": -2}, "linux.resources.cpu.quota"),
+    ({"period": "100000"}, "linux.resources.cpu.period"),
+    ({"realtimeRuntime": -2}, "linux.resources.cpu.realtimeRuntime"),
+    ({"realtimePeriod": True}, "linux.resources.cpu.realtimePeriod"),
+    ({"cpus": 1}, "linux.resources.cpu.cpus"),
+    ({"mems": ["0"]}, "linux.resources.cpu.mems"),
+    ([], "linux.resources.cpu"),
+])
+def test_cpu_errors_name_the_json_path(cpu: dict | list, path: str) -> None:
+    with pytest.raises(ResourceError) as e:
+        res.cpu({"cpu": cpu})
+    assert e.value.path == path
+
+
 def test_weight_devices() -> None:
     bio = {"weightDevice": [{"major": 8, "minor": 0, "weight": 500}, {"major": 8, "minor": 16, "leafWeight": 10}]}
     assert res.weight_devices(bio) == [res.WeightDevice("blockIO.weightDevice[0]", 8, 0, 500, None),
@@ -49,11 +72,13 @@ def test_weight_devices() -> None:
 @pytest.fixture
 def fake_v2(tmp_path: Path) -> CgroupV2:
     """A CgroupV2 whose root is a directory holding the control files the driver writes."""
-    (tmp_path / "cgroup.controllers").write_text("memory io\n")
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu memory io\n")
     leaf = tmp_path / "c"
     leaf.mkdir()
-    for name in ("memory.max", "memory.swap.max", "memory.low", "io.weight"):
+    for name in ("memory.max", "memory.swap.max", "memory.low", "io.weight", "cpu.weight", "cpuset.cpus",
+                 "cpuset.mems"):
         (leaf / name).write_text("")
+    (leaf / "cpu.max").write_text("max 100000\n")
     return CgroupV2("/c", root=str(tmp_path))
 
 
@@ -67,7 +92,19 @@ def test_v2_translates_memory_and_weights(fake_v2: CgroupV2) -> None:
     assert (d / "io.weight").read_text() == "8:0 10000"
 
 
+def test_v2_translates_cpu(fake_v2: CgroupV2) -> None:
+    fake_v2.update({"cpu": {"shares": 1024, "quota": 20000, "cpus": "0", "mems": "0"}})
+    d = Path(fake_v2.dir)
+    assert (d / "cpu.weight").read_text() == "39"  # 1 + (1024 - 2) * 9999 / 262142
+    assert (d / "cpu.max").read_text() == "20000 100000"  # the period kept as it was
+    assert ((d / "cpuset.cpus").read_text(), (d / "cpuset.mems").read_text()) == ("0", "0")
+    (d / "cpu.max").write_text("")  # plain files are not truncated by a write as cgroup files are
+    fake_v2.update({"cpu": {"quota": -1, "period": 50000}})
+    assert (d / "cpu.max").read_text() == "max 50000"
+
+
 @pytest.mark.parametrize(("resources", "path"), [
+    ({"cpu": {"realtimePeriod": 1000}}, "linux.resources.cpu.realtimePeriod"),
     ({"memory": {"kernelTCP": 1}}, "linux.resources.memory.kernelTCP"),
     ({"memory": {"disableOOMKiller": True}}, "linux.resources.memory.disableOOMKiller"),
     ({"memory": {"limit": 100, "swap": 50}}, "linux.resources.memory.swap"),

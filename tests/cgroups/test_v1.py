@@ -70,6 +70,7 @@ def test_update_raises_and_lowers_memory_with_swap(cgroup_parent: str) -> None:
     ({"memory": {"limit": "1G"}}, "linux.resources.memory.limit"),
     ({"memory": {"limit": 100, "swap": 50}}, "linux.resources.memory.swap"),
     ({"memory": {"swappiness": 101}}, "linux.resources.memory.swappiness"),
+    ({"cpu": {"shares": 262145}}, "linux.resources.cpu.shares"),  # the kernel would clamp it silently
     ({"devices": [{"allow": True, "access": "x"}]}, "linux.resources.devices[0].access"),
     ({"devices": [{"access": "r"}]}, "linux.resources.devices[0].allow"),
     ({"unified": {"memory.high": "1"}}, "linux.resources.unified"),
