@@ -18,7 +18,7 @@ from . import security
 from .cgroups import Cgroup, open_cgroup
 from .errors import ContainerExists, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
 from .process import PROC_NS, Launch, Spawned, kill_and_wait, spawn_exec, spawn_init
-from .spec import Spec, load_spec, parse_process, parse_spec
+from .spec import Spec, load_spec, parse_process
 from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, is_alive,
                     read_record, start_time, write_record)
 
@@ -170,11 +170,8 @@ class Container:
         with open(os.path.join(self._dir, CONFIG_FILE), "rb") as f:
             return json.load(f)
 
-    def _spec(self) -> Spec:
-        return parse_spec(self._stored_config(), self.bundle)
-
     def _stored_hooks(self, kind: str) -> list:
-        """The ``kind`` hooks only: start and delete need no more, so they skip parse_spec."""
+        """The ``kind`` hooks only: start and delete need no more, so they skip re-validating."""
         return (self._stored_config().get("hooks") or {}).get(kind) or []
 
     def pids(self) -> list[int]:
@@ -249,19 +246,22 @@ class Container:
         """Run another process in the container's namespaces and cgroup; returns once it
         execve'd. Its pid is re-parented to the caller's subreaper like the init."""
         proc = parse_process(process)
-        spec = self._spec()
-        plan = security.prepare(process, spec.linux.raw)
+        # Only linux (seccomp) is needed from the config validated at create: no re-validation.
+        plan = security.prepare(process, self._stored_config().get("linux") or {})
         pidfd = self._open_init("exec")
         ns_fds: list[tuple[int, int]] = []
         try:
             for name, flag in PROC_NS:
                 theirs = f"/proc/{self.init_pid}/ns/{name}"
-                if not os.path.exists(theirs) or _same_file(theirs, f"/proc/self/ns/{name}"):
+                try:
+                    if _same_inode(os.stat(theirs), os.stat(f"/proc/self/ns/{name}")):
+                        continue
+                except OSError:   # a namespace type this kernel lacks, or the init is gone
                     continue
                 ns_fds.append((os.open(theirs, os.O_RDONLY | os.O_CLOEXEC), flag))
             if not self._alive():   # the pid was reused while we opened: not our container
                 raise InvalidState("exec", "stopped")
-            spawned = spawn_exec(Launch(spec=spec, process=proc, stdio=stdio, terminal=terminal,
+            spawned = spawn_exec(Launch(spec=None, process=proc, stdio=stdio, terminal=terminal,
                                         cgroup=self._cgroup(), security=plan, ns_fds=ns_fds))
         finally:
             os.close(pidfd)
@@ -369,6 +369,5 @@ def _host_id(mappings: tuple) -> int:
     return next((m.host_id for m in mappings if m.container_id == 0), 0)
 
 
-def _same_file(a: str, b: str) -> bool:
-    sa, sb = os.stat(a), os.stat(b)
-    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
+def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)

@@ -44,7 +44,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass
 class Launch:
     """Everything the forked helpers need, prepared in the caller before fork."""
-    spec: Spec
+    spec: Spec | None                   # init only (an exec needs just its process)
     process: Process
     stdio: tuple[int, int, int] | None
     terminal: bool
