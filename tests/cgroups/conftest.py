@@ -4,6 +4,7 @@ before they run, and a check that nothing is left behind."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,37 @@ def assert_refused(cg: Cgroup, resources: dict, path: str) -> None:
     with pytest.raises(ResourceError) as e:
         cg.create(resources)
     assert e.value.path == path
+    cg.destroy()
+
+
+def assert_oom_kill_is_notified(cg: Cgroup, spawn: Callable[..., Proc]) -> None:
+    """A memory hog in ``cg`` (48 MiB, no swap beyond it) is OOM-killed; the watcher, silent before,
+    wakes and counts the kill once."""
+    cg.create({"memory": {"limit": 48 << 20, "swap": 48 << 20}})
+    watcher = cg.oom_watcher()
+    try:
+        assert watcher.read() == 0  # nothing yet, and never blocks
+        hog = spawn(cg, PYTHON, "-c", "x = []\nwhile True: x.append(bytearray(1 << 20))")
+        assert hog.wait() == -signal.SIGKILL
+        assert select.select([watcher], [], [], 20)[0] == [watcher]
+        wait_for(lambda: watcher.read() >= 1, "the OOM kill to be counted")
+        assert watcher.read() == 0
+    finally:
+        watcher.close()
+    cg.destroy()
+
+
+def assert_pids_limit_stops_fork_bomb(cg: Cgroup, spawn: Callable[..., Proc], pids_file: Callable[[str], str]) -> None:
+    """A fork bomb in ``cg`` limited to 8 pids is refused forks (``pids_file(name)`` reads the driver's
+    pids.* files) and never holds more than 8 processes."""
+    cg.create({"pids": {"limit": 8}})
+    bomb = spawn(cg, "/bin/sh", "-c", "for i in $(seq 30); do sleep 100 & done 2>/dev/null; wait")
+    # pids.events counts forks the limit refused: wait for the first refusal.
+    wait_for(lambda: pids_file("pids.events") != "max 0", "a refused fork")
+    assert 1 < len(cg.pids()) <= 8
+    assert int(pids_file("pids.current")) <= 8
+    cg.kill_all(signal.SIGKILL)
+    bomb.wait()
     cg.destroy()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 
@@ -13,7 +12,8 @@ from google.protobuf import json_format
 from railcar.runtime.cgroups import Cgroup, CgroupError, CgroupV1, ResourceError, open_cgroup
 from railcar.ttrpc_proto.api import cgroups_v1_pb2
 
-from .conftest import PYTHON, assert_refused, v1_only, wait_for
+from .conftest import (PYTHON, assert_oom_kill_is_notified, assert_pids_limit_stops_fork_bomb, assert_refused,
+                       v1_only, wait_for)
 
 pytestmark = v1_only
 
@@ -127,32 +127,12 @@ def test_stats_parse_as_metrics_and_count_usage(cgroup_parent: str, spawn) -> No
 
 
 def test_oom_kill_is_notified(cgroup_parent: str, spawn) -> None:
-    cg = CgroupV1(f"{cgroup_parent}/c6")
-    cg.create({"memory": {"limit": 48 << 20, "swap": 48 << 20}})
-    watcher = cg.oom_watcher()
-    try:
-        assert watcher.read() == 0  # nothing yet, and never blocks
-        hog = spawn(cg, PYTHON, "-c", "x = []\nwhile True: x.append(bytearray(1 << 20))")
-        assert hog.wait() == -signal.SIGKILL
-        assert select.select([watcher], [], [], 10)[0] == [watcher]
-        wait_for(lambda: watcher.read() >= 1, "the OOM kill to be counted")
-        assert watcher.read() == 0
-    finally:
-        watcher.close()
-    cg.destroy()
+    assert_oom_kill_is_notified(CgroupV1(f"{cgroup_parent}/c6"), spawn)
 
 
 def test_pids_limit_stops_fork_bomb(cgroup_parent: str, spawn) -> None:
     cg = CgroupV1(f"{cgroup_parent}/c7")
-    cg.create({"pids": {"limit": 8}})
-    bomb = spawn(cg, "/bin/sh", "-c", "for i in $(seq 30); do sleep 100 & done 2>/dev/null; wait")
-    # pids.events counts forks the limit refused: wait for the first refusal.
-    wait_for(lambda: read(cg, "pids", "pids.events") != "max 0")
-    assert 1 < len(cg.pids()) <= 8
-    assert int(read(cg, "pids", "pids.current")) <= 8
-    cg.kill_all(signal.SIGKILL)
-    bomb.wait()
-    cg.destroy()
+    assert_pids_limit_stops_fork_bomb(cg, spawn, lambda name: read(cg, "pids", name))
 
 
 def test_kill_all_reaches_a_paused_cgroup_and_ignores_a_gone_one(cgroup_parent: str, spawn) -> None:

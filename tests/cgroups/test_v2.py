@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 
 import pytest
@@ -12,7 +11,8 @@ from google.protobuf import json_format
 from railcar.runtime.cgroups import Cgroup, CgroupV2, open_cgroup
 from railcar.ttrpc_proto.api import cgroups_v2_pb2
 
-from .conftest import PYTHON, assert_refused, v2_only, wait_for
+from .conftest import (PYTHON, assert_oom_kill_is_notified, assert_pids_limit_stops_fork_bomb, assert_refused,
+                       v2_only, wait_for)
 
 pytestmark = [pytest.mark.cgroup_v2, v2_only]
 
@@ -112,27 +112,9 @@ def test_stats_parse_as_metrics_and_count_usage(cgroup_parent: str, spawn) -> No
 
 
 def test_oom_kill_is_notified(cgroup_parent: str, spawn) -> None:
-    cg = CgroupV2(f"{cgroup_parent}/c6")
-    cg.create({"memory": {"limit": 48 << 20, "swap": 48 << 20}})
-    watcher = cg.oom_watcher()
-    try:
-        assert watcher.read() == 0
-        hog = spawn(cg, PYTHON, "-c", "x = []\nwhile True: x.append(bytearray(1 << 20))")
-        assert hog.wait() == -signal.SIGKILL
-        assert select.select([watcher], [], [], 20)[0] == [watcher]
-        wait_for(lambda: watcher.read() >= 1, "the OOM kill to be counted")
-        assert watcher.read() == 0
-    finally:
-        watcher.close()
-    cg.destroy()
+    assert_oom_kill_is_notified(CgroupV2(f"{cgroup_parent}/c6"), spawn)
 
 
 def test_pids_limit_stops_fork_bomb(cgroup_parent: str, spawn) -> None:
     cg = CgroupV2(f"{cgroup_parent}/c7")
-    cg.create({"pids": {"limit": 8}})
-    bomb = spawn(cg, "/bin/sh", "-c", "for i in $(seq 30); do sleep 100 & done 2>/dev/null; wait")
-    wait_for(lambda: read(cg, "pids.events") != "max 0", "a refused fork")
-    assert 1 < len(cg.pids()) <= 8
-    cg.kill_all(signal.SIGKILL)
-    bomb.wait()
-    cg.destroy()
+    assert_pids_limit_stops_fork_bomb(cg, spawn, lambda name: read(cg, name))
