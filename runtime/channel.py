@@ -33,8 +33,8 @@ class InitForked:
 
 @dataclass(frozen=True)
 class HooksDone:
-    """Caller → init: prestart/createRuntime hooks ran; set up the rootfs. ``state`` is the
-    container state that in-container hooks receive."""
+    """Caller → init: prestart/createRuntime hooks ran; finish the rootfs (createContainer
+    hooks, pivot_root). ``state`` is the container state that in-container hooks receive."""
     state: dict
 
 

@@ -278,11 +278,16 @@ def _setns_all(fds: list[tuple[int, int]]) -> None:
 
 def _init(ch: Channel, launch: Launch) -> None:
     spec = launch.spec
-    hooks_done, _ = ch.recv("rootfs", HooksDone)
-    hook_state = hooks_done.state
     userns = spec.linux.namespace("user") is not None
-    with stage("rootfs"):
-        rootfs.prepare(spec, userns)
+    # As runc does, the mounts go up while the caller records our pid and runs the prestart and
+    # createRuntime hooks. A failure is reported only after that: until the caller has heard
+    # from us it takes our death for a failure to start at all.
+    try:
+        with stage("rootfs"):
+            rootfs.prepare(spec, userns)
+    finally:
+        hooks_done, _ = ch.recv("rootfs", HooksDone)
+    hook_state = hooks_done.state
     _hooks(launch, "createContainer", hook_state)
     with stage("rootfs"):
         rootfs.pivot(spec.root_path)
