@@ -352,12 +352,7 @@ class TaskService:
         task.init.check("exec")
         if req.exec_id in task.execs:
             raise TtrpcError(Code.ALREADY_EXISTS, f"id {req.exec_id}: already exists")
-        try:
-            spec = json.loads(req.spec.value or b"{}")
-        except ValueError as e:
-            raise TtrpcError(Code.INVALID_ARGUMENT, f"exec spec is not JSON: {e}") from None
-        if not isinstance(spec, dict):
-            raise TtrpcError(Code.INVALID_ARGUMENT, "exec spec must be a JSON object (an OCI Process)")
+        spec = _json_object(req.spec.value, "exec spec (an OCI Process)")
         spec["terminal"] = req.terminal
         task.execs[req.exec_id] = Process(req.id, req.exec_id, req.stdin, req.stdout, req.stderr, req.terminal,
                                           spec=spec)
@@ -449,12 +444,7 @@ class TaskService:
     async def update(self, req: pb.UpdateTaskRequest, ctx: Any) -> empty_pb2.Empty:
         task = self._task(req.id)
         task.init.check("update")
-        try:
-            resources = json.loads(req.resources.value or b"{}")
-        except ValueError as e:
-            raise TtrpcError(Code.INVALID_ARGUMENT, f"resources are not JSON LinuxResources: {e}") from None
-        if not isinstance(resources, dict):
-            raise TtrpcError(Code.INVALID_ARGUMENT, "resources must be a JSON object (OCI LinuxResources)")
+        resources = _json_object(req.resources.value, "resources (OCI LinuxResources)")
         await self._call("update", {"id": task.id, "root": self.root, "resources": resources})
         return EMPTY
 
@@ -519,3 +509,15 @@ def _timestamp(ns: int) -> Any:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(ns)
     return stamp
+
+
+def _json_object(data: bytes, what: str) -> dict:
+    """The JSON object containerd packed into an Any ({} when empty); INVALID_ARGUMENT naming `what`
+    otherwise, so a bad request never reaches the runtime."""
+    try:
+        value = json.loads(data or b"{}")
+    except ValueError as e:
+        raise TtrpcError(Code.INVALID_ARGUMENT, f"{what} is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise TtrpcError(Code.INVALID_ARGUMENT, f"{what} must be a JSON object, got {type(value).__name__}")
+    return value

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from google.protobuf import empty_pb2
+from google.protobuf import any_pb2, empty_pb2
 
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import mount_pb2, task_v2_pb2 as pb
@@ -185,6 +185,13 @@ async def _exercise(shim: Shim, bundle: Path) -> None:
         resources = pack_json("types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
                               {"pids": {"limit": 100}})
         await shim("Update", pb.UpdateTaskRequest(id="c1", resources=resources))
+        for method, request, named in [
+            ("Update", pb.UpdateTaskRequest(id="c1", resources=any_pb2.Any(value=b"{nope")), "resources"),
+            ("Exec", pb.ExecProcessRequest(id="c1", exec_id="bad", spec=any_pb2.Any(value=b"[]")), "exec spec"),
+        ]:
+            with pytest.raises(TtrpcError) as info:
+                await shim(method, request)
+            assert info.value.code == Code.INVALID_ARGUMENT and named in info.value.message
 
         process = {"args": ["sh", "-c", "exit 3"], "cwd": "/", "env": [PATH_ENV]}
         spec = pack_json("types.containerd.io/opencontainers/runtime-spec/1/Process", process)
