@@ -32,6 +32,12 @@ class InitForked:
 
 
 @dataclass(frozen=True)
+class RootfsReady:
+    """Init → caller: the spec's mounts are up (not yet pivoted). runtime-spec runs the prestart
+    and createRuntime hooks now: after the environment exists, before pivot_root."""
+
+
+@dataclass(frozen=True)
 class HooksDone:
     """Caller → init: prestart/createRuntime hooks ran; finish the rootfs (createContainer
     hooks, pivot_root). ``state`` is the container state that in-container hooks receive."""
@@ -57,7 +63,7 @@ class Failed:
     cause: str
 
 
-MESSAGES = {cls.__name__: cls for cls in (MapIds, IdsMapped, InitForked, HooksDone, Parked,
+MESSAGES = {cls.__name__: cls for cls in (MapIds, IdsMapped, InitForked, RootfsReady, HooksDone, Parked,
                                            ExecForked, Failed)}
 _MAX = 65536
 

@@ -26,7 +26,8 @@ from typing import Callable, Iterator, NoReturn
 
 from . import rootfs
 from . import syscalls as sc
-from .channel import Channel, ExecForked, Failed, HooksDone, IdsMapped, InitForked, MapIds, Parked
+from .channel import (Channel, ExecForked, Failed, HooksDone, IdsMapped, InitForked, MapIds, Parked,
+                      RootfsReady)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
 from .spec import IdMapping, Process, Spec
@@ -84,8 +85,10 @@ def stage(name: str) -> Iterator[None]:
 def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
     """Fork the intermediate and the init; return once the init is parked before execve.
 
-    ``on_forked(pid)`` runs in the caller once the init exists in its namespaces (record the
-    pid, run prestart/createRuntime hooks) and returns the state dict in-container hooks get.
+    ``on_forked(pid)`` runs in the caller once the init exists in its namespaces and has its
+    mounts up (record the pid, run prestart/createRuntime hooks) and returns the state dict
+    in-container hooks get. The init mounts while the intermediate is still reporting, so its
+    RootfsReady may overtake InitForked: both are awaited in either order.
     """
     parent, child = Channel.pair()
     helper = _fork_helper(parent, child, launch, _intermediate)
@@ -93,17 +96,21 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
         owned.callback(parent.close)
         # Reaped only at the end: its exit overlaps with our work and the init's.
         owned.enter_context(_reaping(helper))
-        while True:
-            msg, _ = parent.recv("namespaces", MapIds, InitForked)
-            if isinstance(msg, InitForked):
-                break
-            with stage("namespaces"):
-                _write_id_maps(msg.pid, launch.spec)
-            parent.send(IdsMapped())
-        _own(owned, msg.pid)
-        parent.send(HooksDone(on_forked(msg.pid)))
+        pid, mounted = 0, False
+        while not (pid and mounted):
+            msg, _ = parent.recv("rootfs" if pid else "namespaces", MapIds, InitForked, RootfsReady)
+            if isinstance(msg, MapIds):
+                with stage("namespaces"):
+                    _write_id_maps(msg.pid, launch.spec)
+                parent.send(IdsMapped())
+            elif isinstance(msg, InitForked):
+                pid = msg.pid
+                _own(owned, pid)
+            else:
+                mounted = True
+        parent.send(HooksDone(on_forked(pid)))
         parked, fds = parent.recv("process", Parked)
-        return Spawned(msg.pid, _own_console(owned, parked, fds))
+        return Spawned(pid, _own_console(owned, parked, fds))
 
 
 def spawn_exec(launch: Launch) -> Spawned:
@@ -279,14 +286,12 @@ def _setns_all(fds: list[tuple[int, int]]) -> None:
 def _init(ch: Channel, launch: Launch) -> None:
     spec = launch.spec
     userns = spec.linux.namespace("user") is not None
-    # As runc does, the mounts go up while the caller records our pid and runs the prestart and
-    # createRuntime hooks. A failure is reported only after that: until the caller has heard
-    # from us it takes our death for a failure to start at all.
-    try:
-        with stage("rootfs"):
-            rootfs.prepare(spec, userns)
-    finally:
-        hooks_done, _ = ch.recv("rootfs", HooksDone)
+    # The mounts go up first; then the caller records our pid and runs the prestart and
+    # createRuntime hooks (which may look at them), as runtime-spec and runc order it.
+    with stage("rootfs"):
+        rootfs.prepare(spec, userns)
+    ch.send(RootfsReady())
+    hooks_done, _ = ch.recv("rootfs", HooksDone)
     hook_state = hooks_done.state
     _hooks(launch, "createContainer", hook_state)
     with stage("rootfs"):

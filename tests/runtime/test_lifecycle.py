@@ -173,6 +173,25 @@ def test_hooks_run_at_their_moments(make_bundle, state_root, tmp_path) -> None:
                                        "poststop", "stopped"]
 
 
+def test_create_runtime_hooks_see_the_container_mounts(make_bundle, state_root, tmp_path) -> None:
+    """runtime-spec: createRuntime runs after the environment exists (the spec's mounts are up),
+    before pivot_root (so under the bundle's rootfs); the hook finds them through the init's pid in
+    the state on its stdin."""
+    log = tmp_path / "mounts.log"
+    script = (f"p=$(sed -n 's/.*\"pid\": *\\([0-9]*\\).*/\\1/p'); "
+              f"grep -c '/rootfs/mnt/marker ' /proc/$p/mountinfo > {log}")
+
+    def edit(c: dict) -> None:
+        c["mounts"].append({"destination": "/mnt/marker", "type": "tmpfs", "source": "tmpfs"})
+        c["hooks"] = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}
+
+    bundle = make_bundle(["true"], edit=edit)
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    finish(container, created)
+    assert log.read_text().strip() == "1"
+
+
 def test_failing_hook_fails_create_and_leaves_nothing(make_bundle, state_root) -> None:
     def edit(c: dict) -> None:
         c["hooks"] = {"createRuntime": [{"path": "/bin/false"}]}
