@@ -181,8 +181,12 @@ def task_status(cd: devenv.Containerd, cid: str) -> str:
 
 
 def remove_task(cd: devenv.Containerd, cid: str) -> None:
-    """SIGKILL `cid`, wait until it stopped, then remove its task and container (each step may find nothing)."""
+    """SIGKILL `cid`, wait until it stopped, then remove its task and container (each may be gone
+    already). A task that stopped must be removable: a failed Delete would leave its shim behind and
+    show up only later as a leak, without the reason."""
     cd.ctr("task", "kill", "-s", "SIGKILL", cid)
-    eventually(lambda: task_status(cd, cid) in ("STOPPED", ""))
-    cd.ctr("task", "rm", cid)
+    assert eventually(lambda: task_status(cd, cid) in ("STOPPED", "")), f"{cid} did not stop"
+    if task_status(cd, cid):
+        removed = cd.ctr("task", "rm", cid)
+        assert removed.returncode == 0, removed.stderr
     cd.ctr("container", "rm", cid)
