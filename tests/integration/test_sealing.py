@@ -1,11 +1,10 @@
 """CVE-2019-5736 through the real shim: every process a container is forked from runs a sealed interpreter."""
 
 import os
-import time
 
 import pytest
 
-from .conftest import RUNTIME, shim_pids
+from .conftest import RUNTIME, remove_task, shim_pids
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +25,6 @@ def _forker_of(pid: int) -> int:
     return forkers[0]
 
 
-def _stop(cd, cid: str) -> None:
-    cd.ctr("task", "kill", "-s", "SIGKILL", cid)
-    deadline = time.monotonic() + 15
-    while cd.ctr("task", "delete", cid).returncode != 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    cd.ctr("container", "rm", cid)
-
-
 def test_shim_daemons_and_forkers_run_a_sealed_interpreter(cd, image, cid) -> None:
     # Two containers: whichever of them a cold daemon serves and whichever a zygote forked, both are sealed.
     ids = (cid, cid + "-b")
@@ -47,4 +38,4 @@ def test_shim_daemons_and_forkers_run_a_sealed_interpreter(cd, image, cid) -> No
                 assert _exe(pid).startswith("/memfd:railcar-sealed"), f"{pid} runs {_exe(pid)}"
     finally:
         for name in ids:
-            _stop(cd, name)
+            remove_task(cd, name)
