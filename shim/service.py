@@ -362,6 +362,8 @@ class TaskService:
     async def state(self, req: pb.StateRequest, ctx: Any) -> pb.StateResponse:
         task, process = self._process(req.id, req.exec_id)
         status = process.status
+        if status is Status.DELETED:
+            status = Status.STOPPED  # Delete is tearing it down; containerd's enum has no "deleted"
         if process.exec_id and status is Status.RUNNING and task.init.status is Status.PAUSED:
             status = Status.PAUSED
         pio = process.io
