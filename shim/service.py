@@ -348,6 +348,8 @@ class TaskService:
             return
 
     async def exec(self, req: pb.ExecProcessRequest, ctx: Any) -> empty_pb2.Empty:
+        if not req.exec_id:  # "" addresses the init: such an exec could never be started, waited or deleted
+            raise TtrpcError(Code.INVALID_ARGUMENT, "exec id must not be empty")
         task = self._task(req.id)
         task.init.check("exec")
         if req.exec_id in task.execs:

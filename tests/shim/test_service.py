@@ -188,6 +188,7 @@ async def _exercise(shim: Shim, bundle: Path) -> None:
         for method, request, named in [
             ("Update", pb.UpdateTaskRequest(id="c1", resources=any_pb2.Any(value=b"{nope")), "resources"),
             ("Exec", pb.ExecProcessRequest(id="c1", exec_id="bad", spec=any_pb2.Any(value=b"[]")), "exec spec"),
+            ("Exec", pb.ExecProcessRequest(id="c1", exec_id="", spec=any_pb2.Any(value=b"{}")), "exec id"),
         ]:
             with pytest.raises(TtrpcError) as info:
                 await shim(method, request)
