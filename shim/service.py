@@ -272,8 +272,8 @@ class TaskService:
         process.check("start")
         if process.starting:
             raise TtrpcError(Code.FAILED_PRECONDITION, f"process {process.id} is already being started")
-        if process.exec_id and task.init.status not in (Status.RUNNING, Status.PAUSED):
-            raise TtrpcError(Code.FAILED_PRECONDITION, f"container {task.id} init process is not running")
+        if process.exec_id and (task.init.status not in (Status.RUNNING, Status.PAUSED) or task.init.reaped):
+            raise _init_not_running(task)
         process.starting = True
         try:
             if process.exec_id:
@@ -352,6 +352,8 @@ class TaskService:
             raise TtrpcError(Code.INVALID_ARGUMENT, "exec id must not be empty")
         task = self._task(req.id)
         task.init.check("exec")
+        if task.init.reaped:
+            raise _init_not_running(task)
         if req.exec_id in task.execs:
             raise TtrpcError(Code.ALREADY_EXISTS, f"id {req.exec_id}: already exists")
         spec = _json_object(req.spec.value, "exec spec (an OCI Process)")
@@ -505,6 +507,14 @@ class TaskService:
             "Connect": (module.ConnectRequest, self.connect),
             "Shutdown": (module.ShutdownRequest, self.shutdown),
         }
+
+
+def _init_not_running(task: Task) -> TtrpcError:
+    """Why an exec is refused. Exec and Start also refuse once the init is reaped, though it reads
+    RUNNING until its exit is recorded (after the stdio drain and the execs' exits): an exec let in
+    then would run in a dead container and could publish its exit after the init's, which must be
+    the last (containerd #10589)."""
+    return TtrpcError(Code.FAILED_PRECONDITION, f"container {task.id} init process is not running")
 
 
 def _timestamp(ns: int) -> Any:

@@ -1,9 +1,13 @@
-"""State's answer for a process whose Delete is under way (unit test of the service's table lookup)."""
+"""Answers the service decides from its process table alone, in states a real run passes through only
+briefly (unit tests: no forker, reaper or events are reached)."""
 
 import logging
 
+import pytest
+
 from railcar.shim.process import Process, Status
 from railcar.shim.service import Task, TaskService
+from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import task_v2_pb2 as pb
 
 
@@ -28,3 +32,20 @@ async def test_state_during_delete_reports_stopped_not_the_internal_deleted() ->
     for exec_id, pid, code in [("", 42, 137), ("e1", 43, 1)]:
         response = await service.state(pb.StateRequest(id="c1", exec_id=exec_id), None)
         assert (response.status, response.pid, response.exit_status) == (Status.STOPPED, pid, code)
+
+
+async def test_no_exec_is_added_or_started_once_the_init_is_reaped() -> None:
+    """Between the init's reaping and its recorded exit (stdio drain, execs killed and waited) the init
+    still reads RUNNING; an exec let in then would run in a dead container and could publish its exit
+    after the init's, which must be the last (containerd #10589): FailedPrecondition, as runc answers."""
+    init = Process("c1", "", pid=42)
+    init.apply("start")
+    waiting = Process("c1", "e1", spec={"args": ["true"]})
+    service = _service_with(Task("c1", "/bundle", init, execs={"e1": waiting}))
+    init.reaped = True
+    for method, request in [("exec", pb.ExecProcessRequest(id="c1", exec_id="e2")),
+                            ("start", pb.StartRequest(id="c1", exec_id="e1"))]:
+        with pytest.raises(TtrpcError) as info:
+            await getattr(service, method)(request, None)
+        assert info.value.code == Code.FAILED_PRECONDITION and "not running" in info.value.message
+    assert list(service.tasks["c1"].execs) == ["e1"] and not waiting.starting
