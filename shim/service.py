@@ -155,6 +155,9 @@ class TaskService:
         """The init's exit is published last: kill what is left, let running execs publish their exits,
         and report an OOM kill first (CRI marks OOMKilled only if TaskOOM arrives)."""
         self._check_oom(task)
+        for p in list(task.execs.values()):
+            if p.starting:
+                await p.started.wait()  # a Start in flight has no pid yet, but its exit must come first too
         running = [p for p in task.execs.values() if p.pid and not p.exited.is_set()]
         if running:
             try:

@@ -4,6 +4,8 @@ briefly (unit tests: no forker, reaper or events are reached)."""
 import logging
 
 import pytest
+import trio
+import trio.testing
 
 from railcar.shim.process import Process, Status
 from railcar.shim.service import Task, TaskService
@@ -49,3 +51,27 @@ async def test_no_exec_is_added_or_started_once_the_init_is_reaped() -> None:
             await getattr(service, method)(request, None)
         assert info.value.code == Code.FAILED_PRECONDITION and "not running" in info.value.message
     assert list(service.tasks["c1"].execs) == ["e1"] and not waiting.starting
+
+
+async def test_the_init_exit_waits_for_an_exec_start_in_flight() -> None:
+    """An exec whose Start was under way when the init was reaped has no pid yet; the init's exit
+    must still wait for it (its exec-started, then its exit) so that the init's exit stays the last."""
+    init = Process("c1", "", pid=42)
+    init.apply("start")
+    starting = Process("c1", "e1", spec={"args": ["true"]}, starting=True)
+    task = Task("c1", "/bundle", init, execs={"e1": starting})
+    service = _service_with(task)
+    finished = trio.Event()
+
+    async def init_exit() -> None:
+        await service._before_init_exit(task)
+        finished.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(init_exit)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not finished.is_set()
+        starting.pid = 43  # the Start ends, and the exec's own exit is already published
+        starting.exited.set()
+        starting.started.set()
+    assert finished.is_set()
