@@ -303,6 +303,8 @@ class TaskService:
         task = self._task(req.id)
         async with task.lock:
             task, process = self._process(req.id, req.exec_id)
+            if process.starting:
+                await process.started.wait()  # judge what the Start in flight made, not the entry it fills in
             process.check("delete")
             if process.status is Status.CREATED and process.pid:
                 # A created init (or an exec whose Start failed half-way) is killed, then reaped as usual.

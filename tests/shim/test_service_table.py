@@ -75,3 +75,27 @@ async def test_the_init_exit_waits_for_an_exec_start_in_flight() -> None:
         starting.exited.set()
         starting.started.set()
     assert finished.is_set()
+
+
+async def test_deleting_an_exec_while_its_start_is_in_flight_waits_for_the_start() -> None:
+    """A Delete that ran while Start spawned the exec dropped a CREATED, pid-less entry; Start then
+    attached a live process nothing tracked any more. Delete judges what Start made instead."""
+    init = Process("c1", "", pid=42)
+    init.apply("start")
+    starting = Process("c1", "e1", spec={"args": ["true"]}, starting=True)
+    service = _service_with(Task("c1", "/bundle", init, execs={"e1": starting}))
+    refused: list[Code] = []
+
+    async def delete() -> None:
+        with pytest.raises(TtrpcError) as info:
+            await service.delete(pb.DeleteRequest(id="c1", exec_id="e1"), None)
+        refused.append(info.value.code)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(delete)
+        await trio.testing.wait_all_tasks_blocked()
+        assert "e1" in service.tasks["c1"].execs and not refused
+        starting.pid = 43  # the Start ends: the exec runs
+        starting.apply("start")
+        starting.started.set()
+    assert refused == [Code.FAILED_PRECONDITION] and "e1" in service.tasks["c1"].execs
