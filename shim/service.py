@@ -35,6 +35,7 @@ from .spawner import ReaperSpawner
 EMPTY = empty_pb2.Empty()
 DRAIN_TIMEOUT = 2.0
 EXEC_EXIT_TIMEOUT = 5.0
+GO_ZERO_TIME_SECONDS = -62135596800  # 0001-01-01: "no time" to containerd's non-nullable Go timestamps
 OOM_RECHECK_DELAYS = (0.0, 0.01, 0.02, 0.05, 0.1)
 _FORKER_CODES = {"spec": Code.INVALID_ARGUMENT, "not_found": Code.NOT_FOUND, "runtime": Code.UNKNOWN,
                  "internal": Code.INTERNAL}
@@ -376,14 +377,11 @@ class TaskService:
         if process.exec_id and status is Status.RUNNING and task.init.status is Status.PAUSED:
             status = Status.PAUSED
         pio = process.io
-        response = pb.StateResponse(
+        return pb.StateResponse(
             id=process.id, bundle=task.bundle, pid=process.pid, status=int(status),
             stdin=pio.stdin_path if pio else process.stdin, stdout=pio.stdout_path if pio else process.stdout,
             stderr=pio.stderr_path if pio else process.stderr, terminal=process.terminal,
-            exit_status=process.exit_status, exec_id=process.exec_id)
-        if process.exited_at_ns:
-            response.exited_at.CopyFrom(_timestamp(process.exited_at_ns))
-        return response
+            exit_status=process.exit_status, exited_at=_timestamp(process.exited_at_ns), exec_id=process.exec_id)
 
     async def kill(self, req: pb.KillRequest, ctx: Any) -> empty_pb2.Empty:
         task, process = self._process(req.id, req.exec_id)
@@ -523,8 +521,12 @@ def _init_not_running(task: Task) -> TtrpcError:
 
 
 def _timestamp(ns: int) -> Any:
+    """A protobuf Timestamp of `ns` since the epoch; 0 (not exited) is Go's zero time, which containerd
+    reads as "no time" (a zero Timestamp would be a real time in 1970)."""
     from google.protobuf import timestamp_pb2
 
+    if not ns:
+        return timestamp_pb2.Timestamp(seconds=GO_ZERO_TIME_SECONDS)
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(ns)
     return stamp

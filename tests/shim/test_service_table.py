@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from railcar.shim.process import Process, Status
-from railcar.shim.service import Task, TaskService
+from railcar.shim.service import GO_ZERO_TIME_SECONDS, Task, TaskService
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import task_v2_pb2 as pb
 
@@ -99,3 +99,15 @@ async def test_deleting_an_exec_while_its_start_is_in_flight_waits_for_the_start
         starting.apply("start")
         starting.started.set()
     assert refused == [Code.FAILED_PRECONDITION] and "e1" in service.tasks["c1"].execs
+
+
+async def test_a_process_that_never_exited_reports_go_zero_time_not_1970() -> None:
+    """containerd 1.6 decodes timestamps into non-nullable Go times: "no exit time" is Go's zero time
+    (0001-01-01, as runc sends it); a zero protobuf Timestamp would read as a real exit in 1970."""
+    init = Process("c1", "", pid=42)
+    init.apply("start")
+    service = _service_with(Task("c1", "/bundle", init, execs={"e1": Process("c1", "e1", spec={})}))
+    state = await service.state(pb.StateRequest(id="c1"), None)
+    deleted = await service.delete(pb.DeleteRequest(id="c1", exec_id="e1"), None)
+    for stamp in (state.exited_at, deleted.exited_at):
+        assert (stamp.seconds, stamp.nanos) == (GO_ZERO_TIME_SECONDS, 0)
