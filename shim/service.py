@@ -279,6 +279,7 @@ class TaskService:
         if process.exec_id and (task.init.status not in (Status.RUNNING, Status.PAUSED) or task.init.reaped):
             raise _init_not_running(task)
         process.starting = True
+        process.started = trio.Event()  # a failed earlier Start set the old one
         try:
             if process.exec_id:
                 pio = await self._open_io(process)
@@ -296,6 +297,9 @@ class TaskService:
                 await self._call("start", {"id": task.id, "root": self.root})
                 process.apply("start")
                 self._events.publish(ev.TaskStart(container_id=task.id, pid=process.pid))
+        except BaseException:
+            process.starting = False  # still CREATED: a later Start may try again
+            raise
         finally:
             process.started.set()  # the exit may be published now (after the start event, if any)
         return pb.StartResponse(pid=process.pid)

@@ -141,7 +141,8 @@ async def test_the_whole_task_api(bundle: Path, address: str, namespace: str, cg
     topics = [(e.topic, _who(e)) for e, _ in fake.received]
     assert topics == [
         ("/tasks/create", "c1"), ("/tasks/start", "c1"),
-        ("/tasks/exec-added", "e1"), ("/tasks/exec-started", "e1"), ("/tasks/exit", "e1"),
+        ("/tasks/exec-added", "e1"), ("/tasks/exec-added", "no-args"), ("/tasks/exec-started", "e1"),
+        ("/tasks/exit", "e1"),
         ("/tasks/paused", "c1"), ("/tasks/resumed", "c1"),
         ("/tasks/exit", "c1"), ("/tasks/delete", "c1"),
     ]
@@ -201,6 +202,11 @@ async def _exercise(shim: Shim, bundle: Path) -> None:
             == Code.ALREADY_EXISTS
         assert await shim.code_of("Kill", pb.KillRequest(id="c1", exec_id="e1", signal=9)) \
             == Code.FAILED_PRECONDITION  # not started: no pid
+        no_args = pack_json("types.containerd.io/opencontainers/runtime-spec/1/Process", {"cwd": "/"})
+        await shim("Exec", pb.ExecProcessRequest(id="c1", exec_id="no-args", spec=no_args))
+        for _ in range(2):  # a failed Start is refused for its cause again, not as "being started"
+            assert await shim.code_of("Start", pb.StartRequest(id="c1", exec_id="no-args")) == Code.INVALID_ARGUMENT
+        await shim("Delete", pb.DeleteRequest(id="c1", exec_id="no-args"), pb.DeleteResponse)
         await shim("Start", pb.StartRequest(id="c1", exec_id="e1"), pb.StartResponse)
         exec_exit = await shim("Wait", pb.WaitRequest(id="c1", exec_id="e1"), pb.WaitResponse)
         assert exec_exit.exit_status == 3
