@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
 import devenv  # noqa: E402
+from tests.polling import eventually  # noqa: E402,F401 - the integration tests import it from here
 
 RUNTIME = "io.containerd.railcar.v2"
 VENV_BIN = Path(sys.executable).parent
@@ -122,16 +122,6 @@ def containerd() -> Iterator[devenv.Containerd]:
 @pytest.fixture(scope="session")
 def image(containerd: devenv.Containerd) -> str:
     return devenv.busybox_image(containerd)
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Poll `predicate` until it holds; False if it still does not after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _settled(check: Callable[[], Collection], timeout: float = 10.0) -> Collection:

@@ -5,9 +5,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from railcar.shim.events import SERVICE
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import events_ttrpc_pb2
 from railcar.ttrpc_proto.server import Server
+from tests.polling import eventually
 
 def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: bytes = b"",
              extra_python: list[str] = ()) -> subprocess.CompletedProcess:
@@ -48,16 +47,6 @@ def children_named(pid: int, comm: str) -> list[int]:
     return found
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll `predicate` until it holds; False if it still does not after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def pid_gone(pid: int) -> bool:
     """Whether `pid` no longer exists (or is a zombie nobody reaped yet)."""
     try:
@@ -69,7 +58,7 @@ def pid_gone(pid: int) -> bool:
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:
     """Whether `pid` disappeared within `timeout` seconds."""
-    return wait_until(lambda: pid_gone(pid), timeout)
+    return eventually(lambda: pid_gone(pid), timeout)
 
 
 @pytest.fixture

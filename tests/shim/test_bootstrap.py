@@ -16,7 +16,7 @@ from railcar.shim import paths
 from railcar.ttrpc_proto.api import task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
 
-from .conftest import children_named, run_shim, runs_sealed, wait_gone, wait_until
+from .conftest import children_named, eventually, run_shim, runs_sealed, wait_gone
 
 
 def test_socket_path_hashes_the_cleaned_join() -> None:
@@ -109,7 +109,7 @@ def test_start_imports_neither_trio_nor_protobuf(bundle: Path, address: str) -> 
     assert not imported & {"json", "re", "enum", "socket", "hashlib", "signal"}
     socket_file = result.stdout.decode().removeprefix("unix://")
     # No Create ever comes: the daemon gives up after its grace period and removes its socket.
-    assert wait_until(lambda: not os.path.exists(socket_file))
+    assert eventually(lambda: not os.path.exists(socket_file))
 
 
 def test_start_without_config_fails_with_a_message(tmp_path: Path, address: str) -> None:
@@ -128,7 +128,7 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
     zygote = subprocess.Popen([sys.executable, "-m", "railcar.shim.zygote"], env={**os.environ},
                               stdin=subprocess.DEVNULL)
     try:
-        assert wait_until(lambda: os.path.exists(paths.zygote_socket()))
+        assert eventually(lambda: os.path.exists(paths.zygote_socket()))
         serving = _peer_pid(paths.zygote_socket())  # ours, or one an earlier test session left running
         result = run_shim(["-namespace", "default", "-address", address, "-id", "z1", "start"], bundle,
                           env={"RAILCAR_ZYGOTE": "1"})

@@ -20,7 +20,7 @@ from railcar.ttrpc_proto.api import mount_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
 from railcar.ttrpc_proto.typeurl import pack_json
 
-from .conftest import FakeContainerd, pid_gone, run_shim, wait_gone, wait_until
+from .conftest import FakeContainerd, eventually, pid_gone, run_shim, wait_gone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
 import devenv  # noqa: E402
@@ -74,7 +74,7 @@ def cgroup_parent(tmp_path: Path) -> str:
             os.kill(pid, signal.SIGKILL)
     for address in tmp_path.rglob("address"):
         socket_file = Path(address.read_text().removeprefix("unix://"))
-        if socket_file.exists() and wait_until(lambda: not socket_file.exists(), timeout=2) is False:
+        if socket_file.exists() and eventually(lambda: not socket_file.exists(), timeout=2) is False:
             leaks.append(f"socket {socket_file}")
             socket_file.unlink()
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
@@ -85,7 +85,7 @@ def cgroup_parent(tmp_path: Path) -> str:
             leaks.append(f"cgroup {child}")
             for pid in (child / "cgroup.procs").read_text().split():
                 os.kill(int(pid), signal.SIGKILL)
-            assert wait_until(lambda: not (child / "cgroup.procs").read_text().strip())
+            assert eventually(lambda: not (child / "cgroup.procs").read_text().strip())
             child.rmdir()
         leftover.rmdir()
     with open("/proc/self/mountinfo") as f:
