@@ -110,13 +110,18 @@ def pss_kib(pid: int) -> int:
 
 def railcar_shim_pids(cd: devenv.Containerd, ids: list[str]) -> tuple[list[int], list[int]]:
     """railcar daemons (forked by the zygote, so not findable by name) from their bundles' shim.pid,
-    and each daemon's forker child: together they are the per-shim cost."""
+    and each daemon's forker with its spare worker: together they are the per-shim cost."""
     daemons = sorted({int((cd.bundle(cid) / "shim.pid").read_text()) for cid in ids})
-    forkers = []
+    helpers = []
     for pid in daemons:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        forkers += [int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "railcar-forker"]
-    return daemons, forkers
+        todo = [pid]
+        while todo:
+            parent = todo.pop()
+            for child in map(int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split()):
+                if Path(f"/proc/{child}/comm").read_text().strip() in ("railcar-forker", "railcar-worker"):
+                    helpers.append(child)
+                    todo.append(child)
+    return daemons, helpers
 
 
 def shim_pids(binary: str, namespace: str) -> list[int]:
@@ -134,29 +139,41 @@ def shim_pids(binary: str, namespace: str) -> list[int]:
     return pids
 
 
+SETTLE = 3.0  # seconds: railcar retires a forker's spare worker after 2 s without requests
+
+
+def shim_memory(cd: devenv.Containerd, name: str, ids: list[str]) -> str:
+    """Shim processes and PSS per container now, for `ids` of runtime `name`."""
+    count = len(ids)
+    split = ""
+    if name == "railcar":
+        # The zygote is a per-node cost, but only railcar has one: its share is counted.
+        daemons, forkers = railcar_shim_pids(cd, ids)
+        zygotes = zygotes_of(cd)
+        pids = daemons + forkers + zygotes
+        split = "  (daemons {:.2f}, forkers and spare workers {:.2f}, zygote {:.2f})".format(
+            *(sum(map(pss_kib, group)) / count / 1024 for group in (daemons, forkers, zygotes)))
+    else:
+        pids = shim_pids(SHIM_BINARIES[name], cd.namespace)
+    total = sum(pss_kib(p) for p in pids)
+    return f"{len(pids):2d} shim processes, {total / count / 1024:6.2f} MiB PSS per container{split}"
+
+
 def bench_memory(cd: devenv.Containerd, image: str, count: int) -> None:
-    print(f"\nshim PSS per running container ({count} containers each)")
+    print(f"\nshim PSS per running container ({count} containers each; at once and {SETTLE:.0f} s later)")
     for grouped in (False, True):
         for name, flags in RUNTIMES.items():
             if name == "crun":
                 continue  # same Go shim as runc
             ids = [f"m-{name}-{int(grouped)}-{i}" for i in range(count)]
             extra = ["--annotation", f"io.kubernetes.cri.sandbox-id=pod-{name}"] if grouped else []
+            label = "grouped" if grouped else "one shim each"
             try:
                 for cid in ids:
                     timed(cd, "run", "-d", *flags, *extra, image, cid, "sleep", "1000", what=f"{name} run -d")
-                split = ""
-                if name == "railcar":
-                    daemons, forkers = railcar_shim_pids(cd, ids)
-                    pids = daemons + forkers
-                    split = "  (daemons {:.2f}, forkers {:.2f})".format(
-                        *(sum(map(pss_kib, group)) / count / 1024 for group in (daemons, forkers)))
-                else:
-                    pids = shim_pids(SHIM_BINARIES[name], cd.namespace)
-                total = sum(pss_kib(p) for p in pids)
-                label = "grouped" if grouped else "one shim each"
-                print(f"  {name:8s} {label:14s} {len(pids):2d} shim processes, "
-                      f"{total / count / 1024:6.2f} MiB PSS per container{split}")
+                print(f"  {name:8s} {label:14s} {shim_memory(cd, name, ids)}")
+                time.sleep(SETTLE)
+                print(f"  {'':8s} {'settled':14s} {shim_memory(cd, name, ids)}")
             finally:
                 for cid in ids:
                     cd.ctr("task", "kill", "-s", "SIGKILL", cid)
@@ -205,17 +222,28 @@ def compile_railcar() -> None:
         compileall.compile_dir(HERE.parent / folder, quiet=1)
 
 
-def stop_zygotes_of(cd: devenv.Containerd) -> None:
-    """SIGTERM the zygotes this containerd's shims started (containerd put TTRPC_ADDRESS in their
-    environment), by pid, and wait for them; other zygotes on the node are left alone."""
+def zygotes_of(cd: devenv.Containerd) -> list[int]:
+    """The zygotes this containerd's shims started (containerd put TTRPC_ADDRESS in their environment)."""
     mine = f"TTRPC_ADDRESS={cd.ttrpc_address}".encode()
-    stopped = []
+    found = []
     for entry in os.listdir("/proc"):
         try:
             if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "railcar-zygote" \
                     and mine in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                os.kill(int(entry), signal.SIGTERM)
-                stopped.append(int(entry))
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def stop_zygotes_of(cd: devenv.Containerd) -> None:
+    """SIGTERM this containerd's zygotes, by pid, and wait for them; other zygotes on the node are
+    left alone."""
+    stopped = []
+    for pid in zygotes_of(cd):
+        try:
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
         except OSError:
             continue
     deadline = time.monotonic() + 10

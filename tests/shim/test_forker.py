@@ -1,9 +1,13 @@
-"""The forker process: JSON requests with fds attached, errors reported, survives bad requests."""
+"""The forker process: JSON requests with fds attached, errors reported, survives bad requests, and
+runs each request in a fresh worker (so the forker itself stays a clean copy)."""
 
 import os
+import signal
 
 import pytest
 import trio
+
+from tests.polling import eventually
 
 from railcar.shim.forker import Forker, ForkerError
 
@@ -28,12 +32,37 @@ def _crash(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     raise KeyError("boom")
 
 
-HANDLERS = {"write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash}
+_touched: list[int] = []
+
+
+def _touch(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    """Leaves a trace in the process that ran it: the next request sees it only in the same process."""
+    _touched.append(os.getpid())
+    return {"pid": os.getpid(), "seen": list(_touched)}, []
+
+
+def _die(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return None, []
+
+
+def _stderr(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    os.dup2(fds[0], 2)
+    return None, []
+
+
+def _say(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    os.write(2, args["text"].encode())
+    return None, []
+
+
+HANDLERS = {"write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash, "touch": _touch, "die": _die,
+            "stderr": _stderr, "say": _say}
 
 
 @pytest.fixture
 def forker():
-    f = Forker(HANDLERS)
+    f = Forker(HANDLERS, spare_idle=0.2)
     pid = f.start()
     yield f
     f.close()
@@ -45,7 +74,7 @@ async def test_requests_carry_fds_both_ways(forker: Forker) -> None:
     read_end, write_end = os.pipe()
     result, fds = await forker.call("write", {"text": "hello"}, [write_end])
     os.close(write_end)
-    assert result["got"] == 1 and result["pid"] == forker.pid != os.getpid()
+    assert result["got"] == 1 and result["pid"] not in (forker.pid, os.getpid())
     assert os.read(read_end, 100) == b"hello"
     os.close(read_end)
     _, fds = await forker.call("pipe", {})
@@ -75,3 +104,48 @@ async def test_concurrent_calls_are_serialised(forker: Forker) -> None:
     os.close(write_end)
     assert sorted(os.read(read_end, 100).decode().split(";")[:-1]) == ["0", "1", "2", "3", "4"]
     os.close(read_end)
+
+
+async def test_each_request_runs_in_a_fresh_worker(forker: Forker) -> None:
+    first, _ = await forker.call("touch", {})
+    second, _ = await forker.call("touch", {})
+    assert first["pid"] != second["pid"]
+    assert first["seen"] == [first["pid"]] and second["seen"] == [second["pid"]]  # nothing carried over
+    assert _touched == []  # nor did anything run here
+
+
+async def test_a_worker_killed_mid_request_is_reported_and_the_forker_goes_on(forker: Forker) -> None:
+    with pytest.raises(ForkerError, match="worker was killed by signal 9") as info:
+        await forker.call("die", {})
+    assert info.value.kind == "internal"
+    null = os.open(os.devnull, os.O_WRONLY)
+    result, _ = await forker.call("write", {"text": "still here"}, [null])
+    os.close(null)
+    assert result["got"] == 1
+
+
+async def test_stderr_moves_the_log_of_every_later_worker(forker: Forker) -> None:
+    read_end, write_end = os.pipe()
+    await forker.call("stderr", {}, [write_end])
+    os.close(write_end)
+    await forker.call("say", {"text": "one;"})
+    await forker.call("say", {"text": "two"})
+    assert os.read(read_end, 100) == b"one;two"
+    os.close(read_end)
+
+
+def _workers_of(pid: int) -> list[int]:
+    return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+
+
+async def test_a_spare_worker_waits_only_while_requests_keep_coming(forker: Forker) -> None:
+    assert _workers_of(forker.pid) == []  # none before the first request
+    first, _ = await forker.call("touch", {})
+    # forked while the first one worked (which is gone once the forker reaped it)
+    assert eventually(lambda: len(_workers_of(forker.pid)) == 1 and first["pid"] not in _workers_of(forker.pid))
+    [spare] = _workers_of(forker.pid)
+    second, _ = await forker.call("touch", {})
+    assert second["pid"] == spare
+    assert eventually(lambda: _workers_of(forker.pid) == [], timeout=5)  # retired after 0.2 s idle
+    third, _ = await forker.call("touch", {})  # forked on demand
+    assert third["pid"] not in (first["pid"], second["pid"], forker.pid)
