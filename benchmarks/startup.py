@@ -114,14 +114,28 @@ def railcar_shim_pids(cd: devenv.Containerd, ids: list[str]) -> tuple[list[int],
     daemons = sorted({int((cd.bundle(cid) / "shim.pid").read_text()) for cid in ids})
     helpers = []
     for pid in daemons:
-        todo = [pid]
-        while todo:
-            parent = todo.pop()
-            for child in map(int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split()):
-                if Path(f"/proc/{child}/comm").read_text().strip() in ("railcar-forker", "railcar-worker"):
-                    helpers.append(child)
-                    todo.append(child)
+        for forker in children(pid, "railcar-forker"):
+            helpers += [forker, *children(forker, "railcar-worker")]
     return daemons, helpers
+
+
+def children(pid: int, *comms: str) -> list[int]:
+    """The children of `pid` whose comm is one of `comms`."""
+    try:
+        kids = map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        return [kid for kid in kids if Path(f"/proc/{kid}/comm").read_text().strip() in comms]
+    except OSError:
+        return []
+
+
+def zygote_group(cd: devenv.Containerd) -> list[int]:
+    """The zygote, its spare daemon and the spare's forker (the daemons it forked are counted apart)."""
+    found = []
+    for zygote in zygotes_of(cd):
+        found.append(zygote)
+        for spare in children(zygote, "railcar-spare"):
+            found += [spare, *children(spare, "railcar-forker")]
+    return found
 
 
 def shim_pids(binary: str, namespace: str) -> list[int]:
@@ -149,9 +163,9 @@ def shim_memory(cd: devenv.Containerd, name: str, ids: list[str]) -> str:
     if name == "railcar":
         # The zygote is a per-node cost, but only railcar has one: its share is counted.
         daemons, forkers = railcar_shim_pids(cd, ids)
-        zygotes = zygotes_of(cd)
+        zygotes = zygote_group(cd)
         pids = daemons + forkers + zygotes
-        split = "  (daemons {:.2f}, forkers and spare workers {:.2f}, zygote {:.2f})".format(
+        split = "  (daemons {:.2f}, forkers and spare workers {:.2f}, zygote and spare daemon {:.2f})".format(
             *(sum(map(pss_kib, group)) / count / 1024 for group in (daemons, forkers, zygotes)))
     else:
         pids = shim_pids(SHIM_BINARIES[name], cd.namespace)

@@ -1,17 +1,24 @@
 """The long-running shim daemon: process setup before trio, then the ttrpc server and its helpers.
 
-Order matters here. Everything that must be true for every child (fd 2 on the log FIFO, SIGPIPE
-ignored, child subreaper) is set first; then the forker is forked while the process is still a
-plain single-threaded Python; only then does trio start. The daemon ends on Shutdown with no tasks
-left, on SIGTERM/SIGINT, or when no Create arrived within the grace period (containerd died between
-`start` and Create, reference §8.4), and removes its socket on the way out.
+Order matters here. Everything that must be true for every child (SIGPIPE ignored, child
+subreaper) is set first; then the forker is forked while the process is still a plain
+single-threaded Python; only then does trio start. A daemon spawned by `start` (or by hand) knows its
+container from the start. A zygote's spare does all of that ahead of need and then waits, inside
+trio, for its assignment (flags, environment, working directory and listener), so a container's
+`start` finds a daemon already serving; only then does it open its log and move the forker's there.
+The daemon ends on Shutdown with no tasks left, on SIGTERM/SIGINT, or when no Create arrived within
+the grace period (containerd died between `start` and Create, reference §8.4), and removes its
+socket on the way out.
 """
 
 import ctypes
 import gc
+import logging
+import marshal
 import os
 import signal
 import socket
+from dataclasses import dataclass
 
 import prctl
 import trio
@@ -22,8 +29,8 @@ from railcar.ttrpc_proto.server import Server
 from . import log as shim_log
 from . import paths
 from .events import Publisher
-from .flags import Flags
-from .forker import Forker
+from .flags import Flags, parse
+from .forker import Forker, ForkerError
 from .reaper import Reaper
 from .service import TaskService
 
@@ -32,6 +39,7 @@ GRACE_ENV = "RAILCAR_SHIM_GRACE"
 DEFAULT_GRACE = 30.0
 EVENT_DRAIN_TIMEOUT = 5.0
 PROCESS_NAME = "railcar-shim"  # the comm name ps/top show, whether spawned cold or forked by the zygote
+SPARE_NAME = "railcar-spare"  # a zygote's spare until a `start` is passed to it
 
 
 def _set_child_subreaper() -> None:
@@ -61,8 +69,32 @@ def _grace() -> float:
         return DEFAULT_GRACE
 
 
-async def _serve(flags: Flags, bundle: str, listener: socket.socket, forker: Forker, logger) -> None:
+@dataclass
+class Assignment:
+    """What a daemon serves: the container `start` was run for, its bundle, listener and logger.
+    `forker_log` is set when the forker was made before fd 2 was the log (a spare's)."""
+
+    flags: Flags
+    bundle: str
+    listener: socket.socket
+    logger: logging.Logger
+    forker_log: bool = False
+
+
+async def _move_forker_log(forker: Forker, logger: logging.Logger) -> None:
+    """Point the forker's fd 2 at ours. Run as a task started before the server, it takes the
+    forker's lock before any request can, without holding up the first accept."""
+    try:
+        await forker.call("stderr", {}, [2])
+    except ForkerError as e:
+        logger.warning("cannot move the forker's log: %s", e)
+
+
+async def _serve(assignment: Assignment, forker: Forker) -> None:
+    flags, bundle, listener, logger = assignment.flags, assignment.bundle, assignment.listener, assignment.logger
     async with trio.open_nursery() as nursery:
+        if assignment.forker_log:
+            nursery.start_soon(_move_forker_log, forker, logger)
         reaper = Reaper()
         await nursery.start(reaper.run)
         publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace, logger)
@@ -113,32 +145,97 @@ async def _serve(flags: Flags, bundle: str, listener: socket.socket, forker: For
         nursery.cancel_scope.cancel()
 
 
-def run(flags: Flags) -> int:
-    """Run the daemon until it is told to stop; returns the process exit code."""
-    bundle = os.path.abspath(flags.bundle or os.getcwd())
-    logger = shim_log.setup(bundle, flags.namespace, flags.debug)
+def _prepare() -> Forker:
+    """What every child must inherit (a name, SIGPIPE ignored, child subreaper), then the forker,
+    forked while this is still a single-threaded plain Python."""
     prctl.set_name(PROCESS_NAME)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     _set_child_subreaper()
-    listener = _listener(flags)
     # Freeze before forking the forker, so that neither process's collector ever walks (and so
     # copies) the objects they share; a cold daemon's imports are frozen here too.
     gc.freeze()
     forker = Forker()
     forker.start(keep_fds=(0, 1, 2))
+    return forker
+
+
+async def _serve_then_close(assignment: Assignment, forker: Forker) -> None:
+    """Serve, log a failure, and remove the socket on the way out."""
     try:
-        trio.run(_serve, flags, bundle, listener, forker, logger)
+        await _serve(assignment, forker)
     except BaseException:
-        logger.exception("shim daemon failed")
+        assignment.logger.exception("shim daemon failed")
         raise
     finally:
-        path = listener.getsockname()
-        listener.close()
-        forker.close()
+        path = assignment.listener.getsockname()
+        assignment.listener.close()
         if isinstance(path, str) and path:
             try:
                 os.unlink(path)
             except OSError:
                 pass
-    logger.info("railcar shim exiting")
+        assignment.logger.info("railcar shim exiting")
+
+
+def run(flags: Flags) -> int:
+    """Run the daemon for `flags` until it is told to stop; returns the process exit code."""
+    bundle = os.path.abspath(flags.bundle or os.getcwd())
+    assignment = Assignment(flags, bundle, _listener(flags), shim_log.setup(bundle, flags.namespace, flags.debug))
+    forker = _prepare()
+    try:
+        trio.run(_serve_then_close, assignment, forker)
+    finally:
+        forker.close()
+    return 0
+
+
+async def _receive(conn: socket.socket) -> tuple[bytes, list[int]]:
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 1)
+            return data, fds
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(conn)
+
+
+async def _serve_when_assigned(conn: socket.socket, forker: Forker, holds_fd3: bool) -> None:
+    """A spare's life: wait for the zygote to pass on a `start` request, take on its container, serve.
+    Returns at once if the zygote closed the connection first (it is exiting)."""
+    data, fds = await _receive(conn)
+    conn.close()
+    if not data or len(fds) != 1:
+        return
+    prctl.set_name(PROCESS_NAME)
+    request = marshal.loads(data)  # from our parent, the zygote, which checked it
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    listener_fd = fds[0]
+    if holds_fd3:  # the same shape as a spawned daemon: the listener is fd 3
+        os.dup2(listener_fd, 3, inheritable=False)
+        os.close(listener_fd)
+        listener_fd = 3
+    os.set_inheritable(listener_fd, False)
+    flags = parse(request["flags"])
+    bundle = os.path.abspath(flags.bundle or os.getcwd())
+    assignment = Assignment(flags, bundle, socket.socket(fileno=listener_fd),
+                            shim_log.setup(bundle, flags.namespace, flags.debug), forker_log=True)
+    await _serve_then_close(assignment, forker)
+
+
+def run_spare(conn: socket.socket) -> int:
+    """Run a zygote's spare daemon: prepared now, serving once the zygote passes a `start` on `conn`.
+
+    fd 3 is held (on /dev/null) until then, so that the listener can take it.
+    """
+    placeholder = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    if placeholder != 3:
+        os.close(placeholder)
+    forker = _prepare()
+    prctl.set_name(SPARE_NAME)
+    conn.setblocking(False)
+    try:
+        trio.run(_serve_when_assigned, conn, forker, placeholder == 3)
+    finally:
+        forker.close()
     return 0

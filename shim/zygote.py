@@ -1,10 +1,11 @@
 """A warm per-node zygote that forks ready shim daemons, so containers do not pay Python's imports.
 
 A fresh daemon spends most of a second importing trio, protobuf and the runtime before it can
-answer containerd's Create. The zygote pays that once: it imports everything the daemon needs,
-freezes the heap (copy-on-write stays shared), and for each `start` forks a child that becomes the
-daemon with the listener `start` passed over SCM_RIGHTS. The zygote never runs trio or threads, so
-forking it is safe. Requests and replies are `marshal`-encoded (`start` cannot afford json's
+answer containerd's Create. The zygote pays that once: it imports everything the daemon needs and
+freezes the heap (copy-on-write stays shared). It keeps one spare daemon forked ahead of need (its
+forker made, trio running: `daemon.run_spare`); each `start` is passed on to the spare, with the
+listener `start` sent over SCM_RIGHTS, and a new spare is forked for the next one. The zygote never
+runs trio or threads, so forking it is safe. Requests and replies are `marshal`-encoded (`start` cannot afford json's
 imports) and accepted only from our own uid. `start` falls back to spawning a daemon directly (and
 a zygote for next time) whenever no zygote answers; the zygote exits after an idle period.
 
@@ -26,6 +27,7 @@ from .flags import FlagError, parse
 
 IDLE_ENV = "RAILCAR_ZYGOTE_IDLE"
 DEFAULT_IDLE = 600.0
+SPARE_DELAY = 0.1  # seconds without a `start` before a used spare is replaced
 _UCRED = struct.Struct("3i")
 
 
@@ -58,48 +60,82 @@ def _listen(path: str) -> socket.socket | None:
     return sock
 
 
-def _become_daemon(request: dict, listener_fd: int) -> int:
-    """In the forked child: take the shape `start` would have given a spawned daemon, then run it."""
-    from .daemon import run
+class _Spare:
+    """The zygote's end of a spare daemon (see `daemon.run_spare`)."""
 
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.setpgid(0, 0)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.dup2(listener_fd, 3)
-    for fd in {devnull, listener_fd} - {0, 1, 2, 3}:
-        os.close(fd)
-    return run(parse(request["flags"]))
+    def __init__(self) -> None:
+        self.conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                code = self._become_spare(theirs)
+            finally:
+                os._exit(code)
+        theirs.close()
+
+    @staticmethod
+    def _become_spare(conn: socket.socket) -> int:
+        """In the forked child: the shape `start` gives a spawned daemon, then wait for a container.
+
+        Only stdio and `conn` stay open: not the zygote's socket, nor a connection or listener of a
+        `start` being served."""
+        from .daemon import run_spare
+
+        for name in os.listdir("/proc/self/fd"):
+            if int(name) > 2 and int(name) != conn.fileno():
+                try:
+                    os.close(int(name))
+                except OSError:
+                    pass
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.setpgid(0, 0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        if devnull > 2:
+            os.close(devnull)
+        return run_spare(conn)
+
+    def assign(self, request: bytes, listener_fd: int) -> bool:
+        """Pass a checked `start` request on; False if the spare is gone. Either way it is used up."""
+        try:
+            socket.send_fds(self.conn, [request], [listener_fd])
+            return True
+        except OSError:
+            return False
+        finally:
+            self.conn.close()
+
+    def retire(self) -> None:
+        self.conn.close()  # the spare sees EOF and exits; SIGCHLD is ignored, so no zombie
 
 
-def _serve_one(server: socket.socket, conn: socket.socket) -> None:
-    """Fork a daemon for one `start` request and answer with its pid (or an error)."""
+def _serve_one(conn: socket.socket, spare: _Spare | None) -> _Spare | None:
+    """Pass one `start` request to the spare (forked now if there is none) and answer with its pid
+    (or an error); returns the spare if it was not used."""
     fds: list[int] = []
     try:
         pid_uid_gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if pid_uid_gid[1] != os.geteuid():
-            return
+            return spare
         data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 1)
         request = marshal.loads(data)  # the peer is our own uid (checked above): as trusted as we are
         if not isinstance(request, dict):
             raise ValueError("a start request is a dict")
         parse(request["flags"])  # refuse bad flags here, not in a child nobody watches
+        if not isinstance(request["env"], dict) or not isinstance(request["cwd"], str):
+            raise ValueError("a start request has an env dict and a cwd")
         if len(fds) != 1:
             raise ValueError("a start request carries exactly one listener fd")
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                server.close()
-                conn.close()
-                code = _become_daemon(request, fds[0])
-            finally:
-                os._exit(code)
+        spare = spare or _Spare()
+        assigned, pid, spare = spare.assign(data, fds[0]), spare.pid, None
+        if not assigned:  # the spare died (killed by hand?): a new one takes it
+            spare = _Spare()
+            assigned, pid, spare = spare.assign(data, fds[0]), spare.pid, None
+        if not assigned:
+            raise OSError("no spare daemon took the request")
         conn.send(marshal.dumps({"pid": pid}))
     except (OSError, ValueError, EOFError, TypeError, KeyError, FlagError) as e:
         try:
@@ -110,6 +146,7 @@ def _serve_one(server: socket.socket, conn: socket.socket) -> None:
         for fd in fds:
             os.close(fd)
         conn.close()
+    return spare
 
 
 def _warm_up() -> None:
@@ -129,21 +166,30 @@ def main() -> int:
     server = _listen(path)
     if server is None:
         return 0
+    spare: _Spare | None = None
     try:
         import prctl
 
         prctl.set_name("railcar-zygote")
         _warm_up()
         gc.freeze()
-        server.settimeout(_idle_timeout())
+        spare = _Spare()
         while True:
+            # A used spare is replaced once no `start` came for SPARE_DELAY: forking it at once
+            # would take CPU from the container being created right then.
+            server.settimeout(_idle_timeout() if spare else SPARE_DELAY)
             try:
                 conn, _ = server.accept()
             except TimeoutError:
-                return 0
+                if spare:
+                    return 0
+                spare = _Spare()
+                continue
             conn.settimeout(5)
-            _serve_one(server, conn)
+            spare = _serve_one(conn, spare)
     finally:
+        if spare is not None:
+            spare.retire()
         server.close()
         try:
             os.unlink(path)

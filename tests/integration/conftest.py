@@ -43,9 +43,20 @@ def processes_named(comm: str) -> set[int]:
     return found
 
 
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except OSError:
+        return 0
+
+
 def shim_pids() -> set[int]:
-    """Running railcar shim daemons and their forkers (the zygote lives on between tests; the session stops it)."""
-    return processes_named("railcar-shim") | processes_named("railcar-forker")
+    """Running railcar shim daemons with their forkers and workers. The zygote and its spare daemon
+    (railcar-spare, with a forker of its own) live on between tests; the session stops them."""
+    spares = processes_named("railcar-spare")
+    helpers = processes_named("railcar-forker") | processes_named("railcar-worker")
+    return processes_named("railcar-shim") | {pid for pid in helpers if _parent(pid) not in spares}
 
 
 def mounts_under(*roots: Path) -> list[str]:
@@ -84,13 +95,17 @@ def zygotes_of(cd: devenv.Containerd) -> set[int]:
 
 
 def _stop_zygotes(cd: devenv.Containerd) -> None:
-    """SIGTERM (the zygote removes its socket) the zygotes our shims started, by pid, and wait for them."""
-    for pid in zygotes_of(cd):
+    """SIGTERM (the zygote removes its socket) the zygotes our shims started, by pid, and wait for them
+    and for their spare daemons (each goes when its zygote closes the connection to it)."""
+    zygotes = zygotes_of(cd)
+    spares = {pid for pid in processes_named("railcar-spare") if _parent(pid) in zygotes}
+    for pid in zygotes:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     assert not _settled(lambda: zygotes_of(cd)), "zygotes did not stop"
+    assert not _settled(lambda: spares & processes_named("railcar-spare")), "spare daemons did not stop"
 
 
 @pytest.fixture(scope="session")

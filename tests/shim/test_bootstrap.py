@@ -130,6 +130,8 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
     try:
         assert eventually(lambda: os.path.exists(paths.zygote_socket()))
         serving = _peer_pid(paths.zygote_socket())  # ours, or one an earlier test session left running
+        os.mkfifo(bundle / "log")
+        log_reader = os.open(bundle / "log", os.O_RDONLY | os.O_NONBLOCK)  # containerd's end
         result = run_shim(["-namespace", "default", "-address", address, "-id", "z1", "start"], bundle,
                           env={"RAILCAR_ZYGOTE": "1"})
         assert result.returncode == 0 and result.stderr == b""
@@ -141,7 +143,12 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
         with open(f"/proc/{pid}/comm") as f:
             assert f.read().strip() == "railcar-shim"
         fds = _fd_targets(pid)
-        assert fds[0] == fds[1] == fds[2] == "/dev/null" and fds[3].startswith("socket:")
+        assert fds[0] == fds[1] == "/dev/null" and fds[3].startswith("socket:")
+        # It logs to the bundle's FIFO, and so does its forker (made before the spare was assigned).
+        [forker] = children_named(pid, "railcar-forker")
+        assert fds[2] == str(bundle / "log")
+        assert eventually(lambda: _fd_targets(forker)[2] == str(bundle / "log"))
+        os.close(log_reader)
         # The zygote sealed itself once; its daemons and their forkers share that interpreter.
         assert runs_sealed(serving) and runs_sealed(pid) and runs_sealed(children_named(pid, "railcar-forker")[0])
         await _shutdown(shim_address)
@@ -152,8 +159,14 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
                 socket.send_fds(conn, [bad], [0])
                 assert set(marshal.loads(conn.recv(4096))) == {"error"}  # answered, nothing forked
         assert _peer_pid(paths.zygote_socket()) == serving  # and still serving
+        # It keeps one spare daemon (with its forker) for the next start; the used one became ours.
+        assert eventually(lambda: len(children_named(serving, "railcar-spare")) == 1)
+        [spare] = children_named(serving, "railcar-spare")
+        assert spare != pid and len(children_named(spare, "railcar-forker")) == 1
+        assert _fd_targets(spare)[3] == "/dev/null"  # held for the listener
     finally:
         zygote.terminate()
         assert zygote.wait(timeout=10) == 0
     if serving == zygote.pid:
         assert not os.path.exists(paths.zygote_socket())
+        assert wait_gone(spare)  # the spare goes with its zygote
