@@ -129,12 +129,15 @@ def children(pid: int, *comms: str) -> list[int]:
 
 
 def zygote_group(cd: devenv.Containerd) -> list[int]:
-    """The zygote, its spare daemon and the spare's forker (the daemons it forked are counted apart)."""
+    """The zygote and its spare daemon with the spare's forker and worker (the daemons it forked are
+    counted apart)."""
     found = []
     for zygote in zygotes_of(cd):
         found.append(zygote)
         for spare in children(zygote, "railcar-spare"):
-            found += [spare, *children(spare, "railcar-forker")]
+            found.append(spare)
+            for forker in children(spare, "railcar-forker"):
+                found += [forker, *children(forker, "railcar-worker")]
     return found
 
 

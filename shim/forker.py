@@ -216,6 +216,7 @@ class _Worker:
     inline caches, new objects in half-full pools), and each written page stops being shared with
     the zygote. A worker's copies die with it, so the long-lived forker stays almost entirely
     shared, however many containers it has made; the fork itself happens while nobody waits.
+    The forker's fd 2 (the log) comes with each request, as it may have moved since the fork.
     """
 
     def __init__(self, daemon: socket.socket, handlers: dict[str, Handler]) -> None:
@@ -233,17 +234,19 @@ class _Worker:
 
     @staticmethod
     def _serve_one(conn: socket.socket, daemon: socket.socket, handlers: dict[str, Handler]) -> int:
-        data, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, _MAX_FDS)
+        data, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, _MAX_FDS + 1)
         conn.close()
         if not data:
             return 0  # retired unused
-        reply, out_fds = _handle(data, fds, handlers)
+        os.dup2(fds[0], 2)
+        os.close(fds[0])
+        reply, out_fds = _handle(data, fds[1:], handlers)
         return 0 if _send(daemon, reply, out_fds) else 1
 
     def hand_over(self, data: bytes, fds: list[int]) -> bool:
-        """Give the worker its request (our fds are closed); False if it is gone."""
+        """Give the worker its request and our fd 2 (the request's fds are closed); False if it is gone."""
         try:
-            socket.send_fds(self.conn, [data], fds)
+            socket.send_fds(self.conn, [data], [2, *fds])
             return True
         except OSError:
             return False
@@ -261,16 +264,18 @@ class _Worker:
 def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float = SPARE_IDLE) -> None:
     """The forker's loop: one request at a time until the daemon closes its end.
 
-    Each request goes to a worker, which answers the daemon itself. The next worker is forked while
-    one works, so the requests that come in bursts (create then start, a run of execs) find one
-    ready; after `spare_idle` seconds without a request the spare is retired, and a long-lived
-    container costs no third process (the next request pays for one fork, about 2 ms). The forker
-    itself only moves bytes, except for `stderr`, which changes its own fd 2.
+    Each request goes to a worker, which answers the daemon itself. One spare is forked when the
+    forker starts and a new one once a worker is done (not while it works, when the CPU is better
+    spent on the request), so the requests that come in bursts (create then start, a run of execs)
+    find one ready. After `spare_idle` seconds without a request the spare is retired, and a
+    long-lived container costs no third process (its next request pays for one fork, about 2 ms).
+    The forker itself only moves bytes, except for `stderr`, which changes its own fd 2.
     """
-    spare: _Worker | None = None
+    spare: _Worker | None = _Worker(sock, handlers)
+    served = False  # a spare waits for the first request however long it takes
     try:
         while True:
-            if spare is not None and not select.select([sock], [], [], spare_idle)[0]:
+            if served and spare is not None and not select.select([sock], [], [], spare_idle)[0]:
                 spare.wait()
                 spare = None
             try:
@@ -281,17 +286,15 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float =
                 _close_all(fds)
                 return
             if _op(data) == "stderr":
-                if spare is not None:  # it holds the old fd 2
-                    spare.wait()
-                    spare = None
                 reply, out_fds = _handle(data, fds, handlers)
                 if not _send(sock, reply, out_fds):
                     return
                 continue
-            worker = spare or _Worker(sock, handlers)
+            served = True
+            worker, spare = spare or _Worker(sock, handlers), None
             handed = worker.hand_over(data, fds)
-            spare = _Worker(sock, handlers)
             code = worker.wait()
+            spare = _Worker(sock, handlers)
             if not handed or code != 0:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
                 if not _send(sock, _error_reply(ForkerError("internal", f"the forker's worker {how}")), []):

@@ -53,10 +53,13 @@ def _parent(pid: int) -> int:
 
 def shim_pids() -> set[int]:
     """Running railcar shim daemons with their forkers and workers. The zygote and its spare daemon
-    (railcar-spare, with a forker of its own) live on between tests; the session stops them."""
+    (railcar-spare, with a forker and its worker) live on between tests; the session stops them."""
     spares = processes_named("railcar-spare")
-    helpers = processes_named("railcar-forker") | processes_named("railcar-worker")
-    return processes_named("railcar-shim") | {pid for pid in helpers if _parent(pid) not in spares}
+    forkers = processes_named("railcar-forker")
+    workers = processes_named("railcar-worker")
+    spare_forkers = {pid for pid in forkers if _parent(pid) in spares}
+    return (processes_named("railcar-shim") | (forkers - spare_forkers)
+            | {pid for pid in workers if _parent(pid) not in spare_forkers})
 
 
 def mounts_under(*roots: Path) -> list[str]:

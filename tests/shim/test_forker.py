@@ -139,10 +139,14 @@ def _workers_of(pid: int) -> list[int]:
 
 
 async def test_a_spare_worker_waits_only_while_requests_keep_coming(forker: Forker) -> None:
-    assert _workers_of(forker.pid) == []  # none before the first request
+    assert eventually(lambda: len(_workers_of(forker.pid)) == 1)  # one is ready before any request
+    [ready] = _workers_of(forker.pid)
+    await trio.sleep(0.5)  # longer than spare_idle: before the first request, it waits however long
+    assert _workers_of(forker.pid) == [ready]
     first, _ = await forker.call("touch", {})
-    # forked while the first one worked (which is gone once the forker reaped it)
-    assert eventually(lambda: len(_workers_of(forker.pid)) == 1 and first["pid"] not in _workers_of(forker.pid))
+    assert first["pid"] == ready
+    # the next is forked once the first is done (and reaped)
+    assert eventually(lambda: len(_workers_of(forker.pid)) == 1 and ready not in _workers_of(forker.pid))
     [spare] = _workers_of(forker.pid)
     second, _ = await forker.call("touch", {})
     assert second["pid"] == spare
