@@ -71,10 +71,25 @@ def _load(args: dict[str, Any]) -> "runtime.Container":
 
 
 def create(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
-    """Container.create with the process's stdio fds (three, or none in terminal/null mode)."""
+    """Mount the snapshotter's layers (`mounts`) on the bundle's rootfs, then Container.create with
+    the process's stdio fds (three, or none in terminal/null mode): one worker for both. A create
+    that fails unmounts what it mounted (the daemon's undo unmounts again if this could not)."""
+    from railcar.runtime.mounts import mount_layers, unmount_all
+
     stdio = (fds[0], fds[1], fds[2]) if len(fds) == 3 else None
-    _, result = runtime.Container.create(args["id"], args["bundle"], root=args["root"], stdio=stdio,
-                                 terminal=args["terminal"])
+    target = os.path.join(args["bundle"], "rootfs")
+    if args.get("mounts"):
+        mount_layers(args["mounts"], target)
+    try:
+        _, result = runtime.Container.create(args["id"], args["bundle"], root=args["root"], stdio=stdio,
+                                             terminal=args["terminal"])
+    except BaseException:
+        if args.get("mounts"):
+            try:
+                unmount_all(target)
+            except Exception:
+                pass
+        raise
     return _process_result(result)
 
 
@@ -98,13 +113,21 @@ def start(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
 
 
 def delete(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
-    """Container.delete (runs poststop hooks); a container already gone is not an error."""
+    """Container.delete (runs poststop hooks); a container already gone is not an error. With
+    `unmount`, that rootfs is unmounted afterwards, whether the delete worked or not: one worker for
+    both steps of a task's Delete."""
+    from railcar.runtime.mounts import unmount_all
+
     try:
-        container = _load(args)
-    except ContainerNotFound:
+        try:
+            container = _load(args)
+        except ContainerNotFound:
+            return None, []
+        container.delete(force=args.get("force", False))
         return None, []
-    container.delete(force=args.get("force", False))
-    return None, []
+    finally:
+        if args.get("unmount"):
+            unmount_all(args["unmount"])
 
 
 def kill(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
@@ -137,14 +160,6 @@ def stderr(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     return None, []
 
 
-def mount(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
-    """Mount the snapshotter's layers onto the bundle's rootfs."""
-    from railcar.runtime.mounts import mount_layers
-
-    mount_layers(args["mounts"], args["target"])
-    return None, []
-
-
 def unmount(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Unmount everything stacked on a rootfs."""
     from railcar.runtime.mounts import unmount_all
@@ -162,7 +177,6 @@ HANDLERS: dict[str, Handler] = {
     "pause": pause,
     "resume": resume,
     "update": update,
-    "mount": mount,
     "stderr": stderr,
     "unmount": unmount,
 }

@@ -232,13 +232,12 @@ class TaskService:
         pio: ProcessIO | None = None
         created = False
         try:
-            if len(req.rootfs):
-                mounts = [{"type": m.type, "source": m.source, "options": list(m.options)} for m in req.rootfs]
-                await self._call("mount", {"mounts": mounts, "target": os.path.join(bundle, "rootfs")})
-                task.rootfs_mounted = True
             pio = await self._open_io(init)
+            mounts = [{"type": m.type, "source": m.source, "options": list(m.options)} for m in req.rootfs]
+            task.rootfs_mounted = bool(mounts)  # from here on: the undo unmounts (which is idempotent)
             result, fds = await self._call("create", {"id": req.id, "bundle": bundle, "root": self.root,
-                                                      "terminal": req.terminal}, pio.container_stdio or ())
+                                                      "terminal": req.terminal, "mounts": mounts},
+                                           pio.container_stdio or ())
             created = True
             self._attach(init, pio, result, fds)
             cleanup.record_pids(bundle, init.pid)
@@ -328,9 +327,10 @@ class TaskService:
                 if other.io is not None:
                     await other.io.aclose()
             self._stop_oom_watch(task)
-            cleaned = await self._quiet_call("delete", {"id": task.id, "root": self.root, "force": True})
+            removal = {"id": task.id, "root": self.root, "force": True}
             if task.rootfs_mounted:
-                cleaned &= await self._quiet_call("unmount", {"target": os.path.join(task.bundle, "rootfs")})
+                removal["unmount"] = os.path.join(task.bundle, "rootfs")
+            cleaned = await self._quiet_call("delete", removal)
             if cleaned:
                 cleanup.record_cleaned(task.bundle)
             del self.tasks[task.id]
