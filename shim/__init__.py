@@ -4,8 +4,9 @@ Short-lived commands (light imports only): `__main__` (dispatch), `flags` (Go-st
 `bootstrap` (`start`), `cleanup` (`delete` and the files the daemon leaves for it), `info` (`-v`,
 `-info`), `wire` (hand-encoded protobuf answers), `paths` (sockets and state roots).
 
-The daemon: `zygote` (warm per-node process that forks ready daemons), `daemon` (process set-up,
-trio main), `forker` (does all forking for the runtime), `reaper` (the one waitpid loop),
+The daemon: `zygote` (warm per-node process that keeps a spare daemon ready and passes each
+`start` to it), `daemon` (process set-up, trio main), `forker` (relays each of the runtime's
+forking calls to a one-shot worker), `reaper` (the one waitpid loop),
 `process` (lifecycle table), `service` (the 17 task methods), `events` (ordered publisher),
 `spawner` (binary:// loggers through the reaper), `log` (logrus lines on the bundle's log FIFO).
 

@@ -37,6 +37,7 @@ DRAIN_TIMEOUT = 2.0
 EXEC_EXIT_TIMEOUT = 5.0
 GO_ZERO_TIME_SECONDS = -62135596800  # 0001-01-01: "no time" to containerd's non-nullable Go timestamps
 OOM_RECHECK_DELAYS = (0.0, 0.01, 0.02, 0.05, 0.1)
+OOM_ARM_DELAY = 0.001  # seconds: long enough for Create's reply to leave first
 _FORKER_CODES = {"spec": Code.INVALID_ARGUMENT, "not_found": Code.NOT_FOUND, "runtime": Code.UNKNOWN,
                  "internal": Code.INTERNAL}
 
@@ -57,6 +58,7 @@ class Task:
     rootfs_mounted: bool = False
     cgroup: Any = None  # railcar.runtime.cgroups.Cgroup, for stats, pids and OOM
     oom_watcher: Any = None
+    oom_armed: trio.Event = field(default_factory=trio.Event)  # the OOM watch is set up (or failed)
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -196,6 +198,17 @@ class TaskService:
         except (OSError, trio.ClosedResourceError):
             return  # the watcher was closed by Delete
 
+    async def _arm_oom_watch(self, task: Task) -> None:
+        """Set up the OOM watch just after Create answered: a fresh daemon's first one takes a few
+        ms, which containerd need not wait for. Start and Delete wait for it, so an OOM kill of a
+        started container is always seen and no watcher outlives its task."""
+        try:
+            await trio.sleep(OOM_ARM_DELAY)
+            if self.tasks.get(task.id) is task:
+                self._start_oom_watch(task)
+        finally:
+            task.oom_armed.set()
+
     def _start_oom_watch(self, task: Task) -> None:
         try:
             with open(os.path.join(task.bundle, "config.json"), "rb") as f:
@@ -245,7 +258,7 @@ class TaskService:
             with trio.CancelScope(shield=True):
                 await self._undo_create(task, pio, created)
             raise
-        self._start_oom_watch(task)
+        self._nursery.start_soon(self._guarded, self._arm_oom_watch, f"OOM watch set-up of {task.id}", task)
         self._events.publish(ev.TaskCreate(
             container_id=req.id, bundle=bundle, rootfs=list(req.rootfs), checkpoint=req.checkpoint, pid=init.pid,
             io=ev.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal)))
@@ -293,6 +306,7 @@ class TaskService:
                 self._events.publish(ev.TaskExecStarted(container_id=task.id, exec_id=process.exec_id,
                                                         pid=process.pid))
             else:
+                await task.oom_armed.wait()
                 await self._call("start", {"id": task.id, "root": self.root})
                 process.apply("start")
                 self._events.publish(ev.TaskStart(container_id=task.id, pid=process.pid))
@@ -326,6 +340,7 @@ class TaskService:
             for other in task.execs.values():
                 if other.io is not None:
                     await other.io.aclose()
+            await task.oom_armed.wait()
             self._stop_oom_watch(task)
             removal = {"id": task.id, "root": self.root, "force": True}
             if task.rootfs_mounted:
