@@ -35,7 +35,8 @@ fi
 
 PY=${PYTHON:-/usr/bin/python3}
 interpreter='import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))'
-if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c "$interpreter")" != "$("$PY" -c "$interpreter")" ]; then
+want=$("$PY" -c "$interpreter") || { echo "setup: cannot run $PY" >&2; exit 1; }
+if [ -x .venv/bin/python ] && [ "$(.venv/bin/python -c "$interpreter" 2>/dev/null)" != "$want" ]; then
     echo "setup: .venv was made from another interpreter; making it again from $PY" >&2
     rm -rf .venv
 fi

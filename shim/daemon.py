@@ -81,20 +81,23 @@ class Assignment:
     forker_log: bool = False
 
 
-async def _move_forker_log(forker: Forker, logger: logging.Logger) -> None:
-    """Point the forker's fd 2 at ours. Run as a task started before the server, it takes the
-    forker's lock before any request can, without holding up the first accept."""
+async def _move_forker_log(forker: Forker, assignment: "Assignment") -> None:
+    """Point the forker's fd 2 at ours, and give it our environment, working directory and log
+    settings (it was forked before we had them). Run as a task started before the server, it takes
+    the forker's lock before any request can, without holding up the first accept."""
+    assign = {"env": dict(os.environ), "cwd": os.getcwd(), "namespace": assignment.flags.namespace,
+              "debug": assignment.flags.debug}
     try:
-        await forker.call("stderr", {}, [2])
+        await forker.call("stderr", {"assign": assign}, [2])
     except ForkerError as e:
-        logger.warning("cannot move the forker's log: %s", e)
+        assignment.logger.warning("cannot move the forker's log: %s", e)
 
 
 async def _serve(assignment: Assignment, forker: Forker) -> None:
     flags, bundle, listener, logger = assignment.flags, assignment.bundle, assignment.listener, assignment.logger
     async with trio.open_nursery() as nursery:
         if assignment.forker_log:
-            nursery.start_soon(_move_forker_log, forker, logger)
+            nursery.start_soon(_move_forker_log, forker, assignment)
         reaper = Reaper()
         await nursery.start(reaper.run)
         publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace, logger)

@@ -26,6 +26,8 @@ import trio
 from railcar import runtime
 from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
 
+from . import log as shim_log
+
 PROCESS_NAME = "railcar-forker"
 WORKER_NAME = "railcar-worker"
 _MAX_MESSAGE = 1 << 20
@@ -115,19 +117,26 @@ def start(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
 def delete(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Container.delete (runs poststop hooks); a container already gone is not an error. With
     `unmount`, that rootfs is unmounted afterwards, whether the delete worked or not: one worker for
-    both steps of a task's Delete."""
+    both steps of a task's Delete (and of a failed Create's undo). A failure names both steps."""
     from railcar.runtime.mounts import unmount_all
 
+    failures = []
     try:
+        _load(args).delete(force=args.get("force", False))
+    except ContainerNotFound:
+        pass
+    except Exception as e:
+        failures.append(e)
+    if args.get("unmount"):
         try:
-            container = _load(args)
-        except ContainerNotFound:
-            return None, []
-        container.delete(force=args.get("force", False))
-        return None, []
-    finally:
-        if args.get("unmount"):
             unmount_all(args["unmount"])
+        except Exception as e:
+            failures.append(e)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise RuntimeFailure("delete", "; ".join(str(e) for e in failures))
+    return None, []
 
 
 def kill(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
@@ -155,8 +164,16 @@ def update(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
 
 
 def stderr(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
-    """Take the given fd as fd 2: the daemon moved its log to another bundle's FIFO."""
+    """Take the given fd as fd 2: the daemon moved its log to another bundle's FIFO. A spare
+    daemon's forker, made before its container was known, also takes the daemon's environment,
+    working directory and log settings (`assign`)."""
     os.dup2(fds[0], 2)
+    assign = args.get("assign")
+    if assign:
+        os.environ.clear()
+        os.environ.update(assign["env"])
+        os.chdir(assign["cwd"])
+        shim_log.configure(assign["namespace"], assign["debug"])
     return None, []
 
 
@@ -184,26 +201,27 @@ HANDLERS: dict[str, Handler] = {
 
 def _handle(data: bytes, fds: list[int], handlers: dict[str, Handler]) -> tuple[dict[str, Any], list[int]]:
     """Run one request; the reply (a result or a typed error) and the fds to send with it."""
+    _, seq = _peek(data)
     try:
         request = json.loads(data)
         handler = handlers.get(request.get("op"))
         if handler is None:
             raise ForkerError("internal", f"unknown forker op {request.get('op')!r}")
         result, out_fds = handler(request.get("args") or {}, fds)
-        return {"result": result}, out_fds
+        return {"seq": seq, "result": result}, out_fds
     except ForkerError as e:
-        return _error_reply(e), []
+        return _error_reply(seq, e), []
     except Exception as e:  # a request must always be answered: report it instead
         err = _runtime_error(e)
         if err.kind == "internal":  # not a runtime verdict but a bug somewhere: keep the traceback
             logging.getLogger(__name__).exception("forker request %r failed", data[:200])
-        return _error_reply(err), []
+        return _error_reply(seq, err), []
     finally:
         _close_all(fds)
 
 
-def _error_reply(e: ForkerError) -> dict[str, Any]:
-    return {"error": {"kind": e.kind, "message": e.message, "path": e.path}}
+def _error_reply(seq: Any, e: ForkerError) -> dict[str, Any]:
+    return {"seq": seq, "error": {"kind": e.kind, "message": e.message, "path": e.path}}
 
 
 def _send(sock: socket.socket, reply: dict[str, Any], fds: list[int]) -> bool:
@@ -216,11 +234,13 @@ def _send(sock: socket.socket, reply: dict[str, Any], fds: list[int]) -> bool:
         _close_all(fds)
 
 
-def _op(data: bytes) -> Any:
+def _peek(data: bytes) -> tuple[Any, Any]:
+    """A request's op and sequence number (None, None if it does not parse: the worker reports it)."""
     try:
-        return json.loads(data).get("op")
+        request = json.loads(data)
+        return request.get("op"), request.get("seq")
     except (ValueError, AttributeError):
-        return None  # the worker reports it
+        return None, None
 
 
 class _Worker:
@@ -257,15 +277,25 @@ class _Worker:
         reply, out_fds = _handle(data, fds[1:], handlers)
         return 0 if _send(daemon, reply, out_fds) else 1
 
+    @classmethod
+    def fork(cls, daemon: socket.socket, handlers: dict[str, Handler]) -> "_Worker | None":
+        """A new worker, or None if the fork failed (memory or process limits): the request that
+        needed it is answered with an error, and the forker goes on."""
+        try:
+            return cls(daemon, handlers)
+        except OSError as e:
+            logging.getLogger(__name__).warning("cannot fork a forker worker: %s", e)
+            return None
+
     def hand_over(self, data: bytes, fds: list[int]) -> bool:
-        """Give the worker its request and our fd 2 (the request's fds are closed); False if it is gone."""
+        """Give the worker its request and our fd 2 (the caller still owns `fds`); False if it is
+        gone (then it never saw the request)."""
         try:
             socket.send_fds(self.conn, [data], [2, *fds])
             return True
         except OSError:
             return False
         finally:
-            _close_all(fds)
             self.conn.close()
 
     def wait(self) -> int:
@@ -282,16 +312,22 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float =
     forker starts and a new one once a worker is done (not while it works, when the CPU is better
     spent on the request), so the requests that come in bursts (create then start, a run of execs)
     find one ready. After `spare_idle` seconds without a request the spare is retired, and a
-    long-lived container costs no third process (its next request pays for one fork, about 2 ms).
-    The forker itself only moves bytes, except for `stderr`, which changes its own fd 2.
+    long-lived container costs no third process (its next request pays for one fork, about 2 ms,
+    made before the request's fds are taken in, so the worker holds no second copy of them).
+    The forker itself only moves bytes, except for `stderr`, which changes its own fd 2 (and
+    retires a spare forked before an assignment). When a worker dies without answering, the forker
+    answers for it; replies carry the request's sequence number, so the daemon can tell a late one.
     """
-    spare: _Worker | None = _Worker(sock, handlers)
+    spare = _Worker.fork(sock, handlers)
     served = False  # a spare waits for the first request however long it takes
     try:
         while True:
             if served and spare is not None and not select.select([sock], [], [], spare_idle)[0]:
                 spare.wait()
                 spare = None
+            if spare is None:
+                select.select([sock], [], [])
+                spare = _Worker.fork(sock, handlers)
             try:
                 data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
             except OSError:
@@ -299,23 +335,50 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float =
             if not data:
                 _close_all(fds)
                 return
-            if _op(data) == "stderr":
+            op, seq = _peek(data)
+            if op == "stderr":
                 reply, out_fds = _handle(data, fds, handlers)
+                if spare is not None and "assign" in json.loads(data).get("args", {}):
+                    spare.wait()  # forked with the zygote's environment and cwd
+                    spare = _Worker.fork(sock, handlers)
                 if not _send(sock, reply, out_fds):
                     return
                 continue
             served = True
-            worker, spare = spare or _Worker(sock, handlers), None
-            handed = worker.hand_over(data, fds)
-            code = worker.wait()
-            spare = _Worker(sock, handlers)
-            if not handed or code != 0:
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-                if not _send(sock, _error_reply(ForkerError("internal", f"the forker's worker {how}")), []):
+            try:
+                code = _run_in_worker(spare, sock, handlers, data, fds)
+            finally:
+                _close_all(fds)
+            spare = _Worker.fork(sock, handlers)
+            if code != 0:
+                if code is None:
+                    how = "could not be forked"
+                elif code < 0:
+                    how = f"was killed by signal {-code}"
+                else:
+                    how = f"exited with status {code}"
+                if not _send(sock, _error_reply(seq, ForkerError("internal", f"the forker's worker {how}")), []):
                     return
     finally:
         if spare is not None:
             spare.wait()
+
+
+def _run_in_worker(spare: _Worker | None, sock: socket.socket, handlers: dict[str, Handler], data: bytes,
+                   fds: list[int]) -> int | None:
+    """Hand one request to `spare` (or, if that one died idle, to a new worker) and wait for it to
+    finish; its exit status (0: it answered), or None if no worker could be forked."""
+    code = 1
+    for _ in range(2):
+        worker = spare or _Worker.fork(sock, handlers)
+        spare = None
+        if worker is None:
+            return None
+        handed = worker.hand_over(data, fds)
+        code = worker.wait()
+        if handed:
+            return code
+    return code or 1  # never handed over, so never answered
 
 
 class Forker:
@@ -326,6 +389,7 @@ class Forker:
         self._spare_idle = spare_idle
         self._sock: socket.socket | None = None
         self._lock = trio.Lock()
+        self._seq = 0
         self.pid = 0
 
     def start(self, keep_fds: tuple[int, ...] = (0, 1, 2)) -> int:
@@ -365,7 +429,7 @@ class Forker:
         self.pid = pid
         return pid
 
-    async def _roundtrip(self, message: bytes, fds: list[int]) -> tuple[Any, list[int]]:
+    async def _roundtrip(self, message: bytes, seq: int, fds: list[int]) -> tuple[Any, list[int]]:
         sock = self._sock
         assert sock is not None, "Forker.start() was not called"
         try:
@@ -378,14 +442,19 @@ class Forker:
             while True:
                 try:
                     data, out_fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
-                    break
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(sock)
+                    continue
+                for fd in out_fds:  # a pty master must not leak into the loggers we spawn
+                    os.set_inheritable(fd, False)
+                if not data:
+                    raise ForkerError("internal", "the forker process is gone")
+                reply = json.loads(data)
+                if reply.get("seq") == seq:
+                    return reply, out_fds
+                _close_all(out_fds)  # a late answer to an earlier request (its worker died after it)
         except OSError as e:
             raise ForkerError("internal", f"the forker process is gone: {e}") from None
-        if not data:
-            raise ForkerError("internal", "the forker process is gone")
-        return json.loads(data), out_fds
 
     async def call(self, op: str, args: dict[str, Any], fds: tuple[int, ...] | list[int] = ()) -> tuple[Any, list[int]]:
         """Run `op` in the forker; returns (result, received fds). Raises ForkerError on failure.
@@ -393,10 +462,12 @@ class Forker:
         Requests are serialised, and a call is never abandoned half-way (the reply must be read to keep
         the stream in step), so cancellation takes effect only after the reply arrived.
         """
-        message = json.dumps({"op": op, "args": args}).encode()
+        self._seq += 1
+        seq = self._seq
+        message = json.dumps({"op": op, "seq": seq, "args": args}).encode()
         async with self._lock:
             with trio.CancelScope(shield=True):
-                reply, out_fds = await self._roundtrip(message, list(fds))
+                reply, out_fds = await self._roundtrip(message, seq, list(fds))
         error = reply.get("error")
         if error:
             _close_all(out_fds)

@@ -73,10 +73,15 @@ def setup(bundle: str, namespace: str, debug: bool) -> logging.Logger:
     fd = open_fifo(bundle)
     if fd is not None:
         redirect_stderr(fd)
+    configure(namespace, debug)
+    return logging.getLogger("railcar.shim")
+
+
+def configure(namespace: str, debug: bool) -> None:
+    """logrus lines on fd 2 for every logger of this process (also a forker's, once assigned)."""
     handler = FdHandler(2)
     handler.setFormatter(LogrusFormatter({"namespace": namespace, "pid": str(os.getpid()), "runtime": RUNTIME}))
     root = logging.getLogger()  # the libraries' loggers (ttrpc server, io) land in the same stream
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     logging.raiseExceptions = False
-    return logging.getLogger("railcar.shim")

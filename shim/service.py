@@ -254,9 +254,12 @@ class TaskService:
             created = True
             self._attach(init, pio, result, fds)
             cleanup.record_pids(bundle, init.pid)
-        except BaseException:
+        except BaseException as e:
+            # A runtime verdict (bad spec, failed set-up) means the runtime undid its own work; an
+            # internal error may be a worker that died half-way, leaving a parked init behind.
+            maybe_created = created or not isinstance(e, TtrpcError) or e.code is Code.INTERNAL
             with trio.CancelScope(shield=True):
-                await self._undo_create(task, pio, created)
+                await self._undo_create(task, pio, maybe_created)
             raise
         self._nursery.start_soon(self._guarded, self._arm_oom_watch, f"OOM watch set-up of {task.id}", task)
         self._events.publish(ev.TaskCreate(
@@ -265,14 +268,20 @@ class TaskService:
         self._log.debug("created %s (pid %d) in %.1f ms", req.id, init.pid, (time.perf_counter() - began) * 1e3)
         return pb.CreateTaskResponse(pid=init.pid)
 
-    async def _undo_create(self, task: Task, pio: ProcessIO | None, created: bool) -> None:
+    async def _undo_create(self, task: Task, pio: ProcessIO | None, maybe_created: bool) -> None:
+        """Remove whatever a failed Create made: the container if it may exist (deleting one that
+        does not is a no-op) and the rootfs mounts, in one forker call."""
         self.tasks.pop(task.id, None)
-        if created:
-            await self._quiet_call("delete", {"id": task.id, "root": self.root, "force": True})
+        rootfs = os.path.join(task.bundle, "rootfs")
+        if maybe_created:
+            removal: dict[str, Any] = {"id": task.id, "root": self.root, "force": True}
+            if task.rootfs_mounted:
+                removal["unmount"] = rootfs
+            await self._quiet_call("delete", removal)
+        elif task.rootfs_mounted:
+            await self._quiet_call("unmount", {"target": rootfs})
         if pio is not None:
             await pio.aclose()
-        if task.rootfs_mounted:
-            await self._quiet_call("unmount", {"target": os.path.join(task.bundle, "rootfs")})
 
     async def _quiet_call(self, op: str, args: dict[str, Any]) -> bool:
         """A cleanup step whose failure is logged, not raised; returns whether it succeeded."""

@@ -111,6 +111,14 @@ class _Spare:
     def retire(self) -> None:
         self.conn.close()  # the spare sees EOF and exits; SIGCHLD is ignored, so no zombie
 
+    @classmethod
+    def fork(cls) -> "_Spare | None":
+        """A new spare, or None if the fork failed (memory or process limits): tried again later."""
+        try:
+            return cls()
+        except OSError:
+            return None
+
 
 def _serve_one(conn: socket.socket, spare: _Spare | None) -> _Spare | None:
     """Pass one `start` request to the spare (forked now if there is none) and answer with its pid
@@ -173,7 +181,7 @@ def main() -> int:
         prctl.set_name("railcar-zygote")
         _warm_up()
         gc.freeze()
-        spare = _Spare()
+        spare = _Spare.fork()
         while True:
             # A used spare is replaced once no `start` came for SPARE_DELAY: forking it at once
             # would take CPU from the container being created right then.
@@ -183,7 +191,9 @@ def main() -> int:
             except TimeoutError:
                 if spare:
                     return 0
-                spare = _Spare()
+                spare = _Spare.fork()
+                if spare is None:
+                    return 0  # cannot fork now: `start` spawns daemons (and a new zygote) itself
                 continue
             conn.settimeout(5)
             spare = _serve_one(conn, spare)

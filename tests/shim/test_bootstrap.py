@@ -148,6 +148,9 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
         [forker] = children_named(pid, "railcar-forker")
         assert fds[2] == str(bundle / "log")
         assert eventually(lambda: _fd_targets(forker)[2] == str(bundle / "log"))
+        # ... and takes the daemon's working directory (and environment) too, not the zygote's
+        assert os.readlink(f"/proc/{pid}/cwd") == str(bundle)
+        assert eventually(lambda: os.readlink(f"/proc/{forker}/cwd") == str(bundle))
         os.close(log_reader)
         # The zygote sealed itself once; its daemons and their forkers share that interpreter.
         assert runs_sealed(serving) and runs_sealed(pid) and runs_sealed(children_named(pid, "railcar-forker")[0])

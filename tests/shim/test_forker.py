@@ -1,8 +1,12 @@
 """The forker process: JSON requests with fds attached, errors reported, survives bad requests, and
 runs each request in a fresh worker (so the forker itself stays a clean copy)."""
 
+import json
 import os
 import signal
+import socket
+import uuid
+from pathlib import Path
 
 import pytest
 import trio
@@ -153,3 +157,63 @@ async def test_a_spare_worker_waits_only_while_requests_keep_coming(forker: Fork
     assert eventually(lambda: _workers_of(forker.pid) == [], timeout=5)  # retired after 0.2 s idle
     third, _ = await forker.call("touch", {})  # forked on demand
     assert third["pid"] not in (first["pid"], second["pid"], forker.pid)
+
+
+async def test_a_late_reply_is_told_apart_by_its_sequence_number() -> None:
+    """A worker killed just after it answered makes the forker answer again; the daemon must drop
+    that stale reply (and its fds) instead of taking it for the next call's."""
+    forker = Forker(HANDLERS)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    forker._sock = ours  # the test plays the forker on `theirs`
+    async with trio.open_nursery() as nursery:
+        async def play_forker() -> None:
+            for _ in range(2):
+                data, fds, _, _ = await trio.to_thread.run_sync(socket.recv_fds, theirs, 1 << 16, 4)
+                request = json.loads(data)
+                stale_keep, stale_end = os.pipe()  # we keep the read end, the reply carries the write end
+                stale = {"seq": request["seq"] - 1, "error": {"kind": "internal", "message": "late", "path": ""}}
+                socket.send_fds(theirs, [json.dumps(stale).encode()], [stale_end])
+                os.close(stale_end)
+                socket.send_fds(theirs, [json.dumps({"seq": request["seq"], "result": request["op"]}).encode()], [])
+                stale_ends.append(stale_keep)
+
+        stale_ends: list[int] = []
+        nursery.start_soon(play_forker)
+        assert (await forker.call("first", {}))[0] == "first"
+        assert (await forker.call("second", {}))[0] == "second"
+    for keep in stale_ends:  # the daemon closed the stale replies' fds: their pipes are widowed
+        os.set_blocking(keep, False)  # (a write end still open would raise, not hang)
+        assert os.read(keep, 1) == b""
+        os.close(keep)
+    ours.close()
+    theirs.close()
+
+
+PIDS = Path("/sys/fs/cgroup/pids")
+
+
+@pytest.mark.skipif(not PIDS.is_dir(), reason="needs the cgroup v1 pids controller")
+async def test_when_no_worker_can_be_forked_the_request_fails_and_the_forker_goes_on() -> None:
+    forker = Forker(HANDLERS, spare_idle=0.2)
+    forker.start()
+    group = PIDS / f"railcar-test-forker-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        assert eventually(lambda: len(_workers_of(forker.pid)) == 1)
+        for pid in (forker.pid, *_workers_of(forker.pid)):
+            (group / "cgroup.procs").write_text(str(pid))
+        (group / "pids.max").write_text("1")  # room for the forker alone: the spare (already there) serves once
+        first, _ = await forker.call("touch", {})  # the spare serves; no new one can be forked
+        with pytest.raises(ForkerError, match="worker could not be forked") as info:
+            await forker.call("touch", {})
+        assert info.value.kind == "internal"
+        (group / "pids.max").write_text("max")
+        second, _ = await forker.call("touch", {})
+        assert second["pid"] not in (first["pid"], forker.pid)
+    finally:
+        forker.close()
+        _, status = os.waitpid(forker.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert eventually(lambda: (group / "cgroup.procs").read_text() == "")
+        group.rmdir()
