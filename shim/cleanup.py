@@ -16,7 +16,7 @@ from .flags import Flags
 
 PID_FILE = "init.pid"
 SHIM_PID_FILE = "shim.pid"
-CLEANED_FILE = "railcar-cleaned"
+DELETED_FILE = "railcar-deleted"  # the daemon's answer to `delete`, once it removed everything itself
 
 
 def _read(path: str) -> str | None:
@@ -53,19 +53,14 @@ def record_pids(bundle: str, init_pid: int) -> None:
             f.write(str(pid))
 
 
-def record_cleaned(bundle: str) -> None:
-    """Written by the daemon once its Delete destroyed the container and unmounted the rootfs, so the
-    `delete` that containerd runs right after has nothing to do and skips loading the runtime."""
-    with open(os.path.join(bundle, CLEANED_FILE), "w"):
-        pass
-
-
-def _cleaned(bundle: str) -> bool:
-    if not os.path.exists(os.path.join(bundle, CLEANED_FILE)):
-        return False
-    rootfs = os.path.join(os.path.realpath(bundle), "rootfs")
-    with open("/proc/self/mountinfo") as f:
-        return not any(line.split()[4] == rootfs for line in f)
+def record_deleted(bundle: str, answer: bytes) -> None:
+    """Written by the daemon once its Delete destroyed the container and unmounted the rootfs: the
+    DeleteResponse the `delete` that containerd runs right after is to print. That `delete` then has
+    nothing to do; the installed launcher prints the file without even starting Python."""
+    tmp = os.path.join(bundle, "." + DELETED_FILE)
+    with open(tmp, "wb") as f:
+        f.write(answer)
+    os.rename(tmp, os.path.join(bundle, DELETED_FILE))
 
 
 def _destroy_container(container_id: str, namespace: str) -> str | None:
@@ -116,9 +111,14 @@ def delete(flags: Flags) -> bytes:
     if not flags.id:
         raise ValueError("delete needs -id")
     bundle = os.path.abspath(flags.bundle or os.getcwd())
+    try:
+        with open(os.path.join(bundle, DELETED_FILE), "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        pass
     pid_text = _read(os.path.join(bundle, PID_FILE))
     pid = int(pid_text) if pid_text and pid_text.isdigit() else 0
-    warnings = [] if _cleaned(bundle) else [_destroy_container(flags.id, flags.namespace), _unmount_rootfs(bundle)]
+    warnings = [_destroy_container(flags.id, flags.namespace), _unmount_rootfs(bundle)]
     _remove_socket_if_unused(bundle)
     for warning in warnings:
         if warning:

@@ -24,7 +24,7 @@ from railcar.ttrpc_proto.api import events_task_pb2 as ev
 from railcar.ttrpc_proto.api import runc_options_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.typeurl import pack
 
-from . import cleanup
+from . import cleanup, wire
 from . import log as shim_log
 from .events import Publisher
 from .forker import Forker, ForkerError
@@ -356,7 +356,8 @@ class TaskService:
                 removal["unmount"] = os.path.join(task.bundle, "rootfs")
             cleaned = await self._quiet_call("delete", removal)
             if cleaned:
-                cleanup.record_cleaned(task.bundle)
+                cleanup.record_deleted(task.bundle, wire.delete_response(process.pid, process.exit_status,
+                                                                          process.exited_at_ns))
             del self.tasks[task.id]
             if task.bundle == self._log_bundle:
                 await self._move_log()

@@ -4,7 +4,7 @@ import os
 import socket
 from pathlib import Path
 
-from railcar.shim import cleanup
+from railcar.shim import cleanup, wire
 from railcar.ttrpc_proto.api import task_v2_pb2 as pb
 
 from .conftest import run_shim
@@ -54,11 +54,14 @@ def test_the_socket_goes_unless_another_bundle_of_the_group_uses_it(tmp_path: Pa
     assert not shim_socket.exists()
 
 
-def test_after_a_clean_daemon_delete_the_runtime_is_not_even_loaded(bundle: Path, address: str) -> None:
-    cleanup.record_cleaned(str(bundle))
+def test_after_a_clean_daemon_delete_it_prints_the_daemons_answer_without_loading_the_runtime(
+        bundle: Path, address: str) -> None:
+    cleanup.record_deleted(str(bundle), wire.delete_response(4321, 3, 1_700_000_000_500_000_000))
     result = run_shim(["-namespace", "default", "-address", address, "-id", "done", "-bundle", str(bundle),
                        "delete"], bundle, extra_python=["-X", "importtime"])
     assert result.returncode == 0
     stderr = result.stderr.decode()
     assert "railcar.shim.cleanup" in stderr and "railcar.runtime" not in stderr
-    assert pb.DeleteResponse.FromString(result.stdout).exit_status == 137
+    answer = pb.DeleteResponse.FromString(result.stdout)
+    assert (answer.pid, answer.exit_status, answer.exited_at.seconds, answer.exited_at.nanos) == \
+        (4321, 3, 1_700_000_000, 500_000_000)
