@@ -56,6 +56,7 @@ fi
 import glob
 import os
 import shlex
+import shutil
 import sys
 import sysconfig
 import tomllib
@@ -90,7 +91,7 @@ if [ "$#" -gt 0 ] && eval '[ "${{'"$#"'}}" = delete ]'; then
         prev=$arg
     done
     if [ -f "$bundle/{DELETED_FILE}" ]; then
-        exec cat "$bundle/{DELETED_FILE}"
+        exec {shlex.quote(shutil.which("cat") or "/bin/cat")} "$bundle/{DELETED_FILE}"
     fi
 fi
 exec {shlex.quote(sys.executable)} -I -S -c {shlex.quote(entry)} "$@"

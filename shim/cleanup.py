@@ -53,6 +53,17 @@ def record_pids(bundle: str, init_pid: int) -> None:
             f.write(str(pid))
 
 
+def clear_records(bundle: str) -> None:
+    """Forget the exit and the delete answer a previous task left in this bundle directory, so that
+    `delete` never reports them for the new one (containerd makes a fresh bundle per task, but a
+    directory can outlive a crash)."""
+    for name in (DELETED_FILE, paths.EXIT_FILE):
+        try:
+            os.unlink(os.path.join(bundle, name))
+        except FileNotFoundError:
+            pass
+
+
 def record_deleted(bundle: str, answer: bytes) -> None:
     """Written by the daemon once its Delete destroyed the container and unmounted the rootfs: the
     DeleteResponse the `delete` that containerd runs right after is to print. That `delete` then has

@@ -35,6 +35,7 @@ from .spawner import ReaperSpawner
 EMPTY = empty_pb2.Empty()
 DRAIN_TIMEOUT = 2.0
 EXEC_EXIT_TIMEOUT = 5.0
+EXIT_WAIT_TIMEOUT = 10.0  # seconds Delete waits for a SIGKILLed created process to be reaped
 GO_ZERO_TIME_SECONDS = -62135596800  # 0001-01-01: "no time" to containerd's non-nullable Go timestamps
 OOM_RECHECK_DELAYS = (0.0, 0.01, 0.02, 0.05, 0.1)
 OOM_ARM_DELAY = 0.001  # seconds: long enough for Create's reply to leave first
@@ -148,7 +149,10 @@ class TaskService:
         was_started = process.status is not Status.CREATED
         process.apply("exit")
         if not process.exec_id and task is not None:
-            cleanup.record_exit(task.bundle, process.exit_status, exited_at)
+            try:
+                cleanup.record_exit(task.bundle, process.exit_status, exited_at)
+            except OSError as e:  # only `delete` after a crash reads it: the exit must still be recorded here
+                self._log.warning("cannot record the exit of %s in its bundle: %s", task.id, e)
         if was_started:
             self._events.publish(ev.TaskExit(container_id=process.container_id, id=process.id, pid=process.pid,
                                              exit_status=process.exit_status, exited_at=_timestamp(exited_at)))
@@ -245,6 +249,7 @@ class TaskService:
         pio: ProcessIO | None = None
         created = False
         try:
+            cleanup.clear_records(bundle)
             pio = await self._open_io(init)
             mounts = [{"type": m.type, "source": m.source, "options": list(m.options)} for m in req.rootfs]
             task.rootfs_mounted = bool(mounts)  # from here on: the undo unmounts (which is idempotent)
@@ -335,9 +340,14 @@ class TaskService:
             process.check("delete")
             if process.status is Status.CREATED and process.pid:
                 # A created init (or an exec whose Start failed half-way) is killed, then reaped as usual.
-                await self._quiet_call("kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL,
-                                                "all": False})
-                await process.exited.wait()
+                killed = await self._quiet_call("kill", {"id": task.id, "root": self.root,
+                                                         "signal": signal.SIGKILL, "all": False})
+                if not killed and not process.reaped:
+                    os.kill(process.pid, signal.SIGKILL)  # our child (we are its subreaper) until reaped
+                with trio.move_on_after(EXIT_WAIT_TIMEOUT):
+                    await process.exited.wait()
+                if not process.exited.is_set():
+                    raise TtrpcError(Code.UNKNOWN, f"process {process.id} did not exit after SIGKILL")
             process.apply("delete")
             if process.io is not None:
                 await process.io.aclose()
@@ -356,8 +366,11 @@ class TaskService:
                 removal["unmount"] = os.path.join(task.bundle, "rootfs")
             cleaned = await self._quiet_call("delete", removal)
             if cleaned:
-                cleanup.record_deleted(task.bundle, wire.delete_response(process.pid, process.exit_status,
-                                                                          process.exited_at_ns))
+                try:
+                    cleanup.record_deleted(task.bundle, wire.delete_response(process.pid, process.exit_status,
+                                                                              process.exited_at_ns))
+                except OSError as e:  # then `delete` checks everything itself (and finds it gone)
+                    self._log.warning("cannot record the delete answer of %s: %s", task.id, e)
             del self.tasks[task.id]
             if task.bundle == self._log_bundle:
                 await self._move_log()

@@ -65,3 +65,12 @@ def test_after_a_clean_daemon_delete_it_prints_the_daemons_answer_without_loadin
     answer = pb.DeleteResponse.FromString(result.stdout)
     assert (answer.pid, answer.exit_status, answer.exited_at.seconds, answer.exited_at.nanos) == \
         (4321, 3, 1_700_000_000, 500_000_000)
+
+
+def test_a_new_task_forgets_what_an_old_one_recorded_in_the_same_bundle(bundle: Path, address: str) -> None:
+    cleanup.record_exit(str(bundle), 3, 1_700_000_000_500_000_000)
+    cleanup.record_deleted(str(bundle), wire.delete_response(4321, 3, 1_700_000_000_500_000_000))
+    cleanup.clear_records(str(bundle))
+    cleanup.clear_records(str(bundle))  # nothing left to forget: no error
+    response = _delete(bundle, address)
+    assert (response.pid, response.exit_status) == (0, 137)  # not the old task's answer
