@@ -30,7 +30,7 @@ from . import log as shim_log
 from . import paths
 from .events import Publisher
 from .flags import Flags, parse
-from .forker import Forker, ForkerError
+from .forker import Forker, ForkerError, receive
 from .reaper import Reaper
 from .service import TaskService
 
@@ -192,19 +192,10 @@ def run(flags: Flags) -> int:
     return 0
 
 
-async def _receive(conn: socket.socket) -> tuple[bytes, list[int]]:
-    while True:
-        try:
-            data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 1)
-            return data, fds
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(conn)
-
-
 async def _serve_when_assigned(conn: socket.socket, forker: Forker, holds_fd3: bool) -> None:
     """A spare's life: wait for the zygote to pass on a `start` request, take on its container, serve.
     Returns at once if the zygote closed the connection first (it is exiting)."""
-    data, fds = await _receive(conn)
+    data, fds = await receive(conn, 1 << 20, 1)
     conn.close()
     if not data or len(fds) != 1:
         return
@@ -218,7 +209,6 @@ async def _serve_when_assigned(conn: socket.socket, forker: Forker, holds_fd3: b
         os.dup2(listener_fd, 3, inheritable=False)
         os.close(listener_fd)
         listener_fd = 3
-    os.set_inheritable(listener_fd, False)
     flags = parse(request["flags"])
     bundle = os.path.abspath(flags.bundle or os.getcwd())
     assignment = Assignment(flags, bundle, socket.socket(fileno=listener_fd),

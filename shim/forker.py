@@ -381,6 +381,20 @@ def _run_in_worker(spare: _Worker | None, sock: socket.socket, handlers: dict[st
     return code or 1  # never handed over, so never answered
 
 
+async def receive(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """One message and its fds from a non-blocking socket, inside trio. The fds come close-on-exec:
+    one that stays with the daemon (a pty master, a listener) must not leak into what it spawns."""
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, bufsize, maxfds)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        return data, fds
+
+
 class Forker:
     """The daemon's handle on the forker process: start it before trio, then `await call(...)`."""
 
@@ -440,13 +454,7 @@ class Forker:
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(sock)
             while True:
-                try:
-                    data, out_fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(sock)
-                    continue
-                for fd in out_fds:  # a pty master must not leak into the loggers we spawn
-                    os.set_inheritable(fd, False)
+                data, out_fds = await receive(sock, _MAX_MESSAGE, _MAX_FDS)
                 if not data:
                     raise ForkerError("internal", "the forker process is gone")
                 reply = json.loads(data)
