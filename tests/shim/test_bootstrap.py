@@ -3,6 +3,7 @@
 import json
 import marshal
 import os
+import signal
 import socket
 import stat
 import struct
@@ -38,6 +39,11 @@ async def _shutdown(address: str) -> None:
     async with connect_unix(address) as client:
         await client.call("containerd.task.v2.Task", "Shutdown", pb.ShutdownRequest(id="x"), empty_pb2.Empty,
                           timeout=5)
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def _peer_pid(path: str) -> int:
@@ -167,6 +173,18 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
         [spare] = children_named(serving, "railcar-spare")
         assert spare != pid and len(children_named(spare, "railcar-forker")) == 1
         assert _fd_targets(spare)[3] == "/dev/null"  # held for the listener
+        # A spare that died while waiting (killed by hand) is replaced for the start that finds it dead.
+        os.kill(spare, signal.SIGKILL)
+        assert wait_gone(spare)
+        result = run_shim(["-namespace", "default", "-address", address, "-id", "z2", "start"], bundle,
+                          env={"RAILCAR_ZYGOTE": "1"})
+        assert result.returncode == 0 and result.stderr == b""
+        second = await _connect(result.stdout.decode(), "z2")
+        assert second not in (pid, spare) and _parent(second) == serving  # from the zygote, not spawned cold
+        await _shutdown(result.stdout.decode())
+        assert wait_gone(second)
+        assert eventually(lambda: len(children_named(serving, "railcar-spare")) == 1)  # and a new spare waits
+        [spare] = children_named(serving, "railcar-spare")
     finally:
         zygote.terminate()
         assert zygote.wait(timeout=10) == 0
