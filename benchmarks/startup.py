@@ -6,8 +6,11 @@ hybrid cgroup host, so it runs through ../shared/tools/crun-hybrid (crun in a pr
 namespace that hides the v2 mount), as the runc binary of containerd's runc-v2 shim. Every
 benchmarked command's exit status is checked: a failing create is fast and would flatter us.
 railcar's first `start` launches its warm zygote (the first run is cold; medians absorb it); shims it
-forked are found through their bundles' shim.pid, and the zygote is stopped at the end. The
-containerd gets a namespace of its own, whose runtime state directory is removed at the end.
+forked are found through their bundles' shim.pid, and the zygote is stopped at the end. railcar's
+memory counts every process it keeps: each daemon with its forker and the forker's spare worker,
+and the zygote with its spare daemon (a per-node cost, shared by all containers); it is printed
+right away and again once spare workers have been retired. The containerd gets a namespace of its
+own, whose runtime state directory is removed at the end.
 
     .venv/bin/python benchmarks/startup.py [--rounds N] [--skip-memory] [--skip-throughput]
 """
