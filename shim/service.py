@@ -340,10 +340,12 @@ class TaskService:
             process.check("delete")
             if process.status is Status.CREATED and process.pid:
                 # A created init (or an exec whose Start failed half-way) is killed, then reaped as usual.
-                killed = await self._quiet_call("kill", {"id": task.id, "root": self.root,
-                                                         "signal": signal.SIGKILL, "all": False})
-                if not killed and not process.reaped:
-                    os.kill(process.pid, signal.SIGKILL)  # our child (we are its subreaper) until reaped
+                # The runtime kills an init (checking it is still the one it made); an exec, or an
+                # init the runtime could not reach, is our child (we are its subreaper) until reaped.
+                killed = not process.exec_id and await self._quiet_call(
+                    "kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL, "all": False})
+                if not killed and not process.reaped and not self._reaper.has_exited(process.pid):
+                    os.kill(process.pid, signal.SIGKILL)
                 with trio.move_on_after(EXIT_WAIT_TIMEOUT):
                     await process.exited.wait()
                 if not process.exited.is_set():
