@@ -20,16 +20,11 @@ import socket
 import struct
 import sys
 
-import prctl
-
-from railcar.runtime.cgroups.prime import prime
 from railcar.runtime.sealing import reexec_sealed
 
 from . import paths
 from .flags import FlagError, parse
 
-PROCESS_NAME = "railcar-zygote"
-PRIME_NAME = "railcar-prime"
 IDLE_ENV = "RAILCAR_ZYGOTE_IDLE"
 DEFAULT_IDLE = 600.0
 SPARE_DELAY = 0.1  # seconds without a `start` before a used spare is replaced
@@ -126,29 +121,6 @@ class _Spare:
             return None
 
 
-def _prime_cgroup_migration() -> None:
-    """Start the kernel's first-migration wait (railcar.runtime.cgroups.prime) in a throwaway child,
-    now that a container is on its way: containerd sends its Create some 10 ms after `start`
-    returns, and the container's own cgroup join then finds the wait over. The child is reaped by
-    the kernel (SIGCHLD is ignored here); a failure costs nothing but the gain."""
-    try:
-        pid = os.fork()
-    except OSError:
-        return
-    if pid == 0:
-        code = 1
-        try:
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # not the zygote's socket, nor the listener
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # prime() reaps its own child
-            prctl.set_name(PRIME_NAME)
-            prime()
-            code = 0
-        except Exception:
-            pass
-        finally:
-            os._exit(code)
-
-
 def _serve_one(conn: socket.socket, spare: _Spare | None) -> _Spare | None:
     """Pass one `start` request to the spare (forked now if there is none) and answer with its pid
     (or an error); returns the spare if it was not used."""
@@ -174,7 +146,6 @@ def _serve_one(conn: socket.socket, spare: _Spare | None) -> _Spare | None:
         if not assigned:
             raise OSError("no spare daemon took the request")
         conn.send(marshal.dumps({"pid": pid}))
-        _prime_cgroup_migration()
     except (OSError, ValueError, EOFError, TypeError, KeyError, FlagError) as e:
         try:
             conn.send(marshal.dumps({"error": str(e)}))
@@ -240,7 +211,9 @@ def main() -> int:
         return 0
     spare: _Spare | None = None
     try:
-        prctl.set_name(PROCESS_NAME)
+        import prctl
+
+        prctl.set_name("railcar-zygote")
         _warm_up()
         gc.freeze()
         spare = _Spare.fork()

@@ -17,8 +17,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
 import devenv  # noqa: E402
-from railcar.runtime.cgroups.prime import scratch_parent  # noqa: E402
-from railcar.shim import zygote  # noqa: E402
 from tests.polling import eventually  # noqa: E402,F401 - the integration tests import it from here
 
 RUNTIME = "io.containerd.railcar.v2"
@@ -83,14 +81,6 @@ def cgroups_of(namespace: str) -> list[str]:
 def cgroups_parents(namespace: str) -> list[str]:
     """The namespace's cgroup parent (/<namespace>) in any hierarchy."""
     return [str(h / namespace) for h in Path("/sys/fs/cgroup").iterdir() if (h / namespace).is_dir()]
-
-
-def priming_leftovers() -> set[str]:
-    """What the zygote's cgroup priming (railcar.runtime.cgroups.prime) may leave if it failed:
-    its processes, and its scratch cgroups."""
-    left = {f"pid {pid}" for pid in processes_named(zygote.PRIME_NAME)}
-    parent = scratch_parent()
-    return left | {f"{parent}/{name}" for name in os.listdir(parent) if name.startswith("railcar-prime-")}
 
 
 def zygotes_of(cd: devenv.Containerd) -> set[int]:
@@ -174,7 +164,6 @@ def cd(containerd: devenv.Containerd) -> Iterator[devenv.Containerd]:
     assert not _settled(lambda: (set(runtime_dir.iterdir()) if runtime_dir.is_dir() else set()) - state_before), \
         "runtime state left"
     assert not _settled(lambda: set(cgroups_of(containerd.namespace)) - cgroups_before), "cgroups left"
-    assert not _settled(priming_leftovers), "cgroup priming left something"
 
 
 @pytest.fixture
