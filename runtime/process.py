@@ -237,7 +237,7 @@ def _join_cgroup(launch: Launch) -> None:
     processes must never run a line outside its cgroup."""
     if launch.cgroup is not None:
         with stage("cgroups"):
-            launch.cgroup.add_process(os.getpid())
+            launch.cgroup.join()
 
 
 def _fork_child(ch: Channel, launch: Launch, body: Callable[[Channel, Launch], None]) -> int:

@@ -53,6 +53,11 @@ class Cgroup(abc.ABC):
     @abc.abstractmethod
     def add_process(self, pid: int) -> None: ...
 
+    def join(self) -> None:
+        """Move the calling process into the cgroup. It must be single-threaded (a freshly forked
+        helper is): a driver may move just the calling thread, which is then the whole process."""
+        self.add_process(os.getpid())
+
     @abc.abstractmethod
     def pids(self) -> list[int]:
         """Every process in the cgroup and its descendants."""

@@ -20,8 +20,8 @@ from railcar.runtime.cgroups import CgroupV1, CgroupV2, open_cgroup
 from railcar.runtime.security import CAP_NUMBERS
 from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2
 from tests.runtime.conftest import (  # noqa: F401 - fixtures are used by name
-    DEFAULT_CAPS, busybox_base, create_captured, finish, make_bundle, no_leaks, run_container, state_root,
-    subreaper)
+    DEFAULT_CAPS, busybox_base, container_cgroup_parent, create_captured, finish, make_bundle, no_leaks,
+    run_container, state_root, subreaper)
 
 from .conftest import wait_for
 

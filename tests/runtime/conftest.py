@@ -270,8 +270,10 @@ def reap_children() -> None:
 
 
 @pytest.fixture(scope="session")
-def cgroup_parent() -> None:
-    """Remove the tests' cgroup parent once every test that may use it is done."""
+def container_cgroup_parent() -> None:
+    """Remove the tests' cgroup parent (CGROUP_PARENT) once every test that may use it is done.
+    Named apart from tests/cgroups' per-test `cgroup_parent`, which would otherwise stand in for
+    it there and leave this parent behind."""
     yield
     for hierarchy in os.listdir(CGROUP_ROOT):
         parent = os.path.join(CGROUP_ROOT, hierarchy, CGROUP_PARENT.lstrip("/"))
@@ -280,7 +282,7 @@ def cgroup_parent() -> None:
 
 
 @pytest.fixture(autouse=True)
-def subreaper(cgroup_parent: None) -> None:
+def subreaper(container_cgroup_parent: None) -> None:
     """The test process plays the shim for one test: container inits are re-parented to it.
 
     Only for the test's duration: left on, pytest would adopt every orphan of later tests too
