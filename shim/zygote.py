@@ -19,6 +19,7 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 
 from railcar.runtime.sealing import reexec_sealed
 
@@ -200,11 +201,23 @@ async def _exercise() -> None:
         nursery.cancel_scope.cancel()
 
 
+def _sigterm_handler(zygote: int) -> Callable[[int, object], None]:
+    """SIGTERM ends the zygote through main's `finally`, which removes its socket. A child forked a
+    moment ago may still have this handler: it just dies, and leaves the live zygote's socket alone."""
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != zygote:
+            os._exit(128 + signal.SIGTERM)
+        sys.exit(0)
+
+    return handler
+
+
 def main() -> int:
     """Serve fork requests until idle for the idle timeout."""
     reexec_sealed()  # every daemon and forker forked from here shares the sealed interpreter (CVE-2019-5736)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked daemons are reaped by the kernel
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # still remove the socket
+    signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     path = paths.zygote_socket()
     server = _listen(path)
     if server is None:
