@@ -168,13 +168,16 @@ def stderr(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     daemon's forker, made before its container was known, also takes the daemon's environment,
     working directory and log settings (`assign`)."""
     os.dup2(fds[0], 2)
-    assign = args.get("assign")
-    if assign:
-        os.environ.clear()
-        os.environ.update(assign["env"])
-        os.chdir(assign["cwd"])
-        shim_log.configure(assign["namespace"], assign["debug"])
+    if args.get("assign"):
+        _take_assignment(args["assign"])
     return None, []
+
+
+def _take_assignment(assign: dict[str, Any]) -> None:
+    os.environ.clear()
+    os.environ.update(assign["env"])
+    os.chdir(assign["cwd"])
+    shim_log.configure(assign["namespace"], assign["debug"])
 
 
 def unmount(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
@@ -250,7 +253,8 @@ class _Worker:
     inline caches, new objects in half-full pools), and each written page stops being shared with
     the zygote. A worker's copies die with it, so the long-lived forker stays almost entirely
     shared, however many containers it has made; the fork itself happens while nobody waits.
-    The forker's fd 2 (the log) comes with each request, as it may have moved since the fork.
+    The forker's fd 2 (the log) comes with each request, as it may have moved since the fork. A
+    spare daemon's assignment (see `stderr`) is passed on to a worker forked before it.
     """
 
     def __init__(self, daemon: socket.socket, handlers: dict[str, Handler]) -> None:
@@ -268,7 +272,12 @@ class _Worker:
 
     @staticmethod
     def _serve_one(conn: socket.socket, daemon: socket.socket, handlers: dict[str, Handler]) -> int:
-        data, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, _MAX_FDS + 1)
+        while True:
+            data, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, _MAX_FDS + 1)
+            if data and not fds:  # an assignment (a request always brings fd 2)
+                _take_assignment(json.loads(data)["assign"])
+                continue
+            break
         conn.close()
         if not data:
             return 0  # retired unused
@@ -286,6 +295,16 @@ class _Worker:
         except OSError as e:
             logging.getLogger(__name__).warning("cannot fork a forker worker: %s", e)
             return None
+
+    def assign(self, assign: dict[str, Any]) -> bool:
+        """Pass on an assignment that came after the fork. The worker takes it at once, while the
+        request it is for (the Create) is still on its way, where forking a new worker would hold
+        that request up. False if it could not be sent (the worker must not serve then)."""
+        try:
+            self.conn.send(json.dumps({"assign": assign}).encode())
+            return True
+        except OSError:
+            return False
 
     def hand_over(self, data: bytes, fds: list[int]) -> bool:
         """Give the worker its request and our fd 2 (the caller still owns `fds`); False if it is
@@ -315,7 +334,7 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float =
     long-lived container costs no third process (its next request pays for one fork, about 2 ms,
     made before the request's fds are taken in, so the worker holds no second copy of them).
     The forker itself only moves bytes, except for `stderr`, which changes its own fd 2 (and
-    retires a spare forked before an assignment). When a worker dies without answering, the forker
+    passes an assignment on to the spare). When a worker dies without answering, the forker
     answers for it; replies carry the request's sequence number, so the daemon can tell a late one.
     """
     spare = _Worker.fork(sock, handlers)
@@ -338,9 +357,10 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float =
             op, seq = _peek(data)
             if op == "stderr":
                 reply, out_fds = _handle(data, fds, handlers)
-                if spare is not None and "assign" in json.loads(data).get("args", {}):
-                    spare.wait()  # forked with the zygote's environment and cwd
-                    spare = _Worker.fork(sock, handlers)
+                assign = json.loads(data).get("args", {}).get("assign")
+                if spare is not None and assign and not spare.assign(assign):
+                    spare.wait()  # it has the zygote's environment and cwd: the next request forks anew
+                    spare = None
                 if not _send(sock, reply, out_fds):
                     return
                 continue

@@ -13,6 +13,7 @@ import trio
 
 from tests.polling import eventually
 
+from railcar.shim import forker as forker_module
 from railcar.shim.forker import Forker, ForkerError
 
 
@@ -217,3 +218,31 @@ async def test_when_no_worker_can_be_forked_the_request_fails_and_the_forker_goe
         assert os.waitstatus_to_exitcode(status) == 0
         assert eventually(lambda: (group / "cgroup.procs").read_text() == "")
         group.rmdir()
+
+
+def _where(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    return {"pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get("RAILCAR_TEST_ASSIGNED")}, []
+
+
+async def test_a_spare_worker_forked_before_the_assignment_serves_with_it(tmp_path: Path) -> None:
+    """A spare daemon's forker takes its container's environment and working directory (`stderr`
+    with `assign`); the worker it had forked before that gets them passed on, instead of being
+    replaced by a new fork just when the Create comes in."""
+    forker = Forker({"stderr": forker_module.stderr, "where": _where}, spare_idle=5)
+    pid = forker.start()
+    try:
+        assert eventually(lambda: len(_workers_of(pid)) == 1)
+        [ready] = _workers_of(pid)
+        read_end, write_end = os.pipe()
+        assign = {"env": {"RAILCAR_TEST_ASSIGNED": "yes"}, "cwd": str(tmp_path), "namespace": "t", "debug": False}
+        await forker.call("stderr", {"assign": assign}, [write_end])
+        os.close(write_end)
+        os.close(read_end)
+        first, _ = await forker.call("where", {})
+        assert first == {"pid": ready, "cwd": str(tmp_path), "env": "yes"}
+        second, _ = await forker.call("where", {})  # a worker forked after it: the forker's own state
+        assert second["pid"] != ready and second["cwd"] == str(tmp_path) and second["env"] == "yes"
+    finally:
+        forker.close()
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
