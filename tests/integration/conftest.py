@@ -126,15 +126,39 @@ def containerd() -> Iterator[devenv.Containerd]:
         else:
             os.environ[ZYGOTE_IDLE_ENV] = saved
     cd.namespace = f"railcar-it-{os.getpid()}"
-    try:
-        yield cd
-    finally:
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
         cd.stop()  # also removes the namespace's empty cgroup parents
         _stop_zygotes(cd)
         runtime_dir = Path(RUNTIME_STATE) / cd.namespace
         if runtime_dir.is_dir():
             runtime_dir.rmdir()  # fails (and so reports) if a container's state is still in it
         assert not cgroups_parents(cd.namespace), "namespace cgroups left"
+
+    _after_the_last_test.append(stop)
+    try:
+        yield cd
+    finally:
+        stop()
+
+
+_after_the_last_test: list[Callable[[], None]] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Stop the containerd (and so its zygote) right after the last test here, not at the end of
+    the session: a zygote still serving the shared socket stands in for the one a later suite
+    starts (tests/shim/test_bootstrap), and then idles out under it."""
+    yield
+    if nextitem is None or nextitem.path.parent != item.path.parent:
+        while _after_the_last_test:
+            _after_the_last_test.pop()()
 
 
 @pytest.fixture(scope="session")
