@@ -256,15 +256,26 @@ class ProcessIO:
                 self._fds.close(self._stdin_dst)  # the process now reads EOF
 
     async def drained(self, timeout: float = 2.0) -> None:
-        """Return once stdout/stderr reached EOF and every byte was written to the targets.
+        """Return once stdout/stderr reached EOF, every byte was written to the targets, and the
+        client of an output FIFO has read it all.
+
+        The last part is what makes the output reach the reader before the exit is reported: a
+        client may stop reading once the process exited. ctr (containerd 1.6's cio) closes its
+        FIFOs when it deletes the task, right after the exit, and drops what it had not read yet:
+        the tail of the output, up to a FIFO's capacity. FIFOs give the writer no "emptied"
+        event, so this polls how much is left unread (FIONREAD on our own reader).
 
         Gives up after `timeout` seconds, because a background child that inherited the pipe can
-        keep it open forever; forwarding goes on after that. Nothing to wait for with binary://
-        outside terminal mode: the logger reads the pipes itself.
+        keep it open forever, or nobody reads the FIFO; forwarding goes on after that. Nothing to
+        wait for with binary:// outside terminal mode: the logger reads the pipes itself.
         """
         with trio.move_on_after(timeout):
             for output in self._outputs:
                 await output.done.wait()
+            delay = 0.0005
+            while not self._closed and any(output.sink.unread() for output in self._outputs):
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.01)
 
     def close_stdin(self) -> None:
         """CloseIO: drop our own stdin writer, so EOF reaches the process once the client's writer closes."""

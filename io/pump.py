@@ -58,8 +58,9 @@ def widen(fd: int) -> None:
         log.debug("cannot widen pipe to %d bytes: %s", PIPE_SIZE, error)
 
 
-def _pending(fd: int) -> int:
-    """Bytes waiting in the pipe behind `fd` (FIONREAD), to tell which end of a splice blocked."""
+def pending(fd: int) -> int:
+    """Bytes waiting in the pipe behind `fd` (FIONREAD): which end of a splice blocked, and how
+    much of an output FIFO its client has not read yet."""
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
@@ -92,7 +93,7 @@ async def _splice_loop(src: int, dst: int) -> None:
         try:
             moved = os.splice(src, dst, SPLICE_CHUNK, flags=_SPLICE_FLAGS)
         except BlockingIOError:
-            if _pending(src):
+            if pending(src):
                 await trio.lowlevel.wait_writable(dst)
             else:
                 await trio.lowlevel.wait_readable(src)

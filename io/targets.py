@@ -7,12 +7,12 @@ even without a writer) and then for writing, which succeeds at once because a re
 import os
 import stat
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from .errors import StdioError
 from .fds import FdSet
-from .pump import widen
+from .pump import pending, widen
 
 
 class Mode(Enum):
@@ -59,24 +59,28 @@ def file_uri_path(uri: str) -> str:
 
 @dataclass
 class Sink:
-    """An output target: the fd we write to, plus fds kept open only for their side effect.
+    """An output target: the fd we write to, and for a FIFO our own reader of it (`reader`).
 
-    `keep` holds our own reader of an output FIFO: with a reader always present, our writes never
-    fail with EPIPE when the client goes away, and data waits in the FIFO until it returns.
-    A sink shared by stdout and stderr (same path) is closed when its last user releases it.
+    With a reader always present, our writes never fail with EPIPE when the client goes away, and
+    data waits in the FIFO until it returns. The reader also tells how much of what we wrote the
+    client has not read yet (`unread`). A sink shared by stdout and stderr (same path) closes its
+    writer when its last user releases it, so that a client reading sees EOF; the reader stays
+    open with the rest of the process's fds.
     """
 
     target: str
     fd: int
-    keep: list[int] = field(default_factory=list)
+    reader: int | None = None
     users: int = 0
 
     def release(self, fds: FdSet) -> None:
         self.users -= 1
         if self.users <= 0:
-            fds.close(self.fd)  # writer first, so a client that is reading sees EOF
-            for fd in self.keep:
-                fds.close(fd)
+            fds.close(self.fd)
+
+    def unread(self) -> int:
+        """Bytes written to the FIFO that no client has read yet (0 for other targets)."""
+        return 0 if self.reader is None else pending(self.reader)
 
 
 def open_output_path(path: str, fds: FdSet) -> Sink:
@@ -87,7 +91,7 @@ def open_output_path(path: str, fds: FdSet) -> Sink:
             reader = fds.adopt(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
             writer = fds.adopt(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
             widen(writer)
-            return Sink(path, writer, [reader])
+            return Sink(path, writer, reader)
         if stat.S_ISREG(mode):
             return Sink(path, fds.adopt(os.open(path, os.O_WRONLY | os.O_APPEND)))
     except FileNotFoundError as error:

@@ -103,10 +103,36 @@ async def test_drained_returns_after_eof_or_timeout(fifo: Callable[[str], str]) 
         os.write(background, b"last words\n")
         await pio.drained(timeout=0.05)  # returns although the pipe is still open
         os.close(background)
+        with trio.fail_after(10):
+            nursery.start_soon(pio.drained, 30)
+            assert await read_to_eof(reader) == b"last words\n"  # then EOF: the FIFO's writer was closed
+    await pio.aclose()
+
+
+async def test_drained_waits_until_the_client_read_everything(fifo: Callable[[str], str]) -> None:
+    """The exit is reported only after the client has the whole output: ctr closes its FIFOs as
+    soon as it deletes the exited task, and what it had not read by then would be lost."""
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    reader = open_reader(out)
+    process = container("import sys; sys.stdout.buffer.write(b'x' * 300000)", pio.container_stdio)
+    pio.close_container_side()
+    drained = trio.Event()
+
+    async def drain() -> None:
         await pio.drained(timeout=30)
-        assert os.read(reader, 100) == b"last words\n"  # written into the FIFO before drained() returned
-        assert os.read(reader, 100) == b""  # and the FIFO was closed: the client sees EOF
-    os.close(reader)
+        drained.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        assert await wait(process) == 0
+        nursery.start_soon(drain)
+        await trio.sleep(0.3)
+        assert not drained.is_set()  # everything is in the FIFO by now, but nobody has read it
+        with trio.fail_after(10):
+            assert len(await read_to_eof(reader)) == 300000
+            await drained.wait()
     await pio.aclose()
 
 
