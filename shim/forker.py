@@ -357,8 +357,8 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float =
             op, seq = _peek(data)
             if op == "stderr":
                 reply, out_fds = _handle(data, fds, handlers)
-                assign = json.loads(data).get("args", {}).get("assign")
-                if spare is not None and assign and not spare.assign(assign):
+                assign = (json.loads(data).get("args") or {}).get("assign")
+                if spare is not None and assign and ("error" in reply or not spare.assign(assign)):
                     spare.wait()  # it has the zygote's environment and cwd: the next request forks anew
                     spare = None
                 if not _send(sock, reply, out_fds):

@@ -207,6 +207,8 @@ def _sigterm_handler(zygote: int) -> Callable[[int, object], None]:
 
     def handler(signum: int, frame: object) -> None:
         if os.getpid() != zygote:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)  # dies of it, as without the handler
             os._exit(128 + signal.SIGTERM)
         sys.exit(0)
 

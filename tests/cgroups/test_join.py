@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -49,4 +50,36 @@ def test_join_moves_the_whole_calling_process_into_every_hierarchy(cgroup_parent
         assert joined and {paths[c] for c in joined} == {cg.path}
     else:
         assert paths[""] == cg.path
+    cg.destroy()
+
+
+def test_join_of_a_threaded_process_moves_every_thread(cgroup_parent: str) -> None:
+    """`tasks` would move only the calling thread: a process with more threads must not leave
+    one outside the cgroup."""
+    cg = open_cgroup(f"{cgroup_parent}/threaded", "threaded")
+    cg.create(None)
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(report_r)
+            stop = threading.Event()
+            thread = threading.Thread(target=stop.wait)
+            thread.start()
+            cg.join()
+            tids = os.listdir("/proc/self/task")
+            paths = {open(f"/proc/self/task/{tid}/cgroup").read() for tid in tids}
+            os.write(report_w, f"{len(tids)} {len(paths)}".encode())
+            stop.set()
+            thread.join()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(report_w)
+    threads, distinct = os.read(report_r, 100).decode().split()
+    os.close(report_r)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (threads, distinct) == ("2", "1")  # both threads, one membership
     cg.destroy()

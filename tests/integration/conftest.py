@@ -148,17 +148,26 @@ def containerd() -> Iterator[devenv.Containerd]:
 
 
 _after_the_last_test: list[Callable[[], None]] = []
+_last_test: list[pytest.Item] = []
 
 
-@pytest.hookimpl(hookwrapper=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Note which test here runs last, in the final order (after -k, --ff and the like)."""
+    here = Path(__file__).parent
+    _last_test[:] = [item for item in session.items if item.path.parent == here][-1:]
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """Stop the containerd (and so its zygote) right after the last test here, not at the end of
     the session: a zygote still serving the shared socket stands in for the one a later suite
     starts (tests/shim/test_bootstrap), and then idles out under it."""
-    yield
-    if nextitem is None or nextitem.path.parent != item.path.parent:
-        while _after_the_last_test:
-            _after_the_last_test.pop()()
+    try:
+        return (yield)
+    finally:
+        if item in _last_test:
+            while _after_the_last_test:
+                _after_the_last_test.pop()()
 
 
 @pytest.fixture(scope="session")

@@ -246,3 +246,27 @@ async def test_a_spare_worker_forked_before_the_assignment_serves_with_it(tmp_pa
         forker.close()
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_an_assignment_the_forker_refuses_is_not_passed_on(tmp_path: Path) -> None:
+    """A spare worker that would fail the same assignment must not take the next request down
+    with it: it is retired, and the request goes to a worker forked afterwards."""
+    forker = Forker({"stderr": forker_module.stderr, "where": _where}, spare_idle=5)
+    pid = forker.start()
+    try:
+        assert eventually(lambda: len(_workers_of(pid)) == 1)
+        [ready] = _workers_of(pid)
+        read_end, write_end = os.pipe()
+        assign = {"env": {"RAILCAR_TEST_ASSIGNED": "yes"}, "cwd": str(tmp_path / "gone"), "namespace": "t",
+                  "debug": False}
+        with pytest.raises(ForkerError):
+            await forker.call("stderr", {"assign": assign}, [write_end])
+        assert ready not in _workers_of(pid)  # retired (and reaped) before the forker answered
+        os.close(write_end)
+        os.close(read_end)
+        served, _ = await forker.call("where", {})
+        assert served["pid"] != ready
+    finally:
+        forker.close()
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

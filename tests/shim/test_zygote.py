@@ -30,4 +30,4 @@ def test_sigterm_in_a_child_forked_with_the_handler_skips_the_zygotes_cleanup() 
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
