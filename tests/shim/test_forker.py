@@ -224,49 +224,47 @@ def _where(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return {"pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get("RAILCAR_TEST_ASSIGNED")}, []
 
 
-async def test_a_spare_worker_forked_before_the_assignment_serves_with_it(tmp_path: Path) -> None:
+@pytest.fixture
+def assignable():
+    """A forker with the real `stderr` handler, and the spare worker it forked before any assignment."""
+    f = Forker({"stderr": forker_module.stderr, "where": _where}, spare_idle=5)
+    pid = f.start()
+    assert eventually(lambda: len(_workers_of(pid)) == 1)
+    [ready] = _workers_of(pid)
+    yield f, ready
+    f.close()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def _assign(forker: Forker, cwd: Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        assign = {"env": {"RAILCAR_TEST_ASSIGNED": "yes"}, "cwd": str(cwd), "namespace": "t", "debug": False}
+        await forker.call("stderr", {"assign": assign}, [write_end])
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+async def test_a_spare_worker_forked_before_the_assignment_serves_with_it(assignable, tmp_path: Path) -> None:
     """A spare daemon's forker takes its container's environment and working directory (`stderr`
     with `assign`); the worker it had forked before that gets them passed on, instead of being
     replaced by a new fork just when the Create comes in."""
-    forker = Forker({"stderr": forker_module.stderr, "where": _where}, spare_idle=5)
-    pid = forker.start()
-    try:
-        assert eventually(lambda: len(_workers_of(pid)) == 1)
-        [ready] = _workers_of(pid)
-        read_end, write_end = os.pipe()
-        assign = {"env": {"RAILCAR_TEST_ASSIGNED": "yes"}, "cwd": str(tmp_path), "namespace": "t", "debug": False}
-        await forker.call("stderr", {"assign": assign}, [write_end])
-        os.close(write_end)
-        os.close(read_end)
-        first, _ = await forker.call("where", {})
-        assert first == {"pid": ready, "cwd": str(tmp_path), "env": "yes"}
-        second, _ = await forker.call("where", {})  # a worker forked after it: the forker's own state
-        assert second["pid"] != ready and second["cwd"] == str(tmp_path) and second["env"] == "yes"
-    finally:
-        forker.close()
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    forker, ready = assignable
+    await _assign(forker, tmp_path)
+    first, _ = await forker.call("where", {})
+    assert first == {"pid": ready, "cwd": str(tmp_path), "env": "yes"}
+    second, _ = await forker.call("where", {})  # a worker forked after it: the forker's own state
+    assert second["pid"] != ready and second["cwd"] == str(tmp_path) and second["env"] == "yes"
 
 
-async def test_an_assignment_the_forker_refuses_is_not_passed_on(tmp_path: Path) -> None:
+async def test_an_assignment_the_forker_refuses_is_not_passed_on(assignable, tmp_path: Path) -> None:
     """A spare worker that would fail the same assignment must not take the next request down
     with it: it is retired, and the request goes to a worker forked afterwards."""
-    forker = Forker({"stderr": forker_module.stderr, "where": _where}, spare_idle=5)
-    pid = forker.start()
-    try:
-        assert eventually(lambda: len(_workers_of(pid)) == 1)
-        [ready] = _workers_of(pid)
-        read_end, write_end = os.pipe()
-        assign = {"env": {"RAILCAR_TEST_ASSIGNED": "yes"}, "cwd": str(tmp_path / "gone"), "namespace": "t",
-                  "debug": False}
-        with pytest.raises(ForkerError):
-            await forker.call("stderr", {"assign": assign}, [write_end])
-        assert ready not in _workers_of(pid)  # retired (and reaped) before the forker answered
-        os.close(write_end)
-        os.close(read_end)
-        served, _ = await forker.call("where", {})
-        assert served["pid"] != ready
-    finally:
-        forker.close()
-        _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    forker, ready = assignable
+    with pytest.raises(ForkerError):
+        await _assign(forker, tmp_path / "gone")
+    assert ready not in _workers_of(forker.pid)  # retired (and reaped) before the forker answered
+    served, _ = await forker.call("where", {})
+    assert served["pid"] != ready
