@@ -256,24 +256,29 @@ class ProcessIO:
                 self._fds.close(self._stdin_dst)  # the process now reads EOF
 
     async def drained(self, timeout: float = 2.0) -> None:
-        """Return once stdout/stderr reached EOF, every byte was written to the targets, and the
-        client of an output FIFO has read it all.
+        """Return once stdout/stderr reached EOF, every byte was written to the targets, and a
+        client reading an output FIFO has read it all.
 
-        The last part is what makes the output reach the reader before the exit is reported: a
-        client may stop reading once the process exited. ctr (containerd 1.6's cio) closes its
-        FIFOs when it deletes the task, right after the exit, and drops what it had not read yet:
-        the tail of the output, up to a FIFO's capacity. FIFOs give the writer no "emptied"
-        event, so this polls how much is left unread (FIONREAD on our own reader).
+        The last part is what makes the output reach the reader before the exit is reported.
+        containerd's client library (1.6.0-1.6.21, 1.7.0-1.7.2; so ctr, CRI and dockerd built on
+        it) closes a task's FIFOs in task.Delete, right after the exit, before reading them to
+        EOF, and drops the tail it had not read yet: up to a FIFO's capacity. FIFOs give the writer
+        no "emptied" event, so this polls how much is left unread (FIONREAD on our own reader).
+        Output nobody reads (ctr run -d, a client gone) is not waited for; it stays in the FIFO
+        for a client that comes back.
 
-        Gives up after `timeout` seconds, because a background child that inherited the pipe can
-        keep it open forever, or nobody reads the FIFO; forwarding goes on after that. Nothing to
-        wait for with binary:// outside terminal mode: the logger reads the pipes itself.
+        Gives up after `timeout` seconds in all, because a background child that inherited the
+        pipe can keep it open forever, or a client may hold the FIFO without reading; forwarding
+        goes on after that. Nothing to wait for with binary:// outside terminal mode: the logger
+        reads the pipes itself.
         """
         with trio.move_on_after(timeout):
             for output in self._outputs:
                 await output.done.wait()
+            sinks = {id(o.sink): o.sink for o in self._outputs if o.sink.unread()}.values()
+            read = [sink for sink in sinks if sink.read_by_others(self._fds)]
             delay = 0.0005
-            while not self._closed and any(output.sink.unread() for output in self._outputs):
+            while not self._closed and any(sink.unread() for sink in read):
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.01)
 

@@ -78,9 +78,41 @@ class Sink:
         if self.users <= 0:
             fds.close(self.fd)
 
+    def read_by_others(self, fds: FdSet) -> bool:
+        """Whether a client holds the FIFO open for reading. Opening a FIFO for writing without
+        blocking fails (ENXIO) when it has no reader, so our own reader is closed for the look; a
+        writer opened first keeps what is in the FIFO, and the reader is opened again after."""
+        if self.reader is None:
+            return False
+        flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            holder = os.open(f"/proc/self/fd/{self.reader}", flags)
+        except OSError:
+            return False
+        try:
+            fds.close(self.reader)
+            self.reader = None
+            try:
+                os.close(os.open(f"/proc/self/fd/{holder}", flags))
+                found = True
+            except OSError:
+                found = False
+            self.reader = fds.adopt(os.open(f"/proc/self/fd/{holder}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError:
+            return False
+        finally:
+            os.close(holder)
+        return found
+
     def unread(self) -> int:
-        """Bytes written to the FIFO that no client has read yet (0 for other targets)."""
-        return 0 if self.reader is None else pending(self.reader)
+        """Bytes written to the FIFO that no client has read yet (0 for other targets, and if the
+        kernel will not say: waiting for the reader must never keep an exit from being reported)."""
+        if self.reader is None:
+            return 0
+        try:
+            return pending(self.reader)
+        except OSError:
+            return 0
 
 
 def open_output_path(path: str, fds: FdSet) -> Sink:

@@ -103,15 +103,16 @@ async def test_drained_returns_after_eof_or_timeout(fifo: Callable[[str], str]) 
         os.write(background, b"last words\n")
         await pio.drained(timeout=0.05)  # returns although the pipe is still open
         os.close(background)
-        with trio.fail_after(10):
-            nursery.start_soon(pio.drained, 30)
-            assert await read_to_eof(reader) == b"last words\n"  # then EOF: the FIFO's writer was closed
+        assert await read_to_eof(reader) == b"last words\n"  # then EOF: the FIFO's writer was closed
+        with trio.fail_after(1):
+            await pio.drained(timeout=30)  # at once: all written, all read
     await pio.aclose()
 
 
 async def test_drained_waits_until_the_client_read_everything(fifo: Callable[[str], str]) -> None:
-    """The exit is reported only after the client has the whole output: ctr closes its FIFOs as
-    soon as it deletes the exited task, and what it had not read by then would be lost."""
+    """The exit is reported only after the client has the whole output: containerd's client
+    (1.6.0-1.6.21) closes the FIFOs as soon as it deletes the exited task, and what it had not read
+    by then would be lost. A client reading slowly is waited for."""
     out = fifo("stdout")
     pio = await ProcessIO.open("", out, "", terminal=False)
     assert pio.container_stdio is not None
@@ -128,12 +129,50 @@ async def test_drained_waits_until_the_client_read_everything(fifo: Callable[[st
         nursery.start_soon(pio.run)
         assert await wait(process) == 0
         nursery.start_soon(drain)
-        await trio.sleep(0.3)
-        assert not drained.is_set()  # everything is in the FIFO by now, but nobody has read it
-        with trio.fail_after(10):
-            assert len(await read_to_eof(reader)) == 300000
+        got = 0
+        for _ in range(3):
+            await trio.sleep(0.1)
+            assert not drained.is_set()  # in the FIFO by now, but not all read
+            got += len(await read_to_eof(os.dup(reader), limit=100000 - 1))
+        with trio.fail_after(1):
+            got += len(await read_to_eof(reader))
             await drained.wait()
+        assert got == 300000
     await pio.aclose()
+
+
+async def test_drained_does_not_wait_for_a_client_that_is_gone(fifo: Callable[[str], str]) -> None:
+    """ctr run -d, or a client gone: nobody has the FIFO open to read, so the exit is not held up,
+    and the output stays in the FIFO for a client that comes back."""
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    os.close(open_reader(out))  # was there at Create, then left
+    process = container("import sys; sys.stdout.buffer.write(b'x' * 300000)", pio.container_stdio)
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        assert await wait(process) == 0
+        with trio.fail_after(1):
+            await pio.drained(timeout=30)
+        assert len(await read_to_eof(open_reader(out))) == 300000
+    await pio.aclose()
+
+
+async def test_aclose_ends_the_wait_for_the_client(fifo: Callable[[str], str]) -> None:
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    reader = open_reader(out)
+    process = container("import sys; sys.stdout.buffer.write(b'x' * 1000)", pio.container_stdio)
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        assert await wait(process) == 0
+        with trio.fail_after(1):  # the client holds the FIFO without reading: only aclose ends the wait
+            nursery.start_soon(pio.aclose)
+            await pio.drained(timeout=30)
+    os.close(reader)
 
 
 async def test_stdout_and_stderr_fifos_and_ownership(fifo: Callable[[str], str]) -> None:
