@@ -7,7 +7,8 @@ import os
 import stat
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -109,70 +110,68 @@ async def test_drained_returns_after_eof_or_timeout(fifo: Callable[[str], str]) 
     await pio.aclose()
 
 
-async def test_drained_waits_until_the_client_read_everything(fifo: Callable[[str], str]) -> None:
-    """The exit is reported only after the client has the whole output: containerd's client
-    (1.6.0-1.6.21) closes the FIFOs as soon as it deletes the exited task, and what it had not read
-    by then would be lost. A client reading slowly is waited for."""
+@asynccontextmanager
+async def exited_with_output(fifo: Callable[[str], str], size: int, *,
+                             client: bool) -> AsyncIterator[tuple[ProcessIO, str, int]]:
+    """ProcessIO forwarding a process that wrote `size` bytes to stdout and exited: all of it is
+    in the FIFO (widened to 1 MiB) by the time the block runs. The client's reader is open, or
+    with `client=False` was open at Create and has left (-1)."""
     out = fifo("stdout")
     pio = await ProcessIO.open("", out, "", terminal=False)
     assert pio.container_stdio is not None
     reader = open_reader(out)
-    process = container("import sys; sys.stdout.buffer.write(b'x' * 300000)", pio.container_stdio)
+    if not client:
+        os.close(reader)
+        reader = -1
+    process = container(f"import sys; sys.stdout.buffer.write(b'x' * {size})", pio.container_stdio)
     pio.close_container_side()
-    drained = trio.Event()
-
-    async def drain() -> None:
-        await pio.drained(timeout=30)
-        drained.set()
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pio.run)
         assert await wait(process) == 0
-        nursery.start_soon(drain)
-        got = 0
-        for _ in range(3):
-            await trio.sleep(0.1)
-            assert not drained.is_set()  # in the FIFO by now, but not all read
-            got += len(await read_to_eof(os.dup(reader), limit=100000 - 1))
-        with trio.fail_after(1):
-            got += len(await read_to_eof(reader))
-            await drained.wait()
-        assert got == 300000
+        yield pio, out, reader
     await pio.aclose()
+
+
+async def test_drained_waits_until_the_client_read_everything(fifo: Callable[[str], str]) -> None:
+    """The exit is reported only after the client has the whole output: containerd's client
+    (1.6.0-1.6.21) closes the FIFOs as soon as it deletes the exited task, and what it had not read
+    by then would be lost. A client reading slowly is waited for."""
+    async with exited_with_output(fifo, 300000, client=True) as (pio, _, reader):
+        drained = trio.Event()
+
+        async def drain() -> None:
+            await pio.drained(timeout=30)
+            drained.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            got = 0
+            for _ in range(3):
+                await trio.sleep(0.1)
+                assert not drained.is_set()  # in the FIFO by now, but not all read
+                got += len(await read_to_eof(os.dup(reader), limit=100000 - 1))
+            with trio.fail_after(1):
+                got += len(await read_to_eof(reader))
+                await drained.wait()
+        assert got == 300000
 
 
 async def test_drained_does_not_wait_for_a_client_that_is_gone(fifo: Callable[[str], str]) -> None:
     """ctr run -d, or a client gone: nobody has the FIFO open to read, so the exit is not held up,
     and the output stays in the FIFO for a client that comes back."""
-    out = fifo("stdout")
-    pio = await ProcessIO.open("", out, "", terminal=False)
-    assert pio.container_stdio is not None
-    os.close(open_reader(out))  # was there at Create, then left
-    process = container("import sys; sys.stdout.buffer.write(b'x' * 300000)", pio.container_stdio)
-    pio.close_container_side()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pio.run)
-        assert await wait(process) == 0
+    async with exited_with_output(fifo, 300000, client=False) as (pio, out, _):
         with trio.fail_after(1):
             await pio.drained(timeout=30)
         assert len(await read_to_eof(open_reader(out))) == 300000
-    await pio.aclose()
 
 
 async def test_aclose_ends_the_wait_for_the_client(fifo: Callable[[str], str]) -> None:
-    out = fifo("stdout")
-    pio = await ProcessIO.open("", out, "", terminal=False)
-    assert pio.container_stdio is not None
-    reader = open_reader(out)
-    process = container("import sys; sys.stdout.buffer.write(b'x' * 1000)", pio.container_stdio)
-    pio.close_container_side()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pio.run)
-        assert await wait(process) == 0
+    async with exited_with_output(fifo, 1000, client=True) as (pio, _, reader):
         with trio.fail_after(1):  # the client holds the FIFO without reading: only aclose ends the wait
-            nursery.start_soon(pio.aclose)
-            await pio.drained(timeout=30)
-    os.close(reader)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pio.aclose)
+                await pio.drained(timeout=30)
+        os.close(reader)
 
 
 async def test_stdout_and_stderr_fifos_and_ownership(fifo: Callable[[str], str]) -> None:
