@@ -5,8 +5,6 @@ import fcntl
 import hashlib
 import os
 import stat
-import struct
-import termios
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import trio
 
 from railcar.io import ProcessIO
-from railcar.io.pump import PIPE_SIZE
+from railcar.io.pump import PIPE_SIZE, pending
 
 from .clients import container, open_reader, read_to_eof, run_and_read, wait
 
@@ -62,7 +60,7 @@ async def test_late_reader_gets_everything(fifo: Callable[[str], str]) -> None:
     pio.close_container_side()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pio.run)
-        while _pending(probe) < fcntl.fcntl(probe, fcntl.F_GETPIPE_SZ):  # FIFO and pipe full: writer stuck
+        while pending(probe) < fcntl.fcntl(probe, fcntl.F_GETPIPE_SZ):  # FIFO and pipe full: writer stuck
             await trio.sleep(0.01)
         os.close(probe)
         received = await read_to_eof(open_reader(out))
@@ -252,10 +250,6 @@ async def test_null_io_gives_dev_null() -> None:
     await pio.aclose()
 
 
-def _pending(fd: int) -> int:
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
 async def test_close_stdin_before_any_client_gives_eof(fifo: Callable[[str], str]) -> None:
     stdin = fifo("stdin")
     pio = await ProcessIO.open(stdin, "", "", terminal=False)
@@ -285,7 +279,7 @@ async def test_aclose_stops_a_pump_blocked_on_a_full_fifo(fifo: Callable[[str], 
     pio.close_container_side()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pio.run)
-        while _pending(probe) < fcntl.fcntl(probe, fcntl.F_GETPIPE_SZ):
+        while pending(probe) < fcntl.fcntl(probe, fcntl.F_GETPIPE_SZ):
             await trio.sleep(0.01)
         os.close(probe)
         await pio.drained(timeout=0.05)  # gives up: the bytes cannot reach the FIFO
