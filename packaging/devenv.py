@@ -55,6 +55,28 @@ disabled_plugins = [
   level = "{log_level}"
 """
 
+# containerd's CRI plugin (what kubelet talks to) with railcar as the default runtime handler.
+# Pod network namespaces stay under the private state directory; oom_score_adj is clamped to
+# containerd's own (the pause spec asks for -998, which this host refuses, see the README).
+_CRI_CONFIG = """
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause_image}"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "railcar"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.railcar]
+      runtime_type = "io.containerd.railcar.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni_conf_dir}"
+"""
+CRI_NAMESPACE = "k8s.io"
+PAUSE_IMAGE_REF = "railcar.local/pause:latest"
+
 
 @dataclass
 class Containerd:
@@ -135,10 +157,13 @@ class Containerd:
         self.start()
 
 
-def start_containerd(workdir: Path, *, extra_path: list[str] = (), log_level: str = "info") -> Containerd:
+def start_containerd(workdir: Path, *, extra_path: list[str] = (), log_level: str = "info",
+                     cri: bool = False) -> Containerd:
     """Start containerd with private root, state and sockets under `workdir`.
 
     `extra_path` goes in front of PATH so containerd finds shims such as containerd-shim-railcar-v2.
+    With `cri`, its CRI plugin serves on the same address (handler `railcar`, pause image
+    PAUSE_IMAGE_REF, CNI configuration from `workdir`/net.d) and `ctr` works in its namespace.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -148,11 +173,17 @@ def start_containerd(workdir: Path, *, extra_path: list[str] = (), log_level: st
     address = str(sock_dir / "c.sock")
     root, state = workdir / "root", workdir / "state"
     config = workdir / "config.toml"
-    config.write_text(_CONFIG.format(root=root, state=state, address=address, log_level=log_level))
+    text = _CONFIG.format(root=root, state=state, address=address, log_level=log_level)
+    if cri:
+        cni_conf_dir = workdir / "net.d"
+        cni_conf_dir.mkdir(exist_ok=True)
+        text = text.replace('  "io.containerd.grpc.v1.cri",\n', "") + _CRI_CONFIG.format(
+            pause_image=PAUSE_IMAGE_REF, cni_conf_dir=cni_conf_dir)
+    config.write_text(text)
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([*map(str, extra_path), env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
     cd = Containerd(workdir=workdir, address=address, root=root, state=state, config=config,
-                    log_path=workdir / "containerd.log", env=env)
+                    log_path=workdir / "containerd.log", env=env, namespace=CRI_NAMESPACE if cri else NAMESPACE)
     cd.start()
     return cd
 
@@ -180,8 +211,9 @@ def _blob(blobs: dict[str, bytes], data: bytes) -> dict:
     return {"digest": digest, "size": len(data)}
 
 
-def build_busybox_image(out: Path, ref: str = IMAGE_REF) -> Path:
-    """Write an OCI image archive of the busybox rootfs to `out`, named `ref`; no registry involved."""
+def build_busybox_image(out: Path, ref: str = IMAGE_REF, entrypoint: list[str] | None = None) -> Path:
+    """Write an OCI image archive of the busybox rootfs to `out`, named `ref`; no registry involved.
+    With `entrypoint`, the image runs that instead of `sh` (a pod's pause image: `sleep`)."""
     with tempfile.TemporaryDirectory() as tmp:
         rootfs = busybox_rootfs(Path(tmp) / "rootfs")
         layer_tar = io.BytesIO()
@@ -195,7 +227,7 @@ def build_busybox_image(out: Path, ref: str = IMAGE_REF) -> Path:
     config = {
         "architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                   "Cmd": ["sh"], "WorkingDir": "/"},
+                   "WorkingDir": "/", **({"Entrypoint": entrypoint} if entrypoint else {"Cmd": ["sh"]})},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
     }
     config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json",
@@ -219,10 +251,10 @@ def build_busybox_image(out: Path, ref: str = IMAGE_REF) -> Path:
     return Path(out)
 
 
-def busybox_image(cd: Containerd, ref: str = IMAGE_REF) -> str:
-    """Build the busybox image and import it into `cd`; returns the image reference."""
+def busybox_image(cd: Containerd, ref: str = IMAGE_REF, entrypoint: list[str] | None = None) -> str:
+    """Build the busybox image and import it into `cd` (its namespace); returns the image reference."""
     archive = cd.workdir / "busybox-oci.tar"
-    build_busybox_image(archive, ref)
+    build_busybox_image(archive, ref, entrypoint)
     result = cd.ctr("images", "import", str(archive))
     if result.returncode != 0:
         raise RuntimeError(f"ctr images import failed: {result.stderr.decode(errors='replace')}")
