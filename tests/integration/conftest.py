@@ -6,6 +6,7 @@ unique container ids and must leave nothing behind: no shim daemon, no socket of
 """
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -68,11 +69,12 @@ def mounts_under(*roots: Path) -> list[str]:
     return [p for p in points if any(p.startswith(str(r)) for r in roots)]
 
 
-def cgroups_of(namespace: str) -> list[str]:
-    """Container cgroups ctr asked for (cgroupsPath /<namespace>/<id>) still present in any hierarchy."""
+def cgroups_of(parent: str) -> list[str]:
+    """Container cgroups under /`parent` still present in any hierarchy (ctr asks for cgroupsPath
+    /<namespace>/<id>)."""
     left = []
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        group = hierarchy / namespace
+        group = hierarchy / parent
         if group.is_dir():
             left += [str(child) for child in group.iterdir() if child.is_dir()]
     return left
@@ -97,7 +99,7 @@ def zygotes_of(cd: devenv.Containerd) -> set[int]:
     return found
 
 
-def _stop_zygotes(cd: devenv.Containerd) -> None:
+def stop_zygotes(cd: devenv.Containerd) -> None:
     """SIGTERM (the zygote removes its socket) the zygotes our shims started, by pid, and wait for them
     and for their spare daemons (each goes when its zygote closes the connection to it)."""
     zygotes = zygotes_of(cd)
@@ -111,20 +113,24 @@ def _stop_zygotes(cd: devenv.Containerd) -> None:
     assert not _settled(lambda: spares & processes_named("railcar-spare")), "spare daemons did not stop"
 
 
-@pytest.fixture(scope="session")
-def containerd() -> Iterator[devenv.Containerd]:
-    """containerd for the session, in a namespace of its own (so its cgroup parent and runtime state
-    directory are ours to remove), with a short zygote idle time; at the end, nothing of it is left."""
-    workdir = Path(tempfile.mkdtemp(prefix="railcar-it-"))
+def start_containerd(workdir: Path, cri: bool = False) -> devenv.Containerd:
+    """A private containerd under `workdir` with railcar on its PATH and a short zygote idle time."""
     saved = os.environ.get(ZYGOTE_IDLE_ENV)
     os.environ[ZYGOTE_IDLE_ENV] = ZYGOTE_IDLE  # containerd, and so every shim and zygote, inherit it
     try:
-        cd = devenv.start_containerd(workdir, extra_path=[str(VENV_BIN)])
+        return devenv.start_containerd(workdir, extra_path=[str(VENV_BIN)], cri=cri)
     finally:
         if saved is None:
             del os.environ[ZYGOTE_IDLE_ENV]
         else:
             os.environ[ZYGOTE_IDLE_ENV] = saved
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[devenv.Containerd]:
+    """containerd for the session, in a namespace of its own (so its cgroup parent and runtime state
+    directory are ours to remove), with a short zygote idle time; at the end, nothing of it is left."""
+    cd = start_containerd(Path(tempfile.mkdtemp(prefix="railcar-it-")))
     cd.namespace = f"railcar-it-{os.getpid()}"
     stopped = False
 
@@ -134,11 +140,13 @@ def containerd() -> Iterator[devenv.Containerd]:
             return
         stopped = True
         cd.stop()  # also removes the namespace's empty cgroup parents
-        _stop_zygotes(cd)
+        stop_zygotes(cd)
         runtime_dir = Path(RUNTIME_STATE) / cd.namespace
         if runtime_dir.is_dir():
             runtime_dir.rmdir()  # fails (and so reports) if a container's state is still in it
         assert not cgroups_parents(cd.namespace), "namespace cgroups left"
+        assert not mounts_under(cd.workdir), "mounts left"
+        shutil.rmtree(cd.workdir)
 
     _after_the_last_test.append(stop)
     try:
@@ -181,22 +189,38 @@ def _settled(check: Callable[[], Collection], timeout: float = 10.0) -> Collecti
     return check()
 
 
+class Leftovers:
+    """What of railcar's exists for a containerd now, so that a test can check it added nothing:
+    shim daemons, sockets in /run/containerd/s, mounts under containerd's state or root, runtime
+    state, and cgroups under /`cgroup_parent` (ctr's is the namespace)."""
+
+    def __init__(self, cd: devenv.Containerd, cgroup_parent: str) -> None:
+        self.cd = cd
+        self.cgroup_parent = cgroup_parent
+        self.runtime_dir = Path(RUNTIME_STATE) / cd.namespace
+        self.sockets, self.shims, self.state, self.cgroups = (
+            self._sockets(), shim_pids(), self._state(), set(cgroups_of(cgroup_parent)))
+
+    def _sockets(self) -> set[str]:
+        return set(os.listdir(SOCKET_DIR)) if os.path.isdir(SOCKET_DIR) else set()
+
+    def _state(self) -> set[Path]:
+        return set(self.runtime_dir.iterdir()) if self.runtime_dir.is_dir() else set()
+
+    def assert_none_new(self) -> None:
+        assert not _settled(lambda: shim_pids() - self.shims), "shim daemons left running"
+        assert not _settled(lambda: self._sockets() - self.sockets), "shim sockets left in /run/containerd/s"
+        assert not _settled(lambda: mounts_under(self.cd.state, self.cd.root)), "mounts left"
+        assert not _settled(lambda: self._state() - self.state), "runtime state left"
+        assert not _settled(lambda: set(cgroups_of(self.cgroup_parent)) - self.cgroups), "cgroups left"
+
+
 @pytest.fixture
 def cd(containerd: devenv.Containerd) -> Iterator[devenv.Containerd]:
     """The session containerd, with a check that the test left nothing of railcar's behind."""
-    sockets_before = set(os.listdir(SOCKET_DIR)) if os.path.isdir(SOCKET_DIR) else set()
-    shims_before = shim_pids()
-    runtime_dir = Path(RUNTIME_STATE) / containerd.namespace
-    state_before = set(runtime_dir.iterdir()) if runtime_dir.is_dir() else set()
-    cgroups_before = set(cgroups_of(containerd.namespace))
+    before = Leftovers(containerd, containerd.namespace)
     yield containerd
-    assert not _settled(lambda: shim_pids() - shims_before), "shim daemons left running"
-    assert not _settled(lambda: (set(os.listdir(SOCKET_DIR)) if os.path.isdir(SOCKET_DIR) else set())
-                        - sockets_before), "shim sockets left in /run/containerd/s"
-    assert not _settled(lambda: mounts_under(containerd.state, containerd.root)), "mounts left"
-    assert not _settled(lambda: (set(runtime_dir.iterdir()) if runtime_dir.is_dir() else set()) - state_before), \
-        "runtime state left"
-    assert not _settled(lambda: set(cgroups_of(containerd.namespace)) - cgroups_before), "cgroups left"
+    before.assert_none_new()
 
 
 @pytest.fixture

@@ -1,0 +1,257 @@
+"""Kubernetes pods on railcar through containerd's CRI plugin, driven as kubelet drives it.
+
+A containerd of this module's own has its CRI plugin on, with railcar as the runtime handler, a
+pause image built from busybox, and a CNI bridge. A gRPC client speaks CRI v1 to it (the subset in
+cri_v1.proto). The shim never sees CRI itself, only what CRI makes of it: a pause container and app
+containers grouped into one shim by the sandbox-id annotation, FIFOs that CRI turns into log files,
+execs, stats, resource updates, Kill on stop, and OOM reasons taken from the shim's events.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import (Leftovers, cgroups_parents, devenv, eventually, mounts_under, processes_named,
+                       start_containerd, stop_zygotes)
+
+pytestmark = pytest.mark.integration
+grpc = pytest.importorskip("grpc")  # grpcio comes with the test extra's grpcio-tools
+
+HERE = Path(__file__).resolve().parent
+POD_SUBNET = "10.231.7.0/24"
+
+
+def _load_cri() -> Any:
+    """The CRI v1 messages, compiled from cri_v1.proto at import (grpc.protos finds it on sys.path)."""
+    sys.path.insert(0, str(HERE))
+    try:
+        return grpc.protos("cri_v1.proto")
+    finally:
+        sys.path.remove(str(HERE))
+
+
+pb = _load_cri()
+
+
+class RuntimeService:
+    """A CRI v1 RuntimeService client on containerd's socket: `call("RunPodSandbox", config=...)`."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(f"unix://{address}")
+        self.methods = pb.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name
+
+    def call(self, method: str, deadline: float = 60.0, **fields: Any) -> Any:
+        spec = self.methods[method]
+        request, response = getattr(pb, spec.input_type.name), getattr(pb, spec.output_type.name)
+        stub = self.channel.unary_unary(f"/runtime.v1.RuntimeService/{method}",
+                                        request_serializer=request.SerializeToString,
+                                        response_deserializer=response.FromString)
+        return stub(request(**fields), timeout=deadline)
+
+
+@dataclass
+class Cri:
+    cd: devenv.Containerd
+    runtime: RuntimeService
+    cgroup_parent: str  # a top-level cgroup of this module's own; pods go below it
+    logs: Path
+
+
+@pytest.fixture(scope="module")
+def cri() -> Iterator[Cri]:
+    """containerd with CRI on, its images and CNI bridge; at the end nothing of it is left: no
+    process, cgroup, mount, bridge or runtime state."""
+    workdir = Path(tempfile.mkdtemp(prefix="railcar-cri-"))
+    bridge = f"rc-cri-{os.getpid() % 100000}"
+    (workdir / "net.d").mkdir()
+    # No gateway and no masquerading: the bridge plugin then changes nothing on the host but the
+    # bridge itself (removed below) and the pods' veth pairs (removed by CNI DEL).
+    (workdir / "net.d" / "10-railcar-test.conflist").write_text(json.dumps({
+        "cniVersion": "0.4.0", "name": "railcar-test", "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": False, "ipMasq": False,
+             "ipam": {"type": "host-local", "subnet": POD_SUBNET, "dataDir": str(workdir / "ipam")}},
+            {"type": "loopback"}]}))
+    cd = start_containerd(workdir, cri=True)
+    try:
+        devenv.busybox_image(cd)
+        devenv.busybox_image(cd, devenv.PAUSE_IMAGE_REF, ["/bin/sleep", "2147483647"])
+        yield Cri(cd, RuntimeService(cd.address), f"railcar-cri-{os.getpid()}", workdir / "logs")
+    finally:
+        cd.stop()
+        stop_zygotes(cd)
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+        parents = cgroups_parents(f"railcar-cri-{os.getpid()}")
+        for parent in parents:
+            os.rmdir(parent)  # fails (and so reports) if a pod's cgroup is still in it
+        runtime_dir = Path("/run/railcar") / cd.namespace
+        if runtime_dir.is_dir():
+            runtime_dir.rmdir()
+        assert not mounts_under(workdir), "mounts left"
+        shutil.rmtree(workdir)
+        assert not os.path.exists(f"/sys/class/net/{bridge}")
+
+
+@pytest.fixture
+def leaks(cri: Cri) -> Iterator[None]:
+    before = Leftovers(cri.cd, cri.cgroup_parent)
+    yield
+    before.assert_none_new()
+
+
+@dataclass
+class Pod:
+    id: str
+    config: Any  # the PodSandboxConfig, which CreateContainer repeats
+
+
+@contextlib.contextmanager
+def pod(cri: Cri, network: int = pb.POD, pid: int = pb.CONTAINER) -> Iterator[Pod]:
+    """A running pod sandbox (handler railcar), stopped and removed on the way out as kubelet does."""
+    name = f"pod-{uuid.uuid4().hex[:8]}"
+    cri.logs.mkdir(exist_ok=True)
+    config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, uid=name, namespace="railcar-test"),
+        log_directory=str(cri.logs / name),
+        linux=pb.LinuxPodSandboxConfig(
+            cgroup_parent=f"/{cri.cgroup_parent}",
+            security_context=pb.LinuxSandboxSecurityContext(namespace_options=_namespaces(network, pid))))
+    sandbox = cri.runtime.call("RunPodSandbox", config=config, runtime_handler="railcar").pod_sandbox_id
+    try:
+        yield Pod(sandbox, config)
+    finally:
+        cri.runtime.call("StopPodSandbox", pod_sandbox_id=sandbox)
+        cri.runtime.call("RemovePodSandbox", pod_sandbox_id=sandbox)
+
+
+def _namespaces(network: int, pid: int) -> Any:
+    return pb.NamespaceOption(network=network, pid=pid, ipc=pb.POD)
+
+
+def start_container(cri: Cri, in_pod: Pod, command: list[str], memory: int = 0, user: int | None = None,
+                    readonly_rootfs: bool = False) -> str:
+    """Create and start an app container of busybox running `command` (in the pod's namespaces),
+    as `user` if given; its log is <name>.log."""
+    name = f"c-{uuid.uuid4().hex[:8]}"
+    pod_namespaces = in_pod.config.linux.security_context.namespace_options
+    config = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=devenv.IMAGE_REF),
+        command=command, log_path=f"{name}.log",
+        linux=pb.LinuxContainerConfig(
+            resources=pb.LinuxContainerResources(memory_limit_in_bytes=memory),
+            security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=pod_namespaces, readonly_rootfs=readonly_rootfs,
+                run_as_user=None if user is None else pb.Int64Value(value=user))))
+    container = cri.runtime.call("CreateContainer", pod_sandbox_id=in_pod.id, config=config,
+                                 sandbox_config=in_pod.config).container_id
+    cri.runtime.call("StartContainer", container_id=container)
+    return container
+
+
+def log_of(cri: Cri, in_pod: Pod) -> str:
+    """What CRI logged for the pod's containers (the tests run one per pod)."""
+    return "".join(p.read_text() for p in (cri.logs / in_pod.config.metadata.name).glob("*.log"))
+
+
+def exec_sync(cri: Cri, container: str, *cmd: str, timeout: int = 0) -> tuple[bytes, bytes, int]:
+    reply = cri.runtime.call("ExecSync", deadline=timeout + 60, container_id=container, cmd=cmd, timeout=timeout)
+    return reply.stdout, reply.stderr, reply.exit_code
+
+
+def status(cri: Cri, container: str) -> Any:
+    return cri.runtime.call("ContainerStatus", container_id=container).status
+
+
+def task_pid(cri: Cri, task: str) -> int:
+    """The pid containerd has for a task (the pause container's is what app containers join)."""
+    for line in cri.cd.ctr("task", "ls").stdout.decode().splitlines():
+        fields = line.split()
+        if fields and fields[0] == task:
+            return int(fields[1])
+    raise AssertionError(f"no task {task}")
+
+
+def cgroup_file(cri: Cri, controller: str, container: str, name: str) -> str:
+    return Path(f"/sys/fs/cgroup/{controller}/{cri.cgroup_parent}/{container}/{name}").read_text().strip()
+
+
+def test_a_pod_runs_in_one_shim_with_logs_execs_stats_and_updates(cri, leaks) -> None:
+    shims_before = processes_named("railcar-shim")
+    with pod(cri) as p:
+        container = start_container(cri, p, ["sh", "-c", "echo hello-out; echo hello-err >&2; trap '' TERM; "
+                                                         "exec sleep 999"])
+        # The pause container and the app container share one shim daemon (grouped by sandbox id).
+        assert len(processes_named("railcar-shim") - shims_before) == 1
+
+        # CRI turns what the shim forwards through the FIFOs into its log format, stream by stream.
+        assert eventually(lambda: "stderr F hello-err" in log_of(cri, p)), log_of(cri, p)
+        assert "stdout F hello-out" in log_of(cri, p)
+
+        # The container sits in the pod's network namespace, which CRI made and CNI wired.
+        pause_net = os.readlink(f"/proc/{task_pid(cri, p.id)}/ns/net")
+        out, _, code = exec_sync(cri, container, "sh", "-c", "readlink /proc/self/ns/net; ip -4 -o addr show eth0")
+        assert code == 0
+        net, addr = out.decode().splitlines()
+        assert net == pause_net != os.readlink("/proc/self/ns/net")
+        assert " 10.231.7." in addr
+
+        assert exec_sync(cri, container, "sh", "-c", "echo out; echo err >&2; exit 3") == (b"out\n", b"err\n", 3)
+
+        # An exec that runs over its timeout fails the call, and its process is killed.
+        with pytest.raises(grpc.RpcError) as timed_out:
+            exec_sync(cri, container, "sleep", "1000", timeout=1)
+        assert timed_out.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert eventually(lambda: b"sleep 1000" not in exec_sync(cri, container, "ps", "-o", "args")[0])
+
+        stats = cri.runtime.call("ContainerStats", container_id=container).stats
+        assert stats.cpu.usage_core_nano_seconds.value > 0
+        assert stats.memory.working_set_bytes.value > 0
+
+        cri.runtime.call("UpdateContainerResources", container_id=container,
+                         linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_shares=256))
+        assert cgroup_file(cri, "memory", container, "memory.limit_in_bytes") == str(96 << 20)
+        assert cgroup_file(cri, "cpu", container, "cpu.shares") == "256"
+
+        # It ignores SIGTERM: StopContainer waits out the grace period, then SIGKILLs it.
+        started = time.monotonic()
+        cri.runtime.call("StopContainer", container_id=container, timeout=1)
+        assert time.monotonic() - started >= 1
+        st = status(cri, container)
+        assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 137, "Error")
+        cri.runtime.call("RemoveContainer", container_id=container)
+
+
+def test_a_host_network_pod_with_a_shared_pid_namespace(cri, leaks) -> None:
+    with pod(cri, network=pb.NODE, pid=pb.POD) as p:
+        script = ("readlink /proc/self/ns/net; id -u; ps -o pid,args | grep -c '^ *1 /bin/sleep 2147483647$'; "
+                  "touch /x 2>/dev/null || echo read-only; exit 3")
+        container = start_container(cri, p, ["sh", "-c", script], user=1000, readonly_rootfs=True)
+        assert eventually(lambda: status(cri, container).state == pb.CONTAINER_EXITED)
+        st = status(cri, container)
+        assert (st.exit_code, st.reason) == (3, "Error")
+        lines = [line.split(" ", 3)[3] for line in log_of(cri, p).splitlines() if " stdout F " in line]
+        # The host's network namespace; the uid asked for; the pause process as pid 1 of the
+        # pod's shared pid namespace; a read-only root.
+        assert lines == [os.readlink("/proc/self/ns/net"), "1000", "1", "read-only"]
+        cri.runtime.call("RemoveContainer", container_id=container)
+
+
+def test_an_oom_killed_container_is_reported_as_oomkilled(cri, leaks) -> None:
+    with pod(cri) as p:
+        # busybox tail keeps the last line of a file that has no newline: all of it.
+        container = start_container(cri, p, ["tail", "/dev/zero"], memory=32 << 20)
+        assert eventually(lambda: status(cri, container).state == pb.CONTAINER_EXITED, timeout=30)
+        st = status(cri, container)
+        assert (st.exit_code, st.reason) == (137, "OOMKilled")
+        cri.runtime.call("RemoveContainer", container_id=container)
