@@ -117,7 +117,8 @@ class Pod:
 
 
 @contextlib.contextmanager
-def pod(cri: Cri, network: int = pb.POD, pid: int = pb.CONTAINER) -> Iterator[Pod]:
+def pod(cri: Cri, network: int = pb.POD, pid: int = pb.CONTAINER,
+        sysctls: dict[str, str] | None = None) -> Iterator[Pod]:
     """A running pod sandbox (handler railcar), stopped and removed on the way out as kubelet does."""
     name = f"pod-{uuid.uuid4().hex[:8]}"
     cri.logs.mkdir(exist_ok=True)
@@ -125,7 +126,7 @@ def pod(cri: Cri, network: int = pb.POD, pid: int = pb.CONTAINER) -> Iterator[Po
         metadata=pb.PodSandboxMetadata(name=name, uid=name, namespace="railcar-test"),
         log_directory=str(cri.logs / name),
         linux=pb.LinuxPodSandboxConfig(
-            cgroup_parent=f"/{cri.cgroup_parent}",
+            cgroup_parent=f"/{cri.cgroup_parent}", sysctls=sysctls or {},
             security_context=pb.LinuxSandboxSecurityContext(namespace_options=_namespaces(network, pid))))
     sandbox = cri.runtime.call("RunPodSandbox", config=config, runtime_handler="railcar").pod_sandbox_id
     try:
@@ -140,14 +141,14 @@ def _namespaces(network: int, pid: int) -> Any:
 
 
 def start_container(cri: Cri, in_pod: Pod, command: list[str], memory: int = 0, user: int | None = None,
-                    readonly_rootfs: bool = False) -> str:
+                    readonly_rootfs: bool = False, mounts: tuple[Any, ...] = ()) -> str:
     """Create and start an app container of busybox running `command` (in the pod's namespaces),
-    as `user` if given; its log is <name>.log."""
+    as `user` if given, with CRI `mounts` (host paths); its log is <name>.log."""
     name = f"c-{uuid.uuid4().hex[:8]}"
     pod_namespaces = in_pod.config.linux.security_context.namespace_options
     config = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=devenv.IMAGE_REF),
-        command=command, log_path=f"{name}.log",
+        command=command, log_path=f"{name}.log", mounts=mounts,
         linux=pb.LinuxContainerConfig(
             resources=pb.LinuxContainerResources(memory_limit_in_bytes=memory),
             security_context=pb.LinuxContainerSecurityContext(
@@ -255,3 +256,49 @@ def test_an_oom_killed_container_is_reported_as_oomkilled(cri, leaks) -> None:
         st = status(cri, container)
         assert (st.exit_code, st.reason) == (137, "OOMKilled")
         cri.runtime.call("RemoveContainer", container_id=container)
+
+
+def test_a_restarted_container_gets_the_pod_sysctls_and_host_path_volumes(cri, leaks, tmp_path) -> None:
+    volume, shared = tmp_path / "volume", tmp_path / "shared"
+    volume.mkdir()
+    (volume / "file").write_text("from the host\n")
+    (shared / "sub").mkdir(parents=True)
+    # HOST_TO_CONTAINER needs a shared (or slave) source mount, which / is not on this host.
+    subprocess.run(["mount", "--bind", shared, shared], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", shared], check=True)
+        shims_before = processes_named("railcar-shim")
+        sysctls = {"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "80"}
+        with pod(cri, sysctls=sysctls) as p:
+            crashed = start_container(cri, p, ["sh", "-c", "exit 1"])
+            assert eventually(lambda: status(cri, crashed).state == pb.CONTAINER_EXITED)
+            cri.runtime.call("RemoveContainer", container_id=crashed)
+            # kubelet's restart: a new container in the same pod, and so in the same shim daemon.
+            container = start_container(cri, p, ["sleep", "999"], mounts=(
+                pb.Mount(container_path="/volume", host_path=str(volume), readonly=True),
+                pb.Mount(container_path="/shared", host_path=str(shared),
+                         propagation=pb.PROPAGATION_HOST_TO_CONTAINER)))
+            assert len(processes_named("railcar-shim") - shims_before) == 1
+
+            # The pod's sysctls, set in the pause container's ipc and network namespaces, which this
+            # container joined; the host's own values are untouched.
+            out, _, _ = exec_sync(cri, container, "cat", "/proc/sys/kernel/shm_rmid_forced",
+                                  "/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            assert out.split() == [b"1", b"80"]
+            assert Path("/proc/sys/kernel/shm_rmid_forced").read_text() == "0\n"
+
+            script = "cat /volume/file; echo x > /volume/new 2>/dev/null || echo read-only"
+            assert exec_sync(cri, container, "sh", "-c", script)[0] == b"from the host\nread-only\n"
+            assert not (volume / "new").exists()
+
+            # A mount made on the host after the start propagates into the container (rslave).
+            subprocess.run(["mount", "-t", "tmpfs", "propagated", shared / "sub"], check=True)
+            try:
+                (shared / "sub" / "f").write_text("after start\n")
+                assert exec_sync(cri, container, "cat", "/shared/sub/f")[0] == b"after start\n"
+            finally:
+                subprocess.run(["umount", shared / "sub"], check=True)
+            cri.runtime.call("StopContainer", container_id=container, timeout=0)
+            cri.runtime.call("RemoveContainer", container_id=container)
+    finally:
+        subprocess.run(["umount", shared], check=True)
