@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import (Leftovers, cgroups_parents, devenv, eventually, mounts_under, processes_named,
-                       start_containerd, stop_zygotes)
+from .conftest import (Leftovers, cgroups_of, cgroups_parents, devenv, eventually, mounts_under,
+                       processes_named, start_containerd, stop_zygotes)
 
 pytestmark = pytest.mark.integration
 grpc = pytest.importorskip("grpc")  # grpcio comes with the test extra's grpcio-tools
@@ -117,16 +117,17 @@ class Pod:
 
 
 @contextlib.contextmanager
-def pod(cri: Cri, network: int = pb.POD, pid: int = pb.CONTAINER,
-        sysctls: dict[str, str] | None = None) -> Iterator[Pod]:
-    """A running pod sandbox (handler railcar), stopped and removed on the way out as kubelet does."""
+def pod(cri: Cri, network: int = pb.POD, pid: int = pb.CONTAINER, sysctls: dict[str, str] | None = None,
+        cgroup_parent: str = "") -> Iterator[Pod]:
+    """A running pod sandbox (handler railcar), stopped and removed on the way out as kubelet does.
+    Its cgroup parent is the module's own unless `cgroup_parent` names another."""
     name = f"pod-{uuid.uuid4().hex[:8]}"
     cri.logs.mkdir(exist_ok=True)
     config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=name, namespace="railcar-test"),
         log_directory=str(cri.logs / name),
         linux=pb.LinuxPodSandboxConfig(
-            cgroup_parent=f"/{cri.cgroup_parent}", sysctls=sysctls or {},
+            cgroup_parent=cgroup_parent or f"/{cri.cgroup_parent}", sysctls=sysctls or {},
             security_context=pb.LinuxSandboxSecurityContext(namespace_options=_namespaces(network, pid))))
     sandbox = cri.runtime.call("RunPodSandbox", config=config, runtime_handler="railcar").pod_sandbox_id
     try:
@@ -246,6 +247,26 @@ def test_a_host_network_pod_with_a_shared_pid_namespace(cri, leaks) -> None:
         # pod's shared pid namespace; a read-only root.
         assert lines == [os.readlink("/proc/self/ns/net"), "1000", "1", "read-only"]
         cri.runtime.call("RemoveContainer", container_id=container)
+
+
+def test_a_systemd_cgroup_parent_is_laid_out_as_systemd_would(cri, leaks) -> None:
+    # kubelet's systemd cgroup driver sends a slice; CRI then writes cgroupsPath as
+    # "<slice>:cri-containerd:<id>", which railcar lays out as systemd would, without D-Bus.
+    slice_name = f"railcar_cri_{os.getpid()}.slice"
+    try:
+        with pod(cri, network=pb.NODE, cgroup_parent=f"/{slice_name}") as p:
+            container = start_container(cri, p, ["sleep", "999"], memory=48 << 20)
+            scope = f"/{slice_name}/cri-containerd-{container}.scope"
+            assert Path(f"/sys/fs/cgroup/memory{scope}/memory.limit_in_bytes").read_text() == f"{48 << 20}\n"
+            assert f"memory:{scope}\n" in exec_sync(cri, container, "cat", "/proc/self/cgroup")[0].decode()
+            stats = cri.runtime.call("ContainerStats", container_id=container).stats
+            assert stats.memory.working_set_bytes.value > 0
+            cri.runtime.call("StopContainer", container_id=container, timeout=0)
+            cri.runtime.call("RemoveContainer", container_id=container)
+        assert not cgroups_of(slice_name), "cgroups left"
+    finally:
+        for parent in cgroups_parents(slice_name):
+            os.rmdir(parent)
 
 
 def test_an_oom_killed_container_is_reported_as_oomkilled(cri, leaks) -> None:
