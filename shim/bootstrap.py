@@ -13,6 +13,7 @@ import marshal
 import os
 import struct
 import sys
+import time
 from _socket import AF_UNIX, SCM_RIGHTS, SOCK_CLOEXEC, SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, socket
 
 from . import paths
@@ -21,6 +22,8 @@ from .flags import Flags
 GROUP_ANNOTATIONS = ("io.containerd.railcar.v2.group", "io.kubernetes.cri.sandbox-id")
 _CONNECT_TIMEOUT = 0.1
 _ZYGOTE_TIMEOUT = 5.0
+_ZYGOTE_READY_WAIT = 5.0  # a zygote is ready ~0.3 s after its spawn here (its imports and first spare)
+_ZYGOTE_POLL = 0.005
 
 
 class StartError(RuntimeError):
@@ -150,11 +153,12 @@ def _spawn_daemon(daemon_flags: list[str], listener: socket) -> int:
         os.close(high)
 
 
-def _spawn_zygote() -> None:
-    """Start a zygote for the next `start` (it exits at once if another one won the race)."""
+def _spawn_zygote() -> int | None:
+    """Start a zygote (it exits at once if another one serves already); its pid, None if it could
+    not be spawned."""
     _only_inheritable(-1)
     try:
-        os.posix_spawn(
+        return os.posix_spawn(
             sys.executable,
             [sys.executable, "-m", "railcar.shim.zygote"],
             os.environ,
@@ -166,7 +170,31 @@ def _spawn_zygote() -> None:
             setsid=True,
         )
     except OSError:
-        pass  # only an optimisation
+        return None  # only an optimisation: the daemon is spawned cold
+
+
+def _await_zygote(pid: int) -> bool:
+    """Wait until the zygote we spawned (`pid`), or one that beat it, accepts on its socket, which it
+    creates only once it is ready; False if it exited without, or is not ready within
+    _ZYGOTE_READY_WAIT seconds (a loaded host: then this daemon is spawned cold, as ready now)."""
+    deadline = time.monotonic() + _ZYGOTE_READY_WAIT
+    path = paths.zygote_socket()
+    while True:
+        probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)
+        try:
+            probe.connect(path)
+            return True
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        try:
+            exited = os.waitpid(pid, os.WNOHANG)[0] == pid
+        except ChildProcessError:
+            exited = True
+        if (exited and not os.path.exists(path)) or time.monotonic() > deadline:
+            return False
+        time.sleep(_ZYGOTE_POLL)
 
 
 def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket) -> int | None:
@@ -227,10 +255,16 @@ def start(flags: Flags) -> str:
         daemon_flags = _daemon_flags(flags, bundle)
         use_zygote = os.environ.get(ZYGOTE_ENV) != "0"
         pid = _fork_from_zygote(daemon_flags, bundle, listener) if use_zygote else None
+        if pid is None and use_zygote:
+            # The first container (or the first after the zygote idled out) waits for a zygote too:
+            # a daemon spawned cold shares no page with any other, for as long as its container
+            # runs (17 MiB of PSS and its forker 14, against 7.4 and 3.8 forked; the latency is
+            # about the same, as a cold daemon imports as much before it can answer Create).
+            zygote = _spawn_zygote()
+            if zygote is not None and _await_zygote(zygote):
+                pid = _fork_from_zygote(daemon_flags, bundle, listener)
         if pid is None:
             pid = _spawn_daemon(daemon_flags, listener)
-            if use_zygote:
-                _spawn_zygote()
     except BaseException:
         os.unlink(path)
         raise

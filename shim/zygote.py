@@ -6,8 +6,10 @@ freezes the heap (copy-on-write stays shared). It keeps one spare daemon forked 
 forker made, trio running: `daemon.run_spare`); each `start` is passed on to the spare, with the
 listener `start` sent over SCM_RIGHTS, and a new spare is forked for the next one. The zygote never
 runs trio or threads, so forking it is safe. Requests and replies are `marshal`-encoded (`start` cannot afford json's
-imports) and accepted only from our own uid. `start` falls back to spawning a daemon directly (and
-a zygote for next time) whenever no zygote answers; the zygote exits after an idle period.
+imports) and accepted only from our own uid. When no zygote answers, `start` spawns one and waits
+for it: the socket appears only once the zygote has imported everything and forked its first spare
+(the warm-up follows once that spare is in use). `start` spawns a daemon directly only if no zygote
+is ready within a few seconds. The zygote exits after an idle period.
 
 Run as `python -m railcar.shim.zygote`; the socket name is tied to this interpreter and checkout.
 """
@@ -40,6 +42,18 @@ def _idle_timeout() -> float:
         return DEFAULT_IDLE
 
 
+def _live(path: str) -> bool:
+    """Whether a zygote serves `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def _listen(path: str) -> socket.socket | None:
     """Bind the zygote socket; None if a live zygote already has it (a stale file is replaced)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
@@ -47,16 +61,11 @@ def _listen(path: str) -> socket.socket | None:
     try:
         sock.bind(path)
     except OSError:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            probe.connect(path)
+        if _live(path):
             sock.close()
             return None
-        except OSError:
-            os.unlink(path)
-            sock.bind(path)
-        finally:
-            probe.close()
+        os.unlink(path)
+        sock.bind(path)
     os.chmod(path, 0o600)
     sock.listen(64)
     return sock
@@ -159,20 +168,31 @@ def _serve_one(conn: socket.socket, spare: _Spare | None) -> _Spare | None:
     return spare
 
 
-def _warm_up() -> None:
-    """Import what a daemon needs before its first request arrives, then run its hottest path (a
-    trio loop serving ttrpc calls, events encoded) a few times. The interpreter's one-time writes
-    (lazy set-up, specialised bytecode) then happen here, once, in pages every daemon shares: each
-    daemon keeps about 0.5 MiB less of private memory (6.5 against 7.0 MiB, measured)."""
-    import trio
+def _load() -> None:
+    """Import what a daemon needs before its first request arrives."""
+    import trio  # noqa: F401
 
     import railcar.io  # noqa: F401
     import railcar.runtime.container  # noqa: F401
 
     from . import daemon, forker, service  # noqa: F401
 
-    for _ in range(WARM_UP_ROUNDS):
-        trio.run(_exercise)
+
+def _warm_up() -> None:
+    """Run a daemon's hottest path (a trio loop serving ttrpc calls, events encoded) a few times.
+    The interpreter's one-time writes (lazy set-up, specialised bytecode) then happen here, once, in
+    pages every later daemon shares: each keeps about 0.5 MiB less of private memory (6.5 against
+    7.0 MiB, measured). It takes ~80 ms, so the zygote does it once its first spare is in use."""
+    import trio
+
+    # A SIGTERM meanwhile waits until this is done: raised inside trio, the handler's SystemExit
+    # would come out as an exception group (and a traceback) instead of a clean exit.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        for _ in range(WARM_UP_ROUNDS):
+            trio.run(_exercise)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 async def _exercise() -> None:
@@ -221,17 +241,22 @@ def main() -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked daemons are reaped by the kernel
     signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     path = paths.zygote_socket()
-    server = _listen(path)
-    if server is None:
+    if _live(path):
         return 0
-    spare: _Spare | None = None
-    try:
-        import prctl
+    import prctl
 
-        prctl.set_name("railcar-zygote")
-        _warm_up()
-        gc.freeze()
-        spare = _Spare.fork()
+    prctl.set_name("railcar-zygote")
+    _load()
+    gc.freeze()
+    spare = _Spare.fork()
+    # The socket appears only now, ready: a `start` that spawned this zygote waits for it.
+    server = _listen(path)
+    if server is None:  # another zygote got ready first
+        if spare is not None:
+            spare.retire()
+        return 0
+    warm = False
+    try:
         while True:
             # A used spare is replaced once no `start` came for SPARE_DELAY: forking it at once
             # would take CPU from the container being created right then.
@@ -241,6 +266,10 @@ def main() -> int:
             except TimeoutError:
                 if spare:
                     return 0
+                if not warm:
+                    _warm_up()
+                    gc.freeze()
+                    warm = True
                 spare = _Spare.fork()
                 if spare is None:
                     return 0  # cannot fork now: `start` spawns daemons (and a new zygote) itself

@@ -130,6 +130,40 @@ def test_version_and_bad_flags() -> None:
     assert result.returncode == 2 and b"flag provided but not defined: -frobnicate" in result.stderr
 
 
+def _zygote() -> int | None:
+    """The pid of the zygote serving this checkout, None if none does."""
+    try:
+        return _peer_pid(paths.zygote_socket())
+    except OSError:
+        return None
+
+
+async def test_a_start_that_finds_no_zygote_starts_one_and_waits_for_it(bundle: Path, address: str) -> None:
+    before = _zygote()  # normally none; one an earlier test session left running must serve instead
+    os.mkfifo(bundle / "log")
+    log_reader = os.open(bundle / "log", os.O_RDONLY | os.O_NONBLOCK)  # containerd's end
+    result = run_shim(["-namespace", "default", "-address", address, "-id", "z0", "start"], bundle,
+                      env={"RAILCAR_ZYGOTE": "1", "RAILCAR_ZYGOTE_IDLE": "30"})
+    zygote = _zygote()
+    try:
+        assert result.returncode == 0 and result.stderr == b""
+        assert zygote is not None and before in (None, zygote)
+        with open(f"/proc/{zygote}/comm") as f:
+            assert f.read().strip() == "railcar-zygote"
+        shim_address = result.stdout.decode()
+        pid = await _connect(shim_address, "z0")
+        # Forked by the zygote, not spawned cold: it shares the zygote's pages for as long as it runs.
+        assert _parent(pid) == zygote
+        await _shutdown(shim_address)
+        assert wait_gone(pid)
+    finally:
+        os.close(log_reader)
+        if before is None and zygote is not None:
+            os.kill(zygote, signal.SIGTERM)
+            assert wait_gone(zygote)
+    assert before is not None or not os.path.exists(paths.zygote_socket())
+
+
 async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> None:
     zygote = subprocess.Popen([sys.executable, "-m", "railcar.shim.zygote"], env={**os.environ},
                               stdin=subprocess.DEVNULL)
