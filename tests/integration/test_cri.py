@@ -219,6 +219,12 @@ def test_a_pod_runs_in_one_shim_with_logs_execs_stats_and_updates(cri, leaks) ->
         stats = cri.runtime.call("ContainerStats", container_id=container).stats
         assert stats.cpu.usage_core_nano_seconds.value > 0
         assert stats.memory.working_set_bytes.value > 0
+        # Without a filter containerd asks every task for Stats, the pause container's included.
+        assert container in {s.attributes.id for s in cri.runtime.call("ListContainerStats").stats}
+        # The pod's: CRI reads the pod cgroup itself, and counts processes with the shim's Pids.
+        pod_stats = cri.runtime.call("PodSandboxStats", pod_sandbox_id=p.id).stats.linux
+        assert pod_stats.process.process_count.value == 1  # sleep (sh exec'd it)
+        assert [c.attributes.id for c in pod_stats.containers] == [container]
 
         cri.runtime.call("UpdateContainerResources", container_id=container,
                          linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_shares=256))
