@@ -164,6 +164,43 @@ async def test_a_start_that_finds_no_zygote_starts_one_and_waits_for_it(bundle: 
     assert before is not None or not os.path.exists(paths.zygote_socket())
 
 
+_STAND_IN_ZYGOTE = """
+import socket, sys, time
+time.sleep(0.3)  # importing
+server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+server.bind(sys.argv[1])
+server.listen()
+time.sleep(60)
+"""
+
+
+def test_concurrent_starts_spawn_one_zygote_and_all_wait_for_it(tmp_path: Path, monkeypatch) -> None:
+    from railcar.shim import bootstrap
+
+    socket_path, spawned = tmp_path / "zygote.sock", tmp_path / "spawned"
+    monkeypatch.setattr(paths, "zygote_socket", lambda: str(socket_path))
+
+    def spawn_stand_in() -> int:
+        pid = subprocess.Popen([sys.executable, "-c", _STAND_IN_ZYGOTE, str(socket_path)]).pid
+        with open(spawned, "a") as f:
+            f.write(f"{pid}\n")
+        return pid
+
+    monkeypatch.setattr(bootstrap, "_spawn_zygote", spawn_stand_in)
+    starts = []
+    for _ in range(4):  # as four `start` processes at once
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if bootstrap._start_zygote() else 1)
+        starts.append(pid)
+    try:
+        assert [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in starts] == [0, 0, 0, 0]
+        assert len(spawned.read_text().split()) == 1
+    finally:
+        for pid in map(int, spawned.read_text().split()):
+            os.kill(pid, signal.SIGKILL)
+
+
 async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> None:
     zygote = subprocess.Popen([sys.executable, "-m", "railcar.shim.zygote"], env={**os.environ},
                               stdin=subprocess.DEVNULL)
