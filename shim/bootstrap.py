@@ -60,9 +60,10 @@ def group_key(bundle: str, container_id: str) -> str:
     return container_id
 
 
-def _live(path: str) -> bool:
-    """Whether a shim answers on `path` (a connect within 100 ms, as containerd's own shims check)."""
-    probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
+def _live(path: str, kind: int = SOCK_STREAM) -> bool:
+    """Whether a shim (or, with SOCK_SEQPACKET, a zygote) accepts on `path`: a connect within
+    100 ms, as containerd's own shims check. A zygote creates its socket only once ready."""
+    probe = socket(AF_UNIX, kind | SOCK_CLOEXEC)
     probe.settimeout(_CONNECT_TIMEOUT)
     try:
         probe.connect(path)
@@ -154,8 +155,8 @@ def _spawn_daemon(daemon_flags: list[str], listener: socket) -> int:
 
 
 def _spawn_zygote() -> int | None:
-    """Spawn a zygote (it exits at once if another one serves already); its pid, None if it could
-    not be spawned."""
+    """Spawn a zygote (it exits at once if one is ready already); its pid, None if it could not
+    be spawned."""
     _only_inheritable(-1)
     try:
         return os.posix_spawn(
@@ -173,18 +174,6 @@ def _spawn_zygote() -> int | None:
         return None  # only an optimisation: the daemon is spawned cold
 
 
-def _zygote_ready(path: str) -> bool:
-    """Whether a zygote accepts on `path` (it creates the socket only once it is ready)."""
-    probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 def _start_zygote() -> bool:
     """Make sure a zygote is ready, starting one if need be; False if none is within
     _ZYGOTE_READY_WAIT seconds (a loaded host: then this daemon is spawned cold, as ready now).
@@ -200,13 +189,15 @@ def _start_zygote() -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(_ZYGOTE_POLL)
-        if _zygote_ready(path):  # the one a `start` before us started
+        if _live(path, SOCK_SEQPACKET):  # the one a `start` before us started
             return True
         zygote = _spawn_zygote()
         while zygote is not None:
-            if _zygote_ready(path):
+            if _live(path, SOCK_SEQPACKET):
                 return True
-            if time.monotonic() > deadline or os.waitpid(zygote, os.WNOHANG)[0] == zygote:
+            if os.waitpid(zygote, os.WNOHANG)[0] == zygote:  # it failed, or found one ready
+                return _live(path, SOCK_SEQPACKET)
+            if time.monotonic() > deadline:
                 return False
             time.sleep(_ZYGOTE_POLL)
         return False

@@ -4,12 +4,13 @@ A fresh daemon spends most of a second importing trio, protobuf and the runtime 
 answer containerd's Create. The zygote pays that once: it imports everything the daemon needs and
 freezes the heap (copy-on-write stays shared). It keeps one spare daemon forked ahead of need (its
 forker made, trio running: `daemon.run_spare`); each `start` is passed on to the spare, with the
-listener `start` sent over SCM_RIGHTS, and a new spare is forked for the next one. The zygote never
-runs trio or threads, so forking it is safe. Requests and replies are `marshal`-encoded (`start` cannot afford json's
-imports) and accepted only from our own uid. When no zygote answers, `start` spawns one and waits
-for it: the socket appears only once the zygote has imported everything and forked its first spare
-(the warm-up follows once that spare is in use). `start` spawns a daemon directly only if no zygote
-is ready within a few seconds. The zygote exits after an idle period.
+listener `start` sent over SCM_RIGHTS, and a new spare is forked for the next one. The zygote runs
+no thread, and trio only in its warm-up, which leaves nothing running or open: forking it is safe.
+Requests and replies are `marshal`-encoded (`start` cannot afford json's imports) and accepted only
+from our own uid. When no zygote answers, `start` spawns one (one for a burst of starts) and waits
+for it: the socket appears only once the zygote has imported everything and tried to fork its first
+spare (the warm-up follows once that spare is in use). `start` spawns a daemon directly only if no
+zygote is ready within a few seconds. The zygote exits after an idle period.
 
 Run as `python -m railcar.shim.zygote`; the socket name is tied to this interpreter and checkout.
 """
@@ -31,6 +32,7 @@ from .flags import FlagError, parse
 IDLE_ENV = "RAILCAR_ZYGOTE_IDLE"
 DEFAULT_IDLE = 600.0
 SPARE_DELAY = 0.1  # seconds without a `start` before a used spare is replaced
+WARM_UP_DELAY = 1.0  # seconds without a `start` before the first spare's successor, after the warm-up
 WARM_UP_ROUNDS = 10
 _UCRED = struct.Struct("3i")
 
@@ -43,8 +45,9 @@ def _idle_timeout() -> float:
 
 
 def _live(path: str) -> bool:
-    """Whether a zygote serves `path`."""
+    """Whether a zygote accepts on `path` (within 0.1 s: one that stopped accepting is not live)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    probe.settimeout(0.1)
     try:
         probe.connect(path)
         return True
@@ -54,21 +57,54 @@ def _live(path: str) -> bool:
         probe.close()
 
 
-def _listen(path: str) -> socket.socket | None:
-    """Bind the zygote socket; None if a live zygote already has it (a stale file is replaced)."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+class _Server:
+    """The zygote's listening socket, published at `path` only once it listens, and so ready."""
+
+    def __init__(self, sock: socket.socket, path: str, inode: int) -> None:
+        self.sock, self.path, self.inode = sock, path, inode
+
+    @classmethod
+    def publish(cls, path: str) -> "_Server | None":
+        """Listen on a private name, then hard-link it to `path` (atomic: a connect to `path`
+        never finds a socket that does not listen yet). None if a live zygote has `path`; a
+        stale file there is replaced."""
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        private = f"{path}.{os.getpid()}"
+        _unlink(private)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(private)
+            os.chmod(private, 0o600)
+            sock.listen(64)
+            inode = os.stat(private).st_ino
+            for _ in range(2):
+                try:
+                    os.link(private, path)
+                    return cls(sock, path, inode)
+                except FileExistsError:
+                    if _live(path):
+                        break
+                    _unlink(path)  # left by a zygote that was killed
+        finally:
+            _unlink(private)
+        sock.close()
+        return None
+
+    def close(self) -> None:
+        """Stop listening and remove `path`, unless it is another zygote's by now."""
+        self.sock.close()
+        try:
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def _unlink(path: str) -> None:
     try:
-        sock.bind(path)
-    except OSError:
-        if _live(path):
-            sock.close()
-            return None
         os.unlink(path)
-        sock.bind(path)
-    os.chmod(path, 0o600)
-    sock.listen(64)
-    return sock
+    except FileNotFoundError:
+        pass
 
 
 class _Spare:
@@ -187,12 +223,12 @@ def _warm_up() -> None:
 
     # A SIGTERM meanwhile waits until this is done: raised inside trio, the handler's SystemExit
     # would come out as an exception group (and a traceback) instead of a clean exit.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         for _ in range(WARM_UP_ROUNDS):
             trio.run(_exercise)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 async def _exercise() -> None:
@@ -249,8 +285,7 @@ def main() -> int:
     _load()
     gc.freeze()
     spare = _Spare.fork()
-    # The socket appears only now, ready: a `start` that spawned this zygote waits for it.
-    server = _listen(path)
+    server = _Server.publish(path)  # a `start` that spawned this zygote waits for this
     if server is None:  # another zygote got ready first
         if spare is not None:
             spare.retire()
@@ -259,17 +294,21 @@ def main() -> int:
     try:
         while True:
             # A used spare is replaced once no `start` came for SPARE_DELAY: forking it at once
-            # would take CPU from the container being created right then.
-            server.settimeout(_idle_timeout() if spare else SPARE_DELAY)
+            # would take CPU from the container being created right then. The warm-up waits for
+            # a longer pause, as the first container is still being created then.
+            server.sock.settimeout(_idle_timeout() if spare else SPARE_DELAY if warm else WARM_UP_DELAY)
             try:
-                conn, _ = server.accept()
+                conn, _ = server.sock.accept()
             except TimeoutError:
                 if spare:
                     return 0
                 if not warm:
-                    _warm_up()
-                    gc.freeze()
                     warm = True
+                    try:
+                        _warm_up()
+                    except Exception:  # only an optimisation: serve on without it
+                        pass
+                    gc.freeze()
                 spare = _Spare.fork()
                 if spare is None:
                     return 0  # cannot fork now: `start` spawns daemons (and a new zygote) itself
@@ -280,10 +319,6 @@ def main() -> int:
         if spare is not None:
             spare.retire()
         server.close()
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 if __name__ == "__main__":

@@ -144,19 +144,20 @@ async def test_a_start_that_finds_no_zygote_starts_one_and_waits_for_it(bundle: 
     log_reader = os.open(bundle / "log", os.O_RDONLY | os.O_NONBLOCK)  # containerd's end
     result = run_shim(["-namespace", "default", "-address", address, "-id", "z0", "start"], bundle,
                       env={"RAILCAR_ZYGOTE": "1", "RAILCAR_ZYGOTE_IDLE": "30"})
-    zygote = _zygote()
+    eventually(lambda: _zygote() is not None)  # ready at once, unless start gave up waiting for it
+    zygote, pid, shim_address = _zygote(), 0, result.stdout.decode()
     try:
         assert result.returncode == 0 and result.stderr == b""
         assert zygote is not None and before in (None, zygote)
         with open(f"/proc/{zygote}/comm") as f:
             assert f.read().strip() == "railcar-zygote"
-        shim_address = result.stdout.decode()
         pid = await _connect(shim_address, "z0")
         # Forked by the zygote, not spawned cold: it shares the zygote's pages for as long as it runs.
         assert _parent(pid) == zygote
-        await _shutdown(shim_address)
-        assert wait_gone(pid)
     finally:
+        if pid:
+            await _shutdown(shim_address)
+            assert wait_gone(pid)
         os.close(log_reader)
         if before is None and zygote is not None:
             os.kill(zygote, signal.SIGTERM)
@@ -205,8 +206,8 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
     zygote = subprocess.Popen([sys.executable, "-m", "railcar.shim.zygote"], env={**os.environ},
                               stdin=subprocess.DEVNULL)
     try:
-        assert eventually(lambda: os.path.exists(paths.zygote_socket()))
-        serving = _peer_pid(paths.zygote_socket())  # ours, or one an earlier test session left running
+        assert eventually(lambda: _zygote() is not None)
+        serving = _zygote()  # ours, or one an earlier test session left running
         os.mkfifo(bundle / "log")
         log_reader = os.open(bundle / "log", os.O_RDONLY | os.O_NONBLOCK)  # containerd's end
         result = run_shim(["-namespace", "default", "-address", address, "-id", "z1", "start"], bundle,
