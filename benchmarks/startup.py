@@ -1,4 +1,5 @@
-"""Container start-up, exec latency, stdout throughput and shim memory: railcar against runc and crun.
+"""Container start-up (one at a time and a burst at once), exec latency, stdout throughput and shim
+memory: railcar against runc and crun.
 
 All runtimes run through one private containerd, interleaved round by round so that machine noise
 falls on all of them alike; medians and ratios against runc are printed. crun 1.8 refuses this
@@ -12,7 +13,7 @@ and the zygote with its spare daemon (a per-node cost, shared by all containers)
 right away and again once spare workers have been retired. The containerd gets a namespace of its
 own, whose runtime state directory is removed at the end.
 
-    .venv/bin/python benchmarks/startup.py [--rounds N] [--skip-memory] [--skip-throughput]
+    .venv/bin/python benchmarks/startup.py [--rounds N] [--burst N] [--skip-memory] [--skip-throughput]
 """
 
 from __future__ import annotations
@@ -84,6 +85,25 @@ def bench_exec(cd: devenv.Containerd, image: str, rounds: int) -> None:
             cd.ctr("task", "delete", "-f", f"x-{name}")
             cd.ctr("container", "delete", f"x-{name}")
     report("ctr task exec CONTAINER /bin/true", "ms", samples, 1000)
+
+
+def bench_burst(cd: devenv.Containerd, image: str, rounds: int, width: int) -> None:
+    """`width` ctr run --rm at once (a node starting many pods, compose up): the time until all ended."""
+    samples: dict[str, list[float]] = {name: [] for name in RUNTIMES}
+    for i in range(rounds):
+        for name, flags in RUNTIMES.items():
+            cmds = [["ctr", "--address", cd.address, "--namespace", cd.namespace, "run", "--rm", *flags, image,
+                     f"p-{name}-{i}-{j}", "/bin/true"] for j in range(width)]
+            start = time.perf_counter()
+            procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cd.env)
+                     for cmd in cmds]
+            errors = [proc.communicate(timeout=120)[1] for proc in procs]
+            samples[name].append(time.perf_counter() - start)
+            for proc, err in zip(procs, errors):
+                if proc.returncode != 0:
+                    raise SystemExit(f"{name} parallel run failed ({proc.returncode}): "
+                                     f"{err.decode(errors='replace')}")
+    report(f"{width} x ctr run --rm IMAGE /bin/true at once", "ms", samples, 1000)
 
 
 def bench_throughput(cd: devenv.Containerd, image: str, megabytes: int) -> None:
@@ -203,10 +223,11 @@ def bench_memory(cd: devenv.Containerd, image: str, count: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--containers", type=int, default=10)
+    parser.add_argument("--burst", type=int, default=10, help="containers started at once (0: skip)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
@@ -219,6 +240,8 @@ def main() -> None:
             image = devenv.busybox_image(cd)
             bench_run(cd, image, args.rounds)
             bench_exec(cd, image, args.rounds)
+            if args.burst:
+                bench_burst(cd, image, max(3, args.rounds // 3), args.burst)
             if not args.skip_throughput:
                 bench_throughput(cd, image, args.megabytes)
             if not args.skip_memory:
