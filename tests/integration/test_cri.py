@@ -142,19 +142,21 @@ def _namespaces(network: int, pid: int) -> Any:
 
 
 def start_container(cri: Cri, in_pod: Pod, command: list[str], memory: int = 0, user: int | None = None,
-                    readonly_rootfs: bool = False, mounts: tuple[Any, ...] = ()) -> str:
+                    readonly_rootfs: bool = False, mounts: tuple[Any, ...] = (), tty: bool = False,
+                    **security: Any) -> str:
     """Create and start an app container of busybox running `command` (in the pod's namespaces),
-    as `user` if given, with CRI `mounts` (host paths); its log is <name>.log."""
+    as `user` if given, with CRI `mounts` (host paths) and other security context fields; its log
+    is <name>.log."""
     name = f"c-{uuid.uuid4().hex[:8]}"
     pod_namespaces = in_pod.config.linux.security_context.namespace_options
     config = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=devenv.IMAGE_REF),
-        command=command, log_path=f"{name}.log", mounts=mounts,
+        command=command, log_path=f"{name}.log", mounts=mounts, tty=tty,
         linux=pb.LinuxContainerConfig(
             resources=pb.LinuxContainerResources(memory_limit_in_bytes=memory),
             security_context=pb.LinuxContainerSecurityContext(
                 namespace_options=pod_namespaces, readonly_rootfs=readonly_rootfs,
-                run_as_user=None if user is None else pb.Int64Value(value=user))))
+                run_as_user=None if user is None else pb.Int64Value(value=user), **security)))
     container = cri.runtime.call("CreateContainer", pod_sandbox_id=in_pod.id, config=config,
                                  sandbox_config=in_pod.config).container_id
     cri.runtime.call("StartContainer", container_id=container)
@@ -252,6 +254,24 @@ def test_a_host_network_pod_with_a_shared_pid_namespace(cri, leaks) -> None:
         # The host's network namespace; the uid asked for; the pause process as pid 1 of the
         # pod's shared pid namespace; a read-only root.
         assert lines == [os.readlink("/proc/self/ns/net"), "1000", "1", "read-only"]
+        cri.runtime.call("RemoveContainer", container_id=container)
+
+
+def test_a_container_security_context_and_a_terminal(cri, leaks) -> None:
+    script = ("grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; wc -c < /proc/timer_list; "
+              "grep -c ' /proc/sys proc ro,' /proc/self/mounts; tty")
+    with pod(cri) as p:
+        container = start_container(
+            cri, p, ["sh", "-c", script], tty=True, no_new_privs=True,
+            capabilities=pb.Capability(drop_capabilities=["ALL"], add_capabilities=["NET_BIND_SERVICE"]),
+            masked_paths=["/proc/timer_list"], readonly_paths=["/proc/sys"])
+        assert eventually(lambda: status(cri, container).state == pb.CONTAINER_EXITED)
+        assert status(cri, container).exit_code == 0
+        # With a terminal, everything comes through the console, which CRI logs as stdout.
+        lines = [line.split(" ", 3)[3].strip() for line in log_of(cri, p).splitlines()]
+        assert lines[0].split() == ["CapEff:", f"{1 << 10:016x}"]  # CAP_NET_BIND_SERVICE alone
+        assert lines[1].split() == ["NoNewPrivs:", "1"]
+        assert lines[2:] == ["0", "1", "/dev/pts/0"]  # /proc/timer_list masked, /proc/sys read-only
         cri.runtime.call("RemoveContainer", container_id=container)
 
 
