@@ -295,6 +295,21 @@ def test_a_systemd_cgroup_parent_is_laid_out_as_systemd_would(cri, leaks) -> Non
             os.rmdir(parent)
 
 
+def test_a_pod_survives_a_containerd_restart(cri, leaks) -> None:
+    with pod(cri) as p:
+        container = start_container(cri, p, ["sleep", "999"])
+        shims = processes_named("railcar-shim")
+        cri.cd.restart()  # as an upgrade does: the shim and the containers carry on meanwhile
+        assert processes_named("railcar-shim") == shims
+        # CRI finds the pod and its container again through the shim's address file, and serves them.
+        assert eventually(lambda: status(cri, container).state == pb.CONTAINER_RUNNING)
+        assert exec_sync(cri, container, "echo", "still here") == (b"still here\n", b"", 0)
+        cri.runtime.call("StopContainer", container_id=container, timeout=0)
+        st = status(cri, container)
+        assert (st.state, st.exit_code) == (pb.CONTAINER_EXITED, 137)
+        cri.runtime.call("RemoveContainer", container_id=container)
+
+
 def test_an_oom_killed_container_is_reported_as_oomkilled(cri, leaks) -> None:
     with pod(cri) as p:
         # busybox tail keeps the last line of a file that has no newline: all of it.
