@@ -34,6 +34,8 @@ PROPAGATION_FLAGS: dict[str, int] = {
     "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
     "unbindable": sc.MS_UNBINDABLE, "runbindable": sc.MS_UNBINDABLE | sc.MS_REC,
 }
+# Every option word a mount in config.json may carry (what `features` reports).
+MOUNT_OPTIONS = (*_FLAG_WORDS, *PROPAGATION_FLAGS)
 # Flags a read-only bind remount must keep, or the kernel refuses to drop them (EPERM).
 _LOCKED = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME | sc.MS_NODIRATIME \
     | sc.MS_RELATIME | sc.MS_STRICTATIME

@@ -6,12 +6,8 @@ from . import wire
 
 RUNTIME_NAME = "io.containerd.railcar.v2"
 FEATURES_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/features/Features"
-_NAMESPACES = ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"]
-_MOUNT_OPTIONS = [
-    "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "mand", "noatime",
-    "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime", "nosuid", "rbind",
-    "relatime", "remount", "ro", "rw", "strictatime", "suid", "sync",
-]
+# libseccomp's names for the architectures an x86_64 host runs (filters may name any of them).
+_SECCOMP_ARCHS = ["SCMP_ARCH_X32", "SCMP_ARCH_X86", "SCMP_ARCH_X86_64"]
 
 
 def version() -> str:
@@ -30,15 +26,33 @@ def version_text() -> str:
 
 
 def features() -> dict:
-    """The OCI runtime-spec `features` document (what the runtime can do), for containerd's introspection."""
+    """The OCI runtime-spec `features` document (what the runtime can do), for containerd's
+    introspection. It is read from the runtime's own tables, so it cannot claim what the runtime
+    would refuse, or leave out what it does."""
+    from railcar.runtime import hooks, mounts, seccomp, security, spec
+
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.1.0",
-        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": _MOUNT_OPTIONS,
+        "hooks": list(hooks.KINDS),
+        "mountOptions": sorted(mounts.MOUNT_OPTIONS),
         "linux": {
-            "namespaces": _NAMESPACES,
-            "cgroup": {"v1": True, "v2": True},
+            "namespaces": sorted(spec.NAMESPACE_TYPES),
+            "capabilities": list(security.CAPABILITIES),
+            # systemd-style cgroupsPath is laid out as systemd would, without asking systemd.
+            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
+            "seccomp": {
+                "enabled": True,
+                "actions": sorted(seccomp.ACTIONS),  # SCMP_ACT_NOTIFY is refused
+                "operators": sorted(seccomp.OPERATORS),
+                "archs": _SECCOMP_ARCHS,
+                "knownFlags": sorted(seccomp.FLAGS),
+                "supportedFlags": sorted(seccomp.FLAGS),
+            },
+            # Applied where the host has them (the profile or label is refused where it does not).
+            "apparmor": {"enabled": True},
+            "selinux": {"enabled": True},
+            "intelRdt": {"enabled": False},
         },
         "annotations": {"io.github.railcar.shim": RUNTIME_NAME},
     }

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from railcar.shim import info, wire
 from railcar.ttrpc_proto.api import introspection_pb2, task_v2_pb2
 
@@ -33,3 +35,20 @@ def test_runtime_info_decodes_with_features_json() -> None:
     assert decoded.features.type_url == info.FEATURES_TYPE_URL
     features = json.loads(decoded.features.value)
     assert features["ociVersionMax"].startswith("1.") and "pid" in features["linux"]["namespaces"]
+
+
+def test_features_are_what_the_runtime_accepts() -> None:
+    from railcar.runtime.seccomp import compile_seccomp
+    from railcar.runtime.errors import SpecError
+
+    features = info.features()
+    assert {"rslave", "rshared", "nosymfollow", "ro", "rbind"} <= set(features["mountOptions"])
+    assert "time" in features["linux"]["namespaces"]
+    assert "CAP_CHECKPOINT_RESTORE" in features["linux"]["capabilities"]
+    seccomp = features["linux"]["seccomp"]
+    assert "SCMP_ACT_NOTIFY" not in seccomp["actions"]
+    for action in seccomp["actions"]:  # each compiles into a filter
+        compile_seccomp({"defaultAction": "SCMP_ACT_ALLOW", "architectures": seccomp["archs"],
+                         "syscalls": [{"names": ["getpid"], "action": action}]})
+    with pytest.raises(SpecError):
+        compile_seccomp({"defaultAction": "SCMP_ACT_NOTIFY", "syscalls": []})
