@@ -70,6 +70,20 @@ def parse_options(options: list[str] | tuple[str, ...], where: str = "options") 
     return MountOptions(flags, tuple(propagation), ",".join(data))
 
 
+# Filesystems that take no SELinux context= option from the mount label (as runc): proc and sysfs
+# keep their own labels, an mqueue mount is labelled as a file instead.
+_NO_CONTEXT = ("proc", "sysfs", "mqueue", "cgroup", "cgroup2")
+
+
+def with_mount_label(opts: MountOptions, fstype: str, label: str) -> MountOptions:
+    """`opts` with the SELinux `context=` for `label` added to a filesystem mount's data (a bind
+    keeps the labels of what it binds)."""
+    if not label or opts.is_bind or fstype in _NO_CONTEXT:
+        return opts
+    context = f'context="{label}"'
+    return MountOptions(opts.flags, opts.propagation, f"{opts.data},{context}" if opts.data else context)
+
+
 def mount_first(source: str, target: str, fstype: str, opts: MountOptions) -> None:
     """The mount call itself; a bind's other flags need ``apply_after`` on the new mount."""
     if opts.is_bind:

@@ -14,7 +14,7 @@ from typing import Iterator
 from . import syscalls as sc
 from .errors import RuntimeFailure
 from .mounts import (PROPAGATION_FLAGS, apply_after, fd_path, locked_flags, mount_first,
-                     open_in_root, parse_options)
+                     open_in_root, parse_options, with_mount_label)
 from .spec import Device, Mount, Spec
 
 # (name, major, minor) of the devices every container gets when /dev is a fresh tmpfs.
@@ -47,7 +47,7 @@ def prepare(spec: Spec, userns: bool) -> None:
     try:
         for i, m in enumerate(spec.mounts):
             try:
-                _mount_entry(root_fd, m, spec.bundle)
+                _mount_entry(root_fd, m, spec.bundle, spec.linux.mount_label)
             except OSError as e:
                 raise RuntimeFailure("rootfs", f"mounts[{i}] ({m.type or 'bind'} on "
                                                f"{m.destination}): {e.strerror}") from None
@@ -71,8 +71,8 @@ def _mount_point_of(path: str) -> str:
                key=len)
 
 
-def _mount_entry(root_fd: int, m: Mount, bundle: str) -> None:
-    opts = parse_options(m.options, m.destination)
+def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str) -> None:
+    opts = with_mount_label(parse_options(m.options, m.destination), m.type, mount_label)
     if m.type == "cgroup":
         _mount_cgroups(root_fd, m.destination, bool(opts.flags & sc.MS_RDONLY))
         return
@@ -88,6 +88,8 @@ def _mount_entry(root_fd: int, m: Mount, bundle: str) -> None:
     # The fd above names the covered directory; reopen to act on the new mount.
     with _opened(root_fd, m.destination) as top:
         apply_after(fd_path(top), opts)
+        if mount_label and m.type == "mqueue":
+            os.setxattr(fd_path(top), "security.selinux", mount_label.encode())
 
 
 def _own_cgroups() -> dict[str, str]:

@@ -47,6 +47,9 @@ OPERATORS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ"
 
 FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": 1, "SECCOMP_FILTER_FLAG_LOG": 2, "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
          "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32}
+# The kernel takes this one only with a user notification listener, which railcar never installs.
+_NEEDS_LISTENER = ("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",)
+SUPPORTED_FLAGS = tuple(name for name in FLAGS if name not in _NEEDS_LISTENER)
 
 _SYS_SECCOMP = 317  # x86_64
 _SECCOMP_SET_MODE_FILTER = 1
@@ -175,6 +178,9 @@ def _compile_canonical(canonical: str) -> SeccompProgram:
     flags = 0
     for i, flag in enumerate(_list(seccomp.get("flags"), f"{where}.flags")):
         flags |= _known(FLAGS, flag, f"{where}.flags[{i}]", "seccomp flag")
+        if flag in _NEEDS_LISTENER:
+            raise SpecError(f"{where}.flags[{i}]", f"{flag} needs seccomp user notification "
+                                                   "(SCMP_ACT_NOTIFY), which railcar does not support")
     lib = _libseccomp()
     ctx = lib.seccomp_init(default)
     if not ctx:

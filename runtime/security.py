@@ -197,8 +197,9 @@ def prepare(process: dict, linux: dict) -> SecurityPlan:
     nnp = process.get("noNewPrivileges", False)
     if not isinstance(nnp, bool):
         raise SpecError("process.noNewPrivileges", "must be true or false")
-    apparmor = _label(process, "apparmorProfile", APPARMOR_FS, "AppArmor")
-    selinux = _label(process, "selinuxLabel", SELINUX_FS, "SELinux")
+    apparmor = _label(process, "process", "apparmorProfile", APPARMOR_FS, "AppArmor")
+    selinux = _label(process, "process", "selinuxLabel", SELINUX_FS, "SELinux")
+    _label(linux, "linux", "mountLabel", SELINUX_FS, "SELinux")  # applied by the rootfs mounts
     seccomp = linux.get("seccomp")
     return SecurityPlan(
         no_new_privileges=nnp,
@@ -209,14 +210,15 @@ def prepare(process: dict, linux: dict) -> SecurityPlan:
     )
 
 
-def _label(process: dict, key: str, fs: str, lsm: str) -> str | None:
-    value = process.get(key)
+def _label(doc: dict, where: str, key: str, fs: str, lsm: str) -> str | None:
+    """`doc[key]`, an LSM label or profile; refused where the host has no such LSM."""
+    value = doc.get(key)
     if value in (None, ""):
         return None
     if not isinstance(value, str):
-        raise SpecError(f"process.{key}", "must be a string")
+        raise SpecError(f"{where}.{key}", "must be a string")
     if not os.path.isdir(fs) or (lsm == "AppArmor" and not _apparmor_enabled()):
-        raise SpecError(f"process.{key}", f"asks for {lsm} {value!r} but this host has no {lsm} ({fs} is absent)")
+        raise SpecError(f"{where}.{key}", f"asks for {lsm} {value!r} but this host has no {lsm} ({fs} is absent)")
     return value
 
 

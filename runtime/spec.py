@@ -93,6 +93,7 @@ class Linux:
     readonly_paths: tuple[str, ...] = ()
     sysctl: tuple[tuple[str, str], ...] = ()
     time_offsets: tuple[tuple[str, int, int], ...] = ()
+    mount_label: str = ""  # SELinux context for the filesystems the container mounts
     raw: dict = field(default_factory=dict, compare=False)
 
     def namespace(self, ns_type: str) -> Namespace | None:
@@ -315,7 +316,8 @@ def _linux(doc: Any, path: str) -> Linux:
         rootfs_propagation=propagation,
         masked_paths=tuple(_abs_list(lx.get("maskedPaths"), f"{path}.maskedPaths")),
         readonly_paths=tuple(_abs_list(lx.get("readonlyPaths"), f"{path}.readonlyPaths")),
-        sysctl=tuple(sysctl.items()), time_offsets=tuple(offsets), raw=lx)
+        sysctl=tuple(sysctl.items()), time_offsets=tuple(offsets),
+        mount_label=_str(lx, "mountLabel", f"{path}.mountLabel"), raw=lx)
 
 
 def _id_mappings(doc: Any, path: str) -> tuple[IdMapping, ...]:

@@ -47,7 +47,7 @@ def features() -> dict:
                 "operators": sorted(seccomp.OPERATORS),
                 "archs": _SECCOMP_ARCHS,
                 "knownFlags": sorted(seccomp.FLAGS),
-                "supportedFlags": sorted(seccomp.FLAGS),
+                "supportedFlags": sorted(seccomp.SUPPORTED_FLAGS),
             },
             # Applied where the host has them (the profile or label is refused where it does not).
             "apparmor": {"enabled": True},

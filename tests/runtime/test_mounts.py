@@ -6,7 +6,7 @@ import pytest
 
 from railcar.runtime import RuntimeFailure
 from railcar.runtime import syscalls as sc
-from railcar.runtime.mounts import mount_layers, mount_points, parse_options, unmount_all
+from railcar.runtime.mounts import mount_layers, mount_points, parse_options, unmount_all, with_mount_label
 
 
 def test_parse_options_splits_flags_propagation_and_data() -> None:
@@ -21,6 +21,17 @@ def test_parse_options_splits_flags_propagation_and_data() -> None:
 
 def _under(path: str) -> list[str]:
     return [p for p in mount_points() if p == path or p.startswith(path + "/")]
+
+
+def test_the_mount_label_goes_to_filesystems_the_container_mounts_not_to_binds() -> None:
+    label = "system_u:object_r:container_file_t:s0:c1,c2"
+    tmpfs = with_mount_label(parse_options(["nosuid", "mode=755"]), "tmpfs", label)
+    assert tmpfs.data == f'mode=755,context="{label}"' and tmpfs.flags == sc.MS_NOSUID
+    assert with_mount_label(parse_options([]), "devpts", label).data == f'context="{label}"'
+    for kind, options in (("bind", ["rbind"]), ("proc", []), ("sysfs", []), ("mqueue", [])):
+        opts = parse_options(options)
+        assert with_mount_label(opts, kind, label) == opts
+    assert with_mount_label(parse_options(["mode=755"]), "tmpfs", "") == parse_options(["mode=755"])
 
 
 def test_overlay_and_readonly_bind_layers(tmp_path) -> None:

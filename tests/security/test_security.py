@@ -196,6 +196,9 @@ def test_apparmor_on_a_host_without_it_is_a_clear_error() -> None:
 def test_selinux_on_a_host_without_it_is_a_clear_error() -> None:
     with pytest.raises(SpecError, match="no SELinux"):
         prepare({"selinuxLabel": "system_u:system_r:container_t:s0"}, {})
+    with pytest.raises(SpecError, match="no SELinux") as e:  # the label for the container's mounts too
+        prepare({}, {"mountLabel": "system_u:object_r:container_file_t:s0"})
+    assert e.value.path == "linux.mountLabel"
 
 
 def test_a_pickled_plan_still_works() -> None:

@@ -52,3 +52,8 @@ def test_features_are_what_the_runtime_accepts() -> None:
                          "syscalls": [{"names": ["getpid"], "action": action}]})
     with pytest.raises(SpecError):
         compile_seccomp({"defaultAction": "SCMP_ACT_NOTIFY", "syscalls": []})
+    assert set(seccomp["supportedFlags"]) < set(seccomp["knownFlags"])
+    compile_seccomp({"defaultAction": "SCMP_ACT_ALLOW", "flags": seccomp["supportedFlags"]})
+    for flag in set(seccomp["knownFlags"]) - set(seccomp["supportedFlags"]):
+        with pytest.raises(SpecError, match=r"linux\.seccomp\.flags\[0\]"):
+            compile_seccomp({"defaultAction": "SCMP_ACT_ALLOW", "flags": [flag]})
