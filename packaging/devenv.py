@@ -55,9 +55,10 @@ disabled_plugins = [
   level = "{log_level}"
 """
 
-# containerd's CRI plugin (what kubelet talks to) with railcar as the default runtime handler.
-# Pod network namespaces stay under the private state directory; oom_score_adj is clamped to
-# containerd's own (the pause spec asks for -998, which this host refuses, see the README).
+# containerd's CRI plugin (what kubelet talks to) with a `railcar` runtime handler, which pods
+# choose as a RuntimeClass makes them (runc stays the default). Pod network namespaces stay under
+# the private state directory; oom_score_adj is clamped to containerd's own (the pause spec asks for
+# -998, which this host refuses, see the README).
 _CRI_CONFIG = """
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause_image}"
@@ -67,7 +68,9 @@ _CRI_CONFIG = """
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "railcar"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.railcar]
       runtime_type = "io.containerd.railcar.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
@@ -162,7 +165,7 @@ def start_containerd(workdir: Path, *, extra_path: list[str] = (), log_level: st
     """Start containerd with private root, state and sockets under `workdir`.
 
     `extra_path` goes in front of PATH so containerd finds shims such as containerd-shim-railcar-v2.
-    With `cri`, its CRI plugin serves on the same address (handler `railcar`, pause image
+    With `cri`, its CRI plugin serves on the same address (handlers `railcar` and `runc`, pause image
     PAUSE_IMAGE_REF, CNI configuration from `workdir`/net.d) and `ctr` works in its namespace.
     """
     workdir = Path(workdir).resolve()

@@ -81,8 +81,10 @@ def cgroups_of(parent: str) -> list[str]:
 
 
 def cgroups_parents(namespace: str) -> list[str]:
-    """The namespace's cgroup parent (/<namespace>) in any hierarchy."""
-    return [str(h / namespace) for h in Path("/sys/fs/cgroup").iterdir() if (h / namespace).is_dir()]
+    """The namespace's cgroup parent (/<namespace>) in each hierarchy (once: cpu and cpuacct are
+    often symlinks to one cpu,cpuacct)."""
+    return [str(h / namespace) for h in Path("/sys/fs/cgroup").iterdir()
+            if not h.is_symlink() and (h / namespace).is_dir()]
 
 
 def zygotes_of(cd: devenv.Containerd) -> set[int]:

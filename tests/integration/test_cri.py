@@ -45,26 +45,38 @@ def _load_cri() -> Any:
 pb = _load_cri()
 
 
-class RuntimeService:
-    """A CRI v1 RuntimeService client on containerd's socket: `call("RunPodSandbox", config=...)`."""
+class CriClient:
+    """A CRI v1 client on containerd's socket: `call("RunPodSandbox", config=...)` (runtime and
+    image services alike)."""
 
     def __init__(self, address: str) -> None:
         self.channel = grpc.insecure_channel(f"unix://{address}")
-        self.methods = pb.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name
+        self.methods = {method.name: (service.name, method)
+                        for service in pb.DESCRIPTOR.services_by_name.values() for method in service.methods}
 
     def call(self, method: str, deadline: float = 60.0, **fields: Any) -> Any:
-        spec = self.methods[method]
+        service, spec = self.methods[method]
         request, response = getattr(pb, spec.input_type.name), getattr(pb, spec.output_type.name)
-        stub = self.channel.unary_unary(f"/runtime.v1.RuntimeService/{method}",
+        stub = self.channel.unary_unary(f"/runtime.v1.{service}/{method}",
                                         request_serializer=request.SerializeToString,
                                         response_deserializer=response.FromString)
         return stub(request(**fields), timeout=deadline)
+
+    def ready(self, *images: str) -> bool:
+        """Whether CRI serves calls (it refuses them for a while after containerd starts) and knows
+        `images` (it learns of an import from containerd's events, a moment later)."""
+        try:
+            self.call("Version", deadline=5)
+            return all(self.call("ImageStatus", deadline=5, image=pb.ImageSpec(image=ref)).image.id
+                       for ref in images)
+        except grpc.RpcError:
+            return False
 
 
 @dataclass
 class Cri:
     cd: devenv.Containerd
-    runtime: RuntimeService
+    runtime: CriClient
     cgroup_parent: str  # a top-level cgroup of this module's own; pods go below it
     logs: Path
 
@@ -84,23 +96,67 @@ def cri() -> Iterator[Cri]:
              "ipam": {"type": "host-local", "subnet": POD_SUBNET, "dataDir": str(workdir / "ipam")}},
             {"type": "loopback"}]}))
     cd = start_containerd(workdir, cri=True)
+    cgroup_parent = f"railcar-cri-{os.getpid()}"
     try:
-        devenv.busybox_image(cd)
-        devenv.busybox_image(cd, devenv.PAUSE_IMAGE_REF, ["/bin/sleep", "2147483647"])
-        yield Cri(cd, RuntimeService(cd.address), f"railcar-cri-{os.getpid()}", workdir / "logs")
+        images = (devenv.busybox_image(cd),
+                  devenv.busybox_image(cd, devenv.PAUSE_IMAGE_REF, ["/bin/sleep", "2147483647"]))
+        client = CriClient(cd.address)
+        assert eventually(lambda: client.ready(*images)), "CRI did not come up with the images"
+        yield Cri(cd, client, cgroup_parent, workdir / "logs")
     finally:
-        cd.stop()
-        stop_zygotes(cd)
-        subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
-        parents = cgroups_parents(f"railcar-cri-{os.getpid()}")
-        for parent in parents:
-            os.rmdir(parent)  # fails (and so reports) if a pod's cgroup is still in it
-        runtime_dir = Path("/run/railcar") / cd.namespace
-        if runtime_dir.is_dir():
-            runtime_dir.rmdir()
-        assert not mounts_under(workdir), "mounts left"
-        shutil.rmtree(workdir)
-        assert not os.path.exists(f"/sys/class/net/{bridge}")
+        _teardown(cd, workdir, bridge, cgroup_parent)
+
+
+def _teardown(cd: devenv.Containerd, workdir: Path, bridge: str, cgroup_parent: str) -> None:
+    """Remove everything, each step whatever the others did, and then report what failed."""
+    steps = [
+        lambda: _sweep(cd), cd.stop, lambda: stop_zygotes(cd),
+        lambda: subprocess.run(["ip", "link", "delete", bridge], capture_output=True),
+        lambda: _remove_cgroup_parents(cgroup_parent),
+        lambda: _remove_empty_dir(Path("/run/railcar") / cd.namespace),
+        lambda: _remove_workdir(workdir),
+    ]
+    failures = []
+    for step in steps:
+        try:
+            step()
+        except Exception as e:
+            failures.append(e)
+    assert not failures, failures
+    assert not os.path.exists(f"/sys/class/net/{bridge}")
+
+
+def _sweep(cd: devenv.Containerd) -> None:
+    """Kill and remove whatever a failed test left running, as its pod's teardown would have."""
+    tasks = [line.split()[0] for line in cd.ctr("task", "ls", "-q").stdout.decode().split("\n") if line.strip()]
+    for task in tasks:
+        cd.ctr("task", "kill", "-s", "SIGKILL", task)
+    for task in tasks:
+        eventually(lambda: cd.ctr("task", "delete", "-f", task).returncode == 0 or
+                   task not in cd.ctr("task", "ls", "-q").stdout.decode().split())
+    for container in cd.ctr("container", "ls", "-q").stdout.decode().split():
+        cd.ctr("container", "delete", container)
+
+
+def _remove_cgroup_parents(parent: str) -> None:
+    """rmdir /`parent` in every hierarchy (which fails, and so reports, if a cgroup is left in it)."""
+    failures = []
+    for path in cgroups_parents(parent):
+        try:
+            os.rmdir(path)
+        except OSError as e:
+            failures.append(e)
+    assert not failures, failures
+
+
+def _remove_empty_dir(path: Path) -> None:
+    if path.is_dir():
+        path.rmdir()  # fails (and so reports) if a container's state is still in it
+
+
+def _remove_workdir(workdir: Path) -> None:
+    assert not mounts_under(workdir), "mounts left"
+    shutil.rmtree(workdir)
 
 
 @pytest.fixture
@@ -215,14 +271,18 @@ def test_a_pod_runs_in_one_shim_with_logs_execs_stats_and_updates(cri, leaks) ->
         # An exec that runs over its timeout fails the call, and its process is killed.
         with pytest.raises(grpc.RpcError) as timed_out:
             exec_sync(cri, container, "sleep", "1000", timeout=1)
+        # CRI's own verdict, once the shim reported the killed exec's exit and closed its output
+        # (not our client giving up on a call that hangs).
         assert timed_out.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "timeout 1s exceeded" in timed_out.value.details()
         assert eventually(lambda: b"sleep 1000" not in exec_sync(cri, container, "ps", "-o", "args")[0])
 
         stats = cri.runtime.call("ContainerStats", container_id=container).stats
         assert stats.cpu.usage_core_nano_seconds.value > 0
         assert stats.memory.working_set_bytes.value > 0
-        # Without a filter containerd asks every task for Stats, the pause container's included.
         assert container in {s.attributes.id for s in cri.runtime.call("ListContainerStats").stats}
+        # Without a filter containerd also asks the pause container for Stats (and only logs a failure).
+        assert cri.cd.ctr("task", "metrics", p.id).returncode == 0
         # The pod's: CRI reads the pod cgroup itself, and counts processes with the shim's Pids.
         pod_stats = cri.runtime.call("PodSandboxStats", pod_sandbox_id=p.id).stats.linux
         assert pod_stats.process.process_count.value == 1  # sleep (sh exec'd it)
@@ -245,15 +305,15 @@ def test_a_pod_runs_in_one_shim_with_logs_execs_stats_and_updates(cri, leaks) ->
 def test_a_host_network_pod_with_a_shared_pid_namespace(cri, leaks) -> None:
     with pod(cri, network=pb.NODE, pid=pb.POD) as p:
         script = ("readlink /proc/self/ns/net; id -u; ps -o pid,args | grep -c '^ *1 /bin/sleep 2147483647$'; "
-                  "touch /x 2>/dev/null || echo read-only; exit 3")
+                  "awk '$2 == \"/\" {split($4, o, \",\"); print o[1]}' /proc/self/mounts; exit 3")
         container = start_container(cri, p, ["sh", "-c", script], user=1000, readonly_rootfs=True)
         assert eventually(lambda: status(cri, container).state == pb.CONTAINER_EXITED)
         st = status(cri, container)
         assert (st.exit_code, st.reason) == (3, "Error")
         lines = [line.split(" ", 3)[3] for line in log_of(cri, p).splitlines() if " stdout F " in line]
         # The host's network namespace; the uid asked for; the pause process as pid 1 of the
-        # pod's shared pid namespace; a read-only root.
-        assert lines == [os.readlink("/proc/self/ns/net"), "1000", "1", "read-only"]
+        # pod's shared pid namespace; a root mounted read-only.
+        assert lines == [os.readlink("/proc/self/ns/net"), "1000", "1", "ro"]
         cri.runtime.call("RemoveContainer", container_id=container)
 
 
@@ -291,8 +351,7 @@ def test_a_systemd_cgroup_parent_is_laid_out_as_systemd_would(cri, leaks) -> Non
             cri.runtime.call("RemoveContainer", container_id=container)
         assert not cgroups_of(slice_name), "cgroups left"
     finally:
-        for parent in cgroups_parents(slice_name):
-            os.rmdir(parent)
+        _remove_cgroup_parents(slice_name)
 
 
 def test_a_pod_survives_a_containerd_restart(cri, leaks) -> None:
@@ -301,6 +360,7 @@ def test_a_pod_survives_a_containerd_restart(cri, leaks) -> None:
         shims = processes_named("railcar-shim")
         cri.cd.restart()  # as an upgrade does: the shim and the containers carry on meanwhile
         assert processes_named("railcar-shim") == shims
+        assert eventually(cri.runtime.ready)
         # CRI finds the pod and its container again through the shim's address file, and serves them.
         assert eventually(lambda: status(cri, container).state == pb.CONTAINER_RUNNING)
         assert exec_sync(cri, container, "echo", "still here") == (b"still here\n", b"", 0)
