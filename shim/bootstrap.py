@@ -178,12 +178,13 @@ def _start_zygote() -> bool:
     """Make sure a zygote is ready, starting one if need be; False if none is within
     _ZYGOTE_READY_WAIT seconds (a loaded host: then this daemon is spawned cold, as ready now).
 
-    Concurrent `start`s take turns on a lock, so that a burst of them spawns one zygote, not one
-    each (every one imports for ~0.25 s of CPU before it could find it had lost)."""
+    Concurrent `start`s take turns on a lock (the socket directory's), so that a burst of them
+    spawns one zygote, not one each (every one imports for ~0.25 s of CPU before it could find it
+    had lost)."""
     deadline = time.monotonic() + _ZYGOTE_READY_WAIT
     path = paths.zygote_socket()
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # no file to leave
     try:
         while not _try_lock(lock):
             if time.monotonic() > deadline:
