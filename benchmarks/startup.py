@@ -90,14 +90,21 @@ def bench_exec(cd: devenv.Containerd, image: str, rounds: int) -> None:
 def bench_burst(cd: devenv.Containerd, image: str, rounds: int, width: int) -> None:
     """`width` ctr run --rm at once (a node starting many pods, compose up): the time until all ended."""
     samples: dict[str, list[float]] = {name: [] for name in RUNTIMES}
+    names = list(RUNTIMES)
     for i in range(rounds):
-        for name, flags in RUNTIMES.items():
-            cmds = [["ctr", "--address", cd.address, "--namespace", cd.namespace, "run", "--rm", *flags, image,
-                     f"p-{name}-{i}-{j}", "/bin/true"] for j in range(width)]
+        for name in names[i % len(names):] + names[:i % len(names)]:  # each follows each in turn
+            cmds = [["ctr", "--address", cd.address, "--namespace", cd.namespace, "run", "--rm",
+                     *RUNTIMES[name], image, f"p-{name}-{i}-{j}", "/bin/true"] for j in range(width)]
             start = time.perf_counter()
             procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cd.env)
                      for cmd in cmds]
-            errors = [proc.communicate(timeout=120)[1] for proc in procs]
+            try:
+                errors = [proc.communicate(timeout=120)[1] for proc in procs]
+            finally:
+                for proc in procs:  # a ctr that hung must not outlive the benchmark
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
             samples[name].append(time.perf_counter() - start)
             for proc, err in zip(procs, errors):
                 if proc.returncode != 0:
