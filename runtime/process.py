@@ -361,14 +361,24 @@ def _prepare_process(launch: Launch) -> _Ready:
         else:
             null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
             stdio = (null, null, null)
-        for rl in proc.rlimits:
+        for i, rl in enumerate(proc.rlimits):
             limit = getattr(resource, rl.type, None)
             if limit is None:
                 raise RuntimeFailure("process", f"process.rlimits: {rl.type} is not known here")
-            resource.setrlimit(limit, (rl.soft, rl.hard))
+            try:
+                resource.setrlimit(limit, (rl.soft, rl.hard))
+            except (OSError, ValueError) as e:  # ValueError: Python's word for EPERM here
+                raise RuntimeFailure("process", f"process.rlimits[{i}]: cannot set {rl.type} to {rl.soft}/"
+                                                f"{rl.hard}: {e} (raising a hard limit needs "
+                                                "CAP_SYS_RESOURCE)") from None
         if proc.oom_score_adj is not None:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write(str(proc.oom_score_adj))
+            try:
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write(str(proc.oom_score_adj))
+            except OSError as e:
+                raise RuntimeFailure("process", f"process.oomScoreAdj: cannot set {proc.oom_score_adj}: "
+                                                f"{e.strerror} (lowering it needs CAP_SYS_RESOURCE; containerd's "
+                                                "CRI clamps it with restrict_oom_score_adj)") from None
         root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             cwd = open_in_root(root, proc.cwd, "dir")

@@ -3,6 +3,9 @@
 import os
 import signal
 
+import pytest
+
+from railcar.runtime import Container, RuntimeFailure
 
 from .conftest import create_captured, exec_captured, finish, read_console, run_container, wait_for
 
@@ -87,6 +90,27 @@ def test_process_user_cwd_env_rlimits(make_bundle, state_root) -> None:
     ran = run_container(bundle, state_root)
     assert ran.output.splitlines() == ["1000", "1000", "1000 5 7", "/work/dir", "hello world",
                                        "0077", "1024", "123"]
+
+
+def _bounded_by_cap_sys_resource() -> bool:
+    """Whether this process may hold CAP_SYS_RESOURCE (bit 24 of its bounding set)."""
+    with open("/proc/self/status") as f:
+        bounding = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    return bool(bounding >> 24 & 1)
+
+
+@pytest.mark.skipif(_bounded_by_cap_sys_resource(),
+                    reason="needs a host without CAP_SYS_RESOURCE (as CI's): with it, these settings work")
+@pytest.mark.parametrize("setting, field", [
+    ({"oomScoreAdj": -998}, r"process\.oomScoreAdj: cannot set -998"),  # CRI's pause container asks for it
+    ({"rlimits": [{"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1 << 30}]},
+     r"process\.rlimits\[0\]: cannot set RLIMIT_NOFILE"),
+])
+def test_a_setting_the_host_forbids_fails_create_naming_it(make_bundle, state_root, setting, field) -> None:
+    bundle = make_bundle(["true"], edit=lambda c: c["process"].update(setting))
+    with pytest.raises(RuntimeFailure, match=field + ".*CAP_SYS_RESOURCE"):
+        Container.create(bundle.id, bundle.path, root=state_root)
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
 
 
 def test_cwd_symlink_stays_inside_rootfs(make_bundle, state_root, tmp_path) -> None:
