@@ -206,10 +206,11 @@ def _process(doc: Any, path: str) -> Process:
             raise SpecError(f"{path}.env[{i}]", f"must look like KEY=VALUE, got {entry!r}")
     u = _obj(p.get("user"), f"{path}.user")
     user = User(
-        uid=_uint(u, "uid", f"{path}.user.uid"),
-        gid=_uint(u, "gid", f"{path}.user.gid"),
+        uid=_id(_uint(u, "uid", f"{path}.user.uid"), f"{path}.user.uid"),
+        gid=_id(_uint(u, "gid", f"{path}.user.gid"), f"{path}.user.gid"),
         umask=_uint(u, "umask", f"{path}.user.umask") if u.get("umask") is not None else None,
-        additional_gids=tuple(_int_item(g, f"{path}.user.additionalGids[{i}]")
+        additional_gids=tuple(_id(_int_item(g, f"{path}.user.additionalGids[{i}]"),
+                                  f"{path}.user.additionalGids[{i}]")
                               for i, g in enumerate(_list(u.get("additionalGids"),
                                                           f"{path}.user.additionalGids"))),
     )
@@ -298,6 +299,7 @@ def _linux(doc: Any, path: str) -> Linux:
             raise SpecError(f"{path}.sysctl.{key}", "must be a string")
         if "/" in key or ".." in key.split("."):
             raise SpecError(f"{path}.sysctl.{key}", "is not a valid sysctl name")
+        _check_sysctl_namespace(key, namespaces, f"{path}.sysctl.{key}")
     offsets = []
     for clock, off in _obj(lx.get("timeOffsets"), f"{path}.timeOffsets").items():
         op = f"{path}.timeOffsets.{clock}"
@@ -318,6 +320,40 @@ def _linux(doc: Any, path: str) -> Linux:
         readonly_paths=tuple(_abs_list(lx.get("readonlyPaths"), f"{path}.readonlyPaths")),
         sysctl=tuple(sysctl.items()), time_offsets=tuple(offsets),
         mount_label=_str(lx, "mountLabel", f"{path}.mountLabel"), raw=lx)
+
+
+# The sysctls that belong to an IPC namespace (besides fs.mqueue.*), as the kernel (and runc) has them.
+_IPC_SYSCTLS = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+                "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")
+_PROC_NS = {"network": "net", "ipc": "ipc", "uts": "uts"}
+
+
+def _check_sysctl_namespace(key: str, namespaces: list[Namespace], where: str) -> None:
+    """A sysctl is written inside the container, so it must belong to a namespace the container has
+    of its own: in the host's namespace (or a non-namespaced one) it would change the host."""
+    if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        kind = "ipc"
+    elif key.startswith("net."):
+        kind = "network"
+    elif key in ("kernel.hostname", "kernel.domainname"):
+        kind = "uts"
+    else:
+        raise SpecError(where, "is not a namespaced sysctl: setting it from a container would change the host")
+    ns = next((n for n in namespaces if n.type == kind), None)
+    if ns is None:
+        raise SpecError(where, f"needs a namespace of the container's own ({kind}): in the host's it would "
+                               "change the host")
+    if ns.path and _same_file(ns.path, f"/proc/self/ns/{_PROC_NS[kind]}"):
+        raise SpecError(where, f"the container joins the host's {kind} namespace ({ns.path}), "
+                               "where setting it would change the host")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False  # a path that does not exist fails later, when the namespace is joined
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _id_mappings(doc: Any, path: str) -> tuple[IdMapping, ...]:
@@ -395,6 +431,14 @@ def _bool(d: dict, key: str, path: str) -> bool:
         return False
     if not isinstance(v, bool):
         raise SpecError(path, f"must be a boolean, got {type(v).__name__}")
+    return v
+
+
+def _id(v: int, path: str) -> int:
+    """A uid or gid. (uid_t)-1 is not one: setresuid/setresgid read it as "leave unchanged", so a
+    process asked to run as 4294967295 would keep running as root."""
+    if v >= 0xFFFFFFFF:
+        raise SpecError(path, f"{v} is not a valid id (the largest is 4294967294)")
     return v
 
 

@@ -58,6 +58,22 @@ def _with(edit) -> dict:
     (lambda c: c.update(annotations={"a": 1}), "annotations.a", "must be a string"),
     (lambda c: c["linux"].update(namespaces=[{"type": "mount"}]), "hostname",
      "uts namespace"),
+    # (uid_t)-1 means "unchanged" to setresuid: the process would stay root.
+    (lambda c: c["process"]["user"].update(uid=4294967295), "process.user.uid", "not a valid id"),
+    (lambda c: c["process"]["user"].update(additionalGids=[5, 4294967295]), "process.user.additionalGids[1]",
+     "not a valid id"),
+    # A sysctl must belong to a namespace of the container's own, or it would change the host.
+    (lambda c: c["linux"].update(sysctl={"kernel.panic": "1"}), "linux.sysctl.kernel.panic",
+     "not a namespaced sysctl"),
+    (lambda c: (c["linux"].update(namespaces=[{"type": "mount"}, {"type": "uts"}]),
+                c["linux"].update(sysctl={"net.ipv4.ip_forward": "1"})),
+     "linux.sysctl.net.ipv4.ip_forward", "own (network)"),
+    (lambda c: (c["linux"].update(namespaces=[{"type": "mount"}, {"type": "uts"}]),
+                c["linux"].update(sysctl={"fs.mqueue.msg_max": "100"})),
+     "linux.sysctl.fs.mqueue.msg_max", "own (ipc)"),
+    (lambda c: (c["linux"]["namespaces"][1].update(path="/proc/self/ns/net"),
+                c["linux"].update(sysctl={"net.ipv4.ip_forward": "1"})),
+     "linux.sysctl.net.ipv4.ip_forward", "joins the host's network namespace"),
 ])
 def test_errors_name_the_json_path(edit, path, problem) -> None:
     with pytest.raises(SpecError) as info:
