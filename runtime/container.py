@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import security
 from .cgroups import Cgroup, open_cgroup
+from .channel import PeerGone
 from .errors import ContainerExists, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
 from .process import PROC_NS, Launch, Spawned, kill_and_wait, spawn_exec, spawn_init
 from .spec import Spec, load_spec, parse_process
@@ -116,12 +117,18 @@ class Container:
                 os.close(fifo)
             record.created = True
             write_record(directory, record)
-        except BaseException:
+        except BaseException as e:
+            # A helper that died without a word in a cgroup whose OOM killer struck was killed by it.
+            oom_killed = isinstance(e, PeerGone) and cgroup is not None and cgroup.oom_kills() > 0
             if spawned is not None:   # parked in its cgroup (which it has to leave first) and ours
                 _kill_parked(spawned, record.init_start_time)
             if cgroup is not None:
                 cgroup.destroy()
             shutil.rmtree(directory, ignore_errors=True)
+            if oom_killed:
+                limit = ((spec.linux.resources or {}).get("memory") or {}).get("limit")
+                raise RuntimeFailure("cgroups", "the OOM killer killed the container while it was being "
+                                                f"set up: linux.resources.memory.limit ({limit}) is too low") from None
             raise
         return container, CreateResult(spawned.pid, spawned.console_fd)
 

@@ -13,6 +13,7 @@ pid is never hit). Helpers are non-dumpable and close every fd they do not need 
 the init closes everything but 0-2 immediately before execve.
 """
 
+import errno
 import fcntl
 import os
 import resource
@@ -30,7 +31,7 @@ from .channel import (Channel, ExecForked, Failed, HooksDone, IdsMapped, InitFor
                       RootfsReady)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
-from .spec import IdMapping, Process, Spec
+from .spec import IdMapping, Namespace, Process, Spec
 
 NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_NEWPID,
             "network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS,
@@ -252,9 +253,10 @@ def _intermediate(ch: Channel, launch: Launch) -> None:
     linux = launch.spec.linux
     _join_cgroup(launch)
     with stage("namespaces"):
-        joins = sorted((ns for ns in linux.namespaces if ns.path), key=lambda n: n.type != "user")
-        fds = [(os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC), NS_FLAGS[ns.type]) for ns in joins]
-        _setns_all(fds)
+        joins = sorted(((i, ns) for i, ns in enumerate(linux.namespaces) if ns.path),
+                       key=lambda pair: pair[1].type != "user")
+        fds = [(_open_namespace(i, ns), NS_FLAGS[ns.type]) for i, ns in joins]
+        _setns_all(fds, [f"linux.namespaces[{i}] ({ns.type} {ns.path})" for i, ns in joins])
         new = {ns.type for ns in linux.namespaces if not ns.path}
         if "user" in new:
             sc.unshare(sc.CLONE_NEWUSER)
@@ -272,10 +274,25 @@ def _intermediate(ch: Channel, launch: Launch) -> None:
     ch.send(InitForked(_fork_child(ch, launch, _init)))
 
 
-def _setns_all(fds: list[tuple[int, int]]) -> None:
+def _open_namespace(index: int, ns: Namespace) -> int:
+    try:
+        return os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise RuntimeFailure("namespaces", f"linux.namespaces[{index}] ({ns.type}): cannot open "
+                                           f"{ns.path}: {e.strerror}") from None
+
+
+def _setns_all(fds: list[tuple[int, int]], names: list[str] | None = None) -> None:
+    """Join each namespace; a failure names it (`names`, in the order of `fds`) when given."""
     joined_user = False
-    for fd, nstype in fds:
-        sc.setns(fd, nstype)
+    for i, (fd, nstype) in enumerate(fds):
+        try:
+            sc.setns(fd, nstype)
+        except OSError as e:
+            if names is None:
+                raise
+            hint = " (not a namespace of that type?)" if e.errno == errno.EINVAL else ""
+            raise RuntimeFailure("namespaces", f"{names[i]}: cannot join it: {os.strerror(e.errno)}{hint}") from None
         os.close(fd)
         joined_user |= nstype == sc.CLONE_NEWUSER
     if joined_user:
@@ -382,6 +399,8 @@ def _prepare_process(launch: Launch) -> _Ready:
         root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             cwd = open_in_root(root, proc.cwd, "dir")
+        except OSError as e:
+            raise RuntimeFailure("process", f"process.cwd {proc.cwd!r}: {e.strerror}") from None
         finally:
             os.close(root)
     with stage("security"):
@@ -397,6 +416,8 @@ def _prepare_process(launch: Launch) -> _Ready:
     with stage("process"):
         try:
             os.fchdir(cwd)
+        except OSError as e:
+            raise RuntimeFailure("process", f"process.cwd {proc.cwd!r}: {e.strerror}") from None
         finally:
             os.close(cwd)
         os.getcwd()   # raises if the cwd is not reachable from our root
@@ -413,9 +434,12 @@ def _lookup(prog: str, env: tuple[str, ...]) -> str:
     else:
         path = next((e[5:] for e in reversed(env) if e.startswith("PATH=")), DEFAULT_PATH)
         candidates = [os.path.join(d or ".", prog) for d in path.split(":")]
-    for c in candidates:
-        if os.path.isfile(c) and os.access(c, os.X_OK):
+    found = [c for c in candidates if os.path.isfile(c)]
+    for c in found:
+        if os.access(c, os.X_OK):
             return c
+    if found:
+        raise RuntimeFailure("process", f"process.args[0]: {found[0]!r} in the container is not executable")
     raise RuntimeFailure("process", f"process.args[0]: executable {prog!r} not found "
                                     "in the container")
 

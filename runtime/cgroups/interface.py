@@ -87,6 +87,10 @@ class Cgroup(abc.ABC):
     @abc.abstractmethod
     def oom_watcher(self) -> OomWatcher: ...
 
+    @abc.abstractmethod
+    def oom_kills(self) -> int:
+        """How many processes the OOM killer killed in this cgroup (0 without a memory controller)."""
+
     def kill_all(self, sig: int) -> None:
         """Signal every process; frozen meanwhile (where a freezer exists) so a forking process
         cannot escape the sweep. A cgroup that is empty or already gone is not an error."""

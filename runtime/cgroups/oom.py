@@ -17,7 +17,9 @@ _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 
 
-def _oom_kills(path: str) -> int:
+def oom_kills(path: str) -> int:
+    """The kernel's OOM kill counter in memory.oom_control (v1) or memory.events (v2); 0 if the
+    file is missing or has none."""
     return files.read_keyed(path).get("oom_kill", 0)
 
 
@@ -36,7 +38,7 @@ class EventfdOomWatcher(OomWatcher):
         except (OSError, CgroupError) as e:
             os.close(self._efd)
             raise CgroupError(f"cannot watch {self._control} for OOM: {e}") from e
-        self._seen = _oom_kills(self._control)
+        self._seen = oom_kills(self._control)
 
     def fileno(self) -> int:
         return self._efd
@@ -75,7 +77,7 @@ class InotifyOomWatcher(OomWatcher):
             err = ctypes.get_errno()
             os.close(fd)
             raise CgroupError(f"cannot watch {self._events} for OOM: {os.strerror(err)}")
-        self._seen = _oom_kills(self._events)
+        self._seen = oom_kills(self._events)
 
     def fileno(self) -> int:
         return self._fd
@@ -86,7 +88,7 @@ class InotifyOomWatcher(OomWatcher):
                 pass
         except BlockingIOError:
             pass
-        kills = _oom_kills(self._events)
+        kills = oom_kills(self._events)
         new, self._seen = max(kills - self._seen, 0), kills
         return new
 

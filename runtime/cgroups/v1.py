@@ -8,7 +8,7 @@ import os
 from . import files, resources as res, stats_v1
 from .errors import CgroupError, ResourceError
 from .interface import Cgroup, OomWatcher, remove_tree, wait_until
-from .oom import EventfdOomWatcher
+from .oom import EventfdOomWatcher, oom_kills
 
 # Hierarchies a container joins. name=systemd carries no limits but keeps `systemd-cgls` and
 # friends showing the container where its other cgroups are.
@@ -274,3 +274,7 @@ class CgroupV1(Cgroup):
 
     def oom_watcher(self) -> OomWatcher:
         return EventfdOomWatcher(self._require("memory", "OOM notification"))
+
+    def oom_kills(self) -> int:
+        memory = self.dir("memory")
+        return oom_kills(f"{memory}/memory.oom_control") if memory else 0

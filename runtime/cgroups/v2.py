@@ -10,7 +10,7 @@ from .devices_bpf import apply_device_rules
 from .errors import CgroupError, ResourceError
 from .host import CGROUP_ROOT
 from .interface import Cgroup, OomWatcher, remove_tree, wait_until
-from .oom import InotifyOomWatcher
+from .oom import InotifyOomWatcher, oom_kills
 
 # Controllers delegated down to a container when the host offers them.
 CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids", "hugetlb", "misc", "rdma")
@@ -194,3 +194,6 @@ class CgroupV2(Cgroup):
         if not os.path.exists(self._file("memory.events")):
             raise CgroupError(f"{self.dir} has no memory.events: the memory controller is not enabled")
         return InotifyOomWatcher(self.dir)
+
+    def oom_kills(self) -> int:
+        return oom_kills(self._file("memory.events"))

@@ -8,7 +8,8 @@ import pytest
 
 from railcar.runtime import Container, ContainerNotFound, InvalidState, RuntimeFailure
 
-from .conftest import create_captured, exec_captured, finish, read_console, run_container, wait_for
+from .conftest import (CGROUP_PARENT, CGROUP_ROOT, create_captured, exec_captured, finish, read_console,
+                       run_container, wait_for)
 
 
 def test_pid_1_and_hostname(make_bundle, state_root) -> None:
@@ -200,6 +201,30 @@ def test_failing_hook_fails_create_and_leaves_nothing(make_bundle, state_root) -
     with pytest.raises(RuntimeFailure, match="createRuntime"):
         Container.create(bundle.id, bundle.path, root=state_root)
     assert not os.path.exists(os.path.join(state_root, bundle.id))
+
+
+def _join_path(path: str):
+    return lambda c: [ns.update(path=path) for ns in c["linux"]["namespaces"] if ns["type"] == "network"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["process"].update(cwd="/bin/busybox"), "process.cwd '/bin/busybox': Not a directory"),
+    (lambda c: c["process"].update(args=["/etc/passwd"]), "process.args[0]: '/etc/passwd' in the container "
+                                                          "is not executable"),
+    (_join_path("/proc/999999999/ns/net"), "linux.namespaces[1] (network): cannot open /proc/999999999/ns/net"),
+    (_join_path("/etc/hostname"), "linux.namespaces[1] (network /etc/hostname): cannot join it"),
+    # Killed before it could report anything: the cgroup's OOM counter says why.
+    (lambda c: c["linux"]["resources"].update(memory={"limit": 1}),
+     "the OOM killer killed the container while it was being set up: linux.resources.memory.limit (1)"),
+])
+def test_a_create_that_fails_in_the_container_names_the_setting(make_bundle, state_root, edit, message) -> None:
+    bundle = make_bundle(["true"], edit=edit)
+    with pytest.raises(RuntimeFailure) as failed:
+        Container.create(bundle.id, bundle.path, root=state_root)
+    assert message in str(failed.value)
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
+    cgroup = os.path.join(CGROUP_ROOT, "memory", CGROUP_PARENT.lstrip("/"), bundle.id)
+    assert not os.path.exists(cgroup)
 
 
 def test_failing_poststop_hook_is_logged_and_delete_goes_on(make_bundle, state_root, caplog) -> None:
