@@ -83,6 +83,7 @@ class Container:
         record = Record(id=container_id, bundle=spec.bundle, oci_version=spec.oci_version,
                         annotations=spec.annotations)
         cgroup: Cgroup | None = None
+        oom_kills: int | None = None
         spawned = None
         try:
             with open(os.path.join(directory, CONFIG_FILE), "w") as f:
@@ -92,6 +93,7 @@ class Container:
             record.cgroup = cgroup.to_state()
             write_record(directory, record)   # from here on, delete can find the cgroup
             cgroup.create(_with_allowed_devices(spec))
+            oom_kills = _oom_kills(cgroup)  # a reused cgroup may have counted kills already
             container = cls(directory, record)
 
             def on_forked(pid: int) -> dict:
@@ -118,8 +120,8 @@ class Container:
             record.created = True
             write_record(directory, record)
         except BaseException as e:
-            # A helper that died without a word in a cgroup whose OOM killer struck was killed by it.
-            oom_killed = isinstance(e, PeerGone) and cgroup is not None and cgroup.oom_kills() > 0
+            # A helper that died without a word while the OOM killer struck in its cgroup was its victim.
+            oom_killed = isinstance(e, PeerGone) and oom_kills is not None and _oom_kills(cgroup) > oom_kills
             if spawned is not None:   # parked in its cgroup (which it has to leave first) and ours
                 _kill_parked(spawned, record.init_start_time)
             if cgroup is not None:
@@ -127,8 +129,10 @@ class Container:
             shutil.rmtree(directory, ignore_errors=True)
             if oom_killed:
                 limit = ((spec.linux.resources or {}).get("memory") or {}).get("limit")
+                cause = (f"linux.resources.memory.limit ({limit}) is too low" if limit is not None
+                         else "memory is short on the host or in a parent cgroup")
                 raise RuntimeFailure("cgroups", "the OOM killer killed the container while it was being "
-                                                f"set up: linux.resources.memory.limit ({limit}) is too low") from None
+                                                f"set up: {cause}") from None
             raise
         return container, CreateResult(spawned.pid, spawned.console_fd)
 
@@ -322,6 +326,14 @@ class Container:
             except RuntimeFailure as e:   # runtime-spec: log it, and the delete goes on
                 log.warning("container %s: %s; deleting anyway", self.id, e)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _oom_kills(cgroup: Cgroup) -> int:
+    """The cgroup's OOM kill count; 0 if it cannot be read (only an explanation depends on it)."""
+    try:
+        return cgroup.oom_kills()
+    except Exception:
+        return 0
 
 
 def _kill_parked(spawned: Spawned, started: int) -> None:

@@ -75,13 +75,20 @@ def parse_options(options: list[str] | tuple[str, ...], where: str = "options") 
 _NO_CONTEXT = ("proc", "sysfs", "mqueue", "cgroup", "cgroup2")
 
 
-def with_mount_label(opts: MountOptions, fstype: str, label: str) -> MountOptions:
-    """`opts` with the SELinux `context=` for `label` added to a filesystem mount's data (a bind
-    keeps the labels of what it binds)."""
-    if not label or opts.is_bind or fstype in _NO_CONTEXT:
-        return opts
+def labelled(data: str, label: str) -> str:
+    """Mount data with the SELinux `context=` for `label` added (unchanged without a label)."""
+    if not label:
+        return data
     context = f'context="{label}"'
-    return MountOptions(opts.flags, opts.propagation, f"{opts.data},{context}" if opts.data else context)
+    return f"{data},{context}" if data else context
+
+
+def with_mount_label(opts: MountOptions, fstype: str, label: str) -> MountOptions:
+    """`opts` with `label` added to a filesystem mount's data (a bind keeps the labels of what it
+    binds)."""
+    if opts.is_bind or fstype in _NO_CONTEXT:
+        return opts
+    return MountOptions(opts.flags, opts.propagation, labelled(opts.data, label))
 
 
 def mount_first(source: str, target: str, fstype: str, opts: MountOptions) -> None:

@@ -31,7 +31,7 @@ from .channel import (Channel, ExecForked, Failed, HooksDone, IdsMapped, InitFor
                       RootfsReady)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
-from .spec import IdMapping, Namespace, Process, Spec
+from .spec import RLIM_UNLIMITED, IdMapping, Namespace, Process, Spec
 
 NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_NEWPID,
             "network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS,
@@ -291,7 +291,8 @@ def _setns_all(fds: list[tuple[int, int]], names: list[str] | None = None) -> No
         except OSError as e:
             if names is None:
                 raise
-            hint = " (not a namespace of that type?)" if e.errno == errno.EINVAL else ""
+            hint = (" (not a namespace of that type, or one that cannot be joined from here?)"
+                    if e.errno == errno.EINVAL else "")
             raise RuntimeFailure("namespaces", f"{names[i]}: cannot join it: {os.strerror(e.errno)}{hint}") from None
         os.close(fd)
         joined_user |= nstype == sc.CLONE_NEWUSER
@@ -383,11 +384,13 @@ def _prepare_process(launch: Launch) -> _Ready:
             if limit is None:
                 raise RuntimeFailure("process", f"process.rlimits: {rl.type} is not known here")
             try:
-                resource.setrlimit(limit, (rl.soft, rl.hard))
-            except (OSError, ValueError) as e:  # ValueError: Python's word for EPERM here
+                resource.setrlimit(limit, tuple(resource.RLIM_INFINITY if v == RLIM_UNLIMITED else v
+                                                for v in (rl.soft, rl.hard)))
+            except (OSError, ValueError, OverflowError) as e:  # ValueError: Python's word for EPERM here
                 raise RuntimeFailure("process", f"process.rlimits[{i}]: cannot set {rl.type} to {rl.soft}/"
                                                 f"{rl.hard}: {e} (raising a hard limit needs "
-                                                "CAP_SYS_RESOURCE)") from None
+                                                "CAP_SYS_RESOURCE, and RLIMIT_NOFILE stays under "
+                                                "fs.nr_open)") from None
         if proc.oom_score_adj is not None:
             try:
                 with open("/proc/self/oom_score_adj", "w") as f:

@@ -14,7 +14,7 @@ from typing import Iterator
 from . import syscalls as sc
 from .errors import RuntimeFailure
 from .mounts import (PROPAGATION_FLAGS, apply_after, fd_path, locked_flags, mount_first,
-                     open_in_root, parse_options, with_mount_label)
+                     labelled, open_in_root, parse_options, with_mount_label)
 from .spec import Device, Mount, Spec
 
 # (name, major, minor) of the devices every container gets when /dev is a fresh tmpfs.
@@ -74,7 +74,7 @@ def _mount_point_of(path: str) -> str:
 def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str) -> None:
     opts = with_mount_label(parse_options(m.options, m.destination), m.type, mount_label)
     if m.type == "cgroup":
-        _mount_cgroups(root_fd, m.destination, bool(opts.flags & sc.MS_RDONLY))
+        _mount_cgroups(root_fd, m.destination, bool(opts.flags & sc.MS_RDONLY), mount_label)
         return
     source = m.source or m.type
     kind = "dir"
@@ -102,7 +102,7 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
-def _mount_cgroups(root_fd: int, dest: str, readonly: bool) -> None:
+def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str) -> None:
     """A tmpfs at ``dest`` with each host hierarchy's view of our own cgroup bound into it.
 
     Only the container's own cgroup subtree is reachable, never the host's parents; with a
@@ -111,7 +111,7 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool) -> None:
     own = _own_cgroups()
     with _opened(root_fd, dest, "dir") as target:
         sc.mount("cgroup", fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
-                 "mode=755")
+                 labelled("mode=755", mount_label))
     with open("/proc/self/mountinfo") as f:
         hierarchies = [line.split() for line in f]
     # The tmpfs is ours alone and empty: its entries are made and opened relative to its root
@@ -253,7 +253,7 @@ def finalize(spec: Spec) -> None:
         for path in spec.linux.readonly_paths:
             _readonly(root_fd, path)
         for path in spec.linux.masked_paths:
-            _mask(root_fd, path)
+            _mask(root_fd, path, spec.linux.mount_label)
     finally:
         os.close(root_fd)
     if spec.root_readonly:
@@ -274,14 +274,14 @@ def _readonly(root_fd: int, path: str) -> None:
                  | locked_flags(fd_path(top)))
 
 
-def _mask(root_fd: int, path: str) -> None:
+def _mask(root_fd: int, path: str, mount_label: str) -> None:
     try:
         fd = open_in_root(root_fd, path)
     except FileNotFoundError:
         return
     try:
         if stat.S_ISDIR(os.stat(fd_path(fd)).st_mode):
-            sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_RDONLY, "size=0")
+            sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_RDONLY, labelled("size=0", mount_label))
         else:
             sc.mount("/dev/null", fd_path(fd), None, sc.MS_BIND)
     finally:

@@ -17,6 +17,7 @@ NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "t
 PROPAGATIONS = ("", "private", "rprivate", "slave", "rslave", "shared", "rshared",
                 "unbindable", "runbindable")
 DEVICE_TYPES = ("c", "u", "b", "p")
+RLIM_UNLIMITED = 2**64 - 1  # RLIM_INFINITY, as configs write it
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,14 @@ def parse_spec(doc: Any, bundle: str) -> Spec:
             raise SpecError(f"annotations.{key}", "must be a string")
     linux = _linux(top.get("linux"), "linux")
     hostname = _opt_str(top, "hostname", "hostname")
-    if hostname is not None and linux.namespace("uts") is None:
-        raise SpecError("hostname", "setting it needs a uts namespace")
     domainname = _opt_str(top, "domainname", "domainname")
-    if domainname is not None and linux.namespace("uts") is None:
-        raise SpecError("domainname", "setting it needs a uts namespace")
+    uts = linux.namespace("uts")
+    for key, value in (("hostname", hostname), ("domainname", domainname)):
+        if value is not None and uts is None:
+            raise SpecError(key, "setting it needs a uts namespace")
+        if value is not None and uts.path and _same_file(uts.path, "/proc/self/ns/uts"):
+            raise SpecError(key, f"the container joins the host's uts namespace ({uts.path}), where "
+                                 "setting it would rename the host")
     return Spec(
         oci_version=version,
         bundle=os.path.abspath(bundle),
@@ -221,8 +225,11 @@ def _process(doc: Any, path: str) -> Process:
         kind = _str(r, "type", f"{rp}.type", required=True)
         if not kind.startswith("RLIMIT_"):
             raise SpecError(f"{rp}.type", f"unknown rlimit {kind!r}")
-        rlimits.append(Rlimit(kind, _uint(r, "soft", f"{rp}.soft", required=True),
-                              _uint(r, "hard", f"{rp}.hard", required=True)))
+        soft = _rlimit_value(_uint(r, "soft", f"{rp}.soft", required=True))
+        hard = _rlimit_value(_uint(r, "hard", f"{rp}.hard", required=True))
+        if soft > hard:
+            raise SpecError(f"{rp}.soft", f"{soft} is above the hard limit {hard}")
+        rlimits.append(Rlimit(kind, soft, hard))
     oom = p.get("oomScoreAdj")
     if oom is not None and (not _is_int(oom) or not -1000 <= oom <= 1000):
         raise SpecError(f"{path}.oomScoreAdj", "must be an integer between -1000 and 1000")
@@ -335,7 +342,7 @@ def _check_sysctl_namespace(key: str, namespaces: list[Namespace], where: str) -
         kind = "ipc"
     elif key.startswith("net."):
         kind = "network"
-    elif key in ("kernel.hostname", "kernel.domainname"):
+    elif key == "kernel.domainname":  # (kernel.hostname is what the hostname field is for)
         kind = "uts"
     else:
         raise SpecError(where, "is not a namespaced sysctl: setting it from a container would change the host")
@@ -432,6 +439,12 @@ def _bool(d: dict, key: str, path: str) -> bool:
     if not isinstance(v, bool):
         raise SpecError(path, f"must be a boolean, got {type(v).__name__}")
     return v
+
+
+def _rlimit_value(v: int) -> int:
+    """A limit; anything from 2**63 up is unlimited (configs write RLIM_INFINITY as 2**64 - 1, which
+    Python's resource module cannot take), kept as that single value."""
+    return RLIM_UNLIMITED if v >= 2**63 else v
 
 
 def _id(v: int, path: str) -> int:

@@ -113,6 +113,13 @@ def test_a_setting_the_host_forbids_fails_create_naming_it(make_bundle, state_ro
     assert not os.path.exists(os.path.join(state_root, bundle.id))
 
 
+def test_an_unlimited_rlimit_as_configs_write_it(make_bundle, state_root) -> None:
+    unlimited = 2**64 - 1  # RLIM_INFINITY in config.json (docker --ulimit core=-1)
+    rlimit = {"type": "RLIMIT_CORE", "soft": unlimited, "hard": unlimited}
+    bundle = make_bundle(["sh", "-c", "ulimit -c"], edit=lambda c: c["process"].update(rlimits=[rlimit]))
+    assert run_container(bundle, state_root).output.split() == ["unlimited"]
+
+
 def test_cwd_symlink_stays_inside_rootfs(make_bundle, state_root, tmp_path) -> None:
     host_dir = tmp_path / "host-side"
     host_dir.mkdir()

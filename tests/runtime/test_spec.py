@@ -58,6 +58,12 @@ def _with(edit) -> dict:
     (lambda c: c.update(annotations={"a": 1}), "annotations.a", "must be a string"),
     (lambda c: c["linux"].update(namespaces=[{"type": "mount"}]), "hostname",
      "uts namespace"),
+    (lambda c: c["process"].update(rlimits=[{"type": "RLIMIT_NOFILE", "soft": 2048, "hard": 1024}]),
+     "process.rlimits[0].soft", "above the hard limit"),
+    (lambda c: c["linux"]["namespaces"][3].update(path="/proc/self/ns/uts") or c.update(hostname="x"),
+     "hostname", "joins the host's uts namespace"),
+    (lambda c: c["linux"].update(sysctl={"kernel.hostname": "x"}), "linux.sysctl.kernel.hostname",
+     "not a namespaced sysctl"),
     # (uid_t)-1 means "unchanged" to setresuid: the process would stay root.
     (lambda c: c["process"]["user"].update(uid=4294967295), "process.user.uid", "not a valid id"),
     (lambda c: c["process"]["user"].update(additionalGids=[5, 4294967295]), "process.user.additionalGids[1]",
