@@ -73,6 +73,9 @@ class Container:
         spec = load_spec(bundle)
         if spec.process is None:
             raise SpecError("process", "is required to create a container")
+        if not os.path.isdir(spec.root_path):
+            raise SpecError("root.path", f"{spec.root_path} is not a directory" if os.path.exists(spec.root_path)
+                            else f"{spec.root_path} does not exist")
         plan = security.prepare(spec.process.raw, spec.linux.raw)
         directory = container_dir(root, container_id)
         os.makedirs(root, 0o711, exist_ok=True)

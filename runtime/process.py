@@ -196,10 +196,14 @@ def _write_id_maps(pid: int, spec: Spec) -> None:
     def fmt(maps: tuple[IdMapping, ...]) -> bytes:
         return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps).encode()
 
-    for name, maps in (("uid_map", spec.linux.uid_mappings), ("gid_map", spec.linux.gid_mappings)):
+    for name, field, maps in (("uid_map", "uidMappings", spec.linux.uid_mappings),
+                              ("gid_map", "gidMappings", spec.linux.gid_mappings)):
         fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, fmt(maps))
+        except OSError as e:
+            raise RuntimeFailure("namespaces", f"linux.{field}: the kernel refused them ({e.strerror}): "
+                                               "ranges that overlap, or more than 340 of them?") from None
         finally:
             os.close(fd)
 
@@ -382,7 +386,7 @@ def _prepare_process(launch: Launch) -> _Ready:
         for i, rl in enumerate(proc.rlimits):
             limit = getattr(resource, rl.type, None)
             if limit is None:
-                raise RuntimeFailure("process", f"process.rlimits: {rl.type} is not known here")
+                raise RuntimeFailure("process", f"process.rlimits[{i}]: {rl.type} is not known here")
             try:
                 resource.setrlimit(limit, tuple(resource.RLIM_INFINITY if v == RLIM_UNLIMITED else v
                                                 for v in (rl.soft, rl.hard)))

@@ -18,6 +18,7 @@ PROPAGATIONS = ("", "private", "rprivate", "slave", "rslave", "shared", "rshared
                 "unbindable", "runbindable")
 DEVICE_TYPES = ("c", "u", "b", "p")
 RLIM_UNLIMITED = 2**64 - 1  # RLIM_INFINITY, as configs write it
+_NGROUPS_MAX = 65536
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,8 @@ def parse_spec(doc: Any, bundle: str) -> Spec:
     domainname = _opt_str(top, "domainname", "domainname")
     uts = linux.namespace("uts")
     for key, value in (("hostname", hostname), ("domainname", domainname)):
+        if value is not None and len(value.encode()) > 64:
+            raise SpecError(key, f"is {len(value.encode())} bytes long; the kernel takes at most 64")
         if value is not None and uts is None:
             raise SpecError(key, "setting it needs a uts namespace")
         if value is not None and uts.path and _same_file(uts.path, "/proc/self/ns/uts"):
@@ -218,6 +221,9 @@ def _process(doc: Any, path: str) -> Process:
                               for i, g in enumerate(_list(u.get("additionalGids"),
                                                           f"{path}.user.additionalGids"))),
     )
+    if len(user.additional_gids) > _NGROUPS_MAX:
+        raise SpecError(f"{path}.user.additionalGids", f"has {len(user.additional_gids)} groups; the kernel "
+                                                       f"takes at most {_NGROUPS_MAX}")
     rlimits = []
     for i, r in enumerate(_list(p.get("rlimits"), f"{path}.rlimits")):
         rp = f"{path}.rlimits[{i}]"
@@ -405,6 +411,8 @@ def _str_list(v: Any, path: str) -> list[str]:
     for i, item in enumerate(items):
         if not isinstance(item, str):
             raise SpecError(f"{path}[{i}]", f"must be a string, got {type(item).__name__}")
+        if "\0" in item:  # execve would refuse it only at start, after create succeeded
+            raise SpecError(f"{path}[{i}]", "contains a NUL byte")
     return items
 
 

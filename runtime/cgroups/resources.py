@@ -5,11 +5,28 @@ Each accessor names the JSON path in its error, so a bad Update or config.json s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Any
 
-from .errors import ResourceError
+from .errors import CgroupError, ResourceError
+
+
+@contextlib.contextmanager
+def applying(key: str) -> Iterator[None]:
+    """Name the `linux.resources` section whose value the kernel refused (EINVAL for a cpuset
+    the host lacks, a period out of range...): a bare control file path does not say which
+    setting of config.json or of an Update to fix."""
+    try:
+        yield
+    except ResourceError:
+        raise
+    except CgroupError as e:
+        if e.message.startswith("linux.resources."):  # named already, more precisely
+            raise
+        raise CgroupError(f"linux.resources.{key}: {e.message}", e.errno) from None
 
 
 def section(resources: dict, key: str) -> dict:

@@ -137,17 +137,24 @@ class CgroupV1(Cgroup):
             raise ResourceError("", "must be an object")
         if res.section(resources, "unified"):
             raise ResourceError("unified", "needs a cgroup v2 host; this host's cgroups are v1")
-        self._memory(res.memory(resources))
-        self._cpu(res.cpu(resources))
-        self._pids(res.section(resources, "pids"))
-        self._block_io(res.section(resources, "blockIO"))
-        self._hugetlb(res.hugepage_limits(resources))
-        self._network(res.section(resources, "network"))
+        with res.applying("memory"):
+            self._memory(res.memory(resources))
+        with res.applying("cpu"):
+            self._cpu(res.cpu(resources))
+        with res.applying("pids"):
+            self._pids(res.section(resources, "pids"))
+        with res.applying("blockIO"):
+            self._block_io(res.section(resources, "blockIO"))
+        with res.applying("hugepageLimits"):
+            self._hugetlb(res.hugepage_limits(resources))
+        with res.applying("network"):
+            self._network(res.section(resources, "network"))
         rules = res.device_rules(resources)
         if rules:
             d = self._require("devices", "linux.resources.devices")
-            for rule in rules:
-                files.write(f"{d}/devices.{'allow' if rule.allow else 'deny'}", rule.v1_line())
+            with res.applying("devices"):
+                for rule in rules:
+                    files.write(f"{d}/devices.{'allow' if rule.allow else 'deny'}", rule.v1_line())
 
     def _memory(self, m: res.Memory) -> None:
         if m == res.Memory():

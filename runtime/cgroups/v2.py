@@ -91,18 +91,22 @@ class CgroupV2(Cgroup):
     def update(self, resources: dict) -> None:
         if not isinstance(resources, dict):
             raise ResourceError("", "must be an object")
-        self._memory(res.memory(resources))
-        self._cpu(res.cpu(resources))
+        with res.applying("memory"):
+            self._memory(res.memory(resources))
+        with res.applying("cpu"):
+            self._cpu(res.cpu(resources))
         pids = res.integer(res.section(resources, "pids"), "limit", "pids")
         if pids:  # 0 leaves it, negative means unlimited
             self._write("pids.max", pids if pids > 0 else "max", "pids.limit")
-        self._io(res.section(resources, "blockIO"))
+        with res.applying("blockIO"):
+            self._io(res.section(resources, "blockIO"))
         for size, limit in res.hugepage_limits(resources):
             self._write(f"hugetlb.{size}.max", limit, "hugepageLimits")
         if res.section(resources, "network"):
             raise ResourceError("network", "net_cls/net_prio do not exist in cgroup v2")
         rules = res.device_rules(resources)
-        apply_device_rules(self.dir, rules)
+        with res.applying("devices"):
+            apply_device_rules(self.dir, rules)
         for key, value in res.section(resources, "unified").items():
             if "/" in key or key.startswith(".") or not isinstance(value, str):
                 raise ResourceError(f"unified.{key}", "must name a control file and map it to a string")
@@ -116,7 +120,8 @@ class CgroupV2(Cgroup):
             raise ResourceError(field, f"{name} does not exist: the {controller} controller is not available "
                                        f"in {self.dir} (host controllers: "
                                        f"{files.read(f'{self.root}/cgroup.controllers').strip()})")
-        files.write(path, value)
+        with res.applying(field):
+            files.write(path, value)
 
     def _memory(self, m: res.Memory) -> None:
         # m.kernel is accepted and ignored: the runtime-spec deprecates it and v2 has no such limit.

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from railcar.runtime import Container, ContainerNotFound, InvalidState, RuntimeFailure
+from railcar.runtime import Container, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
 
 from .conftest import (CGROUP_PARENT, CGROUP_ROOT, create_captured, exec_captured, finish, read_console,
                        run_container, wait_for)
@@ -213,6 +213,12 @@ def _join_path(path: str):
                                                           "is not executable"),
     (_join_path("/proc/999999999/ns/net"), "linux.namespaces[1] (network): cannot open /proc/999999999/ns/net"),
     (_join_path("/etc/hostname"), "linux.namespaces[1] (network /etc/hostname): cannot join it"),
+    (lambda c: c["linux"]["resources"].update(cpu={"cpus": "abc"}), "linux.resources.cpu: writing 'abc'"),
+    (lambda c: (c["linux"]["namespaces"].append({"type": "user"}),
+                c["linux"].update(uidMappings=[{"containerID": 0, "hostID": 100000, "size": 10},
+                                               {"containerID": 5, "hostID": 200000, "size": 1}],
+                                  gidMappings=[{"containerID": 0, "hostID": 100000, "size": 10}])),
+     "linux.uidMappings: the kernel refused them"),
     # Killed before it could report anything: the cgroup's OOM counter says why.
     (lambda c: c["linux"]["resources"].update(memory={"limit": 1}),
      "the OOM killer killed the container while it was being set up: linux.resources.memory.limit (1)"),
@@ -225,6 +231,13 @@ def test_a_create_that_fails_in_the_container_names_the_setting(make_bundle, sta
     assert not os.path.exists(os.path.join(state_root, bundle.id))
     cgroup = os.path.join(CGROUP_ROOT, "memory", CGROUP_PARENT.lstrip("/"), bundle.id)
     assert not os.path.exists(cgroup)
+
+
+def test_a_root_that_is_not_a_directory_is_a_spec_error(make_bundle, state_root) -> None:
+    bundle = make_bundle(["true"], edit=lambda c: c["root"].update(path="/nonexistent-root"))
+    with pytest.raises(SpecError, match="root.path: /nonexistent-root does not exist"):
+        Container.create(bundle.id, bundle.path, root=state_root)
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
 
 
 def test_failing_poststop_hook_is_logged_and_delete_goes_on(make_bundle, state_root, caplog) -> None:

@@ -64,6 +64,12 @@ def _with(edit) -> dict:
      "hostname", "joins the host's uts namespace"),
     (lambda c: c["linux"].update(sysctl={"kernel.hostname": "x"}), "linux.sysctl.kernel.hostname",
      "not a namespaced sysctl"),
+    # What the kernel would refuse only later, once create had succeeded.
+    (lambda c: c["process"]["env"].append("A=b\0c"), "process.env[2]", "NUL byte"),
+    (lambda c: c["process"].update(args=["sh", "-c", "echo a\0b"]), "process.args[2]", "NUL byte"),
+    (lambda c: c.update(hostname="h" * 65), "hostname", "at most 64"),
+    (lambda c: c["process"]["user"].update(additionalGids=list(range(65537))), "process.user.additionalGids",
+     "at most 65536"),
     # (uid_t)-1 means "unchanged" to setresuid: the process would stay root.
     (lambda c: c["process"]["user"].update(uid=4294967295), "process.user.uid", "not a valid id"),
     (lambda c: c["process"]["user"].update(additionalGids=[5, 4294967295]), "process.user.additionalGids[1]",
