@@ -428,6 +428,8 @@ class TaskService:
             exit_status=process.exit_status, exited_at=_timestamp(process.exited_at_ns), exec_id=process.exec_id)
 
     async def kill(self, req: pb.KillRequest, ctx: Any) -> empty_pb2.Empty:
+        if not 0 <= req.signal <= signal.SIGRTMAX:
+            raise TtrpcError(Code.INVALID_ARGUMENT, f"Kill: {req.signal} is not a signal number (0-{signal.SIGRTMAX:d})")
         task, process = self._process(req.id, req.exec_id)
         process.check("kill")
         if process.starting:

@@ -222,6 +222,8 @@ async def _exercise(shim: Shim, bundle: Path) -> None:
         assert await shim.code_of("Delete", pb.DeleteRequest(id="c1")) == Code.FAILED_PRECONDITION
         await shim("Resume", pb.ResumeRequest(id="c1"))
 
+        assert await shim.code_of("Kill", pb.KillRequest(id="c1", signal=200)) == Code.INVALID_ARGUMENT
+        await shim("Kill", pb.KillRequest(id="c1", signal=0))  # only asks whether it is there
         await shim("Kill", pb.KillRequest(id="c1", signal=signal.SIGKILL))
     assert waited[0].exit_status == 137 and waited[0].exited_at.seconds > 0
     state = await shim("State", pb.StateRequest(id="c1"), pb.StateResponse)
