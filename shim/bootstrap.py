@@ -60,7 +60,7 @@ def group_key(bundle: str, container_id: str) -> str:
     return container_id
 
 
-def _live(path: str, kind: int = SOCK_STREAM) -> bool:
+def accepts(path: str, kind: int = SOCK_STREAM) -> bool:
     """Whether a shim (or, with SOCK_SEQPACKET, a zygote) accepts on `path`: a connect within
     100 ms, as containerd's own shims check. A zygote creates its socket only once ready."""
     probe = socket(AF_UNIX, kind | SOCK_CLOEXEC)
@@ -85,7 +85,7 @@ def _listen(path: str) -> socket | None:
             listener.close()
             if e.errno != errno.EADDRINUSE:
                 raise StartError(f"cannot listen on {path}: {e}") from e
-            if _live(path):
+            if accepts(path):
                 return None
             os.unlink(path)
             continue
@@ -190,14 +190,14 @@ def _start_zygote() -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(_ZYGOTE_POLL)
-        if _live(path, SOCK_SEQPACKET):  # the one a `start` before us started
+        if accepts(path, SOCK_SEQPACKET):  # the one a `start` before us started
             return True
         zygote = _spawn_zygote()
         while zygote is not None:
-            if _live(path, SOCK_SEQPACKET):
+            if accepts(path, SOCK_SEQPACKET):
                 return True
             if os.waitpid(zygote, os.WNOHANG)[0] == zygote:  # it failed, or found one ready
-                return _live(path, SOCK_SEQPACKET)
+                return accepts(path, SOCK_SEQPACKET)
             if time.monotonic() > deadline:
                 return False
             time.sleep(_ZYGOTE_POLL)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from railcar.runtime.sealing import reexec_sealed
 
 from . import paths
+from .bootstrap import accepts
 from .flags import FlagError, parse
 
 IDLE_ENV = "RAILCAR_ZYGOTE_IDLE"
@@ -42,19 +43,6 @@ def _idle_timeout() -> float:
         return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE))
     except ValueError:
         return DEFAULT_IDLE
-
-
-def _live(path: str) -> bool:
-    """Whether a zygote accepts on `path` (within 0.1 s: one that stopped accepting is not live)."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    probe.settimeout(0.1)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 class _Server:
@@ -82,7 +70,7 @@ class _Server:
                     os.link(private, path)
                     return cls(sock, path, inode)
                 except FileExistsError:
-                    if _live(path):
+                    if accepts(path, socket.SOCK_SEQPACKET):
                         break
                     _unlink(path)  # left by a zygote that was killed
         finally:
@@ -277,7 +265,7 @@ def main() -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked daemons are reaped by the kernel
     signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     path = paths.zygote_socket()
-    if _live(path):
+    if accepts(path, socket.SOCK_SEQPACKET):
         return 0
     import prctl
 
