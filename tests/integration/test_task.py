@@ -67,6 +67,17 @@ def test_kill_then_delete(cd, detached) -> None:
     assert task_status(cd, detached) == ""
 
 
+def test_a_terminal_takes_the_client_window_size(cd, detached) -> None:
+    """ctr sends the size of its own terminal with ResizePty once the exec started."""
+    ctr = ["ctr", "--address", cd.address, "--namespace", cd.namespace, "task", "exec", "-t", "--exec-id", "size",
+           detached, "sh", "-c", "sleep 1; stty size"]
+    script = f"stty cols 123 rows 45; {shlex.join(ctr)}"
+    result = subprocess.run(["script", "-qec", script, "/dev/null"], capture_output=True, env=cd.env,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert "45 123" in result.stdout.decode(errors="replace"), result.stdout
+    assert result.returncode == 0
+
+
 def test_exec_with_a_terminal(cd, detached) -> None:
     ctr = ["ctr", "--address", cd.address, "--namespace", cd.namespace, "task", "exec", "-t", "--exec-id", "tty",
            detached, "sh", "-c", "tty; echo exec tty; exit 2"]
