@@ -132,7 +132,7 @@ class Container:
             shutil.rmtree(directory, ignore_errors=True)
             if oom_killed:
                 limit = ((spec.linux.resources or {}).get("memory") or {}).get("limit")
-                cause = (f"linux.resources.memory.limit ({limit}) is too low" if limit is not None
+                cause = (f"linux.resources.memory.limit ({limit}) is too low" if limit is not None and limit > 0
                          else "memory is short on the host or in a parent cgroup")
                 raise RuntimeFailure("cgroups", "the OOM killer killed the container while it was being "
                                                 f"set up: {cause}") from None

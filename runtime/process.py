@@ -203,7 +203,8 @@ def _write_id_maps(pid: int, spec: Spec) -> None:
             os.write(fd, fmt(maps))
         except OSError as e:
             raise RuntimeFailure("namespaces", f"linux.{field}: the kernel refused them ({e.strerror}): "
-                                               "ranges that overlap, or more than 340 of them?") from None
+                                               "ranges that overlap, more than 340 of them, or host ids "
+                                               "this runtime may not map?") from None
         finally:
             os.close(fd)
 

@@ -158,8 +158,12 @@ def parse_spec(doc: Any, bundle: str) -> Spec:
     domainname = _opt_str(top, "domainname", "domainname")
     uts = linux.namespace("uts")
     for key, value in (("hostname", hostname), ("domainname", domainname)):
-        if value is not None and len(value.encode()) > 64:
-            raise SpecError(key, f"is {len(value.encode())} bytes long; the kernel takes at most 64")
+        try:
+            size = len(value.encode()) if value is not None else 0
+        except UnicodeEncodeError:
+            raise SpecError(key, "is not valid Unicode") from None
+        if size > 64:
+            raise SpecError(key, f"is {size} bytes long; the kernel takes at most 64")
         if value is not None and uts is None:
             raise SpecError(key, "setting it needs a uts namespace")
         if value is not None and uts.path and _same_file(uts.path, "/proc/self/ns/uts"):
@@ -231,8 +235,8 @@ def _process(doc: Any, path: str) -> Process:
         kind = _str(r, "type", f"{rp}.type", required=True)
         if not kind.startswith("RLIMIT_"):
             raise SpecError(f"{rp}.type", f"unknown rlimit {kind!r}")
-        soft = _rlimit_value(_uint(r, "soft", f"{rp}.soft", required=True))
-        hard = _rlimit_value(_uint(r, "hard", f"{rp}.hard", required=True))
+        soft = _rlimit_value(_uint(r, "soft", f"{rp}.soft", required=True), f"{rp}.soft")
+        hard = _rlimit_value(_uint(r, "hard", f"{rp}.hard", required=True), f"{rp}.hard")
         if soft > hard:
             raise SpecError(f"{rp}.soft", f"{soft} is above the hard limit {hard}")
         rlimits.append(Rlimit(kind, soft, hard))
@@ -449,9 +453,11 @@ def _bool(d: dict, key: str, path: str) -> bool:
     return v
 
 
-def _rlimit_value(v: int) -> int:
+def _rlimit_value(v: int, path: str) -> int:
     """A limit; anything from 2**63 up is unlimited (configs write RLIM_INFINITY as 2**64 - 1, which
     Python's resource module cannot take), kept as that single value."""
+    if v > RLIM_UNLIMITED:
+        raise SpecError(path, f"{v} does not fit in 64 bits")
     return RLIM_UNLIMITED if v >= 2**63 else v
 
 

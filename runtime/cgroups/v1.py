@@ -152,9 +152,8 @@ class CgroupV1(Cgroup):
         rules = res.device_rules(resources)
         if rules:
             d = self._require("devices", "linux.resources.devices")
-            with res.applying("devices"):
-                for rule in rules:
-                    files.write(f"{d}/devices.{'allow' if rule.allow else 'deny'}", rule.v1_line())
+            for rule in rules:  # (validated: a refusal is the host's, and create always sends rules)
+                files.write(f"{d}/devices.{'allow' if rule.allow else 'deny'}", rule.v1_line())
 
     def _memory(self, m: res.Memory) -> None:
         if m == res.Memory():

@@ -70,7 +70,8 @@ def test_kill_then_delete(cd, detached) -> None:
 def test_a_terminal_takes_the_client_window_size(cd, detached) -> None:
     """ctr sends the size of its own terminal with ResizePty once the exec started."""
     ctr = ["ctr", "--address", cd.address, "--namespace", cd.namespace, "task", "exec", "-t", "--exec-id", "size",
-           detached, "sh", "-c", "sleep 1; stty size"]
+           detached, "sh", "-c", "for i in $(seq 100); do [ \"$(stty size)\" = '45 123' ] && break; sleep 0.05; done; "
+                                 "stty size"]
     script = f"stty cols 123 rows 45; {shlex.join(ctr)}"
     result = subprocess.run(["script", "-qec", script, "/dev/null"], capture_output=True, env=cd.env,
                             timeout=60, stdin=subprocess.DEVNULL)

@@ -68,6 +68,9 @@ def _with(edit) -> dict:
     (lambda c: c["process"]["env"].append("A=b\0c"), "process.env[2]", "NUL byte"),
     (lambda c: c["process"].update(args=["sh", "-c", "echo a\0b"]), "process.args[2]", "NUL byte"),
     (lambda c: c.update(hostname="h" * 65), "hostname", "at most 64"),
+    (lambda c: c.update(hostname="\ud800"), "hostname", "not valid Unicode"),
+    (lambda c: c["process"].update(rlimits=[{"type": "RLIMIT_CORE", "soft": 1, "hard": 2**70}]),
+     "process.rlimits[0].hard", "64 bits"),
     (lambda c: c["process"]["user"].update(additionalGids=list(range(65537))), "process.user.additionalGids",
      "at most 65536"),
     # (uid_t)-1 means "unchanged" to setresuid: the process would stay root.
