@@ -1,17 +1,16 @@
 """The long-running shim daemon: process setup before trio, then the ttrpc server and its helpers.
 
-Order matters here. Everything that must be true for every child (SIGPIPE ignored, child
-subreaper) is set first; then the forker is forked while the process is still a plain
-single-threaded Python; only then does trio start. A daemon spawned by `start` (or by hand) knows its
+Order matters here. SIGPIPE, ignored in every child too, is set first; then the forker is forked
+while the process is still a plain single-threaded Python; then the daemon becomes a child
+subreaper (which children do not inherit); only then does trio start. A daemon spawned by `start` (or by hand) knows its
 container from the start. A zygote's spare does all of that ahead of need and then waits, inside
 trio, for its assignment (flags, environment, working directory and listener), so a container's
-`start` finds a daemon already serving; only then does it open its log and move the forker's there.
-The daemon ends on Shutdown with no tasks left, on SIGTERM/SIGINT, or when no Create arrived within
+`start` finds a daemon already serving; only then does it open its log, and its forker's workers
+take on the container's environment with each request. The daemon ends on Shutdown with no tasks left, on SIGTERM/SIGINT, or when no Create arrived within
 the grace period (containerd died between `start` and Create, reference §8.4), and removes its
 socket on the way out.
 """
 
-import ctypes
 import gc
 import logging
 import marshal
@@ -30,22 +29,15 @@ from . import log as shim_log
 from . import paths
 from .events import Publisher
 from .flags import Flags, parse
-from .forker import Forker, ForkerError, receive
+from .forker import Forker, receive
 from .reaper import Reaper
 from .service import TaskService
 
-PR_SET_CHILD_SUBREAPER = 36
 GRACE_ENV = "RAILCAR_SHIM_GRACE"
 DEFAULT_GRACE = 30.0
 EVENT_DRAIN_TIMEOUT = 5.0
 PROCESS_NAME = "railcar-shim"  # the comm name ps/top show, whether spawned cold or forked by the zygote
 SPARE_NAME = "railcar-spare"  # a zygote's spare until a `start` is passed to it
-
-
-def _set_child_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 def _listener(flags: Flags) -> socket.socket:
@@ -71,33 +63,17 @@ def _grace() -> float:
 
 @dataclass
 class Assignment:
-    """What a daemon serves: the container `start` was run for, its bundle, listener and logger.
-    `forker_log` is set when the forker was made before fd 2 was the log (a spare's)."""
+    """What a daemon serves: the container `start` was run for, its bundle, listener and logger."""
 
     flags: Flags
     bundle: str
     listener: socket.socket
     logger: logging.Logger
-    forker_log: bool = False
-
-
-async def _move_forker_log(forker: Forker, assignment: "Assignment") -> None:
-    """Point the forker's fd 2 at ours, and give it our environment, working directory and log
-    settings (it was forked before we had them). Run as a task started before the server, it takes
-    the forker's lock before any request can, without holding up the first accept."""
-    assign = {"env": dict(os.environ), "cwd": os.getcwd(), "namespace": assignment.flags.namespace,
-              "debug": assignment.flags.debug}
-    try:
-        await forker.call("stderr", {"assign": assign}, [2])
-    except ForkerError as e:
-        assignment.logger.warning("cannot move the forker's log: %s", e)
 
 
 async def _serve(assignment: Assignment, forker: Forker) -> None:
     flags, bundle, listener, logger = assignment.flags, assignment.bundle, assignment.listener, assignment.logger
     async with trio.open_nursery() as nursery:
-        if assignment.forker_log:
-            nursery.start_soon(_move_forker_log, forker, assignment)
         reaper = Reaper()
         await nursery.start(reaper.run)
         publisher = Publisher(os.environ.get("TTRPC_ADDRESS", ""), flags.namespace, logger)
@@ -149,16 +125,19 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
 
 
 def _prepare() -> Forker:
-    """What every child must inherit (a name, SIGPIPE ignored, child subreaper), then the forker,
-    forked while this is still a single-threaded plain Python."""
-    prctl.set_name(PROCESS_NAME)
+    """The forker, forked while this is still a single-threaded plain Python, then the daemon's own
+    set-up (its name; child subreaper, which a fork does not pass on). The forker comes first, with
+    SIGPIPE already ignored (inherited, as for every child): each page the daemon writes before the
+    fork and again afterwards leaves the forker the only holder of a copy, so the less the daemon
+    has done before, the less the forker costs."""
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    _set_child_subreaper()
     # Freeze before forking the forker, so that neither process's collector ever walks (and so
     # copies) the objects they share; a cold daemon's imports are frozen here too.
     gc.freeze()
     forker = Forker()
     forker.start(keep_fds=(0, 1, 2))
+    prctl.set_name(PROCESS_NAME)
+    prctl.set_child_subreaper(1)
     return forker
 
 
@@ -212,7 +191,8 @@ async def _serve_when_assigned(conn: socket.socket, forker: Forker, holds_fd3: b
     flags = parse(request["flags"])
     bundle = os.path.abspath(flags.bundle or os.getcwd())
     assignment = Assignment(flags, bundle, socket.socket(fileno=listener_fd),
-                            shim_log.setup(bundle, flags.namespace, flags.debug), forker_log=True)
+                            shim_log.setup(bundle, flags.namespace, flags.debug))
+    forker.adopt(dict(os.environ), os.getcwd(), flags.namespace, flags.debug)
     await _serve_then_close(assignment, forker)
 
 

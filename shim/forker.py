@@ -2,19 +2,23 @@
 
 Forking a process that runs a trio loop (threads, signal wakeup fds, epoll) is unsafe, and a forked
 child would inherit the daemon's sockets. So the daemon forks this helper first, while it is still a
-single-threaded plain process, and sends it requests over a SOCK_SEQPACKET socketpair: one JSON
-message per request or reply, with file descriptors attached (SCM_RIGHTS). The forker runs the
-runtime's forking calls (create, exec, start and delete, which run hooks) and the rootfs mounts.
+single-threaded plain process, and sends requests over a SOCK_SEQPACKET socketpair: one JSON
+message per request or reply, with file descriptors attached (SCM_RIGHTS). Each request is taken
+and served by a one-shot worker, a copy of the forker forked ahead of need (see `serve`), which
+runs the runtime's forking calls (create, exec, start and delete, which run hooks) and the rootfs
+mounts.
 The processes the runtime starts are orphaned to the daemon (a child subreaper), whose reaper owns
 every exit. (Logger binaries need no forker: posix_spawn runs no Python in the child.)
 """
 
 import json
 import logging
+import mmap
 import os
 import select
 import signal
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -163,23 +167,6 @@ def update(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     return None, []
 
 
-def stderr(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
-    """Take the given fd as fd 2: the daemon moved its log to another bundle's FIFO. A spare
-    daemon's forker, made before its container was known, also takes the daemon's environment,
-    working directory and log settings (`assign`)."""
-    os.dup2(fds[0], 2)
-    if args.get("assign"):
-        _take_assignment(args["assign"])
-    return None, []
-
-
-def _take_assignment(assign: dict[str, Any]) -> None:
-    os.environ.clear()
-    os.environ.update(assign["env"])
-    os.chdir(assign["cwd"])
-    shim_log.configure(assign["namespace"], assign["debug"])
-
-
 def unmount(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Unmount everything stacked on a rootfs."""
     from railcar.runtime.mounts import unmount_all
@@ -197,7 +184,6 @@ HANDLERS: dict[str, Handler] = {
     "pause": pause,
     "resume": resume,
     "update": update,
-    "stderr": stderr,
     "unmount": unmount,
 }
 
@@ -207,6 +193,8 @@ def _handle(data: bytes, fds: list[int], handlers: dict[str, Handler]) -> tuple[
     _, seq = _peek(data)
     try:
         request = json.loads(data)
+        if request.get("context"):
+            _adopt(request["context"])
         handler = handlers.get(request.get("op"))
         if handler is None:
             raise ForkerError("internal", f"unknown forker op {request.get('op')!r}")
@@ -246,159 +234,133 @@ def _peek(data: bytes) -> tuple[Any, Any]:
         return None, None
 
 
-class _Worker:
-    """A spare copy of the forker, forked ahead of need, that serves exactly one request and exits.
+def _adopt(context: dict[str, Any]) -> None:
+    """Take the daemon's environment, working directory and log settings: a spare daemon's forker
+    was forked before its container was known (see `Forker.adopt`). A working directory that is
+    gone keeps the inherited one, as a forker forked in it would."""
+    os.environ.clear()
+    os.environ.update(context["env"])
+    shim_log.configure(context["namespace"], context["debug"])
+    try:
+        os.chdir(context["cwd"])
+    except OSError as e:
+        logging.getLogger(__name__).warning("cannot take the daemon's working directory: %s", e)
 
-    Running the runtime's code writes to the pages it touches (reference counts, the interpreter's
-    inline caches, new objects in half-full pools), and each written page stops being shared with
-    the zygote. A worker's copies die with it, so the long-lived forker stays almost entirely
-    shared, however many containers it has made; the fork itself happens while nobody waits.
-    The forker's fd 2 (the log) comes with each request, as it may have moved since the fork. A
-    spare daemon's assignment (see `stderr`) is passed on to a worker forked before it.
-    """
 
-    def __init__(self, daemon: socket.socket, handlers: dict[str, Handler]) -> None:
-        self.conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.pid = os.fork()
-        if self.pid == 0:
-            code = 1
-            try:
-                self.conn.close()
-                prctl.set_name(WORKER_NAME)
-                code = self._serve_one(theirs, daemon, handlers)
-            finally:
-                os._exit(code)
-        theirs.close()
+_RETIRED = 3  # a worker's exit status: it waited `idle` seconds and no request came
+_CLOSED = 4  # a worker's exit status: the daemon closed its end
+_TAKEN = struct.Struct("q")  # the sequence number of the request a worker took (0: none yet)
 
-    @staticmethod
-    def _serve_one(conn: socket.socket, daemon: socket.socket, handlers: dict[str, Handler]) -> int:
-        while True:
-            data, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, _MAX_FDS + 1)
-            if data and not fds:  # an assignment (a request always brings fd 2)
-                _take_assignment(json.loads(data)["assign"])
-                continue
-            break
-        conn.close()
-        if not data:
-            return 0  # retired unused
+
+def _work(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.mmap, idle: float | None) -> int:
+    """A forked worker's life: wait for one request on the forker's socket (at most `idle` seconds,
+    if given), note its number in `taken`, serve it with the daemon's fd 2 (the message's first
+    fd) and answer the daemon directly. Returns the exit status."""
+    prctl.set_name(WORKER_NAME)
+    if idle is not None and not select.select([sock], [], [], idle)[0]:
+        return _RETIRED
+    try:
+        data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
+    except OSError:
+        return _CLOSED
+    if not data:
+        _close_all(fds)
+        return _CLOSED
+    if fds:  # the daemon's fd 2 comes first
         os.dup2(fds[0], 2)
         os.close(fds[0])
-        reply, out_fds = _handle(data, fds[1:], handlers)
-        return 0 if _send(daemon, reply, out_fds) else 1
+    _, seq = _peek(data)
+    if isinstance(seq, int):
+        _TAKEN.pack_into(taken, 0, seq)
+    reply, out_fds = _handle(data, fds[1:], handlers)
+    return 0 if _send(sock, reply, out_fds) else 1
 
-    @classmethod
-    def fork(cls, daemon: socket.socket, handlers: dict[str, Handler]) -> "_Worker | None":
-        """A new worker, or None if the fork failed (memory or process limits): the request that
-        needed it is answered with an error, and the forker goes on."""
-        try:
-            return cls(daemon, handlers)
-        except OSError as e:
-            logging.getLogger(__name__).warning("cannot fork a forker worker: %s", e)
-            return None
 
-    def assign(self, assign: dict[str, Any]) -> bool:
-        """Pass on an assignment that came after the fork. The worker takes it at once, while the
-        request it is for (the Create) is still on its way, where forking a new worker would hold
-        that request up. False if it could not be sent (the worker must not serve then)."""
+def _fork_worker(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.mmap, idle: float | None) -> int | None:
+    """Fork a worker (see `_work`); its pid, or None if the fork failed (memory or process limits)."""
+    _TAKEN.pack_into(taken, 0, 0)
+    try:
+        pid = os.fork()
+    except OSError as e:
+        logging.getLogger(__name__).warning("cannot fork a forker worker: %s", e)
+        return None
+    if pid == 0:
+        code = 1
         try:
-            self.conn.send(json.dumps({"assign": assign}).encode())
-            return True
-        except OSError:
-            return False
-
-    def hand_over(self, data: bytes, fds: list[int]) -> bool:
-        """Give the worker its request and our fd 2 (the caller still owns `fds`); False if it is
-        gone (then it never saw the request)."""
-        try:
-            socket.send_fds(self.conn, [data], [2, *fds])
-            return True
-        except OSError:
-            return False
+            code = _work(sock, handlers, taken, idle)
         finally:
-            self.conn.close()
+            os._exit(code)
+    return pid
 
-    def wait(self) -> int:
-        """Reap the worker; its exit code (or minus the signal that killed it)."""
-        self.conn.close()
-        _, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status)
+
+def _closed(sock: socket.socket) -> bool:
+    """Block until a request (or the daemon's EOF) is waiting, without taking it; True on EOF."""
+    select.select([sock], [], [])
+    try:
+        return not sock.recv(1, socket.MSG_PEEK)
+    except OSError:
+        return True
+
+
+def _answer_for(sock: socket.socket, seq: Any, how: str) -> bool:
+    """Answer request `seq` with the failure of the worker that could not; False if the daemon is gone."""
+    return _send(sock, _error_reply(seq, ForkerError("internal", f"the forker's worker {how}")), [])
+
+
+def _fail_waiting_request(sock: socket.socket) -> bool:
+    """Take the waiting request and answer that no worker could be forked for it; False if the
+    daemon is gone."""
+    try:
+        data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
+    except OSError:
+        return False
+    _close_all(fds)
+    return bool(data) and _answer_for(sock, _peek(data)[1], "could not be forked")
 
 
 def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float = SPARE_IDLE) -> None:
-    """The forker's loop: one request at a time until the daemon closes its end.
+    """The forker's loop, until the daemon closes its end: keep one worker forked, and wait for it.
 
-    Each request goes to a worker, which answers the daemon itself. One spare is forked when the
-    forker starts and a new one once a worker is done (not while it works, when the CPU is better
+    The forker never reads a request. A worker, forked ahead of need, takes the next request from
+    the socket the forker shares with it, serves it and answers the daemon itself. Running Python
+    writes to the pages it touches (reference counts, new objects in half-full pools), and each page
+    written stops being shared with the zygote: a worker's copies die with it, and the forker, which
+    runs nothing but fork and waitpid, stays almost entirely shared however many containers it made.
+    The next worker is forked once the last is done (not while it works, when the CPU is better
     spent on the request), so the requests that come in bursts (create then start, a run of execs)
-    find one ready. After `spare_idle` seconds without a request the spare is retired, and a
-    long-lived container costs no third process (its next request pays for one fork, about 2 ms,
-    made before the request's fds are taken in, so the worker holds no second copy of them).
-    The forker itself only moves bytes, except for `stderr`, which changes its own fd 2 (and
-    passes an assignment on to the spare). When a worker dies without answering, the forker
-    answers for it; replies carry the request's sequence number, so the daemon can tell a late one.
+    find one ready. A worker that waited `spare_idle` seconds for a request retires, and a
+    long-lived container costs no third process; its next request pays for one fork, about 2 ms.
+    The first worker waits however long it takes. A worker that dies after it took a request
+    (it wrote the request's number to a shared page) is answered for; one that cannot be forked
+    fails the request it was needed for, and the forker goes on.
     """
-    spare = _Worker.fork(sock, handlers)
-    served = False  # a spare waits for the first request however long it takes
-    try:
-        while True:
-            if served and spare is not None and not select.select([sock], [], [], spare_idle)[0]:
-                spare.wait()
-                spare = None
-            if spare is None:
-                select.select([sock], [], [])
-                spare = _Worker.fork(sock, handlers)
-            try:
-                data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
-            except OSError:
+    taken = mmap.mmap(-1, _TAKEN.size)
+    idle: float | None = None
+    while True:
+        pid = _fork_worker(sock, handlers, taken, idle)
+        if pid is None:
+            if _closed(sock):
                 return
-            if not data:
-                _close_all(fds)
-                return
-            op, seq = _peek(data)
-            if op == "stderr":
-                reply, out_fds = _handle(data, fds, handlers)
-                assign = (json.loads(data).get("args") or {}).get("assign")
-                if spare is not None and assign and ("error" in reply or not spare.assign(assign)):
-                    spare.wait()  # it has the zygote's environment and cwd: the next request forks anew
-                    spare = None
-                if not _send(sock, reply, out_fds):
+            pid = _fork_worker(sock, handlers, taken, None)  # tried again once a request needs it
+            if pid is None:
+                if not _fail_waiting_request(sock):
                     return
                 continue
-            served = True
-            try:
-                code = _run_in_worker(spare, sock, handlers, data, fds)
-            finally:
-                _close_all(fds)
-            spare = _Worker.fork(sock, handlers)
-            if code != 0:
-                if code is None:
-                    how = "could not be forked"
-                elif code < 0:
-                    how = f"was killed by signal {-code}"
-                else:
-                    how = f"exited with status {code}"
-                if not _send(sock, _error_reply(seq, ForkerError("internal", f"the forker's worker {how}")), []):
-                    return
-    finally:
-        if spare is not None:
-            spare.wait()
-
-
-def _run_in_worker(spare: _Worker | None, sock: socket.socket, handlers: dict[str, Handler], data: bytes,
-                   fds: list[int]) -> int | None:
-    """Hand one request to `spare` (or, if that one died idle, to a new worker) and wait for it to
-    finish; its exit status (0: it answered), or None if no worker could be forked."""
-    code = 1
-    for _ in range(2):
-        worker = spare or _Worker.fork(sock, handlers)
-        spare = None
-        if worker is None:
-            return None
-        handed = worker.hand_over(data, fds)
-        code = worker.wait()
-        if handed:
-            return code
-    return code or 1  # never handed over, so never answered
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        (seq,) = _TAKEN.unpack_from(taken, 0)
+        if code == _CLOSED:
+            return
+        if code == _RETIRED:
+            if _closed(sock):
+                return
+            idle = None  # for the request that is waiting
+            continue
+        if code != 0 and seq:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            if not _answer_for(sock, seq, how):
+                return
+        idle = spare_idle
 
 
 async def receive(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
@@ -424,7 +386,14 @@ class Forker:
         self._sock: socket.socket | None = None
         self._lock = trio.Lock()
         self._seq = 0
+        self._context: dict[str, Any] | None = None
         self.pid = 0
+
+    def adopt(self, env: dict[str, str], cwd: str, namespace: str, debug: bool) -> None:
+        """A spare daemon's forker was forked before its container was known: from now on every
+        request carries what a spawned daemon's forker would have inherited (environment, working
+        directory, log settings), and the worker serving it takes that on first."""
+        self._context = {"env": env, "cwd": cwd, "namespace": namespace, "debug": debug}
 
     def start(self, keep_fds: tuple[int, ...] = (0, 1, 2)) -> int:
         """Fork the forker; must run before any thread or event loop exists. Returns its pid.
@@ -469,7 +438,7 @@ class Forker:
         try:
             while True:
                 try:
-                    socket.send_fds(sock, [message], fds)
+                    socket.send_fds(sock, [message], [2, *fds])  # a worker logs where we log
                     break
                 except BlockingIOError:
                     await trio.lowlevel.wait_writable(sock)
@@ -492,7 +461,7 @@ class Forker:
         """
         self._seq += 1
         seq = self._seq
-        message = json.dumps({"op": op, "seq": seq, "args": args}).encode()
+        message = json.dumps({"op": op, "seq": seq, "args": args, "context": self._context}).encode()
         async with self._lock:
             with trio.CancelScope(shield=True):
                 reply, out_fds = await self._roundtrip(message, seq, list(fds))

@@ -375,24 +375,20 @@ class TaskService:
                     self._log.warning("cannot record the delete answer of %s: %s", task.id, e)
             del self.tasks[task.id]
             if task.bundle == self._log_bundle:
-                await self._move_log()
+                self._move_log()
             self._events.publish(ev.TaskDelete(container_id=task.id, pid=process.pid,
                                                exit_status=process.exit_status,
                                                exited_at=_timestamp(process.exited_at_ns)))
             return response
 
-    async def _move_log(self) -> None:
+    def _move_log(self) -> None:
         """Our fd 2 is the log FIFO of a bundle containerd is about to remove, and a FIFO without a
-        reader fails every write with EPIPE. A grouped daemon moves its log (and its forker's) to the
-        FIFO of a task it still serves."""
+        reader fails every write with EPIPE. A grouped daemon moves its log to the FIFO of a task it
+        still serves (the forker's workers log to our fd 2, which each request carries)."""
         for other in self.tasks.values():
             fd = shim_log.open_fifo(other.bundle)
             if fd is None:
                 continue
-            try:
-                await self._call("stderr", {}, [fd])
-            except TtrpcError as e:
-                self._log.warning("cannot move the forker's log: %s", e)
             shim_log.redirect_stderr(fd)
             self._log_bundle = other.bundle
             return

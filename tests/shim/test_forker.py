@@ -13,7 +13,6 @@ import trio
 
 from tests.polling import eventually
 
-from railcar.shim import forker as forker_module
 from railcar.shim.forker import Forker, ForkerError
 
 
@@ -51,18 +50,13 @@ def _die(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return None, []
 
 
-def _stderr(args: dict, fds: list[int]) -> tuple[object, list[int]]:
-    os.dup2(fds[0], 2)
-    return None, []
-
-
 def _say(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     os.write(2, args["text"].encode())
     return None, []
 
 
 HANDLERS = {"write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash, "touch": _touch, "die": _die,
-            "stderr": _stderr, "say": _say}
+            "say": _say}
 
 
 @pytest.fixture
@@ -129,14 +123,34 @@ async def test_a_worker_killed_mid_request_is_reported_and_the_forker_goes_on(fo
     assert result["got"] == 1
 
 
-async def test_stderr_moves_the_log_of_every_later_worker(forker: Forker) -> None:
-    read_end, write_end = os.pipe()
-    await forker.call("stderr", {}, [write_end])
-    os.close(write_end)
-    await forker.call("say", {"text": "one;"})
-    await forker.call("say", {"text": "two"})
-    assert os.read(read_end, 100) == b"one;two"
-    os.close(read_end)
+async def test_every_worker_logs_where_the_daemon_does_now(forker: Forker) -> None:
+    """Each request carries the daemon's fd 2, so a worker forked before the daemon moved its log
+    (a spare daemon's, a grouped daemon whose log bundle went away) still logs to the new place."""
+    saved = os.dup(2)
+    first_read, first_write = os.pipe()
+    second_read, second_write = os.pipe()
+    try:
+        os.dup2(first_write, 2)
+        await forker.call("say", {"text": "one;"})
+        os.dup2(second_write, 2)
+        await forker.call("say", {"text": "two"})
+    finally:
+        os.dup2(saved, 2)
+        for fd in (saved, first_write, second_write):
+            os.close(fd)
+    assert os.read(first_read, 100) == b"one;"
+    assert os.read(second_read, 100) == b"two"
+    os.close(first_read)
+    os.close(second_read)
+
+
+async def test_a_spare_killed_before_it_took_a_request_fails_nothing(forker: Forker) -> None:
+    assert eventually(lambda: len(_workers_of(forker.pid)) == 1)
+    [ready] = _workers_of(forker.pid)
+    os.kill(ready, signal.SIGKILL)
+    assert eventually(lambda: ready not in _workers_of(forker.pid))
+    served, _ = await forker.call("touch", {})
+    assert served["pid"] not in (ready, forker.pid)
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -171,6 +185,8 @@ async def test_a_late_reply_is_told_apart_by_its_sequence_number() -> None:
         async def play_forker() -> None:
             for _ in range(2):
                 data, fds, _, _ = await trio.to_thread.run_sync(socket.recv_fds, theirs, 1 << 16, 4)
+                for fd in fds:
+                    os.close(fd)
                 request = json.loads(data)
                 stale_keep, stale_end = os.pipe()  # we keep the read end, the reply carries the write end
                 stale = {"seq": request["seq"] - 1, "error": {"kind": "internal", "message": "late", "path": ""}}
@@ -225,9 +241,9 @@ def _where(args: dict, fds: list[int]) -> tuple[object, list[int]]:
 
 
 @pytest.fixture
-def assignable():
-    """A forker with the real `stderr` handler, and the spare worker it forked before any assignment."""
-    f = Forker({"stderr": forker_module.stderr, "where": _where}, spare_idle=5)
+def spare_first():
+    """A forker, and the spare worker it forked before the daemon knew its container."""
+    f = Forker({"where": _where}, spare_idle=5)
     pid = f.start()
     assert eventually(lambda: len(_workers_of(pid)) == 1)
     [ready] = _workers_of(pid)
@@ -237,34 +253,22 @@ def assignable():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-async def _assign(forker: Forker, cwd: Path) -> None:
-    read_end, write_end = os.pipe()
-    try:
-        assign = {"env": {"RAILCAR_TEST_ASSIGNED": "yes"}, "cwd": str(cwd), "namespace": "t", "debug": False}
-        await forker.call("stderr", {"assign": assign}, [write_end])
-    finally:
-        os.close(write_end)
-        os.close(read_end)
-
-
-async def test_a_spare_worker_forked_before_the_assignment_serves_with_it(assignable, tmp_path: Path) -> None:
-    """A spare daemon's forker takes its container's environment and working directory (`stderr`
-    with `assign`); the worker it had forked before that gets them passed on, instead of being
-    replaced by a new fork just when the Create comes in."""
-    forker, ready = assignable
-    await _assign(forker, tmp_path)
+async def test_a_worker_forked_before_the_daemon_adopted_its_container_serves_with_it(spare_first, tmp_path: Path) -> None:
+    """A spare daemon's forker was forked with the zygote's environment and working directory; once
+    the daemon has its container's, every worker takes them on, the spare forked before included."""
+    forker, ready = spare_first
+    forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path), "t", False)
     first, _ = await forker.call("where", {})
     assert first == {"pid": ready, "cwd": str(tmp_path), "env": "yes"}
-    second, _ = await forker.call("where", {})  # a worker forked after it: the forker's own state
-    assert second["pid"] != ready and second["cwd"] == str(tmp_path) and second["env"] == "yes"
+    second, _ = await forker.call("where", {})
+    assert second["pid"] not in (ready, forker.pid)
+    assert (second["cwd"], second["env"]) == (str(tmp_path), "yes")
+    assert os.environ.get("RAILCAR_TEST_ASSIGNED") is None and os.getcwd() != str(tmp_path)  # nor here
 
 
-async def test_an_assignment_the_forker_refuses_is_not_passed_on(assignable, tmp_path: Path) -> None:
-    """A spare worker that would fail the same assignment must not take the next request down
-    with it: it is retired, and the request goes to a worker forked afterwards."""
-    forker, ready = assignable
-    with pytest.raises(ForkerError):
-        await _assign(forker, tmp_path / "gone")
-    assert ready not in _workers_of(forker.pid)  # retired (and reaped) before the forker answered
+async def test_a_working_directory_that_is_gone_leaves_the_inherited_one(spare_first, tmp_path: Path) -> None:
+    """As a forker forked in a directory removed since would: the request is still served."""
+    forker, _ = spare_first
+    forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path / "gone"), "t", False)
     served, _ = await forker.call("where", {})
-    assert served["pid"] != ready
+    assert (served["cwd"], served["env"]) == (os.getcwd(), "yes")
