@@ -62,6 +62,16 @@ def _check(result: int, what: str, *names: str) -> int:
     return result
 
 
+def bare_fork() -> int:
+    """fork(2) without the interpreter's after-fork work (re-initialising threading's and logging's
+    locks, reseeding `random`), for a parent that has, by construction, one thread and holds no
+    lock: the zygote, a daemon before trio starts, the forker. That work writes to about 150 pages
+    a child would otherwise share with its parent: 0.6 MiB of private memory per long-lived child
+    (measured: 380 against 990 KiB for a child that only sleeps). The children must not rely on
+    `random` differing from their parent's (railcar does not use it)."""
+    return _check(_libc.fork(), "fork")
+
+
 def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
 

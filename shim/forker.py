@@ -29,6 +29,7 @@ import trio
 # mounts, cgroups) on first use, in the forker, or earlier when a zygote warmed it up.
 from railcar import runtime
 from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
+from railcar.runtime.syscalls import bare_fork
 
 from . import log as shim_log
 
@@ -280,7 +281,7 @@ def _fork_worker(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.
     """Fork a worker (see `_work`); its pid, or None if the fork failed (memory or process limits)."""
     _TAKEN.pack_into(taken, 0, 0)
     try:
-        pid = os.fork()
+        pid = bare_fork()
     except OSError as e:
         logging.getLogger(__name__).warning("cannot fork a forker worker: %s", e)
         return None
@@ -402,7 +403,7 @@ class Forker:
         listening socket or connections.
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
+        pid = bare_fork()
         if pid == 0:
             code = 0
             try:

@@ -99,8 +99,10 @@ class _Spare:
     """The zygote's end of a spare daemon (see `daemon.run_spare`)."""
 
     def __init__(self) -> None:
+        from railcar.runtime.syscalls import bare_fork  # (loaded by `_load`; at the top, also before the re-exec)
+
         self.conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.pid = os.fork()
+        self.pid = bare_fork()
         if self.pid == 0:
             code = 1
             try:
