@@ -5,8 +5,8 @@ Short-lived commands (light imports only): `__main__` (dispatch), `flags` (Go-st
 `-info`), `wire` (hand-encoded protobuf answers), `paths` (sockets and state roots).
 
 The daemon: `zygote` (warm per-node process that keeps a spare daemon ready and passes each
-`start` to it), `daemon` (process set-up, trio main), `forker` (relays each of the runtime's
-forking calls to a one-shot worker), `reaper` (the one waitpid loop),
+`start` to it), `daemon` (process set-up, trio main), `forker` (forks the one-shot workers that
+serve the runtime's forking calls), `reaper` (the one waitpid loop),
 `process` (lifecycle table), `service` (the 17 task methods), `events` (ordered publisher),
 `spawner` (binary:// loggers through the reaper), `log` (logrus lines on the bundle's log FIFO).
 

@@ -1,8 +1,8 @@
 """The long-running shim daemon: process setup before trio, then the ttrpc server and its helpers.
 
-Order matters here. SIGPIPE, ignored in every child too, is set first; then the forker is forked
-while the process is still a plain single-threaded Python; then the daemon becomes a child
-subreaper (which children do not inherit); only then does trio start. A daemon spawned by `start` (or by hand) knows its
+Order matters here. The forker is forked while the process is still a plain single-threaded
+Python, with SIGPIPE ignored (as in every child); then the daemon becomes a child subreaper (which
+children do not inherit); only then does trio start. A daemon spawned by `start` (or by hand) knows its
 container from the start. A zygote's spare does all of that ahead of need and then waits, inside
 trio, for its assignment (flags, environment, working directory and listener), so a container's
 `start` finds a daemon already serving; only then does it open its log, and its forker's workers
@@ -126,10 +126,9 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
 
 def _prepare() -> Forker:
     """The forker, forked while this is still a single-threaded plain Python, then the daemon's own
-    set-up (its name; child subreaper, which a fork does not pass on). The forker comes first, with
-    SIGPIPE already ignored (inherited, as for every child): each page the daemon writes before the
-    fork and again afterwards leaves the forker the only holder of a copy, so the less the daemon
-    has done before, the less the forker costs."""
+    set-up (its name; child subreaper, which a fork does not pass on). The forker comes as early as
+    it can, with SIGPIPE already ignored (inherited, as for every child): each page the daemon
+    writes before the fork and again afterwards leaves the forker the only holder of a copy."""
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # Freeze before forking the forker, so that neither process's collector ever walks (and so
     # copies) the objects they share; a cold daemon's imports are frozen here too.

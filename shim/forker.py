@@ -19,6 +19,7 @@ import select
 import signal
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -189,14 +190,15 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def _handle(data: bytes, fds: list[int], handlers: dict[str, Handler]) -> tuple[dict[str, Any], list[int]]:
-    """Run one request; the reply (a result or a typed error) and the fds to send with it."""
-    _, seq = _peek(data)
+def _handle(seq: int, body: bytes, fds: list[int], handlers: dict[str, Handler]) -> tuple[dict[str, Any], list[int]]:
+    """Run request `seq` (its JSON `body`); the reply (a result or a typed error) and the fds to send
+    with it."""
     try:
-        request = json.loads(data)
+        request = json.loads(body)
         if request.get("context"):
             _adopt(request["context"])
         handler = handlers.get(request.get("op"))
+        logging.getLogger(__name__).debug("forker request %d: %s", seq, request.get("op"))
         if handler is None:
             raise ForkerError("internal", f"unknown forker op {request.get('op')!r}")
         result, out_fds = handler(request.get("args") or {}, fds)
@@ -206,13 +208,13 @@ def _handle(data: bytes, fds: list[int], handlers: dict[str, Handler]) -> tuple[
     except Exception as e:  # a request must always be answered: report it instead
         err = _runtime_error(e)
         if err.kind == "internal":  # not a runtime verdict but a bug somewhere: keep the traceback
-            logging.getLogger(__name__).exception("forker request %r failed", data[:200])
+            logging.getLogger(__name__).exception("forker request %r failed", body[:200])
         return _error_reply(seq, err), []
     finally:
         _close_all(fds)
 
 
-def _error_reply(seq: Any, e: ForkerError) -> dict[str, Any]:
+def _error_reply(seq: int, e: ForkerError) -> dict[str, Any]:
     return {"seq": seq, "error": {"kind": e.kind, "message": e.message, "path": e.path}}
 
 
@@ -226,65 +228,55 @@ def _send(sock: socket.socket, reply: dict[str, Any], fds: list[int]) -> bool:
         _close_all(fds)
 
 
-def _peek(data: bytes) -> tuple[Any, Any]:
-    """A request's op and sequence number (None, None if it does not parse: the worker reports it)."""
-    try:
-        request = json.loads(data)
-        return request.get("op"), request.get("seq")
-    except (ValueError, AttributeError):
-        return None, None
-
-
 def _adopt(context: dict[str, Any]) -> None:
     """Take the daemon's environment, working directory and log settings: a spare daemon's forker
-    was forked before its container was known (see `Forker.adopt`). A working directory that is
-    gone keeps the inherited one, as a forker forked in it would."""
+    was forked before its container was known (see `Forker.adopt`). If that directory is gone (the
+    bundle of a grouped daemon's first container), the worker works in /."""
     os.environ.clear()
     os.environ.update(context["env"])
     shim_log.configure(context["namespace"], context["debug"])
     try:
         os.chdir(context["cwd"])
-    except OSError as e:
-        logging.getLogger(__name__).warning("cannot take the daemon's working directory: %s", e)
+    except OSError:
+        os.chdir("/")
 
 
+# A request is its sequence number (8 bytes, so that a worker can note it without taking the
+# request off the socket) and then JSON; a reply is JSON with the number in it.
+_SEQ = struct.Struct("<q")
 _RETIRED = 3  # a worker's exit status: it waited `idle` seconds and no request came
 _CLOSED = 4  # a worker's exit status: the daemon closed its end
-_TAKEN = struct.Struct("q")  # the sequence number of the request a worker took (0: none yet)
 
 
 def _work(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.mmap, idle: float | None) -> int:
     """A forked worker's life: wait for one request on the forker's socket (at most `idle` seconds,
-    if given), note its number in `taken`, serve it with the daemon's fd 2 (the message's first
-    fd) and answer the daemon directly. Returns the exit status."""
+    if given), note its number in `taken` before taking it, serve it with the daemon's fd 2 (the
+    message's first fd) and answer the daemon directly. Returns the exit status."""
     prctl.set_name(WORKER_NAME)
     if idle is not None and not select.select([sock], [], [], idle)[0]:
         return _RETIRED
-    try:
-        data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
-    except OSError:
+    head = sock.recv(_SEQ.size, socket.MSG_PEEK)  # (an error: exit 1, nothing taken)
+    if not head:
         return _CLOSED
-    if not data:
-        _close_all(fds)
-        return _CLOSED
+    (seq,) = _SEQ.unpack(head)
+    _SEQ.pack_into(taken, 0, seq)
+    data, fds, flags, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
     if fds:  # the daemon's fd 2 comes first
         os.dup2(fds[0], 2)
         os.close(fds[0])
-    _, seq = _peek(data)
-    if isinstance(seq, int):
-        _TAKEN.pack_into(taken, 0, seq)
-    reply, out_fds = _handle(data, fds[1:], handlers)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        _close_all(fds[1:])
+        reply, out_fds = _error_reply(seq, ForkerError("internal", "a forker request over the size or fd limit")), []
+    else:
+        reply, out_fds = _handle(seq, data[_SEQ.size:], fds[1:], handlers)
     return 0 if _send(sock, reply, out_fds) else 1
 
 
-def _fork_worker(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.mmap, idle: float | None) -> int | None:
-    """Fork a worker (see `_work`); its pid, or None if the fork failed (memory or process limits)."""
-    _TAKEN.pack_into(taken, 0, 0)
-    try:
-        pid = bare_fork()
-    except OSError as e:
-        logging.getLogger(__name__).warning("cannot fork a forker worker: %s", e)
-        return None
+def _fork_worker(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.mmap, idle: float | None) -> int:
+    """Fork a worker (see `_work`); its pid. Raises OSError if the fork failed (memory or process
+    limits)."""
+    _SEQ.pack_into(taken, 0, 0)
+    pid = bare_fork()
     if pid == 0:
         code = 1
         try:
@@ -303,12 +295,20 @@ def _closed(sock: socket.socket) -> bool:
         return True
 
 
-def _answer_for(sock: socket.socket, seq: Any, how: str) -> bool:
+def _queued(sock: socket.socket, seq: int) -> bool:
+    """Whether request `seq` still waits on the socket (its worker died before it took it)."""
+    try:
+        return sock.recv(_SEQ.size, socket.MSG_PEEK | socket.MSG_DONTWAIT) == _SEQ.pack(seq)
+    except OSError:
+        return False
+
+
+def _answer_for(sock: socket.socket, seq: int, how: str) -> bool:
     """Answer request `seq` with the failure of the worker that could not; False if the daemon is gone."""
     return _send(sock, _error_reply(seq, ForkerError("internal", f"the forker's worker {how}")), [])
 
 
-def _fail_waiting_request(sock: socket.socket) -> bool:
+def _fail_waiting_request(sock: socket.socket, error: OSError) -> bool:
     """Take the waiting request and answer that no worker could be forked for it; False if the
     daemon is gone."""
     try:
@@ -316,7 +316,7 @@ def _fail_waiting_request(sock: socket.socket) -> bool:
     except OSError:
         return False
     _close_all(fds)
-    return bool(data) and _answer_for(sock, _peek(data)[1], "could not be forked")
+    return len(data) >= _SEQ.size and _answer_for(sock, _SEQ.unpack_from(data)[0], f"could not be forked: {error}")
 
 
 def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float = SPARE_IDLE) -> None:
@@ -331,37 +331,46 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float =
     spent on the request), so the requests that come in bursts (create then start, a run of execs)
     find one ready. A worker that waited `spare_idle` seconds for a request retires, and a
     long-lived container costs no third process; its next request pays for one fork, about 2 ms.
-    The first worker waits however long it takes. A worker that dies after it took a request
-    (it wrote the request's number to a shared page) is answered for; one that cannot be forked
-    fails the request it was needed for, and the forker goes on.
+    The first worker waits however long it takes.
+
+    A worker writes the number of the request it is about to take to a page it shares with the
+    forker. If it dies without answering, the forker answers for it, unless the request is still on
+    the socket (the worker died before taking it): then the next worker serves it. The daemon
+    sends one request at a time, so the request at the head of the socket can only be that one. A
+    worker that cannot be forked fails the request it was needed for, and the forker goes on.
     """
-    taken = mmap.mmap(-1, _TAKEN.size)
+    taken = mmap.mmap(-1, _SEQ.size)
     idle: float | None = None
     while True:
-        pid = _fork_worker(sock, handlers, taken, idle)
-        if pid is None:
+        try:
+            pid = _fork_worker(sock, handlers, taken, idle)
+        except OSError:
             if _closed(sock):
                 return
-            pid = _fork_worker(sock, handlers, taken, None)  # tried again once a request needs it
-            if pid is None:
-                if not _fail_waiting_request(sock):
+            try:
+                pid = _fork_worker(sock, handlers, taken, None)  # tried again once a request needs it
+            except OSError as e:
+                if not _fail_waiting_request(sock, e):
                     return
                 continue
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        (seq,) = _TAKEN.unpack_from(taken, 0)
-        if code == _CLOSED:
+        (seq,) = _SEQ.unpack_from(taken, 0)
+        if code == 0:
+            idle = spare_idle
+        elif seq:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            if not _queued(sock, seq) and not _answer_for(sock, seq, how):
+                return
+            idle = spare_idle
+        elif code == _CLOSED:
             return
-        if code == _RETIRED:
+        elif code == _RETIRED:
             if _closed(sock):
                 return
             idle = None  # for the request that is waiting
-            continue
-        if code != 0 and seq:
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            if not _answer_for(sock, seq, how):
-                return
-        idle = spare_idle
+        else:  # it died before a request came (killed, or it could not read): fork another
+            time.sleep(0.1)  # not at full speed if that keeps happening
 
 
 async def receive(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
@@ -460,9 +469,11 @@ class Forker:
         Requests are serialised, and a call is never abandoned half-way (the reply must be read to keep
         the stream in step), so cancellation takes effect only after the reply arrived.
         """
+        if len(fds) > _MAX_FDS:
+            raise ForkerError("internal", f"a forker request carries at most {_MAX_FDS} fds")
         self._seq += 1
         seq = self._seq
-        message = json.dumps({"op": op, "seq": seq, "args": args, "context": self._context}).encode()
+        message = _SEQ.pack(seq) + json.dumps({"op": op, "args": args, "context": self._context}).encode()
         async with self._lock:
             with trio.CancelScope(shield=True):
                 reply, out_fds = await self._roundtrip(message, seq, list(fds))
@@ -473,7 +484,7 @@ class Forker:
         return reply["result"], out_fds
 
     def close(self) -> None:
-        """Close our end; the forker sees EOF and exits (the reaper collects it)."""
+        """Close our end: the forker's worker sees EOF, and the forker exits after it."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -78,7 +78,7 @@ def setup(bundle: str, namespace: str, debug: bool) -> logging.Logger:
 
 
 def configure(namespace: str, debug: bool) -> None:
-    """logrus lines on fd 2 for every logger of this process (also a forker's, once assigned)."""
+    """logrus lines on fd 2 for every logger of this process (also a forker's worker, with the daemon's settings)."""
     handler = FdHandler(2)
     handler.setFormatter(LogrusFormatter({"namespace": namespace, "pid": str(os.getpid()), "runtime": RUNTIME}))
     root = logging.getLogger()  # the libraries' loggers (ttrpc server, io) land in the same stream

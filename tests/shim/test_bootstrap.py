@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from google.protobuf import empty_pb2
 
 from railcar.shim import paths
+from railcar.ttrpc_proto import TtrpcError
 from railcar.ttrpc_proto.api import task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
 
@@ -211,7 +213,7 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
         serving = _zygote()  # ours, or one an earlier test session left running
         os.mkfifo(bundle / "log")
         log_reader = os.open(bundle / "log", os.O_RDONLY | os.O_NONBLOCK)  # containerd's end
-        result = run_shim(["-namespace", "default", "-address", address, "-id", "z1", "start"], bundle,
+        result = run_shim(["-namespace", "default", "-address", address, "-id", "z1", "-debug", "start"], bundle,
                           env={"RAILCAR_ZYGOTE": "1"})
         assert result.returncode == 0 and result.stderr == b""
         shim_address = result.stdout.decode()
@@ -230,6 +232,14 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
         assert fds[2] == str(bundle / "log")
         assert os.readlink(f"/proc/{pid}/cwd") == str(bundle)
         assert _fd_targets(forker)[2] == "/dev/null"
+        async with connect_unix(shim_address) as client:  # a request a worker serves (and refuses)
+            with pytest.raises(TtrpcError, match="config.json root: is required"):
+                await client.call("containerd.task.v2.Task", "Create",
+                                  pb.CreateTaskRequest(id="z1", bundle=str(bundle)), pb.CreateTaskResponse, timeout=5)
+        logged = os.read(log_reader, 65536).decode().splitlines()
+        [worker_line] = [line for line in logged if 'msg="forker request 1: create"' in line]
+        assert "level=debug" in worker_line and "namespace=default" in worker_line
+        assert f"pid={pid} " not in worker_line  # the worker's own line, with the daemon's settings
         os.close(log_reader)
         # The zygote sealed itself once; its daemons and their forkers share that interpreter.
         assert runs_sealed(serving) and runs_sealed(pid) and runs_sealed(children_named(pid, "railcar-forker")[0])

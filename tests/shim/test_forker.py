@@ -13,6 +13,7 @@ import trio
 
 from tests.polling import eventually
 
+from railcar.shim import forker as forker_module
 from railcar.shim.forker import Forker, ForkerError
 
 
@@ -50,13 +51,17 @@ def _die(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return None, []
 
 
+def _exit3(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    os._exit(3)  # the status of a worker that retired idle: but this one had a request
+
+
 def _say(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     os.write(2, args["text"].encode())
     return None, []
 
 
 HANDLERS = {"write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash, "touch": _touch, "die": _die,
-            "say": _say}
+            "exit3": _exit3, "say": _say}
 
 
 @pytest.fixture
@@ -113,10 +118,21 @@ async def test_each_request_runs_in_a_fresh_worker(forker: Forker) -> None:
     assert _touched == []  # nor did anything run here
 
 
+def _nothing_queued(forker: Forker) -> bool:
+    """No reply waits on the daemon's end (an extra one would be dropped as late, unseen)."""
+    try:
+        forker._sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    return False
+
+
 async def test_a_worker_killed_mid_request_is_reported_and_the_forker_goes_on(forker: Forker) -> None:
     with pytest.raises(ForkerError, match="worker was killed by signal 9") as info:
         await forker.call("die", {})
     assert info.value.kind == "internal"
+    with pytest.raises(ForkerError, match="worker exited with status 3"):
+        await forker.call("exit3", {})
     null = os.open(os.devnull, os.O_WRONLY)
     result, _ = await forker.call("write", {"text": "still here"}, [null])
     os.close(null)
@@ -151,6 +167,44 @@ async def test_a_spare_killed_before_it_took_a_request_fails_nothing(forker: For
     assert eventually(lambda: ready not in _workers_of(forker.pid))
     served, _ = await forker.call("touch", {})
     assert served["pid"] not in (ready, forker.pid)
+    await trio.sleep(0.3)
+    assert _nothing_queued(forker)
+
+
+async def test_a_worker_killed_before_it_took_its_request_leaves_it_to_the_next(monkeypatch, tmp_path: Path) -> None:
+    """A worker notes a request's number before it takes it off the socket: if it dies in between,
+    the forker sees the request still there and does not answer it; the next worker serves it."""
+    died = tmp_path / "died"
+    real_recv_fds = socket.recv_fds
+    here = os.getpid()
+
+    def recv_fds_once_fatal(*args, **kwargs):  # patched in the workers too (forked after this)
+        if os.getpid() != here and not died.exists():
+            died.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_recv_fds(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "recv_fds", recv_fds_once_fatal)
+    forker = Forker(HANDLERS, spare_idle=0.2)
+    forker.start()
+    try:
+        with trio.fail_after(10):
+            served, _ = await forker.call("touch", {})
+        assert died.exists() and served["pid"] != forker.pid
+        await trio.sleep(0.3)
+        assert _nothing_queued(forker)
+    finally:
+        forker.close()
+        assert os.waitstatus_to_exitcode(os.waitpid(forker.pid, 0)[1]) == 0
+
+
+async def test_more_fds_than_a_request_carries_fail_before_anything_is_sent(forker: Forker) -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        with pytest.raises(ForkerError, match="at most 16 fds"):
+            await forker.call("write", {"text": "x"}, [null] * 17)
+    finally:
+        os.close(null)
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -187,12 +241,13 @@ async def test_a_late_reply_is_told_apart_by_its_sequence_number() -> None:
                 data, fds, _, _ = await trio.to_thread.run_sync(socket.recv_fds, theirs, 1 << 16, 4)
                 for fd in fds:
                     os.close(fd)
-                request = json.loads(data)
+                (seq,) = forker_module._SEQ.unpack_from(data)
+                request = json.loads(data[forker_module._SEQ.size:])
                 stale_keep, stale_end = os.pipe()  # we keep the read end, the reply carries the write end
-                stale = {"seq": request["seq"] - 1, "error": {"kind": "internal", "message": "late", "path": ""}}
+                stale = {"seq": seq - 1, "error": {"kind": "internal", "message": "late", "path": ""}}
                 socket.send_fds(theirs, [json.dumps(stale).encode()], [stale_end])
                 os.close(stale_end)
-                socket.send_fds(theirs, [json.dumps({"seq": request["seq"], "result": request["op"]}).encode()], [])
+                socket.send_fds(theirs, [json.dumps({"seq": seq, "result": request["op"]}).encode()], [])
                 stale_ends.append(stale_keep)
 
         stale_ends: list[int] = []
@@ -263,12 +318,12 @@ async def test_a_worker_forked_before_the_daemon_adopted_its_container_serves_wi
     second, _ = await forker.call("where", {})
     assert second["pid"] not in (ready, forker.pid)
     assert (second["cwd"], second["env"]) == (str(tmp_path), "yes")
-    assert os.environ.get("RAILCAR_TEST_ASSIGNED") is None and os.getcwd() != str(tmp_path)  # nor here
+    assert os.readlink(f"/proc/{forker.pid}/cwd") != str(tmp_path)  # the forker itself stays as forked
 
 
-async def test_a_working_directory_that_is_gone_leaves_the_inherited_one(spare_first, tmp_path: Path) -> None:
-    """As a forker forked in a directory removed since would: the request is still served."""
+async def test_a_working_directory_that_is_gone_is_replaced_by_the_root(spare_first, tmp_path: Path) -> None:
+    """(The bundle of a grouped daemon's first container, deleted.) The request is still served."""
     forker, _ = spare_first
     forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path / "gone"), "t", False)
     served, _ = await forker.call("where", {})
-    assert (served["cwd"], served["env"]) == (os.getcwd(), "yes")
+    assert (served["cwd"], served["env"]) == ("/", "yes")
