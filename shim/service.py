@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, json_format
 
 from railcar.io import ProcessIO, StdioError
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import events_task_pb2 as ev
-from railcar.ttrpc_proto.api import runc_options_pb2, task_v2_pb2 as pb
+from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2, runc_options_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.typeurl import pack
 
 from . import cleanup, wire
@@ -448,7 +448,7 @@ class TaskService:
         for p in list(task.execs.values()):
             if p.starting:
                 await p.started.wait()  # an exec being started is in the cgroup before we know its pid
-        pids = await trio.to_thread.run_sync(task.cgroup.pids) if task.cgroup is not None else [task.init.pid]
+        pids = task.cgroup.pids() if task.cgroup is not None else [task.init.pid]
         by_pid = {p.pid: p.exec_id for p in task.execs.values() if p.pid}
         response = pb.PidsResponse()
         for pid in pids:
@@ -509,13 +509,9 @@ class TaskService:
         if task.cgroup is None:
             raise TtrpcError(Code.NOT_FOUND, "cgroup does not exist")
         try:
-            metrics = await trio.to_thread.run_sync(task.cgroup.stats)
+            metrics = task.cgroup.stats()  # control files of a cgroupfs: no thread to wait for them
         except OSError as e:
             raise TtrpcError(Code.NOT_FOUND, f"cgroup stats: {e}") from None
-        from google.protobuf import json_format
-
-        from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2
-
         message = (cgroups_v1_pb2 if task.cgroup.version == 1 else cgroups_v2_pb2).Metrics()
         json_format.ParseDict(metrics, message, ignore_unknown_fields=True)
         response = pb.StatsResponse()
