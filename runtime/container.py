@@ -241,12 +241,13 @@ class Container:
                 raise
 
     def kill(self, sig: int, *, all: bool = False) -> None:
-        """Signal the init, or with ``all`` every process of the container (its cgroup)."""
-        if all:
-            cgroup = self._cgroup()
-            if cgroup is not None:
-                cgroup.kill_all(sig)
-                return
+        """Signal the init, or with ``all`` every process of the container (its cgroup: also those
+        that outlived the init, which only a container without a pid namespace of its own has).
+        A paused container is thawed after a SIGKILL, as runc does: a frozen process would not die."""
+        cgroup = self._cgroup()
+        if all and cgroup is not None:
+            cgroup.kill_all(sig)
+            return
         pidfd = self._open_init("kill")
         try:
             signal.pidfd_send_signal(pidfd, sig)
@@ -254,6 +255,8 @@ class Container:
             raise InvalidState("kill", "stopped") from None
         finally:
             os.close(pidfd)
+        if sig == signal.SIGKILL and cgroup is not None and cgroup.frozen():
+            cgroup.thaw()
 
     def exec(self, process: dict, *, stdio: tuple[int, int, int] | None = None,
              terminal: bool = False) -> CreateResult:
@@ -312,14 +315,14 @@ class Container:
         if status in ("running", "paused") and not force:
             raise InvalidState("delete", f"{status} (use force)")
         cgroup = self._cgroup()
-        if self._alive():
-            # No waiting for the init to die here: a dying pid-namespace init only finishes
-            # once the caller has reaped the namespace's other zombies, and the caller may be
-            # the very thread that reaps. The cgroup removal below waits for the processes.
-            if cgroup is not None:
-                cgroup.kill_all(signal.SIGKILL)
-            else:
-                self.kill(signal.SIGKILL)
+        # No waiting for the init to die here: a dying pid-namespace init only finishes once the
+        # caller has reaped the namespace's other zombies, and the caller may be the very thread
+        # that reaps. The cgroup removal below waits for the processes. Without a pid namespace of
+        # its own, processes can outlive a stopped init: they go too (as in runc's destroy).
+        if cgroup is not None:
+            cgroup.kill_all(signal.SIGKILL)
+        elif self._alive():
+            self.kill(signal.SIGKILL)
         if cgroup is not None:
             cgroup.destroy()
         hooks = self._stored_hooks("poststop") if self._record.created else None

@@ -406,7 +406,9 @@ def _prepare_process(launch: Launch) -> _Ready:
                                                 "CRI clamps it with restrict_oom_score_adj)") from None
         root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            cwd = open_in_root(root, proc.cwd, "dir")
+            # runc makes a missing cwd for the init only: an exec's must exist (a typo must not
+            # create directories, as root, in the container)
+            cwd = open_in_root(root, proc.cwd, "dir" if launch.spec is not None else None)
         except OSError as e:
             raise RuntimeFailure("process", f"process.cwd {proc.cwd!r}: {e.strerror}") from None
         finally:

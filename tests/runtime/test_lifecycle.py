@@ -6,9 +6,11 @@ import signal
 
 import pytest
 
+from tests.polling import eventually
+
 from railcar.runtime import Container, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
 
-from .conftest import (CGROUP_PARENT, CGROUP_ROOT, create_captured, exec_captured, finish, read_console,
+from .conftest import (CGROUP_PARENT, CGROUP_ROOT, Ran, create_captured, exec_captured, finish, read_console,
                        run_container, wait_for)
 
 
@@ -125,6 +127,65 @@ def test_exec_failing_at_execve_with_a_terminal_leaks_no_console(make_bundle, st
 def finish_quietly(created) -> None:
     created.read_all()
     wait_for(created.result.pid)
+
+
+def test_the_init_cwd_is_made_but_an_exec_cwd_must_exist(make_bundle, state_root) -> None:
+    def cwd_to_make(config: dict) -> None:
+        config["process"]["cwd"] = "/made/for/init"
+        config["root"]["readonly"] = False
+
+    bundle = make_bundle(["sleep", "100"], edit=cwd_to_make)
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    assert os.path.isdir(os.path.join(bundle.path, "rootfs", "made", "for", "init"))
+    with pytest.raises(Exception, match="process.cwd '/newdir/sub'"):
+        container.exec({"args": ["true"], "cwd": "/newdir/sub"})
+    assert not os.path.exists(os.path.join(bundle.path, "rootfs", "newdir"))  # a typo makes nothing
+    container.kill(signal.SIGKILL, all=True)
+    finish(container, created)
+
+
+def test_sigkill_ends_a_paused_init(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    container.pause()
+    container.kill(signal.SIGKILL)  # without the thaw that follows, the frozen init would never die
+    try:
+        assert eventually(lambda: _dead(created.result.pid))
+    finally:
+        container.resume()  # (so that a failure here leaves no frozen process behind)
+    assert finish(container, created).status == -signal.SIGKILL
+
+
+def test_delete_kills_what_outlived_an_init_without_a_pid_namespace(make_bundle, state_root) -> None:
+    def host_pids(config: dict) -> None:
+        config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "pid"]
+
+    bundle = make_bundle(["sh", "-c", "sleep 4244 >/dev/null 2>&1 & echo $!"], edit=host_pids)
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    ran = finish_reading(created)
+    orphan = int(ran.output)
+    assert ran.status == 0 and os.path.exists(f"/proc/{orphan}")  # the init is gone, its child is not
+    container.delete()
+    assert eventually(lambda: _dead(orphan))
+    assert not os.path.isdir(os.path.join(CGROUP_ROOT, "memory", CGROUP_PARENT.lstrip("/"), bundle.id))
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie (the test is a subreaper: the orphan is its child now)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def finish_reading(created) -> Ran:
+    """The init's output and exit, with the container left for the test to delete."""
+    output = created.read_all()
+    return Ran(wait_for(created.result.pid), output)
 
 
 def test_pause_and_resume(make_bundle, state_root) -> None:
