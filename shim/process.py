@@ -41,6 +41,10 @@ TRANSITIONS: dict[tuple[Status, str], Status] = {
     (C, "kill"): C,
     (R, "kill"): R,
     (P, "kill"): P,
+    (C, "kill all"): C,  # the init's whole cgroup: also once the init exited, as runc's kill --all
+    (R, "kill all"): R,
+    (P, "kill all"): P,
+    (S, "kill all"): S,
     (C, "exec"): C,
     (R, "exec"): R,
     (C, "update"): C,
@@ -79,6 +83,7 @@ class Process:
     exit_status: int = 0
     exited_at_ns: int = 0
     io: Any = None  # railcar.io ProcessIO once opened
+    stdin_closed: bool = False  # CloseIO came before `io` was attached (during an exec's Start)
     reaped: bool = False  # the pid was reaped: signalling it would hit whoever reuses the number
     starting: bool = False  # a Start is under way: its start event must precede the exit event
     exited: trio.Event = field(default_factory=trio.Event)  # set once the exit is recorded and published

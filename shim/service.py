@@ -57,6 +57,7 @@ class Task:
     init: Process
     execs: dict[str, Process] = field(default_factory=dict)
     rootfs_mounted: bool = False
+    shares_pids: bool = False  # no pid namespace of its own: processes can outlive the init
     cgroup: Any = None  # railcar.runtime.cgroups.Cgroup, for stats, pids and OOM
     oom_watcher: Any = None
     oom_armed: trio.Event = field(default_factory=trio.Event)  # the OOM watch is set up (or failed)
@@ -118,6 +119,8 @@ class TaskService:
         if fds:
             pio.attach_console(fds[0])
         process.io = pio
+        if process.stdin_closed:
+            pio.close_stdin()
         process.pid = result["pid"]
         self._nursery.start_soon(self._guarded, pio.run, f"stdio of {process.id}")
         self._nursery.start_soon(self._guarded, self._watch, f"exit watch of {process.id}", process)
@@ -166,7 +169,7 @@ class TaskService:
             if p.starting:
                 await p.started.wait()  # a Start in flight has no pid yet, but its exit must come first too
         running = [p for p in task.execs.values() if p.pid and not p.exited.is_set()]
-        if running:
+        if running or (task.shares_pids and self._outlived(task)):
             try:
                 await self._call("kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL, "all": True})
             except TtrpcError as e:
@@ -174,6 +177,16 @@ class TaskService:
             with trio.move_on_after(EXEC_EXIT_TIMEOUT):
                 for p in running:
                     await p.exited.wait()
+
+    @staticmethod
+    def _outlived(task: Task) -> bool:
+        """Whether processes outlived the init of a container without a pid namespace of its own
+        (a child it left running, or a process exec'd into it). They are killed with it, as
+        runc's shim does, or they would hold its cgroup after Delete."""
+        try:
+            return task.cgroup is None or bool(task.cgroup.pids())
+        except OSError:
+            return True
 
     def _check_oom(self, task: Task) -> int:
         """Publish TaskOOM if the cgroup's OOM-kill count grew since the last look; returns the growth."""
@@ -258,6 +271,7 @@ class TaskService:
                                            pio.container_stdio or ())
             created = True
             self._attach(init, pio, result, fds)
+            task.shares_pids = _shares_pids(bundle)
             cleanup.record_pids(bundle, init.pid)
         except BaseException as e:
             # A runtime verdict (bad spec, failed set-up) means the runtime undid its own work; an
@@ -427,11 +441,15 @@ class TaskService:
         if not 0 <= req.signal <= signal.SIGRTMAX:
             raise TtrpcError(Code.INVALID_ARGUMENT, f"Kill: {req.signal} is not a signal number (0-{signal.SIGRTMAX:d})")
         task, process = self._process(req.id, req.exec_id)
-        process.check("kill")
+        sweep = req.all and not process.exec_id
+        process.check("kill all" if sweep else "kill")
         if process.starting:
             await process.started.wait()  # a Kill racing the Start it follows signals what Start made
         if not process.pid:
             raise TtrpcError(Code.FAILED_PRECONDITION, "process not created")
+        if sweep:
+            await self._call("kill", {"id": task.id, "root": self.root, "signal": req.signal, "all": True})
+            return EMPTY
         if process.reaped or self._reaper.has_exited(process.pid):
             raise TtrpcError(Code.NOT_FOUND, "process already finished")
         if process.exec_id:
@@ -490,6 +508,8 @@ class TaskService:
         _, process = self._process(req.id, req.exec_id)
         if process.io is not None:
             process.io.close_stdin()
+        else:  # ctr closes its stdin as soon as its input ends: that can be while Start still runs
+            process.stdin_closed = True
         return EMPTY
 
     async def update(self, req: pb.UpdateTaskRequest, ctx: Any) -> empty_pb2.Empty:
@@ -556,6 +576,17 @@ def _init_not_running(task: Task) -> TtrpcError:
     then would run in a dead container and could publish its exit after the init's, which must be
     the last (containerd #10589)."""
     return TtrpcError(Code.FAILED_PRECONDITION, f"container {task.id} init process is not running")
+
+
+def _shares_pids(bundle: str) -> bool:
+    """Whether the container's config gives it no pid namespace of its own (none, or one joined by
+    path: a pod's shared one, the host's). The runtime already validated it."""
+    try:
+        with open(os.path.join(bundle, "config.json"), "rb") as f:
+            namespaces = (json.load(f).get("linux") or {}).get("namespaces") or []
+    except (OSError, ValueError):
+        return False
+    return not any(ns.get("type") == "pid" and not ns.get("path") for ns in namespaces)
 
 
 def _timestamp(ns: int) -> Any:

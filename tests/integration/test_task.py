@@ -1,5 +1,6 @@
 """Detached containers: exec, ps, metrics, pause/resume, kill and delete through `ctr task`."""
 
+import os
 import re
 import shlex
 import subprocess
@@ -65,6 +66,68 @@ def test_kill_then_delete(cd, detached) -> None:
     deleted = cd.ctr("task", "rm", detached)
     assert deleted.returncode == 0, deleted.stderr
     assert task_status(cd, detached) == ""
+
+
+def test_sigkill_ends_a_paused_task(cd, detached) -> None:
+    """As with runc: the cgroup is thawed after the SIGKILL (a frozen process would not die)."""
+    assert cd.ctr("task", "pause", detached).returncode == 0
+    assert cd.ctr("task", "kill", "-s", "SIGKILL", detached).returncode == 0
+    assert eventually(lambda: task_status(cd, detached) == "STOPPED")
+    deleted = cd.ctr("task", "rm", detached)
+    assert deleted.returncode == 0, deleted.stderr
+    assert b"exit status 137" in deleted.stdout or task_status(cd, detached) == ""
+
+
+def test_piped_stdin_of_an_exec_ends_whenever_ctr_closes_it(cd, detached) -> None:
+    """ctr sends CloseIO as soon as its input ends, which for a short input is while the exec's
+    Start is still under way: the exec must still see EOF."""
+    for n in range(3):
+        result = cd.ctr("task", "exec", "--exec-id", f"in{n}", detached, "cat", input=b"hi\n", timeout=30)
+        assert (result.returncode, result.stdout) == (0, b"hi\n"), result.stderr
+
+
+def test_an_exec_cwd_that_does_not_exist_fails(cd, detached) -> None:
+    result = cd.ctr("task", "exec", "--exec-id", "cwd", "--cwd", "/newdir/sub", detached, "pwd")
+    assert result.returncode != 0 and b"process.cwd '/newdir/sub'" in result.stderr, result.stderr
+    listed = cd.ctr("task", "exec", "--exec-id", "ls", detached, "ls", "/newdir")
+    assert listed.returncode != 0  # nothing was made
+
+
+def test_without_a_pid_namespace_of_its_own_nothing_outlives_the_init(cd, image, cid) -> None:
+    """Joined to another pid namespace (as a shareProcessNamespace pod joins its sandbox's; a
+    hostPID pod has none of its own), a container's children are not killed by the kernel with its
+    init. As runc's shim does, they are killed when the init exits, and kill --all works then."""
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "1000"])  # a pid ns to join
+    try:
+        assert eventually(lambda: bool(open(f"/proc/{holder.pid}/task/{holder.pid}/children").read().split()))
+        [ns_init] = open(f"/proc/{holder.pid}/task/{holder.pid}/children").read().split()
+        result = cd.ctr("run", "-d", "--runtime", RUNTIME, "--with-ns", f"pid:/proc/{ns_init}/ns/pid", image, cid,
+                        "sh", "-c", "sleep 4243 & sleep 1; exit 3")
+        assert result.returncode == 0, result.stderr
+        assert eventually(lambda: task_status(cd, cid) == "STOPPED", timeout=10)
+        assert eventually(lambda: len(cd.ctr("task", "ps", cid).stdout.splitlines()) <= 1)  # the header only
+        assert not [p for p in _pids_running("sleep 4243")]
+        swept = cd.ctr("task", "kill", "-a", "-s", "SIGKILL", cid)
+        assert swept.returncode == 0, swept.stderr
+        deleted = cd.ctr("task", "rm", cid)
+        assert deleted.returncode == 0, deleted.stderr
+    finally:
+        remove_task(cd, cid)
+        holder.kill()  # (--kill-child: the namespace's init, the sleep, dies with it)
+        holder.wait()
+
+
+def _pids_running(cmdline: str) -> list[int]:
+    """Host processes whose command line is `cmdline`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").strip() \
+                    == cmdline.encode():
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def test_a_terminal_takes_the_client_window_size(cd, detached) -> None:

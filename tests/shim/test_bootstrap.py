@@ -208,6 +208,7 @@ def test_concurrent_starts_spawn_one_zygote_and_all_wait_for_it(tmp_path: Path, 
 async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> None:
     zygote = subprocess.Popen([sys.executable, "-m", "railcar.shim.zygote"], env={**os.environ},
                               stdin=subprocess.DEVNULL)
+    daemons: list[int] = []  # killed at the end if a failed check left them serving
     try:
         assert eventually(lambda: _zygote() is not None)
         serving = _zygote()  # ours, or one an earlier test session left running
@@ -218,6 +219,7 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
         assert result.returncode == 0 and result.stderr == b""
         shim_address = result.stdout.decode()
         pid = await _connect(shim_address, "z1")
+        daemons.append(pid)
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         assert int(fields[1]) == serving and int(fields[2]) == pid  # forked by the zygote, own group
@@ -264,12 +266,19 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
                           env={"RAILCAR_ZYGOTE": "1"})
         assert result.returncode == 0 and result.stderr == b""
         second = await _connect(result.stdout.decode(), "z2")
+        daemons.append(second)
         assert second not in (pid, spare) and _parent(second) == serving  # from the zygote, not spawned cold
         await _shutdown(result.stdout.decode())
         assert wait_gone(second)
         assert eventually(lambda: len(children_named(serving, "railcar-spare")) == 1)  # and a new spare waits
         [spare] = children_named(serving, "railcar-spare")
     finally:
+        for daemon in daemons:  # gone already after a passing run (and the number maybe reused)
+            try:
+                if _parent(daemon) == serving:
+                    os.kill(daemon, signal.SIGKILL)
+            except (OSError, IndexError):
+                pass
         zygote.terminate()
         assert zygote.wait(timeout=10) == 0
     if serving == zygote.pid:
