@@ -29,7 +29,7 @@ from . import log as shim_log
 from . import paths
 from .events import Publisher
 from .flags import Flags, parse
-from .forker import Forker, receive
+from .forker import Forker, ForkerError, receive
 from .reaper import Reaper
 from .service import TaskService
 
@@ -191,7 +191,10 @@ async def _serve_when_assigned(conn: socket.socket, forker: Forker, holds_fd3: b
     bundle = os.path.abspath(flags.bundle or os.getcwd())
     assignment = Assignment(flags, bundle, socket.socket(fileno=listener_fd),
                             shim_log.setup(bundle, flags.namespace, flags.debug))
-    forker.adopt(dict(os.environ), os.getcwd(), flags.namespace, flags.debug)
+    try:
+        forker.adopt(dict(os.environ), os.getcwd(), flags.namespace, flags.debug)
+    except ForkerError as e:  # its workers keep the zygote's environment and working directory
+        assignment.logger.warning("%s", e)
     await _serve_then_close(assignment, forker)
 
 

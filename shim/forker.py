@@ -190,13 +190,14 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def _handle(seq: int, body: bytes, fds: list[int], handlers: dict[str, Handler]) -> tuple[dict[str, Any], list[int]]:
-    """Run request `seq` (its JSON `body`); the reply (a result or a typed error) and the fds to send
-    with it."""
+def _handle(seq: int, body: bytes, fds: list[int], handlers: dict[str, Handler],
+            context: bytes = b"") -> tuple[dict[str, Any], list[int]]:
+    """Run request `seq` (its JSON `body`), after taking on the daemon's `context` (JSON) if it has
+    one; the reply (a result or a typed error) and the fds to send with it."""
     try:
+        if context:
+            _adopt(json.loads(context))
         request = json.loads(body)
-        if request.get("context"):
-            _adopt(request["context"])
         handler = handlers.get(request.get("op"))
         logging.getLogger(__name__).debug("forker request %d: %s", seq, request.get("op"))
         if handler is None:
@@ -244,14 +245,19 @@ def _adopt(context: dict[str, Any]) -> None:
 # A request is its sequence number (8 bytes, so that a worker can note it without taking the
 # request off the socket) and then JSON; a reply is JSON with the number in it.
 _SEQ = struct.Struct("<q")
+# The pages the daemon shares with its forker and every worker (MAP_SHARED, mapped before the
+# forker's fork): the number of the request a worker is taking, then the daemon's context (see
+# `Forker.adopt`): its length and its JSON. Pages never written cost nothing.
+_TAKEN_AT, _CONTEXT_AT = 0, _SEQ.size
+_CONTEXT_SPACE = 4 << 20
 _RETIRED = 3  # a worker's exit status: it waited `idle` seconds and no request came
 _CLOSED = 4  # a worker's exit status: the daemon closed its end
 
 
-def _work(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.mmap, idle: float | None) -> int:
+def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, idle: float | None) -> int:
     """A forked worker's life: wait for one request on the forker's socket (at most `idle` seconds,
-    if given), note its number in `taken` before taking it, serve it with the daemon's fd 2 (the
-    message's first fd) and answer the daemon directly. Returns the exit status."""
+    if given), note its number in `shared` before taking it, serve it with the daemon's fd 2 (the
+    message's first fd) and context, and answer the daemon directly. Returns the exit status."""
     prctl.set_name(WORKER_NAME)
     if idle is not None and not select.select([sock], [], [], idle)[0]:
         return _RETIRED
@@ -259,7 +265,7 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.mmap, i
     if not head:
         return _CLOSED
     (seq,) = _SEQ.unpack(head)
-    _SEQ.pack_into(taken, 0, seq)
+    _SEQ.pack_into(shared, _TAKEN_AT, seq)
     data, fds, flags, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
     if fds:  # the daemon's fd 2 comes first
         os.dup2(fds[0], 2)
@@ -268,19 +274,21 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.mmap, i
         _close_all(fds[1:])
         reply, out_fds = _error_reply(seq, ForkerError("internal", "a forker request over the size or fd limit")), []
     else:
-        reply, out_fds = _handle(seq, data[_SEQ.size:], fds[1:], handlers)
+        (length,) = _SEQ.unpack_from(shared, _CONTEXT_AT)
+        context = shared[_CONTEXT_AT + _SEQ.size:_CONTEXT_AT + _SEQ.size + length]
+        reply, out_fds = _handle(seq, data[_SEQ.size:], fds[1:], handlers, context)
     return 0 if _send(sock, reply, out_fds) else 1
 
 
-def _fork_worker(sock: socket.socket, handlers: dict[str, Handler], taken: mmap.mmap, idle: float | None) -> int:
+def _fork_worker(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, idle: float | None) -> int:
     """Fork a worker (see `_work`); its pid. Raises OSError if the fork failed (memory or process
     limits)."""
-    _SEQ.pack_into(taken, 0, 0)
+    _SEQ.pack_into(shared, _TAKEN_AT, 0)
     pid = bare_fork()
     if pid == 0:
         code = 1
         try:
-            code = _work(sock, handlers, taken, idle)
+            code = _work(sock, handlers, shared, idle)
         finally:
             os._exit(code)
     return pid
@@ -319,7 +327,7 @@ def _fail_waiting_request(sock: socket.socket, error: OSError) -> bool:
     return len(data) >= _SEQ.size and _answer_for(sock, _SEQ.unpack_from(data)[0], f"could not be forked: {error}")
 
 
-def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float = SPARE_IDLE) -> None:
+def serve(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, spare_idle: float = SPARE_IDLE) -> None:
     """The forker's loop, until the daemon closes its end: keep one worker forked, and wait for it.
 
     The forker never reads a request. A worker, forked ahead of need, takes the next request from
@@ -334,28 +342,27 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], spare_idle: float =
     The first worker waits however long it takes.
 
     A worker writes the number of the request it is about to take to a page it shares with the
-    forker. If it dies without answering, the forker answers for it, unless the request is still on
+    forker (`shared`, see `_CONTEXT_SPACE`). If it dies without answering, the forker answers for it, unless the request is still on
     the socket (the worker died before taking it): then the next worker serves it. The daemon
     sends one request at a time, so the request at the head of the socket can only be that one. A
     worker that cannot be forked fails the request it was needed for, and the forker goes on.
     """
-    taken = mmap.mmap(-1, _SEQ.size)
     idle: float | None = None
     while True:
         try:
-            pid = _fork_worker(sock, handlers, taken, idle)
+            pid = _fork_worker(sock, handlers, shared, idle)
         except OSError:
             if _closed(sock):
                 return
             try:
-                pid = _fork_worker(sock, handlers, taken, None)  # tried again once a request needs it
+                pid = _fork_worker(sock, handlers, shared, None)  # tried again once a request needs it
             except OSError as e:
                 if not _fail_waiting_request(sock, e):
                     return
                 continue
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
-        (seq,) = _SEQ.unpack_from(taken, 0)
+        (seq,) = _SEQ.unpack_from(shared, _TAKEN_AT)
         if code == 0:
             idle = spare_idle
         elif seq:
@@ -396,14 +403,21 @@ class Forker:
         self._sock: socket.socket | None = None
         self._lock = trio.Lock()
         self._seq = 0
-        self._context: dict[str, Any] | None = None
+        self._shared = mmap.mmap(-1, _CONTEXT_AT + _SEQ.size + _CONTEXT_SPACE)  # before the fork: shared
         self.pid = 0
 
     def adopt(self, env: dict[str, str], cwd: str, namespace: str, debug: bool) -> None:
         """A spare daemon's forker was forked before its container was known: from now on every
-        request carries what a spawned daemon's forker would have inherited (environment, working
-        directory, log settings), and the worker serving it takes that on first."""
-        self._context = {"env": env, "cwd": cwd, "namespace": namespace, "debug": debug}
+        worker takes on first what a spawned daemon's forker would have inherited (environment,
+        working directory, log settings). It goes to the pages shared with the forker and its
+        workers, not with each request: a request must fit in one socket message (~208 KiB by
+        default), an environment need not."""
+        context = json.dumps({"env": env, "cwd": cwd, "namespace": namespace, "debug": debug}).encode()
+        if len(context) > _CONTEXT_SPACE:
+            raise ForkerError("internal", f"the daemon's context takes {len(context)} bytes, over {_CONTEXT_SPACE}")
+        start = _CONTEXT_AT + _SEQ.size
+        self._shared[start:start + len(context)] = context
+        _SEQ.pack_into(self._shared, _CONTEXT_AT, len(context))
 
     def start(self, keep_fds: tuple[int, ...] = (0, 1, 2)) -> int:
         """Fork the forker; must run before any thread or event loop exists. Returns its pid.
@@ -431,7 +445,7 @@ class Forker:
                             os.close(fd)
                         except OSError:
                             pass
-                serve(theirs, self._handlers, self._spare_idle)
+                serve(theirs, self._handlers, self._shared, self._spare_idle)
             except BaseException:
                 code = 1
             finally:
@@ -473,7 +487,7 @@ class Forker:
             raise ForkerError("internal", f"a forker request carries at most {_MAX_FDS} fds")
         self._seq += 1
         seq = self._seq
-        message = _SEQ.pack(seq) + json.dumps({"op": op, "args": args, "context": self._context}).encode()
+        message = _SEQ.pack(seq) + json.dumps({"op": op, "args": args}).encode()
         async with self._lock:
             with trio.CancelScope(shield=True):
                 reply, out_fds = await self._roundtrip(message, seq, list(fds))

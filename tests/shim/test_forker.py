@@ -295,10 +295,14 @@ def _where(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return {"pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get("RAILCAR_TEST_ASSIGNED")}, []
 
 
+def _env_size(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    return len(os.environ.get("RAILCAR_TEST_BIG", "")), []
+
+
 @pytest.fixture
 def spare_first():
     """A forker, and the spare worker it forked before the daemon knew its container."""
-    f = Forker({"where": _where}, spare_idle=5)
+    f = Forker({"where": _where, "env_size": _env_size}, spare_idle=5)
     pid = f.start()
     assert eventually(lambda: len(_workers_of(pid)) == 1)
     [ready] = _workers_of(pid)
@@ -327,3 +331,12 @@ async def test_a_working_directory_that_is_gone_is_replaced_by_the_root(spare_fi
     forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path / "gone"), "t", False)
     served, _ = await forker.call("where", {})
     assert (served["cwd"], served["env"]) == ("/", "yes")
+
+
+async def test_an_environment_bigger_than_a_request_can_be_still_reaches_every_worker(spare_first,
+                                                                                      tmp_path: Path) -> None:
+    """One socket message holds ~208 KiB: the context is not sent with each request."""
+    forker, _ = spare_first
+    forker.adopt({"RAILCAR_TEST_BIG": "x" * (600 << 10)}, str(tmp_path), "t", False)
+    for _ in range(2):
+        assert (await forker.call("env_size", {}))[0] == 600 << 10
