@@ -19,7 +19,7 @@ from .cgroups import Cgroup, open_cgroup
 from .channel import PeerGone
 from .errors import ContainerExists, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
 from .process import PROC_NS, Launch, Spawned, kill_and_wait, spawn_exec, spawn_init
-from .spec import Spec, load_spec, parse_process
+from .spec import Spec, load_spec, parse_process, shares_pid_namespace
 from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, is_alive,
                     read_record, start_time, write_record)
 
@@ -92,7 +92,7 @@ class Container:
             with open(os.path.join(directory, CONFIG_FILE), "w") as f:
                 json.dump(spec.raw, f)
             _make_exec_fifo(os.path.join(directory, EXEC_FIFO), spec)
-            cgroup = open_cgroup(spec.linux.cgroups_path, container_id)
+            cgroup = _unused(open_cgroup(spec.linux.cgroups_path, container_id))
             record.cgroup = cgroup.to_state()
             write_record(directory, record)   # from here on, delete can find the cgroup
             cgroup.create(_with_allowed_devices(spec))
@@ -243,8 +243,11 @@ class Container:
     def kill(self, sig: int, *, all: bool = False) -> None:
         """Signal the init, or with ``all`` every process of the container (its cgroup: also those
         that outlived the init, which only a container without a pid namespace of its own has).
-        A paused container is thawed after a SIGKILL, as runc does: a frozen process would not die."""
+        As in runc, SIGKILL goes to the whole cgroup of such a container, and a paused container is
+        thawed after a SIGKILL (on cgroup v1, a frozen process would not die)."""
         cgroup = self._cgroup()
+        if sig == signal.SIGKILL and self._shares_pids():
+            all = True
         if all and cgroup is not None:
             cgroup.kill_all(sig)
             return
@@ -255,8 +258,15 @@ class Container:
             raise InvalidState("kill", "stopped") from None
         finally:
             os.close(pidfd)
-        if sig == signal.SIGKILL and cgroup is not None and cgroup.frozen():
-            cgroup.thaw()
+        if sig == signal.SIGKILL and cgroup is not None:
+            try:
+                if cgroup.frozen():
+                    cgroup.thaw()
+            except (OSError, RuntimeFailure) as e:  # the SIGKILL went out: not a failed kill (runc ignores it too)
+                log.warning("container %s: cannot thaw after SIGKILL: %s", self.id, e)
+
+    def _shares_pids(self) -> bool:
+        return shares_pid_namespace(self._stored_config().get("linux"))
 
     def exec(self, process: dict, *, stdio: tuple[int, int, int] | None = None,
              terminal: bool = False) -> CreateResult:
@@ -319,9 +329,10 @@ class Container:
         # caller has reaped the namespace's other zombies, and the caller may be the very thread
         # that reaps. The cgroup removal below waits for the processes. Without a pid namespace of
         # its own, processes can outlive a stopped init: they go too (as in runc's destroy).
-        if cgroup is not None:
+        alive = self._alive()
+        if cgroup is not None and (alive or self._shares_pids()):
             cgroup.kill_all(signal.SIGKILL)
-        elif self._alive():
+        elif alive:
             self.kill(signal.SIGKILL)
         if cgroup is not None:
             cgroup.destroy()
@@ -332,6 +343,16 @@ class Container:
             except RuntimeFailure as e:   # runtime-spec: log it, and the delete goes on
                 log.warning("container %s: %s; deleting anyway", self.id, e)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _unused(cgroup: Cgroup) -> Cgroup:
+    """`cgroup`, if no process is in it and it is not frozen. As runc does, railcar refuses to share
+    a cgroup: killing one container would kill the other (Delete sweeps what is left in it)."""
+    if cgroup.pids():
+        raise RuntimeFailure("cgroups", f"linux.cgroupsPath: cgroup {cgroup.path} is not empty")
+    if cgroup.frozen():
+        raise RuntimeFailure("cgroups", f"linux.cgroupsPath: cgroup {cgroup.path} is frozen")
+    return cgroup
 
 
 def _oom_kills(cgroup: Cgroup) -> int:

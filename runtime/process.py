@@ -306,6 +306,17 @@ def _setns_all(fds: list[tuple[int, int]], names: list[str] | None = None) -> No
         os.setresuid(0, 0, 0)
 
 
+def _make_cwd(cwd: str) -> None:
+    """Make the init's working directory if the image lacks it (runc does; only for the init)."""
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.close(open_in_root(root, cwd, "dir"))
+    except OSError as e:
+        raise RuntimeFailure("process", f"process.cwd {cwd!r}: {e.strerror}") from None
+    finally:
+        os.close(root)
+
+
 def _init(ch: Channel, launch: Launch) -> None:
     spec = launch.spec
     userns = spec.linux.namespace("user") is not None
@@ -319,6 +330,7 @@ def _init(ch: Channel, launch: Launch) -> None:
     _hooks(launch, "createContainer", hook_state)
     with stage("rootfs"):
         rootfs.pivot(spec.root_path)
+        _make_cwd(spec.process.cwd)  # before the root may turn read-only, as runc does
         rootfs.finalize(spec)
     ready = _prepare_process(launch)
     _report_parked(ch, ready)
@@ -406,9 +418,7 @@ def _prepare_process(launch: Launch) -> _Ready:
                                                 "CRI clamps it with restrict_oom_score_adj)") from None
         root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            # runc makes a missing cwd for the init only: an exec's must exist (a typo must not
-            # create directories, as root, in the container)
-            cwd = open_in_root(root, proc.cwd, "dir" if launch.spec is not None else None)
+            cwd = open_in_root(root, proc.cwd)  # an exec's must exist: a typo must make nothing
         except OSError as e:
             raise RuntimeFailure("process", f"process.cwd {proc.cwd!r}: {e.strerror}") from None
         finally:

@@ -118,6 +118,13 @@ class Spec:
     raw: dict = field(compare=False)
 
 
+def shares_pid_namespace(linux: Any) -> bool:
+    """Whether an OCI `linux` section gives the container no pid namespace of its own (none, or one
+    joined by path): its processes can then outlive its init, and go with it only if killed."""
+    namespaces = (linux.get("namespaces") if isinstance(linux, dict) else None) or []
+    return not any(isinstance(ns, dict) and ns.get("type") == "pid" and not ns.get("path") for ns in namespaces)
+
+
 def load_spec(bundle: str) -> Spec:
     """Read ``<bundle>/config.json`` and validate it."""
     path = os.path.join(bundle, "config.json")

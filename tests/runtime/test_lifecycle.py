@@ -130,19 +130,18 @@ def finish_quietly(created) -> None:
 
 
 def test_the_init_cwd_is_made_but_an_exec_cwd_must_exist(make_bundle, state_root) -> None:
-    def cwd_to_make(config: dict) -> None:
-        config["process"]["cwd"] = "/made/for/init"
-        config["root"]["readonly"] = False
-
-    bundle = make_bundle(["sleep", "100"], edit=cwd_to_make)
+    bundle = make_bundle(["sleep", "100"], edit=lambda c: c["process"].update(cwd="/made/for/init"))
+    assert bundle.config["root"]["readonly"]  # made before the root turns read-only
     container, created = create_captured(bundle, state_root)
-    container.start()
-    assert os.path.isdir(os.path.join(bundle.path, "rootfs", "made", "for", "init"))
-    with pytest.raises(Exception, match="process.cwd '/newdir/sub'"):
-        container.exec({"args": ["true"], "cwd": "/newdir/sub"})
-    assert not os.path.exists(os.path.join(bundle.path, "rootfs", "newdir"))  # a typo makes nothing
-    container.kill(signal.SIGKILL, all=True)
-    finish(container, created)
+    try:
+        container.start()
+        assert os.path.isdir(os.path.join(bundle.path, "rootfs", "made", "for", "init"))
+        with pytest.raises(Exception, match="process.cwd '/newdir/sub'"):
+            container.exec({"args": ["true"], "cwd": "/newdir/sub"})
+        assert not os.path.exists(os.path.join(bundle.path, "rootfs", "newdir"))  # a typo makes nothing
+    finally:
+        container.kill(signal.SIGKILL, all=True)
+        finish(container, created)
 
 
 def test_sigkill_ends_a_paused_init(make_bundle, state_root) -> None:
@@ -150,8 +149,8 @@ def test_sigkill_ends_a_paused_init(make_bundle, state_root) -> None:
     container, created = create_captured(bundle, state_root)
     container.start()
     container.pause()
-    container.kill(signal.SIGKILL)  # without the thaw that follows, the frozen init would never die
     try:
+        container.kill(signal.SIGKILL)  # on cgroup v1, without the thaw that follows, it would never die
         assert eventually(lambda: _dead(created.result.pid))
     finally:
         container.resume()  # (so that a failure here leaves no frozen process behind)
@@ -167,10 +166,19 @@ def test_delete_kills_what_outlived_an_init_without_a_pid_namespace(make_bundle,
     container.start()
     ran = finish_reading(created)
     orphan = int(ran.output)
-    assert ran.status == 0 and os.path.exists(f"/proc/{orphan}")  # the init is gone, its child is not
-    container.delete()
-    assert eventually(lambda: _dead(orphan))
-    assert not os.path.isdir(os.path.join(CGROUP_ROOT, "memory", CGROUP_PARENT.lstrip("/"), bundle.id))
+    try:
+        assert ran.status == 0 and not _dead(orphan)  # the init is gone, its child is not
+        container.delete()
+        assert eventually(lambda: _dead(orphan))
+        assert not os.path.isdir(os.path.join(CGROUP_ROOT, "memory", CGROUP_PARENT.lstrip("/"), bundle.id))
+    finally:
+        try:
+            with open(f"/proc/{orphan}/cmdline", "rb") as f:  # (our child: the number cannot be reused yet)
+                if f.read().startswith(b"sleep\0"):
+                    os.kill(orphan, signal.SIGKILL)
+        except FileNotFoundError:
+            pass
+        container.delete(force=True)
 
 
 def _dead(pid: int) -> bool:
@@ -180,6 +188,36 @@ def _dead(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_sigkill_of_an_init_without_a_pid_namespace_kills_the_whole_cgroup(make_bundle, state_root) -> None:
+    def host_pids(config: dict) -> None:
+        config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "pid"]
+
+    bundle = make_bundle(["sh", "-c", "sleep 4245 >/dev/null 2>&1 & echo $!; exec sleep 100"], edit=host_pids)
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    try:
+        child = int(os.read(created.read_fd, 100))
+        container.kill(signal.SIGKILL)  # as runc: the init's SIGKILL reaches the whole cgroup
+        assert eventually(lambda: _dead(child))
+    finally:
+        container.kill(signal.SIGKILL, all=True)
+    assert finish(container, created).status == -signal.SIGKILL
+
+
+def test_a_cgroup_with_processes_in_it_is_refused(make_bundle, state_root) -> None:
+    """As runc: deleting one of two containers sharing a cgroup would kill the other."""
+    first = make_bundle(["sleep", "100"])
+    container, created = create_captured(first, state_root)
+    try:
+        second = make_bundle(["true"], edit=lambda c: c["linux"].update(cgroupsPath=first.config["linux"]["cgroupsPath"]))
+        with pytest.raises(RuntimeFailure, match="linux.cgroupsPath: cgroup .* is not empty"):
+            Container.create(second.id, second.path, root=state_root)
+        assert container.state().status == "created"  # untouched
+    finally:
+        container.kill(signal.SIGKILL, all=True)
+        finish(container, created)
 
 
 def finish_reading(created) -> Ran:
