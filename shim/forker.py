@@ -37,6 +37,7 @@ from . import log as shim_log
 PROCESS_NAME = "railcar-forker"
 WORKER_NAME = "railcar-worker"
 _MAX_MESSAGE = 1 << 20
+_SO_SNDBUFFORCE = 32  # linux/asm-generic/socket.h (Python's socket module lacks it): root may pass wmem_max
 _MAX_FDS = 16
 SPARE_IDLE = 2.0  # seconds a spare worker waits for a request before it is retired
 
@@ -249,7 +250,7 @@ _SEQ = struct.Struct("<q")
 # forker's fork): the number of the request a worker is taking, then the daemon's context (see
 # `Forker.adopt`): its length and its JSON. Pages never written cost nothing.
 _TAKEN_AT, _CONTEXT_AT = 0, _SEQ.size
-_CONTEXT_SPACE = 4 << 20
+_CONTEXT_SPACE = 256 << 10  # (the environment came in one SEQPACKET message: ~208 KiB by default)
 _RETIRED = 3  # a worker's exit status: it waited `idle` seconds and no request came
 _CLOSED = 4  # a worker's exit status: the daemon closed its end
 
@@ -276,6 +277,7 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
     else:
         (length,) = _SEQ.unpack_from(shared, _CONTEXT_AT)
         context = shared[_CONTEXT_AT + _SEQ.size:_CONTEXT_AT + _SEQ.size + length]
+        shared.close()  # what this worker forks (a container's init, hooks) must not hold it
         reply, out_fds = _handle(seq, data[_SEQ.size:], fds[1:], handlers, context)
     return 0 if _send(sock, reply, out_fds) else 1
 
@@ -426,6 +428,11 @@ class Forker:
         listening socket or connections.
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (ours, theirs):  # one message is one request: room for _MAX_MESSAGE, not ~208 KiB
+            try:
+                end.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, _MAX_MESSAGE)
+            except PermissionError:  # not root: as much as net.core.wmem_max allows
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
         pid = bare_fork()
         if pid == 0:
             code = 0
@@ -488,6 +495,8 @@ class Forker:
         self._seq += 1
         seq = self._seq
         message = _SEQ.pack(seq) + json.dumps({"op": op, "args": args}).encode()
+        if len(message) > _MAX_MESSAGE:
+            raise ForkerError("internal", f"a forker request of {len(message)} bytes is over the {_MAX_MESSAGE} limit")
         async with self._lock:
             with trio.CancelScope(shield=True):
                 reply, out_fds = await self._roundtrip(message, seq, list(fds))

@@ -140,11 +140,13 @@ class TaskService:
         status = await self._reaper.wait(process.pid)
         process.reaped = True
         exited_at = time.time_ns()
+        task = self.tasks.get(process.container_id)
+        if not process.exec_id and task is not None and task.shares_pids and self._outlived(task):
+            await self._kill_rest(task)  # first: what outlived the init may hold its stdout open
         if process.io is not None:
             await process.io.drained(timeout=DRAIN_TIMEOUT)
         if process.starting:
             await process.started.wait()
-        task = self.tasks.get(process.container_id)
         if not process.exec_id and task is not None:
             await self._before_init_exit(task)
         process.exit_status = exit_status(status)
@@ -169,14 +171,18 @@ class TaskService:
             if p.starting:
                 await p.started.wait()  # a Start in flight has no pid yet, but its exit must come first too
         running = [p for p in task.execs.values() if p.pid and not p.exited.is_set()]
-        if running or (task.shares_pids and self._outlived(task)):
-            try:
-                await self._call("kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL, "all": True})
-            except TtrpcError as e:
-                self._log.warning("killing the rest of %s: %s", task.id, e)
+        if running:
+            await self._kill_rest(task)
             with trio.move_on_after(EXEC_EXIT_TIMEOUT):
                 for p in running:
                     await p.exited.wait()
+
+    async def _kill_rest(self, task: Task) -> None:
+        """SIGKILL whatever is left in the cgroup of a task whose init exited."""
+        try:
+            await self._call("kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL, "all": True})
+        except TtrpcError as e:
+            self._log.warning("killing the rest of %s: %s", task.id, e)
 
     @staticmethod
     def _outlived(task: Task) -> bool:
@@ -185,7 +191,7 @@ class TaskService:
         runc's shim does, or they would hold its cgroup after Delete."""
         try:
             return task.cgroup is None or bool(task.cgroup.pids())
-        except OSError:
+        except Exception:  # whatever it is, the init's exit must still be recorded: kill to be sure
             return True
 
     def _check_oom(self, task: Task) -> int:
@@ -580,13 +586,16 @@ def _init_not_running(task: Task) -> TtrpcError:
 
 def _shares_pids(bundle: str) -> bool:
     """Whether the container's config gives it no pid namespace of its own (none, or one joined by
-    path: a pod's shared one, the host's). The runtime already validated it."""
+    path: a pod's shared one, the host's). Unreadable, it counts as shared (as in containerd): its
+    init's exit then sweeps its cgroup, which costs nothing if nothing is left."""
+    from railcar.runtime.spec import shares_pid_namespace  # (loaded by the zygote; ~15 ms for a cold daemon)
+
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
-            namespaces = (json.load(f).get("linux") or {}).get("namespaces") or []
+            config = json.load(f)
     except (OSError, ValueError):
-        return False
-    return not any(ns.get("type") == "pid" and not ns.get("path") for ns in namespaces)
+        return True
+    return not isinstance(config, dict) or shares_pid_namespace(config.get("linux"))
 
 
 def _timestamp(ns: int) -> Any:
