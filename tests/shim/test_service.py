@@ -237,6 +237,34 @@ async def _exercise(shim: Shim, bundle: Path) -> None:
     await shim("Shutdown", pb.ShutdownRequest(id="c1"))
 
 
+async def test_a_closeio_before_the_exec_started_still_ends_its_stdin(bundle: Path, address: str, namespace: str,
+                                                                      cgroup_parent: str, tmp_path: Path) -> None:
+    """ctr sends CloseIO as soon as its input ends, which can be while the exec's Start runs: before
+    its stdio exists. It is kept and applied then; else `cat` waits for an EOF that never comes."""
+    devenv.busybox_rootfs(bundle / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/c1")))
+    stdin = tmp_path / "exec-stdin"
+    os.mkfifo(stdin)
+    async with _shim_with_events(namespace, address, "c1", bundle, tmp_path) as (shim, _):
+        await shim("Create", pb.CreateTaskRequest(id="c1", bundle=str(bundle)), pb.CreateTaskResponse)
+        await shim("Start", pb.StartRequest(id="c1"), pb.StartResponse)
+        cat = pack_json("types.containerd.io/opencontainers/runtime-spec/1/Process",
+                        {"args": ["cat"], "cwd": "/", "env": [PATH_ENV]})
+        writer = os.open(stdin, os.O_RDWR)  # the client's end (as ctr's: open before the Exec, never blocking)
+        os.write(writer, b"hi\n")
+        await shim("Exec", pb.ExecProcessRequest(id="c1", exec_id="in", spec=cat, stdin=str(stdin)))
+        await shim("CloseIO", pb.CloseIORequest(id="c1", exec_id="in", stdin=True))
+        await shim("Start", pb.StartRequest(id="c1", exec_id="in"), pb.StartResponse)
+        os.close(writer)  # the client's input ended: the last writer is gone once CloseIO was applied
+        with trio.fail_after(10):
+            assert (await shim("Wait", pb.WaitRequest(id="c1", exec_id="in"), pb.WaitResponse)).exit_status == 0
+        await shim("Kill", pb.KillRequest(id="c1", signal=signal.SIGKILL))
+        await shim("Wait", pb.WaitRequest(id="c1"), pb.WaitResponse)
+        await shim("Delete", pb.DeleteRequest(id="c1"), pb.DeleteResponse)
+        await shim("Shutdown", pb.ShutdownRequest(id="c1"))
+    _remove_runtime_dir(namespace)
+
+
 async def test_failed_creates_name_the_problem_and_leave_nothing(bundle: Path, address: str, namespace: str,
                                                                  cgroup_parent: str) -> None:
     devenv.busybox_rootfs(bundle / "rootfs")
