@@ -158,10 +158,7 @@ def test_sigkill_ends_a_paused_init(make_bundle, state_root) -> None:
 
 
 def test_delete_kills_what_outlived_an_init_without_a_pid_namespace(make_bundle, state_root) -> None:
-    def host_pids(config: dict) -> None:
-        config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "pid"]
-
-    bundle = make_bundle(["sh", "-c", "sleep 4244 >/dev/null 2>&1 & echo $!"], edit=host_pids)
+    bundle = make_bundle(["sh", "-c", "sleep 4244 >/dev/null 2>&1 & echo $!"], edit=_host_pids)
     container, created = create_captured(bundle, state_root)
     container.start()
     ran = finish_reading(created)
@@ -181,6 +178,11 @@ def test_delete_kills_what_outlived_an_init_without_a_pid_namespace(make_bundle,
         container.delete(force=True)
 
 
+def _host_pids(config: dict) -> None:
+    """No pid namespace of its own (as a hostPID pod)."""
+    config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "pid"]
+
+
 def _dead(pid: int) -> bool:
     """Gone, or a zombie (the test is a subreaper: the orphan is its child now)."""
     try:
@@ -191,10 +193,7 @@ def _dead(pid: int) -> bool:
 
 
 def test_sigkill_of_an_init_without_a_pid_namespace_kills_the_whole_cgroup(make_bundle, state_root) -> None:
-    def host_pids(config: dict) -> None:
-        config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "pid"]
-
-    bundle = make_bundle(["sh", "-c", "sleep 4245 >/dev/null 2>&1 & echo $!; exec sleep 100"], edit=host_pids)
+    bundle = make_bundle(["sh", "-c", "sleep 4245 >/dev/null 2>&1 & echo $!; exec sleep 100"], edit=_host_pids)
     container, created = create_captured(bundle, state_root)
     container.start()
     try:
