@@ -250,7 +250,7 @@ _SEQ = struct.Struct("<q")
 # forker's fork): the number of the request a worker is taking, then the daemon's context (see
 # `Forker.adopt`): its length and its JSON. Pages never written cost nothing.
 _TAKEN_AT, _CONTEXT_AT = 0, _SEQ.size
-_CONTEXT_SPACE = 256 << 10  # (the environment came in one SEQPACKET message: ~208 KiB by default)
+_CONTEXT_SPACE = 1 << 20  # the environment came in one SEQPACKET message (~208 KiB by default); JSON can grow it
 _RETIRED = 3  # a worker's exit status: it waited `idle` seconds and no request came
 _CLOSED = 4  # a worker's exit status: the daemon closed its end
 
@@ -344,10 +344,11 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
     The first worker waits however long it takes.
 
     A worker writes the number of the request it is about to take to a page it shares with the
-    forker (`shared`, see `_CONTEXT_SPACE`). If it dies without answering, the forker answers for it, unless the request is still on
-    the socket (the worker died before taking it): then the next worker serves it. The daemon
-    sends one request at a time, so the request at the head of the socket can only be that one. A
-    worker that cannot be forked fails the request it was needed for, and the forker goes on.
+    forker (`shared`, see `_CONTEXT_SPACE`). If it dies without answering, the forker answers for
+    it, unless the request is still on the socket (the worker died before taking it): then the next
+    worker serves it. The daemon sends one request at a time, so the request at the head of the
+    socket can only be that one. A worker that cannot be forked fails the request it was needed
+    for, and the forker goes on.
     """
     idle: float | None = None
     while True:
@@ -406,6 +407,7 @@ class Forker:
         self._lock = trio.Lock()
         self._seq = 0
         self._shared = mmap.mmap(-1, _CONTEXT_AT + _SEQ.size + _CONTEXT_SPACE)  # before the fork: shared
+        self._max_request = _MAX_MESSAGE
         self.pid = 0
 
     def adopt(self, env: dict[str, str], cwd: str, namespace: str, debug: bool) -> None:
@@ -431,8 +433,10 @@ class Forker:
         for end in (ours, theirs):  # one message is one request: room for _MAX_MESSAGE, not ~208 KiB
             try:
                 end.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, _MAX_MESSAGE)
-            except PermissionError:  # not root: as much as net.core.wmem_max allows
+            except OSError:  # not root: as much as net.core.wmem_max allows
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
+        # what one message may hold: the kernel doubles the value set, and keeps some for itself
+        self._max_request = min(_MAX_MESSAGE, ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
         pid = bare_fork()
         if pid == 0:
             code = 0
@@ -495,8 +499,9 @@ class Forker:
         self._seq += 1
         seq = self._seq
         message = _SEQ.pack(seq) + json.dumps({"op": op, "args": args}).encode()
-        if len(message) > _MAX_MESSAGE:
-            raise ForkerError("internal", f"a forker request of {len(message)} bytes is over the {_MAX_MESSAGE} limit")
+        if len(message) > self._max_request:
+            raise ForkerError("internal",
+                              f"a forker request of {len(message)} bytes is over the {self._max_request} limit")
         async with self._lock:
             with trio.CancelScope(shield=True):
                 reply, out_fds = await self._roundtrip(message, seq, list(fds))

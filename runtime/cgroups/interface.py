@@ -93,13 +93,18 @@ class Cgroup(abc.ABC):
 
     def kill_all(self, sig: int) -> None:
         """Signal every process; frozen meanwhile (where a freezer exists) so a forking process
-        cannot escape the sweep. A cgroup that is empty or already gone is not an error."""
+        cannot escape the sweep. A cgroup that is empty or already gone is not an error. A freeze
+        that does not settle (a task stuck in I/O) does not stop the signals (as in runc): the
+        sweep goes on unfrozen, and the cgroup is thawed again."""
         if not self.pids():
             return
         freeze = self._can_freeze() and not self.frozen()
-        if freeze:
-            self.freeze()
         try:
+            if freeze:
+                try:
+                    self.freeze()
+                except CgroupError:
+                    pass
             _signal_members(self.pids, sig)
         finally:
             if freeze or (sig == signal.SIGKILL and self.frozen()):

@@ -210,7 +210,8 @@ def test_a_cgroup_with_processes_in_it_is_refused(make_bundle, state_root) -> No
     first = make_bundle(["sleep", "100"])
     container, created = create_captured(first, state_root)
     try:
-        second = make_bundle(["true"], edit=lambda c: c["linux"].update(cgroupsPath=first.config["linux"]["cgroupsPath"]))
+        shared = first.config["linux"]["cgroupsPath"]
+        second = make_bundle(["true"], edit=lambda c: c["linux"].update(cgroupsPath=shared))
         with pytest.raises(RuntimeFailure, match="linux.cgroupsPath: cgroup .* is not empty"):
             Container.create(second.id, second.path, root=state_root)
         assert container.state().status == "created"  # untouched

@@ -326,7 +326,8 @@ def spare_first():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-async def test_a_worker_forked_before_the_daemon_adopted_its_container_serves_with_it(spare_first, tmp_path: Path) -> None:
+async def test_a_worker_forked_before_the_daemon_adopted_its_container_serves_with_it(spare_first,
+                                                                                    tmp_path: Path) -> None:
     """A spare daemon's forker was forked with the zygote's environment and working directory; once
     the daemon has its container's, every worker takes them on, the spare forked before included."""
     forker, ready = spare_first
@@ -350,7 +351,7 @@ async def test_a_working_directory_that_is_gone_is_replaced_by_the_root(spare_fi
 async def test_a_context_too_big_for_the_shared_pages_is_refused(spare_first, tmp_path: Path) -> None:
     forker, _ = spare_first
     with pytest.raises(ForkerError, match="context takes"):
-        forker.adopt({"RAILCAR_TEST_BIG": "x" * (300 << 10)}, str(tmp_path), "t", False)
-    forker.adopt({"RAILCAR_TEST_BIG": "x" * (100 << 10)}, str(tmp_path), "t", False)
+        forker.adopt({"RAILCAR_TEST_BIG": "x" * (1 << 20)}, str(tmp_path), "t", False)
+    forker.adopt({"RAILCAR_TEST_BIG": "x" * (600 << 10)}, str(tmp_path), "t", False)
     for _ in range(2):
-        assert (await forker.call("env_size", {}))[0] == 100 << 10
+        assert (await forker.call("env_size", {}))[0] == 600 << 10
