@@ -460,6 +460,8 @@ def _lookup(prog: str, env: tuple[str, ...]) -> str:
             return c
     if found:
         raise RuntimeFailure("process", f"process.args[0]: {found[0]!r} in the container is not executable")
+    if "/" in prog and os.path.isdir(prog):
+        raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container is a directory")
     raise RuntimeFailure("process", f"process.args[0]: executable {prog!r} not found "
                                     "in the container")
 

@@ -170,7 +170,15 @@ class CgroupV1(Cgroup):
             files.write(memsw, swap)
             swap = None
         if limit is not None:
-            files.write(f"{d}/memory.limit_in_bytes", limit)
+            try:
+                files.write(f"{d}/memory.limit_in_bytes", limit)
+            except CgroupError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                usage, peak = (files.read_int(f"{d}/memory.{name}", -1)
+                               for name in ("usage_in_bytes", "max_usage_in_bytes"))
+                raise CgroupError(f"memory.limit_in_bytes: {limit} is below what the cgroup uses and cannot "
+                                  f"reclaim (usage {usage}, peak {peak})", e.errno) from None
         if swap is not None:
             files.write(memsw, swap)
         if m.reservation is not None:

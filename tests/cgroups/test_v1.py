@@ -199,3 +199,21 @@ def test_kill_all_never_signals_a_pid_that_left_the_cgroup(cgroup_parent: str, s
     cg.kill_all(signal.SIGKILL)
     wait_for(lambda: cg.pids() == [], "the cgroup to empty")
     cg.destroy()
+
+
+def test_a_memory_limit_below_what_cannot_be_reclaimed_names_the_usage(cgroup_parent: str, spawn) -> None:
+    with open("/proc/swaps") as f:
+        if len(f.read().splitlines()) > 1:
+            pytest.skip("with swap, the kernel could make room by swapping out")
+    cg = CgroupV1(f"{cgroup_parent}/c10")
+    cg.create({"memory": {"limit": 256 << 20}})
+    p = spawn(cg, PYTHON, "-c", "x = bytearray(40 << 20); x[::4096] = b'1' * len(x[::4096]); "
+                                "import time; time.sleep(1000)")
+    wait_for(lambda: cg.stats()["memory"]["usage"]["usage"] > 40 << 20)
+    with pytest.raises(CgroupError, match=r"4096 is below what the cgroup uses and cannot reclaim "
+                                          r"\(usage \d+, peak \d+\)"):
+        cg.update({"memory": {"limit": 4096}})  # (anonymous memory, and no swap to move it to)
+    assert read(cg, "memory", "memory.limit_in_bytes") == str(256 << 20)
+    p.popen.kill()
+    p.wait()
+    cg.destroy()
