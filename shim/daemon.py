@@ -5,8 +5,9 @@ Python, with SIGPIPE ignored (as in every child); then the daemon becomes a chil
 children do not inherit); only then does trio start. A daemon spawned by `start` (or by hand) knows its
 container from the start. A zygote's spare does all of that ahead of need and then waits, inside
 trio, for its assignment (flags, environment, working directory and listener), so a container's
-`start` finds a daemon already serving; only then does it open its log, and its forker's workers
-take on the container's environment with each request. The daemon ends on Shutdown with no tasks left, on SIGTERM/SIGINT, or when no Create arrived within
+`start` finds a daemon already serving; only then does it open its log and hand its environment,
+working directory and log settings to its forker's workers (`Forker.adopt`). The daemon ends on
+Shutdown with no tasks left, on SIGTERM/SIGINT, or when no Create arrived within
 the grace period (containerd died between `start` and Create, reference §8.4), and removes its
 socket on the way out.
 """

@@ -413,9 +413,8 @@ class Forker:
     def adopt(self, env: dict[str, str], cwd: str, namespace: str, debug: bool) -> None:
         """A spare daemon's forker was forked before its container was known: from now on every
         worker takes on first what a spawned daemon's forker would have inherited (environment,
-        working directory, log settings). It goes to the pages shared with the forker and its
-        workers, not with each request: a request must fit in one socket message (~208 KiB by
-        default), an environment need not."""
+        working directory, log settings). It is written once, to the pages shared with the forker
+        and its workers, rather than sent again with every request."""
         context = json.dumps({"env": env, "cwd": cwd, "namespace": namespace, "debug": debug}).encode()
         if len(context) > _CONTEXT_SPACE:
             raise ForkerError("internal", f"the daemon's context takes {len(context)} bytes, over {_CONTEXT_SPACE}")

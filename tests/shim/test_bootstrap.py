@@ -228,8 +228,8 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
         fds = _fd_targets(pid)
         assert fds[0] == fds[1] == "/dev/null" and fds[3].startswith("socket:")
         # It logs to the bundle's FIFO and works in the bundle. Its forker, made before the spare was
-        # assigned, stays as it was forked: each request brings the daemon's log, environment and
-        # working directory to the worker that serves it (test_forker.py).
+        # assigned, stays as it was forked: each request brings the daemon's log, and the worker
+        # serving it takes the daemon's environment and working directory (test_forker.py).
         [forker] = children_named(pid, "railcar-forker")
         assert fds[2] == str(bundle / "log")
         assert os.readlink(f"/proc/{pid}/cwd") == str(bundle)
