@@ -16,7 +16,7 @@ import sys
 import time
 from _socket import AF_UNIX, SCM_RIGHTS, SOCK_CLOEXEC, SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, socket
 
-from . import paths
+from . import paths, pool
 from .flags import Flags
 
 GROUP_ANNOTATIONS = ("io.containerd.railcar.v2.group", "io.kubernetes.cri.sandbox-id")
@@ -30,8 +30,8 @@ class StartError(RuntimeError):
     """`start` cannot produce an address; the message is what containerd shows its client."""
 
 
-def group_key(bundle: str, container_id: str) -> str:
-    """The grouping key: the first group annotation in the bundle's config.json, else the container id.
+def group_key(bundle: str) -> str | None:
+    """The grouping key: the first group annotation in the bundle's config.json; None if it names none.
 
     A config that names neither annotation is not parsed at all (json costs ~15 ms of imports and
     its own parse): Create validates the spec anyway, and the names contain nothing a JSON encoder
@@ -44,7 +44,7 @@ def group_key(bundle: str, container_id: str) -> str:
     except OSError as e:
         raise StartError(f"cannot read {config_path}: {e}") from e
     if not any(name.encode() in data for name in GROUP_ANNOTATIONS):
-        return container_id
+        return None
     import json
 
     try:
@@ -57,7 +57,7 @@ def group_key(bundle: str, container_id: str) -> str:
             value = annotations.get(name)
             if isinstance(value, str) and value:
                 return value
-    return container_id
+    return None
 
 
 def accepts(path: str, kind: int = SOCK_STREAM) -> bool:
@@ -254,21 +254,64 @@ def _drain_stdin() -> None:
 
 
 def start(flags: Flags) -> str:
-    """Find or spawn the daemon for this container's group; return the address to print."""
+    """Find or spawn the daemon for this container's group (or pool); return the address to print."""
     if not flags.id:
         raise StartError("start needs -id")
     if not flags.address:
         raise StartError("start needs -address")
     bundle = os.path.abspath(flags.bundle or os.getcwd())
-    path = paths.socket_path(flags.address, flags.namespace, group_key(bundle, flags.id))
+    group = group_key(bundle)
+    if group is None and pool.size() > 1 and pool.poolable(flags.id):
+        address = _join_pool(flags, bundle)
+    else:
+        path = paths.socket_path(flags.address, flags.namespace, group or flags.id)
+        listener = _listen(path)
+        address = _use(bundle, path) if listener is None else _serve_new(flags, bundle, path, listener)
+    _drain_stdin()
+    return address
+
+
+def _join_pool(flags: Flags, bundle: str) -> str:
+    """The address of the first pool of this containerd and namespace with room, after recording
+    this container as its member; a pool whose daemon is dead gets a new one (see pool.py)."""
+    limit = pool.size()
+    index = 0
+    while True:
+        path = paths.socket_path(flags.address, flags.namespace, pool.group(index))
+        members = pool.Members(path)
+        lock = members.lock()
+        try:
+            if accepts(path):
+                if len(members.names()) >= limit:
+                    index += 1
+                    continue
+                members.add(flags.id)
+                return _use(bundle, path)
+            members.clear()  # they were its dead daemon's
+            listener = _listen(path)
+            members.add(flags.id)
+            if listener is None:  # a plain group that happens to have this name
+                return _use(bundle, path)
+            try:
+                return _serve_new(flags, bundle, path, listener)
+            except BaseException:
+                members.remove(flags.id)
+                raise
+        finally:
+            os.close(lock)
+
+
+def _use(bundle: str, path: str) -> str:
+    """Point the bundle at the live daemon on `path`; the address."""
     address = "unix://" + path
-    listener = _listen(path)
-    if listener is None:
-        write_address(bundle, address)
-        _drain_stdin()
-        return address
+    write_address(bundle, address)
+    return address
+
+
+def _serve_new(flags: Flags, bundle: str, path: str, listener: socket) -> str:
+    """Have a daemon serve `listener` (forked by the zygote, else spawned); the address."""
     try:
-        write_address(bundle, address)
+        address = _use(bundle, path)
         daemon_flags = _daemon_flags(flags, bundle)
         use_zygote = os.environ.get(ZYGOTE_ENV) != "0"
         pid = _fork_from_zygote(daemon_flags, bundle, listener) if use_zygote else None
@@ -287,5 +330,4 @@ def start(flags: Flags) -> str:
     finally:
         listener.close()
     _adjust_oom_score(pid)
-    _drain_stdin()
     return address

@@ -11,7 +11,7 @@ import sys
 import time
 from _signal import SIGKILL  # the C module: signal.py builds its enums (~7 ms of every `delete`)
 
-from . import paths, wire
+from . import paths, pool, wire
 from .flags import Flags
 
 PID_FILE = "init.pid"
@@ -101,10 +101,18 @@ def _unmount_rootfs(bundle: str) -> str | None:
     return None
 
 
-def _remove_socket_if_unused(bundle: str) -> None:
-    """Remove the shim socket unless another bundle of this namespace still points at it (a group)."""
+def _remove_socket_if_unused(bundle: str, container_id: str) -> None:
+    """Remove the shim socket unless another bundle of this namespace still points at it (a group),
+    or, for a pool, unless it has members left or a daemon still serves it."""
     address = _read(os.path.join(bundle, paths.ADDRESS_FILE))
     if not address or not address.startswith("unix://"):
+        return
+    members = pool.Members(address[len("unix://"):])
+    if members.exists():
+        from .bootstrap import accepts  # ~3 ms, only when a pool's daemon died
+
+        members.remove(container_id)
+        members.dissolve_if_unserved(accepts)
         return
     me = os.path.realpath(bundle)
     with os.scandir(os.path.dirname(me)) as siblings:  # not glob: it imports re, 6 ms of a 5 s budget path
@@ -130,7 +138,7 @@ def delete(flags: Flags) -> bytes:
     pid_text = _read(os.path.join(bundle, PID_FILE))
     pid = int(pid_text) if pid_text and pid_text.isdigit() else 0
     warnings = [_destroy_container(flags.id, flags.namespace), _unmount_rootfs(bundle)]
-    _remove_socket_if_unused(bundle)
+    _remove_socket_if_unused(bundle, flags.id)
     for warning in warnings:
         if warning:
             print(warning, file=sys.stderr)

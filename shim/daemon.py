@@ -9,7 +9,8 @@ trio, for its assignment (flags, environment, working directory and listener), s
 working directory and log settings to its forker's workers (`Forker.adopt`). The daemon ends on
 Shutdown with no tasks left, on SIGTERM/SIGINT, or when no Create arrived within
 the grace period (containerd died between `start` and Create, reference §8.4), and removes its
-socket on the way out.
+socket on the way out. A pool's daemon stays while a container that `start` just sent it is on
+its way (see pool.py).
 """
 
 import gc
@@ -18,7 +19,7 @@ import marshal
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import prctl
 import trio
@@ -27,7 +28,7 @@ from railcar.ttrpc_proto.api import task_v2_pb2, task_v3_pb2
 from railcar.ttrpc_proto.server import Server
 
 from . import log as shim_log
-from . import paths
+from . import paths, pool
 from .events import Publisher
 from .flags import Flags, parse
 from .forker import Forker, ForkerError, receive
@@ -37,6 +38,7 @@ from .service import TaskService
 GRACE_ENV = "RAILCAR_SHIM_GRACE"
 DEFAULT_GRACE = 30.0
 EVENT_DRAIN_TIMEOUT = 5.0
+LEAVE_RETRY = 0.2  # seconds between attempts to leave a pool while a container joins it
 PROCESS_NAME = "railcar-shim"  # the comm name ps/top show, whether spawned cold or forked by the zygote
 SPARE_NAME = "railcar-spare"  # a zygote's spare until a `start` is passed to it
 
@@ -70,6 +72,32 @@ class Assignment:
     bundle: str
     listener: socket.socket
     logger: logging.Logger
+    members: pool.Members | None = field(default=None, init=False)  # the pool it serves, if any
+    left: bool = False  # it left its pool: the socket on its path may be a new daemon's
+
+    def __post_init__(self) -> None:
+        path = self.listener.getsockname()
+        if isinstance(path, str) and path and pool.Members(path).exists():
+            self.members = pool.Members(path)
+
+    def leave(self, force: bool = False) -> bool:
+        """Leave the pool, under its lock: remove the socket, the members and their directory.
+        Unless `force`d (the daemon exits whatever comes), not while someone holds the lock or a
+        container is joining; then False."""
+        members = self.members
+        if members is None or self.left:
+            return True
+        fd = members.lock(wait=force)
+        if fd is None:
+            return False
+        try:
+            if not force and members.joining(_grace()):
+                return False
+            members.dissolve()
+            self.left = True
+            return True
+        finally:
+            os.close(fd)
 
 
 async def _serve(assignment: Assignment, forker: Forker) -> None:
@@ -81,7 +109,7 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
         nursery.start_soon(publisher.run)
         service = TaskService(namespace=flags.namespace, root=paths.runtime_root(flags.namespace), forker=forker,
                               reaper=reaper, publisher=publisher, nursery=nursery, logger=logger,
-                              log_bundle=bundle)
+                              log_bundle=bundle, removed=assignment.members.remove if assignment.members else None)
         server = Server(require_same_user=True)
         server.register("containerd.task.v2.Task", service.methods(task_v2_pb2))
         server.register("containerd.task.v3.Task", service.methods(task_v3_pb2))
@@ -101,8 +129,15 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                     stop.set()
 
         async def on_shutdown() -> None:
-            await service.shutdown_requested.wait()
-            stop.set()
+            while True:
+                await service.shutdown_requested.wait()
+                if service.tasks:  # a container joined the pool after all
+                    service.shutdown_requested = trio.Event()
+                elif assignment.leave():
+                    stop.set()
+                    return
+                else:
+                    await trio.sleep(LEAVE_RETRY)
 
         async def on_idle() -> None:
             with trio.move_on_after(_grace()):
@@ -110,7 +145,7 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                 return
             if not service.tasks:
                 logger.warning("no Create within %.0f s of start, exiting", _grace())
-                stop.set()
+                service.shutdown_requested.set()
 
         nursery.start_soon(on_signals)
         nursery.start_soon(on_shutdown)
@@ -151,7 +186,9 @@ async def _serve_then_close(assignment: Assignment, forker: Forker) -> None:
     finally:
         path = assignment.listener.getsockname()
         assignment.listener.close()
-        if isinstance(path, str) and path:
+        if assignment.members is not None:
+            assignment.leave(force=True)
+        elif isinstance(path, str) and path:
             try:
                 os.unlink(path)
             except OSError:

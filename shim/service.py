@@ -68,8 +68,10 @@ class TaskService:
     """The state of one shim daemon: its tasks, and the handlers containerd calls."""
 
     def __init__(self, *, namespace: str, root: str, forker: Forker, reaper: Reaper, publisher: Publisher,
-                 nursery: trio.Nursery, logger: logging.Logger, log_bundle: str) -> None:
+                 nursery: trio.Nursery, logger: logging.Logger, log_bundle: str,
+                 removed: Callable[[str], None] | None = None) -> None:
         self.namespace = namespace
+        self._removed = removed  # told each container id that stops being served (a pool's member)
         self._log_bundle = log_bundle  # whose `log` FIFO is our fd 2
         self.root = root
         self.tasks: dict[str, Task] = {}
@@ -296,7 +298,7 @@ class TaskService:
     async def _undo_create(self, task: Task, pio: ProcessIO | None, maybe_created: bool) -> None:
         """Remove whatever a failed Create made: the container if it may exist (deleting one that
         does not is a no-op) and the rootfs mounts, in one forker call."""
-        self.tasks.pop(task.id, None)
+        self._forget(task)
         rootfs = os.path.join(task.bundle, "rootfs")
         if maybe_created:
             removal: dict[str, Any] = {"id": task.id, "root": self.root, "force": True}
@@ -393,13 +395,17 @@ class TaskService:
                                                                               process.exited_at_ns))
                 except OSError as e:  # then `delete` checks everything itself (and finds it gone)
                     self._log.warning("cannot record the delete answer of %s: %s", task.id, e)
-            del self.tasks[task.id]
+            self._forget(task)
             if task.bundle == self._log_bundle:
                 self._move_log()
             self._events.publish(ev.TaskDelete(container_id=task.id, pid=process.pid,
                                                exit_status=process.exit_status,
                                                exited_at=_timestamp(process.exited_at_ns)))
             return response
+
+    def _forget(self, task: Task) -> None:
+        if self.tasks.pop(task.id, None) is not None and self._removed is not None:
+            self._removed(task.id)
 
     def _move_log(self) -> None:
         """Our fd 2 is the log FIFO of a bundle containerd is about to remove, and a FIFO without a

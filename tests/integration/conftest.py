@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from railcar.shim import pool
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
 import devenv  # noqa: E402
 from tests.polling import eventually  # noqa: E402,F401 - the integration tests import it from here
@@ -193,8 +195,8 @@ def _settled(check: Callable[[], Collection], timeout: float = 10.0) -> Collecti
 
 class Leftovers:
     """What of railcar's exists for a containerd now, so that a test can check it added nothing:
-    shim daemons, sockets in /run/containerd/s, mounts under containerd's state or root, runtime
-    state, and cgroups under /`cgroup_parent` (ctr's is the namespace)."""
+    shim daemons, sockets in /run/containerd/s, pools' member directories, mounts under containerd's
+    state or root, runtime state, and cgroups under /`cgroup_parent` (ctr's is the namespace)."""
 
     def __init__(self, cd: devenv.Containerd, cgroup_parent: str) -> None:
         self.cd = cd
@@ -204,14 +206,17 @@ class Leftovers:
             self._sockets(), shim_pids(), self._state(), set(cgroups_of(cgroup_parent)))
 
     def _sockets(self) -> set[str]:
-        return set(os.listdir(SOCKET_DIR)) if os.path.isdir(SOCKET_DIR) else set()
+        found = set(os.listdir(SOCKET_DIR)) if os.path.isdir(SOCKET_DIR) else set()
+        if os.path.isdir(pool.MEMBERS_ROOT):
+            found |= {f"pool {name}" for name in os.listdir(pool.MEMBERS_ROOT)}
+        return found
 
     def _state(self) -> set[Path]:
         return set(self.runtime_dir.iterdir()) if self.runtime_dir.is_dir() else set()
 
     def assert_none_new(self) -> None:
         assert not _settled(lambda: shim_pids() - self.shims), "shim daemons left running"
-        assert not _settled(lambda: self._sockets() - self.sockets), "shim sockets left in /run/containerd/s"
+        assert not _settled(lambda: self._sockets() - self.sockets), "shim sockets or pools left"
         assert not _settled(lambda: mounts_under(self.cd.state, self.cd.root)), "mounts left"
         assert not _settled(lambda: self._state() - self.state), "runtime state left"
         assert not _settled(lambda: set(cgroups_of(self.cgroup_parent)) - self.cgroups), "cgroups left"

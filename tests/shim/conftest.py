@@ -22,10 +22,11 @@ def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdi
              extra_python: list[str] = ()) -> subprocess.CompletedProcess:
     """One short-lived shim command, as containerd runs it (cwd = bundle, stdout+stderr captured).
 
-    The zygote is off unless `env` turns it on: a test that wants one starts and stops its own.
+    The zygote and pools are off unless `env` turns them on: a test that wants a zygote starts and
+    stops its own, and a container that names no group gets a daemon of its own.
     """
     return subprocess.run([sys.executable, *extra_python, "-m", "railcar.shim", *args], cwd=cwd, input=stdin,
-                          capture_output=True, env={**os.environ, "RAILCAR_ZYGOTE": "0", **(env or {})}, timeout=30)
+                          capture_output=True, env={**os.environ, "RAILCAR_ZYGOTE": "0", "RAILCAR_POOL_SIZE": "1", **(env or {})}, timeout=30)
 
 
 def runs_sealed(pid: int) -> bool:
