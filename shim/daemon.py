@@ -3,10 +3,11 @@
 Order matters here. The forker is forked while the process is still a plain single-threaded
 Python, with SIGPIPE ignored (as in every child); then the daemon becomes a child subreaper (which
 children do not inherit); only then does trio start. A daemon spawned by `start` (or by hand) knows its
-container from the start. A zygote's spare does all of that ahead of need and then waits, inside
-trio, for its assignment (flags, environment, working directory and listener), so a container's
-`start` finds a daemon already serving; only then does it open its log and hand its environment,
-working directory and log settings to its forker's workers (`Forker.adopt`). The daemon ends on
+container from the start. A zygote's spare does all of that but trio ahead of need and then waits
+for its assignment (flags, environment, working directory and listener) in a blocking read, which
+writes to far fewer pages than a waiting trio loop (0.6 against 2.0 MiB of private memory,
+measured); only then does it open its log, hand its environment, working directory and log
+settings to its forker's workers (`Forker.adopt`), and start trio. The daemon ends on
 Shutdown with no tasks left, on SIGTERM/SIGINT, or when no Create arrived within
 the grace period (containerd died between `start` and Create, reference §8.4), and removes its
 socket on the way out. A pool's daemon stays while a container that `start` just sent it is on
@@ -31,7 +32,7 @@ from . import log as shim_log
 from . import paths, pool
 from .events import Publisher
 from .flags import Flags, parse
-from .forker import Forker, ForkerError, receive
+from .forker import Forker, ForkerError
 from .reaper import Reaper
 from .service import TaskService
 
@@ -208,13 +209,19 @@ def run(flags: Flags) -> int:
     return 0
 
 
-async def _serve_when_assigned(conn: socket.socket, forker: Forker, holds_fd3: bool) -> None:
-    """A spare's life: wait for the zygote to pass on a `start` request, take on its container, serve.
-    Returns at once if the zygote closed the connection first (it is exiting)."""
-    data, fds = await receive(conn, 1 << 20, 1)
-    conn.close()
+def _assigned(conn: socket.socket, forker: Forker, holds_fd3: bool) -> Assignment | None:
+    """Wait for the zygote to pass on a `start` request, and take on its container; None if the
+    zygote closed the connection first (it is exiting)."""
+    try:
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 1)
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    for fd in fds:
+        os.set_inheritable(fd, False)
     if not data or len(fds) != 1:
-        return
+        return None
     prctl.set_name(PROCESS_NAME)
     request = marshal.loads(data)  # from our parent, the zygote, which checked it
     os.environ.clear()
@@ -233,7 +240,7 @@ async def _serve_when_assigned(conn: socket.socket, forker: Forker, holds_fd3: b
         forker.adopt(dict(os.environ), os.getcwd(), flags.namespace, flags.debug)
     except ForkerError as e:  # its workers keep the zygote's environment and working directory
         assignment.logger.warning("%s", e)
-    await _serve_then_close(assignment, forker)
+    return assignment
 
 
 def run_spare(conn: socket.socket) -> int:
@@ -246,9 +253,10 @@ def run_spare(conn: socket.socket) -> int:
         os.close(placeholder)
     forker = _prepare()
     prctl.set_name(SPARE_NAME)
-    conn.setblocking(False)
     try:
-        trio.run(_serve_when_assigned, conn, forker, placeholder == 3)
+        assignment = _assigned(conn, forker, placeholder == 3)
+        if assignment is not None:
+            trio.run(_serve_then_close, assignment, forker)
     finally:
         forker.close()
     return 0
