@@ -3,13 +3,14 @@
 A fresh daemon spends most of a second importing trio, protobuf and the runtime before it can
 answer containerd's Create. The zygote pays that once: it imports everything the daemon needs and
 freezes the heap (copy-on-write stays shared). It keeps one spare daemon forked ahead of need (its
-forker made, trio running: `daemon.run_spare`); each `start` is passed on to the spare, with the
+forker made; trio starts once it is assigned, so that a spare waiting for its container writes to
+few pages: `daemon.run_spare`); each `start` is passed on to the spare, with the
 listener `start` sent over SCM_RIGHTS, and a new spare is forked for the next one. The zygote runs
 no thread, and trio only in its warm-up, which leaves nothing running or open: forking it is safe.
 Requests and replies are `marshal`-encoded (`start` cannot afford json's imports) and accepted only
 from our own uid. When no zygote answers, `start` spawns one (one for a burst of starts) and waits
-for it: the socket appears only once the zygote has imported everything and tried to fork its first
-spare (the warm-up follows once that spare is in use). `start` spawns a daemon directly only if no
+for it: the socket appears only once the zygote has imported everything, warmed up and tried to
+fork its first spare. `start` spawns a daemon directly only if no
 zygote is ready within a few seconds. The zygote exits after an idle period.
 
 Run as `python -m railcar.shim.zygote`; the socket name is tied to this interpreter and checkout.
@@ -33,7 +34,6 @@ from .flags import FlagError, parse
 IDLE_ENV = "RAILCAR_ZYGOTE_IDLE"
 DEFAULT_IDLE = 600.0
 SPARE_DELAY = 0.1  # seconds without a `start` before a used spare is replaced
-WARM_UP_DELAY = 1.0  # seconds without a `start` before the first spare's successor, after the warm-up
 WARM_UP_ROUNDS = 10
 _UCRED = struct.Struct("3i")
 
@@ -208,7 +208,10 @@ def _warm_up() -> None:
     """Run a daemon's hottest path (a trio loop serving ttrpc calls, events encoded) a few times.
     The interpreter's one-time writes (lazy set-up, specialised bytecode) then happen here, once, in
     pages every later daemon shares: each keeps about 0.5 MiB less of private memory (6.5 against
-    7.0 MiB, measured). It takes ~80 ms, so the zygote does it once its first spare is in use."""
+    7.0 MiB, measured). It comes before the first spare, although the first `start` then waits ~80 ms
+    longer for the zygote: a daemon forked before it keeps the pages it wrote shared with its forker
+    only, and both end up with their own copies (the forker 4.9 against 1.5 MiB of private memory,
+    measured), for as long as that daemon runs; with pools, that is the first pool's daemon."""
     import trio
 
     # A SIGTERM meanwhile waits until this is done: raised inside trio, the handler's SystemExit
@@ -273,6 +276,10 @@ def main() -> int:
 
     prctl.set_name("railcar-zygote")
     _load()
+    try:
+        _warm_up()
+    except Exception:  # only an optimisation: serve on without it
+        pass
     gc.freeze()
     spare = _Spare.fork()
     server = _Server.publish(path)  # a `start` that spawned this zygote waits for this
@@ -280,25 +287,16 @@ def main() -> int:
         if spare is not None:
             spare.retire()
         return 0
-    warm = False
     try:
         while True:
             # A used spare is replaced once no `start` came for SPARE_DELAY: forking it at once
-            # would take CPU from the container being created right then. The warm-up waits for
-            # a longer pause, as the first container is still being created then.
-            server.sock.settimeout(_idle_timeout() if spare else SPARE_DELAY if warm else WARM_UP_DELAY)
+            # would take CPU from the container being created right then.
+            server.sock.settimeout(_idle_timeout() if spare else SPARE_DELAY)
             try:
                 conn, _ = server.sock.accept()
             except TimeoutError:
                 if spare:
                     return 0
-                if not warm:
-                    warm = True
-                    try:
-                        _warm_up()
-                    except Exception:  # only an optimisation: serve on without it
-                        pass
-                    gc.freeze()
                 spare = _Spare.fork()
                 if spare is None:
                     return 0  # cannot fork now: `start` spawns daemons (and a new zygote) itself
