@@ -48,6 +48,9 @@ def _run(flags: Flags) -> int:
     from railcar.runtime.sealing import reexec_sealed
 
     reexec_sealed()
+    from .deferred import defer_unused
+
+    defer_unused()
     from .daemon import run
 
     return run(flags)

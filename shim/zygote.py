@@ -196,6 +196,9 @@ def _serve_one(conn: socket.socket, spare: _Spare | None) -> _Spare | None:
 
 def _load() -> None:
     """Import what a daemon needs before its first request arrives."""
+    from .deferred import defer_unused
+
+    defer_unused()
     import trio  # noqa: F401
 
     import railcar.io  # noqa: F401

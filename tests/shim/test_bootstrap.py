@@ -154,6 +154,8 @@ async def test_a_start_that_finds_no_zygote_starts_one_and_waits_for_it(bundle: 
         assert zygote is not None and before in (None, zygote)
         with open(f"/proc/{zygote}/comm") as f:
             assert f.read().strip() == "railcar-zygote"
+        with open(f"/proc/{zygote}/maps") as f:
+            assert "libssl" not in f.read()  # what trio imports and railcar never uses is deferred
         pid = await _connect(shim_address, "z0")
         # Forked by the zygote, not spawned cold: it shares the zygote's pages for as long as it runs.
         assert _parent(pid) == zygote
