@@ -206,19 +206,29 @@ def shim_memory(cd: devenv.Containerd, name: str, ids: list[str]) -> str:
     return f"{len(pids):2d} shim processes, {total / count / 1024:6.2f} MiB PSS per container{split}"
 
 
+MEMORY_LAYOUTS = (
+    # label, railcar flags, runc flags: each container names no group (railcar pools them, runc's shim
+    # serves each alone); each names a group of its own (a daemon each, as runc); all in one pod
+    ("default", lambda name, cid: [], lambda name, cid: []),
+    ("a daemon each", lambda name, cid: ["--annotation", f"io.containerd.railcar.v2.group={cid}"], None),
+    ("one pod", lambda name, cid: ["--annotation", f"io.kubernetes.cri.sandbox-id=pod-{name}"],
+     lambda name, cid: ["--annotation", f"io.kubernetes.cri.sandbox-id=pod-{name}"]),
+)
+
+
 def bench_memory(cd: devenv.Containerd, image: str, count: int) -> None:
     print(f"\nshim PSS per running container ({count} containers each; at once and {SETTLE:.0f} s later)")
-    for grouped in (False, True):
+    for layout, railcar_flags, runc_flags in MEMORY_LAYOUTS:
         for name, flags in RUNTIMES.items():
-            if name == "crun":
-                continue  # same Go shim as runc
-            ids = [f"m-{name}-{int(grouped)}-{i}" for i in range(count)]
-            extra = ["--annotation", f"io.kubernetes.cri.sandbox-id=pod-{name}"] if grouped else []
-            label = "grouped" if grouped else "one shim each"
+            extra_of = railcar_flags if name == "railcar" else runc_flags
+            if name == "crun" or extra_of is None:
+                continue  # crun: the same Go shim as runc
+            ids = [f"m-{name}-{layout.replace(' ', '')}-{i}" for i in range(count)]
             try:
                 for cid in ids:
-                    timed(cd, "run", "-d", *flags, *extra, image, cid, "sleep", "1000", what=f"{name} run -d")
-                print(f"  {name:8s} {label:14s} {shim_memory(cd, name, ids)}")
+                    timed(cd, "run", "-d", *flags, *extra_of(name, cid), image, cid, "sleep", "1000",
+                          what=f"{name} run -d")
+                print(f"  {name:8s} {layout:14s} {shim_memory(cd, name, ids)}")
                 time.sleep(SETTLE)
                 print(f"  {'':8s} {'settled':14s} {shim_memory(cd, name, ids)}")
             finally:
