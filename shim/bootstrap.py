@@ -56,6 +56,9 @@ def group_key(bundle: str) -> str | None:
         for name in GROUP_ANNOTATIONS:
             value = annotations.get(name)
             if isinstance(value, str) and value:
+                if value.startswith(pool.GROUP_PREFIX):
+                    raise StartError(f"annotation {name}={value}: "
+                                     f"groups named {pool.GROUP_PREFIX}* are railcar's pools")
                 return value
     return None
 
@@ -264,6 +267,10 @@ def start(flags: Flags) -> str:
     if group is None and pool.size() > 1 and pool.poolable(flags.id):
         address = _join_pool(flags, bundle)
     else:
+        try:  # a bundle directory can outlive a crash: `delete` must not take it for a pool's
+            os.unlink(os.path.join(bundle, pool.MARKER_FILE))
+        except FileNotFoundError:
+            pass
         path = paths.socket_path(flags.address, flags.namespace, group or flags.id)
         listener = _listen(path)
         address = _use(bundle, path) if listener is None else _serve_new(flags, bundle, path, listener)
@@ -281,18 +288,19 @@ def _join_pool(flags: Flags, bundle: str) -> str:
         members = pool.Members(path)
         lock = members.lock()
         try:
-            if accepts(path):
-                if len(members.names()) >= limit:
-                    index += 1
-                    continue
-                members.add(flags.id)
-                return _use(bundle, path)
-            members.clear()  # they were its dead daemon's
-            listener = _listen(path)
+            state = _probe(path)
+            if state == "busy" or (state == "live" and len(members.names()) >= limit):
+                index += 1  # a daemon that does not answer is not taken for dead: its containers live
+                continue
+            if state == "dead":
+                for name in members.names():  # they were its dead daemon's
+                    members.remove(name)
             members.add(flags.id)
-            if listener is None:  # a plain group that happens to have this name
-                return _use(bundle, path)
             try:
+                _mark_pooled(bundle)
+                listener = None if state == "live" else _listen(path)
+                if listener is None:  # live, or a plain group that happens to have this name
+                    return _use(bundle, path)
                 return _serve_new(flags, bundle, path, listener)
             except BaseException:
                 members.remove(flags.id)
@@ -301,10 +309,37 @@ def _join_pool(flags: Flags, bundle: str) -> str:
             os.close(lock)
 
 
+def _probe(path: str) -> str:
+    """"live" if a daemon accepts on `path`, "dead" if none can (no socket, or refused), "busy" if
+    the connect timed out or the backlog is full."""
+    probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
+    probe.settimeout(_CONNECT_TIMEOUT)
+    try:
+        probe.connect(path)
+        return "live"
+    except (FileNotFoundError, ConnectionRefusedError):
+        return "dead"
+    except OSError:
+        return "busy"
+    finally:
+        probe.close()
+
+
+def _mark_pooled(bundle: str) -> None:
+    """Tell `delete` that this bundle's daemon serves a pool (see cleanup.py)."""
+    try:
+        os.close(os.open(os.path.join(bundle, pool.MARKER_FILE), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    except OSError as e:
+        raise StartError(f"cannot write {bundle}/{pool.MARKER_FILE}: {e}") from e
+
+
 def _use(bundle: str, path: str) -> str:
     """Point the bundle at the live daemon on `path`; the address."""
     address = "unix://" + path
-    write_address(bundle, address)
+    try:
+        write_address(bundle, address)
+    except OSError as e:
+        raise StartError(f"cannot write {bundle}/{paths.ADDRESS_FILE}: {e}") from e
     return address
 
 

@@ -79,12 +79,16 @@ class Assignment:
     def __post_init__(self) -> None:
         path = self.listener.getsockname()
         if isinstance(path, str) and path and pool.Members(path).exists():
-            self.members = pool.Members(path)
+            try:
+                st = os.stat(path)  # `start` bound it just now, under the pool's lock
+            except OSError:
+                return
+            self.members = pool.Members(path, ours=(st.st_dev, st.st_ino))
 
     def leave(self, force: bool = False) -> bool:
-        """Leave the pool, under its lock: remove the socket, the members and their directory.
-        Unless `force`d (the daemon exits whatever comes), not while someone holds the lock or a
-        container is joining; then False."""
+        """Leave the pool, under its lock: remove the socket, the members and their directory
+        (unless a newer daemon took the pool over). Unless `force`d (the daemon stops whatever
+        comes), not while someone holds the lock or a container is joining; then False."""
         members = self.members
         if members is None or self.left:
             return True
@@ -100,6 +104,13 @@ class Assignment:
         finally:
             os.close(fd)
 
+    def forget(self, container_id: str, tasks: dict[str, object]) -> None:
+        """A container is no longer served: its member goes, and with it any member neither served
+        nor joining (see `pool.Members.prune`)."""
+        if self.members is not None and not self.left:
+            self.members.remove(container_id)
+            self.members.prune(_grace(), tasks.__contains__)
+
 
 async def _serve(assignment: Assignment, forker: Forker) -> None:
     flags, bundle, listener, logger = assignment.flags, assignment.bundle, assignment.listener, assignment.logger
@@ -110,7 +121,8 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
         nursery.start_soon(publisher.run)
         service = TaskService(namespace=flags.namespace, root=paths.runtime_root(flags.namespace), forker=forker,
                               reaper=reaper, publisher=publisher, nursery=nursery, logger=logger,
-                              log_bundle=bundle, removed=assignment.members.remove if assignment.members else None)
+                              log_bundle=bundle,
+                              removed=lambda container_id: assignment.forget(container_id, service.tasks))
         server = Server(require_same_user=True)
         server.register("containerd.task.v2.Task", service.methods(task_v2_pb2))
         server.register("containerd.task.v3.Task", service.methods(task_v3_pb2))
@@ -127,6 +139,7 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     logger.info("received %s, exiting", signal.Signals(signum).name)
+                    assignment.leave(force=True)  # before it stops serving: no `start` sends it more
                     stop.set()
 
         async def on_shutdown() -> None:
@@ -186,10 +199,10 @@ async def _serve_then_close(assignment: Assignment, forker: Forker) -> None:
         raise
     finally:
         path = assignment.listener.getsockname()
-        assignment.listener.close()
         if assignment.members is not None:
-            assignment.leave(force=True)
-        elif isinstance(path, str) and path:
+            assignment.leave(force=True)  # while the listener is open: `start` cannot find it dead first
+        assignment.listener.close()
+        if assignment.members is None and isinstance(path, str) and path:
             try:
                 os.unlink(path)
             except OSError:

@@ -11,12 +11,15 @@ many containers one daemon takes (1: a daemon for each container, as runc's shim
 daemon that dies takes the control of all its containers with it, as a pod's shim does.
 
 A pool's members are files named after their container ids, in a directory named after the pool's
-socket under MEMBERS_ROOT. `start` writes a member before it prints the pool's address, and a
-container's Delete (or `delete`) removes it. A daemon leaves its pool (removes its socket and the
-directory, then exits) only when no member remains that a `start` wrote in the last grace period:
-that container's Create is on its way to this daemon. `start` and a leaving daemon hold the
-directory's lock (flock), so `start` never hands out the address of a daemon that is going away.
-This module imports only what `start` and `delete` already import.
+socket under MEMBERS_ROOT, each holding the CLOCK_BOOTTIME of its join (the wall clock can step).
+`start` writes a member before it prints the pool's address; the daemon removes it at Delete, and
+`delete` after a daemon died. A daemon leaves its pool (removes its socket, the members and their
+directory) before it stops serving, and on Shutdown only when no member remains that a `start`
+wrote in the last grace period: that container's Create is on its way to this daemon. Everything
+that reads or changes a pool holds the directory's lock (flock), so `start` never hands out the
+address of a daemon that is going away, and a daemon that is going away never touches a pool that
+a newer daemon took over (its socket is another file then). This module imports only what `start`
+and `delete` already import.
 """
 
 import fcntl
@@ -26,7 +29,11 @@ from _collections_abc import Callable  # loaded at startup; collections.abc cost
 
 POOL_ENV = "RAILCAR_POOL_SIZE"
 DEFAULT_SIZE = 16
-MEMBERS_ROOT = "/run/railcar/pools"
+MEMBERS_ROOT = "/run/railcar/.pools"  # a containerd namespace name cannot start with a dot
+GROUP_PREFIX = "railcar-pool-"
+MARKER_FILE = "railcar-pool"  # in a pooled container's bundle, for `delete`
+LOCK_WAIT = 2.0  # seconds `delete` waits for a pool's lock (containerd gives it 5 s in all)
+_POLL = 0.01
 
 
 def size() -> int:
@@ -38,8 +45,8 @@ def size() -> int:
 
 
 def group(index: int) -> str:
-    """The group (the socket's name) of pool `index`."""
-    return f"railcar-pool-{index}"
+    """The group (the socket's name) of pool `index`; no group annotation may use this prefix."""
+    return f"{GROUP_PREFIX}{index}"
 
 
 def poolable(container_id: str) -> bool:
@@ -47,12 +54,20 @@ def poolable(container_id: str) -> bool:
     return bool(container_id) and "/" not in container_id and not container_id.startswith(".")
 
 
-class Members:
-    """The member files of the pool served on `socket_path`; held with `lock()`."""
+def _now() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
-    def __init__(self, socket_path: str) -> None:
+
+class Members:
+    """The member files of the pool served on `socket_path`.
+
+    `ours` is the identity (st_dev, st_ino) of the socket file its daemon was given: a daemon only
+    ever dissolves the pool while that file is still (or no longer any) socket on the path."""
+
+    def __init__(self, socket_path: str, ours: tuple[int, int] | None = None) -> None:
         self.socket_path = socket_path
         self.dir = os.path.join(MEMBERS_ROOT, os.path.basename(socket_path))
+        self.ours = ours
 
     def exists(self) -> bool:
         """Whether this socket belongs to a pool (a plain group's daemon has no member directory)."""
@@ -77,6 +92,19 @@ class Members:
                 return fd
             os.close(fd)
 
+    def lock_existing(self, timeout: float) -> int | None:
+        """The lock of a pool that exists, waiting at most `timeout` seconds; None if there is no
+        pool (any more) or the lock stayed busy."""
+        deadline = time.monotonic() + timeout
+        while self.exists():
+            fd = self.lock(wait=False)
+            if fd is not None:
+                return fd
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(_POLL)
+        return None
+
     def names(self) -> list[str]:
         try:
             return os.listdir(self.dir)
@@ -86,52 +114,79 @@ class Members:
     def add(self, container_id: str) -> None:
         """Record `container_id` as a member joining now (under the lock)."""
         fd = os.open(os.path.join(self.dir, container_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-        os.utime(os.path.join(self.dir, container_id))  # a start run again for the same id joins anew
+        try:
+            os.write(fd, repr(_now()).encode())
+        finally:
+            os.close(fd)
 
     def remove(self, container_id: str) -> None:
-        """Forget `container_id` (it was deleted); no lock needed: it only makes room."""
+        """Forget `container_id` (it was deleted); it only makes room, so the lock is not needed."""
         try:
             os.unlink(os.path.join(self.dir, container_id))
         except OSError:
             pass
 
-    def joining(self, grace: float) -> list[str]:
-        """Members written by a `start` less than `grace` seconds ago (under the lock)."""
-        now = time.time()
+    def joining(self, grace: float, served: Callable[[str], bool] = lambda name: False) -> list[str]:
+        """Members not `served` yet that a `start` wrote less than `grace` seconds ago (under the lock)."""
+        now = _now()
         found = []
         for name in self.names():
+            if served(name):
+                continue
             try:
-                if now - os.stat(os.path.join(self.dir, name)).st_mtime < grace:
-                    found.append(name)
-            except FileNotFoundError:
-                pass
+                with open(os.path.join(self.dir, name), "rb") as f:
+                    joined = float(f.read() or 0)
+            except (OSError, ValueError):
+                continue
+            if now - joined < grace:
+                found.append(name)
         return found
 
-    def clear(self) -> None:
-        """Remove every member (under the lock): their daemon is dead."""
-        for name in self.names():
-            self.remove(name)
+    def prune(self, grace: float, served: Callable[[str], bool]) -> None:
+        """Remove the members neither `served` nor joining (their `start` gave up, or containerd
+        never sent their Create): each would hold a place for good. Skipped while the lock is busy."""
+        fd = self.lock(wait=False)
+        if fd is None:
+            return
+        try:
+            keep = set(self.joining(grace, served))
+            for name in self.names():
+                if name not in keep and not served(name):
+                    self.remove(name)
+        finally:
+            os.close(fd)
+
+    def is_ours(self) -> bool:
+        """Whether no other daemon's socket sits on the path (ours, or none at all)."""
+        try:
+            st = os.stat(self.socket_path)
+        except FileNotFoundError:
+            return True  # a newer daemon binds its socket before it takes members: none has
+        return self.ours is None or (st.st_dev, st.st_ino) == self.ours
 
     def dissolve(self) -> None:
-        """Remove every member, the directory and the socket (under the lock): the daemon is leaving."""
-        self.clear()
+        """Remove every member, the directory and the socket (under the lock): the daemon is gone
+        or going. Nothing, if a newer daemon took the pool over."""
+        if not self.is_ours():
+            return
+        for name in self.names():
+            self.remove(name)
         for remove, path in ((os.rmdir, self.dir), (os.unlink, self.socket_path)):
             try:
                 remove(path)
             except OSError:
                 pass
 
-    def dissolve_if_unserved(self, serves: Callable[[str], bool]) -> None:
-        """Dissolve the pool if no member is left and no daemon `serves` its socket (the daemon was
-        killed, and `delete` cleans up after it); not while someone holds the lock (a `start`,
-        which finds the socket dead itself, or the daemon)."""
-        if not self.exists():
-            return
-        fd = self.lock(wait=False)
+    def depart(self, container_id: str, serves: Callable[[str], bool]) -> None:
+        """`delete`'s part: remove `container_id`, and dissolve the pool if that was its last
+        member and no daemon `serves` its socket (the daemon was killed). Under the lock, which a
+        `delete` waits for: after a pooled daemon died, containerd runs one for every member at once."""
+        fd = self.lock_existing(LOCK_WAIT)
         if fd is None:
+            self.remove(container_id)
             return
         try:
+            self.remove(container_id)
             if not self.names() and not serves(self.socket_path):
                 self.dissolve()
         finally:

@@ -105,7 +105,9 @@ def test_a_killed_pooled_daemon_is_cleaned_up_for_every_member(cd, image, cid) -
         shim = _shim_of(cd, cid)
         assert _shim_of(cd, members_ids[1]) == shim
         members = pool.Members((cd.bundle(cid) / "address").read_text().removeprefix("unix://"))
-        inits = [int(cd.ctr("task", "ls").stdout.decode().split(c)[1].split()[0]) for c in members_ids]
+        lines = cd.ctr("task", "ls").stdout.decode().splitlines()[1:]
+        listed = {fields[0]: int(fields[1]) for fields in map(str.split, lines)}
+        inits = [listed[c] for c in members_ids]
         os.kill(shim, signal.SIGKILL)
         for container, init in zip(members_ids, inits):
             assert eventually(lambda: task_status(cd, container) in ("", "STOPPED"))

@@ -25,8 +25,9 @@ def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdi
     The zygote and pools are off unless `env` turns them on: a test that wants a zygote starts and
     stops its own, and a container that names no group gets a daemon of its own.
     """
+    env = {**os.environ, "RAILCAR_ZYGOTE": "0", "RAILCAR_POOL_SIZE": "1", **(env or {})}
     return subprocess.run([sys.executable, *extra_python, "-m", "railcar.shim", *args], cwd=cwd, input=stdin,
-                          capture_output=True, env={**os.environ, "RAILCAR_ZYGOTE": "0", "RAILCAR_POOL_SIZE": "1", **(env or {})}, timeout=30)
+                          capture_output=True, env=env, timeout=30)
 
 
 def runs_sealed(pid: int) -> bool:

@@ -8,9 +8,9 @@ import sys
 from railcar.shim import deferred
 deferred.UNUSED = ("calendar", "ipaddress")
 deferred.defer_unused()
-import calendar
+import calendar, importlib.util
 from railcar.shim.deferred import _StandIn
-assert isinstance(calendar, _StandIn)
+assert isinstance(calendar, _StandIn) and importlib.util.find_spec("calendar").name == "calendar"
 import ipaddress as later  # another `import` of a stand-in is no use: still not loaded
 assert isinstance(sys.modules["ipaddress"], _StandIn)
 assert calendar.timegm((1970, 1, 2, 0, 0, 0)) == 86400  # the first use loads the real module
@@ -30,6 +30,7 @@ def test_a_stand_in_loads_the_real_module_on_first_use() -> None:
 
 def test_trio_loads_without_openssl_once_deferred() -> None:
     code = ("import sys; from railcar.shim.deferred import defer_unused; defer_unused(); import trio; "
-            "maps = open('/proc/self/maps').read(); print('libssl' in maps, 'libcrypto' in maps, '_ssl' in sys.modules)")
+            "maps = open('/proc/self/maps').read(); "
+            "print('libssl' in maps, 'libcrypto' in maps, '_ssl' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout.split()) == (0, ["False", "False", "False"]), result.stderr

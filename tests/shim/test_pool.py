@@ -1,44 +1,67 @@
-"""Pools: `start` puts containers that name no group into a shared daemon, and the daemon leaves
-its pool only when no container is on its way to it."""
+"""Pools: `start` puts containers that name no group into a shared daemon, the daemon leaves its
+pool only when no container is on its way to it, and `delete` cleans up after a daemon that died."""
 
 import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from railcar.shim import paths, pool
 
-from .conftest import pid_gone, run_shim, wait_gone
+from .conftest import eventually, pid_gone, run_shim, wait_gone
 from .test_bootstrap import _connect, _shutdown
 
-POOLED = {"RAILCAR_POOL_SIZE": "2", "RAILCAR_SHIM_GRACE": "3"}
+LONG_GRACE = {"RAILCAR_POOL_SIZE": "2", "RAILCAR_SHIM_GRACE": "60"}  # joiners count for the whole test
 
 
 def test_members_record_who_joins_and_the_lock_excludes(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(pool, "MEMBERS_ROOT", str(tmp_path / "pools"))
     socket_file = tmp_path / "shim.sock"
     socket_file.touch()
-    members = pool.Members(str(socket_file))
+    st = socket_file.stat()
+    members = pool.Members(str(socket_file), ours=(st.st_dev, st.st_ino))
     assert not members.exists() and members.names() == []
     held = members.lock()
     assert members.exists() and members.lock(wait=False) is None  # another open file: excluded
-    members.add("a")
-    members.add("b")
-    old = time.time() - 60
-    os.utime(os.path.join(members.dir, "a"), (old, old))
-    assert sorted(members.names()) == ["a", "b"] and members.joining(grace=30) == ["b"]
+    assert members.lock_existing(timeout=0.1) is None
+    for name in ("a", "b", "c"):
+        members.add(name)
+    with open(os.path.join(members.dir, "a"), "w") as f:
+        f.write(repr(time.clock_gettime(time.CLOCK_BOOTTIME) - 60))  # joined a minute ago
+    assert sorted(members.names()) == ["a", "b", "c"]
+    assert sorted(members.joining(grace=30)) == ["b", "c"]
+    assert members.joining(grace=30, served=lambda name: name == "b") == ["c"]
+    members.prune(30, served=lambda name: False)  # the lock is busy: nothing happens
     os.close(held)
-    members.dissolve_if_unserved(lambda path: True)  # members left: kept
-    members.remove("a")
-    members.remove("b")
-    members.remove("b")  # twice is fine
-    members.dissolve_if_unserved(lambda path: True)  # a daemon still serves it: kept
-    assert members.exists() and socket_file.exists()
-    members.dissolve_if_unserved(lambda path: False)
+    members.prune(30, served=lambda name: name == "b")  # "a" is stale and not served: it goes
+    assert sorted(members.names()) == ["b", "c"]
+    members.remove("c")
+    members.remove("c")  # twice is fine
+    members.depart("b", serves=lambda path: True)  # a daemon still serves it: kept
+    assert members.exists() and socket_file.exists() and members.names() == []
+    members.depart("b", serves=lambda path: False)
     assert not members.exists() and not socket_file.exists()
+
+
+def test_a_daemon_never_dissolves_a_pool_a_newer_daemon_took_over(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(pool, "MEMBERS_ROOT", str(tmp_path / "pools"))
+    socket_file = tmp_path / "shim.sock"
+    socket_file.touch()
+    st = socket_file.stat()
+    old = pool.Members(str(socket_file), ours=(st.st_dev, st.st_ino))
+    (tmp_path / "newer").touch()
+    os.replace(tmp_path / "newer", socket_file)  # a newer daemon's socket on the same path
+    os.close(old.lock())
+    old.add("new-member")
+    old.dissolve()
+    assert old.names() == ["new-member"] and socket_file.exists()
+    socket_file.unlink()  # no socket at all: nobody took it over
+    old.dissolve()
+    assert not old.exists()
 
 
 def test_pool_size_comes_from_the_environment(monkeypatch) -> None:
@@ -58,116 +81,158 @@ def _bundle(tmp_path: Path, name: str, annotations: dict[str, str] | None = None
     return path
 
 
-def _start(bundle: Path, address: str, container_id: str) -> str:
+def _start(bundle: Path, address: str, container_id: str, env: dict[str, str] = LONG_GRACE) -> str:
     result = run_shim(["-namespace", "default", "-address", address, "-id", container_id, "start"], bundle,
-                      env=POOLED)
+                      env=env)
     assert result.returncode == 0 and result.stderr == b"", result.stderr
     return result.stdout.decode()
 
 
 def _delete(bundle: Path, address: str, container_id: str) -> None:
     result = run_shim(["-namespace", "default", "-address", address, "-id", container_id, "-bundle", str(bundle),
-                       "delete"], bundle, env=POOLED)
-    assert result.returncode == 0, result.stderr
+                       "delete"], bundle)
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
 
 
-async def test_start_fills_a_pool_then_the_next_and_a_daemon_leaves_when_no_one_joins(tmp_path: Path,
-                                                                                       address: str) -> None:
+@pytest.fixture
+def pools(address: str) -> Iterator[list[int]]:
+    """Daemon pids a test adds; afterwards each is killed if alive and every pool of `address` (and
+    any socket left by a group of it) is removed, whatever the test left."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if not pid_gone(pid):
+            os.kill(pid, signal.SIGKILL)
+            wait_gone(pid)
+    for index in range(4):
+        members = pool.Members(paths.socket_path(address, "default", pool.group(index)))
+        if members.exists():
+            for name in members.names():
+                members.remove(name)
+            members.dissolve()
+    for group in ("mine", "c1"):
+        try:
+            os.unlink(paths.socket_path(address, "default", group))
+        except FileNotFoundError:
+            pass
+
+
+async def test_start_fills_a_pool_then_the_next_and_a_group_of_its_own_opts_out(
+        tmp_path: Path, address: str, pools: list[int]) -> None:
     bundles = {cid: _bundle(tmp_path, cid) for cid in ("c1", "c2", "c3")}
-    own = _bundle(tmp_path, "own", {"io.containerd.railcar.v2.group": "mine"})
     first = _start(bundles["c1"], address, "c1")
     assert first == "unix://" + paths.socket_path(address, "default", pool.group(0))
+    assert (bundles["c1"] / pool.MARKER_FILE).exists()
     assert _start(bundles["c2"], address, "c2") == first
     second = _start(bundles["c3"], address, "c3")  # pool 0 is full (RAILCAR_POOL_SIZE=2)
     assert second == "unix://" + paths.socket_path(address, "default", pool.group(1))
+    own = _bundle(tmp_path, "own", {"io.containerd.railcar.v2.group": "mine"})
     mine = _start(own, address, "own")
     assert mine == "unix://" + paths.socket_path(address, "default", "mine")
+    assert not (own / pool.MARKER_FILE).exists()
     zero, one = (pool.Members(a.removeprefix("unix://")) for a in (first, second))
-    pids = []
-    try:
-        pids = [await _connect(first, "c1"), await _connect(first, "c2"), await _connect(second, "c3"),
-                await _connect(mine, "own")]
-        assert pids[0] == pids[1] != pids[2] and pids[3] not in pids[:3]
-        assert sorted(zero.names()) == ["c1", "c2"] and one.names() == ["c3"]
-        # No Create came, but c1 and c2 joined within the grace period: the daemon stays for them.
-        await _shutdown(first)
-        time.sleep(1)
-        assert not pid_gone(pids[0]) and os.path.exists(zero.socket_path)
-        _delete(bundles["c1"], address, "c1")
-        _delete(bundles["c2"], address, "c2")
-        assert wait_gone(pids[0])  # it tries again to leave, and nobody is joining any more
-        assert not zero.exists() and not os.path.exists(zero.socket_path)
-        # c3 never got a Create: after the grace period its daemon leaves the pool by itself.
-        assert wait_gone(pids[2])
-        assert not one.exists() and not os.path.exists(one.socket_path)
-        assert wait_gone(pids[3])  # so does the daemon of the group of its own (it had no pool)
-    finally:
-        for pid in pids:
-            if not pid_gone(pid):
-                os.kill(pid, signal.SIGKILL)
-        for members in (zero, one):
-            members.dissolve_if_unserved(lambda path: False)
+    pools += [await _connect(first, "c1"), await _connect(second, "c3"), await _connect(mine, "own")]
+    assert await _connect(first, "c2") == pools[0] and len(set(pools)) == 3
+    assert sorted(zero.names()) == ["c1", "c2"] and one.names() == ["c3"]
+    # No Create came, but c1 and c2 joined within the grace period: the daemon stays for them.
+    await _shutdown(first)
+    time.sleep(1)
+    assert not pid_gone(pools[0]) and os.path.exists(zero.socket_path)
+    _delete(bundles["c1"], address, "c1")  # their Creates failed: containerd ran `delete`
+    assert not pid_gone(pools[0])
+    _delete(bundles["c2"], address, "c2")
+    assert wait_gone(pools[0], timeout=3)  # it tries again to leave, and nobody is joining any more
+    assert not zero.exists() and not os.path.exists(zero.socket_path)
+    await _shutdown(mine)  # no pool: no member holds it back
+    assert wait_gone(pools[2], timeout=3)
 
 
-async def test_a_daemon_does_not_leave_while_a_start_holds_the_lock_and_joins(tmp_path: Path, address: str) -> None:
+async def test_a_daemon_leaves_its_pool_once_a_join_is_older_than_the_grace_period(
+        tmp_path: Path, address: str, pools: list[int]) -> None:
+    shim_address = _start(_bundle(tmp_path, "c1"), address, "c1", env={"RAILCAR_SHIM_GRACE": "2"})
+    members = pool.Members(shim_address.removeprefix("unix://"))
+    pools.append(await _connect(shim_address, "c1"))
+    assert wait_gone(pools[0])  # no Create within the grace period, and c1's join is that old
+    assert not members.exists() and not os.path.exists(members.socket_path)
+
+
+async def test_a_daemon_does_not_leave_while_a_start_holds_the_lock_and_joins(
+        tmp_path: Path, address: str, pools: list[int]) -> None:
     bundle = _bundle(tmp_path, "c1")
     shim_address = _start(bundle, address, "c1")
     members = pool.Members(shim_address.removeprefix("unix://"))
-    pid = await _connect(shim_address, "c1")
+    pools.append(await _connect(shim_address, "c1"))
+    _delete(bundle, address, "c1")  # as if c1 was deleted
+    lock = members.lock()  # a `start` is deciding
     try:
-        _delete(bundle, address, "c1")  # as if c1 was deleted
-        lock = members.lock()  # a `start` is deciding
-        try:
-            await _shutdown(shim_address)
-            time.sleep(0.5)
-            assert not pid_gone(pid)  # it cannot leave while the lock is held ...
-            members.add("c2")  # ... and the `start` joined it meanwhile
-        finally:
-            os.close(lock)
-        time.sleep(1)
-        assert not pid_gone(pid) and members.names() == ["c2"]
-        members.remove("c2")  # c2 is gone (its Create failed; containerd ran `delete`)
-        assert wait_gone(pid)
-        assert not members.exists() and not os.path.exists(members.socket_path)
+        await _shutdown(shim_address)
+        time.sleep(0.5)
+        assert not pid_gone(pools[0])  # it cannot leave while the lock is held ...
+        members.add("c2")  # ... and the `start` joined it meanwhile
     finally:
-        if not pid_gone(pid):
-            os.kill(pid, signal.SIGKILL)
-        members.dissolve_if_unserved(lambda path: False)
+        os.close(lock)
+    time.sleep(1)
+    assert not pid_gone(pools[0]) and members.names() == ["c2"]
+    members.remove("c2")  # c2 is gone (its Create failed; containerd ran `delete`)
+    assert wait_gone(pools[0], timeout=3)
+    assert not members.exists() and not os.path.exists(members.socket_path)
 
 
-async def test_a_pool_whose_daemon_died_gets_a_new_one_without_its_members(tmp_path: Path, address: str) -> None:
-    old, new = _bundle(tmp_path, "old"), _bundle(tmp_path, "new")
-    shim_address = _start(old, address, "old")
+async def test_sigterm_takes_a_daemon_out_of_its_pool_before_it_stops_serving(
+        tmp_path: Path, address: str, pools: list[int]) -> None:
+    shim_address = _start(_bundle(tmp_path, "c1"), address, "c1")
     members = pool.Members(shim_address.removeprefix("unix://"))
-    pids = [await _connect(shim_address, "old")]
-    try:
-        os.kill(pids[0], signal.SIGKILL)
-        assert wait_gone(pids[0])
-        assert _start(new, address, "new") == shim_address
-        pids.append(await _connect(shim_address, "new"))
-        assert pids[1] != pids[0] and members.names() == ["new"]
-        # `delete` after the old daemon: it leaves the live pool alone
-        _delete(old, address, "old")
-        assert members.names() == ["new"] and os.path.exists(members.socket_path)
-        os.kill(pids[1], signal.SIGKILL)
-        assert wait_gone(pids[1])
-        _delete(new, address, "new")  # the last one cleans up after the dead daemon
-        assert not members.exists() and not os.path.exists(members.socket_path)
-    finally:
-        for pid in pids:
-            if not pid_gone(pid):
-                os.kill(pid, signal.SIGKILL)
-        members.dissolve_if_unserved(lambda path: False)
+    pools.append(await _connect(shim_address, "c1"))
+    os.kill(pools[0], signal.SIGTERM)  # although c1 is joining
+    assert eventually(lambda: not members.exists() and not os.path.exists(members.socket_path), timeout=3)
+    assert wait_gone(pools[0])
+
+
+async def test_a_pool_whose_daemon_died_gets_a_new_one_and_deletes_clean_up(
+        tmp_path: Path, address: str, pools: list[int]) -> None:
+    bundles = {cid: _bundle(tmp_path, cid) for cid in ("a", "b", "new")}
+    shim_address = _start(bundles["a"], address, "a")
+    assert _start(bundles["b"], address, "b") == shim_address
+    members = pool.Members(shim_address.removeprefix("unix://"))
+    pools.append(await _connect(shim_address, "a"))
+    os.kill(pools[0], signal.SIGKILL)
+    assert wait_gone(pools[0])
+    assert _start(bundles["new"], address, "new") == shim_address
+    pools.append(await _connect(shim_address, "new"))
+    assert pools[1] != pools[0] and members.names() == ["new"]  # the dead daemon's members went
+    _delete(bundles["a"], address, "a")  # `delete` after the dead daemon leaves the live pool alone
+    assert members.names() == ["new"] and os.path.exists(members.socket_path)
+    os.kill(pools[1], signal.SIGKILL)
+    assert wait_gone(pools[1])
+    # containerd runs `delete` for every member at once after a daemon died: one of them removes the pool
+    results = [_delete_async(bundles[cid], address, cid) for cid in ("b", "new")]
+    for result in results:
+        assert result.wait(timeout=30) == 0 and result.stderr.read() == b""
+    assert not members.exists() and not os.path.exists(members.socket_path)
+
+
+def _delete_async(bundle: Path, address: str, container_id: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "railcar.shim", "-namespace", "default", "-address", address,
+                             "-id", container_id, "-bundle", str(bundle), "delete"], cwd=bundle,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_a_group_annotation_cannot_take_a_pools_name(tmp_path: Path, address: str) -> None:
+    bundle = _bundle(tmp_path, "c1", {"io.containerd.railcar.v2.group": pool.group(0)})
+    result = run_shim(["-namespace", "default", "-address", address, "-id", "c1", "start"], bundle)
+    assert result.returncode == 1 and b"io.containerd.railcar.v2.group=railcar-pool-0" in result.stderr
+    assert not os.path.exists(paths.socket_path(address, "default", pool.group(0)))
 
 
 @pytest.mark.parametrize("size", ["1", "0"])
-async def test_a_pool_size_of_one_gives_each_container_its_own_daemon(tmp_path: Path, address: str,
-                                                                     size: str) -> None:
+async def test_a_pool_size_of_one_gives_each_container_its_own_daemon(tmp_path: Path, address: str, size: str,
+                                                                     pools: list[int]) -> None:
     bundle = _bundle(tmp_path, "c1")
-    result = run_shim(["-namespace", "default", "-address", address, "-id", "c1", "start"], bundle,
-                      env={"RAILCAR_POOL_SIZE": size})
-    shim_address = result.stdout.decode()
+    shim_address = _start(bundle, address, "c1", env={"RAILCAR_POOL_SIZE": size})
     assert shim_address == "unix://" + paths.socket_path(address, "default", "c1")
-    pid = await _connect(shim_address, "c1")
+    pools.append(await _connect(shim_address, "c1"))
     await _shutdown(shim_address)  # no member holds it back
-    assert wait_gone(pid)
+    assert wait_gone(pools[0], timeout=3)
