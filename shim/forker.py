@@ -32,6 +32,7 @@ from railcar import runtime
 from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
 from railcar.runtime.syscalls import bare_fork
 
+from . import log as shim_log
 
 PROCESS_NAME = "railcar-forker"
 WORKER_NAME = "railcar-worker"
@@ -190,10 +191,13 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def _handle(seq: int, body: bytes, fds: list[int], handlers: dict[str, Handler]) -> tuple[dict[str, Any], list[int]]:
-    """Run request `seq` (its JSON `body`); the reply (a result or a typed error) and the fds to
-    send with it."""
+def _handle(seq: int, body: bytes, fds: list[int], handlers: dict[str, Handler],
+            context: bytes = b"") -> tuple[dict[str, Any], list[int]]:
+    """Run request `seq` (its JSON `body`), after taking on the daemon's `context` (JSON) if it has
+    one; the reply (a result or a typed error) and the fds to send with it."""
     try:
+        if context:
+            _adopt(json.loads(context))
         request = json.loads(body)
         handler = handlers.get(request.get("op"))
         logging.getLogger(__name__).debug("forker request %d: %s", seq, request.get("op"))
@@ -226,12 +230,27 @@ def _send(sock: socket.socket, reply: dict[str, Any], fds: list[int]) -> bool:
         _close_all(fds)
 
 
+def _adopt(context: dict[str, Any]) -> None:
+    """Take the daemon's environment, working directory and log settings: a spare daemon's forker
+    was forked before its container was known (see `Forker.adopt`). If that directory is gone (the
+    bundle of a grouped daemon's first container), the worker works in /."""
+    os.environ.clear()
+    os.environ.update(context["env"])
+    shim_log.configure(context["namespace"], context["debug"])
+    try:
+        os.chdir(context["cwd"])
+    except OSError:
+        os.chdir("/")
+
+
 # A request is its sequence number (8 bytes, so that a worker can note it without taking the
 # request off the socket) and then JSON; a reply is JSON with the number in it.
 _SEQ = struct.Struct("<q")
-# The page the daemon shares with its forker and every worker (MAP_SHARED, mapped before the
-# forker's fork): the number of the request a worker is taking.
-_TAKEN_AT = 0
+# The pages the daemon shares with its forker and every worker (MAP_SHARED, mapped before the
+# forker's fork): the number of the request a worker is taking, then the daemon's context (see
+# `Forker.adopt`): its length and its JSON. Pages never written cost nothing.
+_TAKEN_AT, _CONTEXT_AT = 0, _SEQ.size
+_CONTEXT_SPACE = 1 << 20  # the environment came in one SEQPACKET message (~208 KiB by default); JSON can grow it
 _RETIRED = 3  # a worker's exit status: it waited `idle` seconds and no request came
 _CLOSED = 4  # a worker's exit status: the daemon closed its end
 
@@ -239,7 +258,7 @@ _CLOSED = 4  # a worker's exit status: the daemon closed its end
 def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, idle: float | None) -> int:
     """A forked worker's life: wait for one request on the forker's socket (at most `idle` seconds,
     if given), note its number in `shared` before taking it, serve it with the daemon's fd 2 (the
-    message's first fd), and answer the daemon directly. Returns the exit status."""
+    message's first fd) and context, and answer the daemon directly. Returns the exit status."""
     prctl.set_name(WORKER_NAME)
     if idle is not None and not select.select([sock], [], [], idle)[0]:
         return _RETIRED
@@ -256,8 +275,10 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
         _close_all(fds[1:])
         reply, out_fds = _error_reply(seq, ForkerError("internal", "a forker request over the size or fd limit")), []
     else:
+        (length,) = _SEQ.unpack_from(shared, _CONTEXT_AT)
+        context = shared[_CONTEXT_AT + _SEQ.size:_CONTEXT_AT + _SEQ.size + length]
         shared.close()  # what this worker forks (a container's init, hooks) must not hold it
-        reply, out_fds = _handle(seq, data[_SEQ.size:], fds[1:], handlers)
+        reply, out_fds = _handle(seq, data[_SEQ.size:], fds[1:], handlers, context)
     return 0 if _send(sock, reply, out_fds) else 1
 
 
@@ -323,7 +344,7 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
     The first worker waits however long it takes.
 
     A worker writes the number of the request it is about to take to a page it shares with the
-    forker (`shared`, see `_TAKEN_AT`). If it dies without answering, the forker answers for
+    forker (`shared`, see `_CONTEXT_SPACE`). If it dies without answering, the forker answers for
     it, unless the request is still on the socket (the worker died before taking it): then the next
     worker serves it. The daemon sends one request at a time, so the request at the head of the
     socket can only be that one. A worker that cannot be forked fails the request it was needed
@@ -385,9 +406,21 @@ class Forker:
         self._sock: socket.socket | None = None
         self._lock = trio.Lock()
         self._seq = 0
-        self._shared = mmap.mmap(-1, _SEQ.size)  # before the fork: shared
+        self._shared = mmap.mmap(-1, _CONTEXT_AT + _SEQ.size + _CONTEXT_SPACE)  # before the fork: shared
         self._max_request = _MAX_MESSAGE
         self.pid = 0
+
+    def adopt(self, env: dict[str, str], cwd: str, namespace: str, debug: bool) -> None:
+        """A spare daemon's forker was forked before its container was known: from now on every
+        worker takes on first what a spawned daemon's forker would have inherited (environment,
+        working directory, log settings). It is written once, to the pages shared with the forker
+        and its workers, rather than sent again with every request."""
+        context = json.dumps({"env": env, "cwd": cwd, "namespace": namespace, "debug": debug}).encode()
+        if len(context) > _CONTEXT_SPACE:
+            raise ForkerError("internal", f"the daemon's context takes {len(context)} bytes, over {_CONTEXT_SPACE}")
+        start = _CONTEXT_AT + _SEQ.size
+        self._shared[start:start + len(context)] = context
+        _SEQ.pack_into(self._shared, _CONTEXT_AT, len(context))
 
     def start(self, keep_fds: tuple[int, ...] = (0, 1, 2)) -> int:
         """Fork the forker; must run before any thread or event loop exists. Returns its pid.

@@ -22,16 +22,11 @@ def _quote(value: str) -> str:
 
 
 class LogrusFormatter(logging.Formatter):
-    """`time="..." level=info msg="..." key=value` with the shim's fixed fields appended, sorted as
-    logrus sorts them; `pid` is the writing process's own (a forker's worker logs with the daemon's
-    formatter, which it inherits)."""
+    """`time="..." level=info msg="..." key=value` with the shim's fixed fields appended."""
 
     def __init__(self, fields: dict[str, str]) -> None:
         super().__init__()
-        before = {key: value for key, value in fields.items() if key < "pid"}
-        after = {key: value for key, value in fields.items() if key > "pid"}
-        self._prefix, self._suffix = ("".join(f" {key}={_quote(value)}" for key, value in sorted(part.items()))
-                                      for part in (before, after))
+        self._suffix = "".join(f" {key}={_quote(value)}" for key, value in fields.items())
 
     def format(self, record: logging.LogRecord) -> str:
         seconds = int(record.created)
@@ -41,8 +36,7 @@ class LogrusFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        fields = f"{self._prefix} pid={record.process}{self._suffix}"
-        return f'time="{stamp}" level={level} msg={json.dumps(message)}{fields}\n'
+        return f'time="{stamp}" level={level} msg={json.dumps(message)}{self._suffix}\n'
 
 
 class FdHandler(logging.Handler):
@@ -75,15 +69,19 @@ def redirect_stderr(fd: int) -> None:
 
 
 def setup(bundle: str, namespace: str, debug: bool) -> logging.Logger:
-    """Point fd 2 at `<bundle>/log` (if containerd made one) and return the shim's logger: logrus
-    lines on fd 2 for every logger of this process, and of its forker and workers, forked after."""
+    """Point fd 2 at `<bundle>/log` (if containerd made one) and return the shim's logger."""
     fd = open_fifo(bundle)
     if fd is not None:
         redirect_stderr(fd)
+    configure(namespace, debug)
+    return logging.getLogger("railcar.shim")
+
+
+def configure(namespace: str, debug: bool) -> None:
+    """logrus lines on fd 2 for every logger of this process (also a forker's worker, with the daemon's settings)."""
     handler = FdHandler(2)
-    handler.setFormatter(LogrusFormatter({"namespace": namespace, "runtime": RUNTIME}))
+    handler.setFormatter(LogrusFormatter({"namespace": namespace, "pid": str(os.getpid()), "runtime": RUNTIME}))
     root = logging.getLogger()  # the libraries' loggers (ttrpc server, io) land in the same stream
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     logging.raiseExceptions = False
-    return logging.getLogger("railcar.shim")

@@ -2,10 +2,10 @@
 
 A fresh daemon spends most of a second importing trio, protobuf and the runtime before it can
 answer containerd's Create. The zygote pays that once: it imports everything the daemon needs and
-freezes the heap (copy-on-write stays shared). It keeps one spare daemon forked ahead of need,
-which makes its forker and starts trio once it has its container (`daemon.run_spare`): each
-`start` is passed on to the spare, with the listener `start` sent over SCM_RIGHTS, and a new spare
-is forked for the next one. The zygote runs
+freezes the heap (copy-on-write stays shared). It keeps one spare daemon forked ahead of need (its
+forker made; trio starts once it is assigned, so that a spare waiting for its container writes to
+few pages: `daemon.run_spare`); each `start` is passed on to the spare, with the
+listener `start` sent over SCM_RIGHTS, and a new spare is forked for the next one. The zygote runs
 no thread, and trio only in its warm-up, which leaves nothing running or open: forking it is safe.
 Requests and replies are `marshal`-encoded (`start` cannot afford json's imports) and accepted only
 from our own uid. When no zygote answers, `start` spawns one (one for a burst of starts) and waits

@@ -303,3 +303,55 @@ async def test_when_no_worker_can_be_forked_the_request_fails_and_the_forker_goe
         assert os.waitstatus_to_exitcode(status) == 0
         assert eventually(lambda: (group / "cgroup.procs").read_text() == "")
         group.rmdir()
+
+
+def _where(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    return {"pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get("RAILCAR_TEST_ASSIGNED")}, []
+
+
+def _env_size(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    return len(os.environ.get("RAILCAR_TEST_BIG", "")), []
+
+
+@pytest.fixture
+def spare_first():
+    """A forker, and the spare worker it forked before the daemon knew its container."""
+    f = Forker({"where": _where, "env_size": _env_size}, spare_idle=5)
+    pid = f.start()
+    assert eventually(lambda: len(_workers_of(pid)) == 1)
+    [ready] = _workers_of(pid)
+    yield f, ready
+    f.close()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_a_worker_forked_before_the_daemon_adopted_its_container_serves_with_it(spare_first,
+                                                                                    tmp_path: Path) -> None:
+    """A spare daemon's forker was forked with the zygote's environment and working directory; once
+    the daemon has its container's, every worker takes them on, the spare forked before included."""
+    forker, ready = spare_first
+    forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path), "t", False)
+    first, _ = await forker.call("where", {})
+    assert first == {"pid": ready, "cwd": str(tmp_path), "env": "yes"}
+    second, _ = await forker.call("where", {})
+    assert second["pid"] not in (ready, forker.pid)
+    assert (second["cwd"], second["env"]) == (str(tmp_path), "yes")
+    assert os.readlink(f"/proc/{forker.pid}/cwd") != str(tmp_path)  # the forker itself stays as forked
+
+
+async def test_a_working_directory_that_is_gone_is_replaced_by_the_root(spare_first, tmp_path: Path) -> None:
+    """(The bundle of a grouped daemon's first container, deleted.) The request is still served."""
+    forker, _ = spare_first
+    forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path / "gone"), "t", False)
+    served, _ = await forker.call("where", {})
+    assert (served["cwd"], served["env"]) == ("/", "yes")
+
+
+async def test_a_context_too_big_for_the_shared_pages_is_refused(spare_first, tmp_path: Path) -> None:
+    forker, _ = spare_first
+    with pytest.raises(ForkerError, match="context takes"):
+        forker.adopt({"RAILCAR_TEST_BIG": "x" * (1 << 20)}, str(tmp_path), "t", False)
+    forker.adopt({"RAILCAR_TEST_BIG": "x" * (600 << 10)}, str(tmp_path), "t", False)
+    for _ in range(2):
+        assert (await forker.call("env_size", {}))[0] == 600 << 10
