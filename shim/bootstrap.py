@@ -218,16 +218,24 @@ def _try_lock(fd: int) -> bool:
 
 
 def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket) -> int | None:
-    """Ask a running zygote to fork the daemon; None when there is none (or it failed)."""
+    """Ask a running zygote to fork the daemon; None when there is none (or it failed).
+
+    A zygote that took the request and the listener but gave no answer (it was stopped meanwhile,
+    or is stuck) may have passed the listener on to a spare: a second daemon on the same listener
+    would split the container's calls between two daemons, so that is a StartError."""
     conn = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)
     conn.settimeout(_ZYGOTE_TIMEOUT)
     try:
-        conn.connect(paths.zygote_socket())
-        request = {"flags": daemon_flags, "env": dict(os.environ), "cwd": bundle}
-        conn.sendmsg([marshal.dumps(request)], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", listener.fileno()))])
-        reply = marshal.loads(conn.recv(4096))
-    except (OSError, ValueError, EOFError, TypeError):
-        return None
+        try:
+            conn.connect(paths.zygote_socket())
+            request = {"flags": daemon_flags, "env": dict(os.environ), "cwd": bundle}
+            conn.sendmsg([marshal.dumps(request)], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", listener.fileno()))])
+        except OSError:
+            return None
+        try:
+            reply = marshal.loads(conn.recv(4096))
+        except (OSError, ValueError, EOFError, TypeError) as e:
+            raise StartError(f"the zygote took the request but did not answer: {e or 'no reply'}") from e
     finally:
         conn.close()
     pid = reply.get("pid") if isinstance(reply, dict) else None

@@ -286,3 +286,44 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
     if serving == zygote.pid:
         assert not os.path.exists(paths.zygote_socket())
         assert wait_gone(spare)  # the spare goes with its zygote
+
+
+def test_a_zygote_that_takes_the_listener_without_answering_fails_the_start(tmp_path: Path, monkeypatch) -> None:
+    """No second daemon is spawned on a listener a spare may hold already; no zygote at all, or a
+    zygote that refuses, leaves the start to spawn the daemon itself."""
+    import threading
+
+    from railcar.shim import bootstrap
+
+    socket_path = tmp_path / "zygote.sock"
+    monkeypatch.setattr(paths, "zygote_socket", lambda: str(socket_path))
+    listener = socket.socket(socket.AF_UNIX)
+    assert bootstrap._fork_from_zygote(["-id", "c1"], str(tmp_path), listener) is None  # no zygote
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(str(socket_path))
+    server.listen(1)
+
+    def zygote(answer: bytes | None) -> None:
+        conn, _ = server.accept()
+        _, fds, _, _ = socket.recv_fds(conn, 1 << 20, 1)
+        if answer is not None:
+            conn.send(answer)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+    try:
+        for answer in (marshal.dumps({"error": "refused"}), None):
+            thread = threading.Thread(target=zygote, args=(answer,))
+            thread.start()
+            try:
+                if answer is None:
+                    with pytest.raises(bootstrap.StartError, match="the zygote took the request but did not answer"):
+                        bootstrap._fork_from_zygote(["-id", "c1"], str(tmp_path), listener)
+                else:
+                    assert bootstrap._fork_from_zygote(["-id", "c1"], str(tmp_path), listener) is None
+            finally:
+                thread.join()
+    finally:
+        server.close()
+        listener.close()
