@@ -56,6 +56,8 @@ def group_key(bundle: str) -> str | None:
         for name in GROUP_ANNOTATIONS:
             value = annotations.get(name)
             if isinstance(value, str) and value:
+                if "/" in value or "\0" in value or value in (".", ".."):
+                    raise StartError(f"annotation {name}={value}: a group name is not a path")
                 if value.startswith(pool.GROUP_PREFIX):
                     raise StartError(f"annotation {name}={value}: "
                                      f"groups named {pool.GROUP_PREFIX}* are railcar's pools")
@@ -136,7 +138,7 @@ def _daemon_flags(flags: Flags, bundle: str) -> list[str]:
                  id=flags.id, bundle=bundle, debug=flags.debug).to_argv()
 
 
-def _spawn_daemon(daemon_flags: list[str], listener: socket) -> int:
+def _spawn_daemon(daemon_flags: list[str], listener: socket, env: dict[str, str]) -> int:
     """Run a cold daemon with the listener as fd 3, stdio on /dev/null, in its own process group."""
     high = fcntl.fcntl(listener.fileno(), fcntl.F_DUPFD, 10)  # never 3, so the dup2 below clears CLOEXEC
     _only_inheritable(high)
@@ -144,7 +146,7 @@ def _spawn_daemon(daemon_flags: list[str], listener: socket) -> int:
         return os.posix_spawn(
             sys.executable,
             [sys.executable, "-m", "railcar.shim", *daemon_flags],
-            os.environ,
+            env,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0),
                 (os.POSIX_SPAWN_DUP2, 0, 1),
@@ -217,7 +219,8 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
-def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket) -> int | None:
+def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket,
+                      env: dict[str, str]) -> int | None:
     """Ask a running zygote to fork the daemon; None when there is none (or it failed).
 
     A zygote that took the request and the listener but gave no answer (it was stopped meanwhile,
@@ -228,12 +231,14 @@ def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket) ->
     try:
         try:
             conn.connect(paths.zygote_socket())
-            request = {"flags": daemon_flags, "env": dict(os.environ), "cwd": bundle}
+            request = {"flags": daemon_flags, "env": env, "cwd": bundle}
             conn.sendmsg([marshal.dumps(request)], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", listener.fileno()))])
         except OSError:
             return None
         try:
             reply = marshal.loads(conn.recv(4096))
+        except ConnectionResetError:  # it closed with the request unread: nobody has the listener
+            return None
         except (OSError, ValueError, EOFError, TypeError) as e:
             raise StartError(f"the zygote took the request but did not answer: {e or 'no reply'}") from e
     finally:
@@ -289,6 +294,13 @@ def start(flags: Flags) -> str:
 def _join_pool(flags: Flags, bundle: str) -> str:
     """The address of the first pool of this containerd and namespace with room, after recording
     this container as its member; a pool whose daemon is dead gets a new one (see pool.py)."""
+    try:
+        return _join_first_pool(flags, bundle)
+    except OSError as e:  # the pool's directory, a member file, a fork
+        raise StartError(f"cannot join a pool: {e}") from e
+
+
+def _join_first_pool(flags: Flags, bundle: str) -> str:
     limit = pool.size()
     index = 0
     while True:
@@ -296,15 +308,15 @@ def _join_pool(flags: Flags, bundle: str) -> str:
         members = pool.Members(path)
         lock = members.lock()
         try:
-            state = _probe(path)
+            state = pool.probe(path)
             if state == "busy" or (state == "live" and len(members.names()) >= limit):
                 index += 1  # a daemon that does not answer is not taken for dead: its containers live
                 continue
             if state == "dead":
                 for name in members.names():  # they were its dead daemon's
                     members.remove(name)
-            members.add(flags.id)
             try:
+                members.add(flags.id)
                 _mark_pooled(bundle)
                 listener = None if state == "live" else _listen(path)
                 if listener is None:  # live, or a plain group that happens to have this name
@@ -315,22 +327,6 @@ def _join_pool(flags: Flags, bundle: str) -> str:
                 raise
         finally:
             os.close(lock)
-
-
-def _probe(path: str) -> str:
-    """"live" if a daemon accepts on `path`, "dead" if none can (no socket, or refused), "busy" if
-    the connect timed out or the backlog is full."""
-    probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
-    probe.settimeout(_CONNECT_TIMEOUT)
-    try:
-        probe.connect(path)
-        return "live"
-    except (FileNotFoundError, ConnectionRefusedError):
-        return "dead"
-    except OSError:
-        return "busy"
-    finally:
-        probe.close()
 
 
 def _mark_pooled(bundle: str) -> None:
@@ -352,21 +348,24 @@ def _use(bundle: str, path: str) -> str:
 
 
 def _serve_new(flags: Flags, bundle: str, path: str, listener: socket) -> str:
-    """Have a daemon serve `listener` (forked by the zygote, else spawned); the address."""
+    """Have a daemon serve `listener` (forked by the zygote, else spawned); the address. The daemon
+    learns which socket file it was given (SOCKET_ID_ENV): by the time it looks, `start` may have
+    given up on it and another daemon may own the path."""
     try:
         address = _use(bundle, path)
         daemon_flags = _daemon_flags(flags, bundle)
+        env = {**os.environ, paths.SOCKET_ID_ENV: paths.socket_id(path) or ""}
         use_zygote = os.environ.get(ZYGOTE_ENV) != "0"
-        pid = _fork_from_zygote(daemon_flags, bundle, listener) if use_zygote else None
+        pid = _fork_from_zygote(daemon_flags, bundle, listener, env) if use_zygote else None
         if pid is None and use_zygote:
             # The first container (or the first after the zygote idled out) waits for a zygote too:
             # a daemon spawned cold shares no page with any other, for as long as its container
             # runs (17 MiB of PSS and its forker 14, against 7.4 and 3.8 forked; the latency is
             # about the same, as a cold daemon imports as much before it can answer Create).
             if _start_zygote():
-                pid = _fork_from_zygote(daemon_flags, bundle, listener)
+                pid = _fork_from_zygote(daemon_flags, bundle, listener, env)
         if pid is None:
-            pid = _spawn_daemon(daemon_flags, listener)
+            pid = _spawn_daemon(daemon_flags, listener, env)
     except BaseException:
         os.unlink(path)
         raise

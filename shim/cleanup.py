@@ -110,10 +110,8 @@ def _remove_socket_if_unused(bundle: str, container_id: str) -> str | None:
     if not address or not address.startswith("unix://"):
         return None
     if os.path.exists(os.path.join(bundle, pool.MARKER_FILE)):
-        from .bootstrap import accepts  # ~3 ms, only when a pool's daemon died
-
         try:
-            pool.Members(address[len("unix://"):]).depart(container_id, accepts)
+            pool.Members(address[len("unix://"):]).depart(container_id)
         except OSError as e:
             return f"leave the pool of {address}: {e}"
         return None

@@ -75,15 +75,25 @@ class Assignment:
     logger: logging.Logger
     members: pool.Members | None = field(default=None, init=False)  # the pool it serves, if any
     left: bool = False  # it left its pool: the socket on its path may be a new daemon's
+    path: str = field(default="", init=False)  # where the listener is bound
+    socket_id: str | None = field(default=None, init=False)  # the file `start` bound (paths.socket_id)
+    reachable: bool = field(default=True, init=False)
 
     def __post_init__(self) -> None:
-        path = self.listener.getsockname()
-        if isinstance(path, str) and path and pool.Members(path).exists():
-            try:
-                st = os.stat(path)  # `start` bound it just now, under the pool's lock
-            except OSError:
-                return
-            self.members = pool.Members(path, ours=(st.st_dev, st.st_ino))
+        """Which socket file is ours: the one `start` says it bound (SOCKET_ID_ENV, taken out of
+        the environment that the forker and containers inherit), or the one on the path now for a
+        daemon bound by hand. If the path holds another file (or none), `start` gave up on this
+        daemon and maybe another serves the path: nobody can reach this one, which touches nothing."""
+        name = self.listener.getsockname()
+        self.path = name if isinstance(name, str) else ""
+        given = os.environ.pop(paths.SOCKET_ID_ENV, "")
+        current = paths.socket_id(self.path) if self.path else None
+        self.socket_id = given or current
+        if current is None or current != self.socket_id:
+            self.reachable = False
+            self.left = True
+        elif pool.Members(self.path).exists():
+            self.members = pool.Members(self.path, ours=self.socket_id)
 
     def leave(self, force: bool = False) -> bool:
         """Leave the pool, under its lock: remove the socket, the members and their directory
@@ -104,12 +114,15 @@ class Assignment:
         finally:
             os.close(fd)
 
-    def forget(self, container_id: str, tasks: dict[str, object]) -> None:
-        """A container is no longer served: its member goes, and with it any member neither served
-        nor joining (see `pool.Members.prune`)."""
+    def forget(self, container_id: str | None, tasks: dict[str, object]) -> None:
+        """A container (if one) is no longer served: its member goes, and with it any member
+        neither served nor joining (see `pool.Members.prune`). A pool that is no longer ours is
+        left alone from then on."""
         if self.members is not None and not self.left:
-            self.members.remove(container_id)
-            self.members.prune(_grace(), tasks.__contains__)
+            if container_id is not None:
+                self.members.remove(container_id)
+            if not self.members.prune(_grace(), tasks.__contains__):
+                self.left = True
 
 
 async def _serve(assignment: Assignment, forker: Forker) -> None:
@@ -161,9 +174,16 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                 logger.warning("no Create within %.0f s of start, exiting", _grace())
                 service.shutdown_requested.set()
 
+        async def prune_members() -> None:
+            """A member whose `start` was killed (containerd's timeout) never gets a Delete."""
+            while assignment.members is not None and not assignment.left:
+                await trio.sleep(_grace())
+                assignment.forget(None, service.tasks)
+
         nursery.start_soon(on_signals)
         nursery.start_soon(on_shutdown)
         nursery.start_soon(on_idle)
+        nursery.start_soon(prune_members)
         logger.info("railcar shim serving bundle=%s", bundle)
         await stop.wait()
         await trio.sleep(0.05)  # let the Shutdown reply leave before the connection closes
@@ -191,22 +211,26 @@ def _prepare() -> Forker:
 
 
 async def _serve_then_close(assignment: Assignment, forker: Forker) -> None:
-    """Serve, log a failure, and remove the socket on the way out."""
+    """Serve, log a failure, and remove the socket on the way out: before the listener closes, so
+    that a `start` never finds it refusing and binds a socket this would then remove."""
     try:
-        await _serve(assignment, forker)
+        if assignment.reachable:
+            await _serve(assignment, forker)
+        else:
+            assignment.logger.warning("%s is no longer the socket start bound for this daemon, exiting",
+                                      assignment.path)
     except BaseException:
         assignment.logger.exception("shim daemon failed")
         raise
     finally:
-        path = assignment.listener.getsockname()
         if assignment.members is not None:
-            assignment.leave(force=True)  # while the listener is open: `start` cannot find it dead first
-        assignment.listener.close()
-        if assignment.members is None and isinstance(path, str) and path:
+            assignment.leave(force=True)
+        elif assignment.reachable and paths.socket_id(assignment.path) == assignment.socket_id:
             try:
-                os.unlink(path)
+                os.unlink(assignment.path)
             except OSError:
                 pass
+        assignment.listener.close()
         assignment.logger.info("railcar shim exiting")
 
 

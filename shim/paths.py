@@ -28,6 +28,19 @@ def socket_path(address: str, namespace: str, group: str) -> str:
     return posixpath.join(SOCKET_DIR, sha256(joined.encode()).hexdigest())
 
 
+SOCKET_ID_ENV = "RAILCAR_SOCKET_ID"  # `start` to a new daemon: which file its listener is bound to
+
+
+def socket_id(path: str) -> str | None:
+    """The identity (device:inode) of the file at `path`, None if there is none: a daemon removes
+    its socket, or dissolves its pool, only while that file is still the one `start` bound for it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def runtime_root(namespace: str) -> str:
     """The runtime's state root for one containerd namespace, so equal ids in two namespaces never clash."""
     return posixpath.join(RUNTIME_ROOT, namespace or "default")

@@ -26,6 +26,9 @@ import fcntl
 import os
 import time
 from _collections_abc import Callable  # loaded at startup; collections.abc costs ~2 ms a `start`
+from _socket import AF_UNIX, SOCK_CLOEXEC, SOCK_STREAM, socket
+
+from . import paths
 
 POOL_ENV = "RAILCAR_POOL_SIZE"
 DEFAULT_SIZE = 16
@@ -33,6 +36,7 @@ MEMBERS_ROOT = "/run/railcar/.pools"  # a containerd namespace name cannot start
 GROUP_PREFIX = "railcar-pool-"
 MARKER_FILE = "railcar-pool"  # in a pooled container's bundle, for `delete`
 LOCK_WAIT = 2.0  # seconds `delete` waits for a pool's lock (containerd gives it 5 s in all)
+CONNECT_TIMEOUT = 0.1  # as containerd's own shims probe a socket
 _POLL = 0.01
 
 
@@ -58,13 +62,29 @@ def _now() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def probe(path: str) -> str:
+    """"live" if a daemon accepts on `path`, "dead" if none can (no socket, or refused), "busy" if
+    the connect timed out or the backlog is full: a daemon that is there but slow, not a dead one."""
+    conn = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
+    conn.settimeout(CONNECT_TIMEOUT)
+    try:
+        conn.connect(path)
+        return "live"
+    except (FileNotFoundError, ConnectionRefusedError):
+        return "dead"
+    except OSError:
+        return "busy"
+    finally:
+        conn.close()
+
+
 class Members:
     """The member files of the pool served on `socket_path`.
 
-    `ours` is the identity (st_dev, st_ino) of the socket file its daemon was given: a daemon only
-    ever dissolves the pool while that file is still (or no longer any) socket on the path."""
+    `ours` is the identity (`paths.socket_id`) of the socket file its daemon was given: a daemon
+    only ever dissolves the pool while that file is still (or no longer any) socket on the path."""
 
-    def __init__(self, socket_path: str, ours: tuple[int, int] | None = None) -> None:
+    def __init__(self, socket_path: str, ours: str | None = None) -> None:
         self.socket_path = socket_path
         self.dir = os.path.join(MEMBERS_ROOT, os.path.basename(socket_path))
         self.ours = ours
@@ -142,27 +162,31 @@ class Members:
                 found.append(name)
         return found
 
-    def prune(self, grace: float, served: Callable[[str], bool]) -> None:
-        """Remove the members neither `served` nor joining (their `start` gave up, or containerd
-        never sent their Create): each would hold a place for good. Skipped while the lock is busy."""
+    def prune(self, grace: float, served: Callable[[str], bool]) -> bool:
+        """Remove the members neither `served` nor joining (their `start` was killed, or containerd
+        never sent their Create): each would hold a place for good. Skipped while the lock is busy;
+        False if the pool is no longer this daemon's (see `is_ours`)."""
+        if not self.exists():
+            return self.is_ours()
         fd = self.lock(wait=False)
         if fd is None:
-            return
+            return True
         try:
+            if not self.is_ours():
+                return False
             keep = set(self.joining(grace, served))
             for name in self.names():
                 if name not in keep and not served(name):
                     self.remove(name)
+            return True
         finally:
             os.close(fd)
 
     def is_ours(self) -> bool:
-        """Whether no other daemon's socket sits on the path (ours, or none at all)."""
-        try:
-            st = os.stat(self.socket_path)
-        except FileNotFoundError:
-            return True  # a newer daemon binds its socket before it takes members: none has
-        return self.ours is None or (st.st_dev, st.st_ino) == self.ours
+        """Whether no other daemon's socket sits on the path (ours, or none at all: a newer daemon
+        binds its socket before it takes members)."""
+        current = paths.socket_id(self.socket_path)
+        return current is None or self.ours is None or current == self.ours
 
     def dissolve(self) -> None:
         """Remove every member, the directory and the socket (under the lock): the daemon is gone
@@ -171,23 +195,25 @@ class Members:
             return
         for name in self.names():
             self.remove(name)
-        for remove, path in ((os.rmdir, self.dir), (os.unlink, self.socket_path)):
+        # the socket first: one left without its directory could not be found by `delete`
+        for remove, path in ((os.unlink, self.socket_path), (os.rmdir, self.dir)):
             try:
                 remove(path)
             except OSError:
                 pass
 
-    def depart(self, container_id: str, serves: Callable[[str], bool]) -> None:
-        """`delete`'s part: remove `container_id`, and dissolve the pool if that was its last
-        member and no daemon `serves` its socket (the daemon was killed). Under the lock, which a
-        `delete` waits for: after a pooled daemon died, containerd runs one for every member at once."""
+    def depart(self, container_id: str) -> None:
+        """`delete`'s part: remove `container_id`, and dissolve the pool if its daemon is dead (it
+        was killed): the members left were that daemon's, as no `start` is half-way through joining
+        while the lock is held. Under the lock, which a `delete` waits for: after a pooled daemon
+        died, containerd runs one for every member at once."""
         fd = self.lock_existing(LOCK_WAIT)
         if fd is None:
             self.remove(container_id)
             return
         try:
             self.remove(container_id)
-            if not self.names() and not serves(self.socket_path):
+            if probe(self.socket_path) == "dead":
                 self.dissolve()
         finally:
             os.close(fd)

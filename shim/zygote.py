@@ -163,10 +163,10 @@ def _serve_one(conn: socket.socket, spare: _Spare | None) -> _Spare | None:
     fds: list[int] = []
     try:
         pid_uid_gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 1)  # read even to refuse: else the peer sees a reset
         if pid_uid_gid[1] != os.geteuid():
             conn.send(marshal.dumps({"error": "a start request from another user"}))
             return spare
-        data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 1)
         request = marshal.loads(data)  # the peer is our own uid (checked above): as trusted as we are
         if not isinstance(request, dict):
             raise ValueError("a start request is a dict")

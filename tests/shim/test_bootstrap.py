@@ -289,39 +289,48 @@ async def test_a_running_zygote_forks_the_daemon(bundle: Path, address: str) -> 
 
 
 def test_a_zygote_that_takes_the_listener_without_answering_fails_the_start(tmp_path: Path, monkeypatch) -> None:
-    """No second daemon is spawned on a listener a spare may hold already; no zygote at all, or a
-    zygote that refuses, leaves the start to spawn the daemon itself."""
+    """No second daemon is spawned on a listener a spare may hold already; no zygote at all, a
+    zygote that refuses (the real one, to another user), or one that closed with the request
+    unread leave the start to spawn the daemon itself."""
     import threading
 
-    from railcar.shim import bootstrap
+    from railcar.shim import bootstrap, zygote
 
     socket_path = tmp_path / "zygote.sock"
     monkeypatch.setattr(paths, "zygote_socket", lambda: str(socket_path))
     listener = socket.socket(socket.AF_UNIX)
-    assert bootstrap._fork_from_zygote(["-id", "c1"], str(tmp_path), listener) is None  # no zygote
+
+    def fork() -> int | None:
+        return bootstrap._fork_from_zygote(["-id", "c1"], str(tmp_path), listener, {})
+
+    assert fork() is None  # no zygote
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.bind(str(socket_path))
     server.listen(1)
 
-    def zygote(answer: bytes | None) -> None:
+    def refuse_another_user() -> None:
+        monkeypatch.setattr(zygote.os, "geteuid", lambda: os.getuid() + 1)
+        assert zygote._serve_one(server.accept()[0], None) is None
+
+    def close_unread() -> None:
+        server.accept()[0].close()
+
+    def take_and_go_quiet() -> None:
         conn, _ = server.accept()
-        _, fds, _, _ = socket.recv_fds(conn, 1 << 20, 1)
-        if answer is not None:
-            conn.send(answer)
-        for fd in fds:
+        for fd in socket.recv_fds(conn, 1 << 20, 1)[1]:
             os.close(fd)
         conn.close()
 
     try:
-        for answer in (marshal.dumps({"error": "refused"}), None):
-            thread = threading.Thread(target=zygote, args=(answer,))
+        for zygote_side, taken in ((refuse_another_user, False), (close_unread, False), (take_and_go_quiet, True)):
+            thread = threading.Thread(target=zygote_side)
             thread.start()
             try:
-                if answer is None:
+                if taken:
                     with pytest.raises(bootstrap.StartError, match="the zygote took the request but did not answer"):
-                        bootstrap._fork_from_zygote(["-id", "c1"], str(tmp_path), listener)
+                        fork()
                 else:
-                    assert bootstrap._fork_from_zygote(["-id", "c1"], str(tmp_path), listener) is None
+                    assert fork() is None
             finally:
                 thread.join()
     finally:

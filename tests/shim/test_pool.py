@@ -4,6 +4,8 @@ pool only when no container is on its way to it, and `delete` cleans up after a 
 import json
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +23,10 @@ LONG_GRACE = {"RAILCAR_POOL_SIZE": "2", "RAILCAR_SHIM_GRACE": "60"}  # joiners c
 def test_members_record_who_joins_and_the_lock_excludes(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(pool, "MEMBERS_ROOT", str(tmp_path / "pools"))
     socket_file = tmp_path / "shim.sock"
-    socket_file.touch()
-    st = socket_file.stat()
-    members = pool.Members(str(socket_file), ours=(st.st_dev, st.st_ino))
+    daemon = socket.socket(socket.AF_UNIX)
+    daemon.bind(str(socket_file))
+    daemon.listen(1)
+    members = pool.Members(str(socket_file), ours=paths.socket_id(str(socket_file)))
     assert not members.exists() and members.names() == []
     held = members.lock()
     assert members.exists() and members.lock(wait=False) is None  # another open file: excluded
@@ -41,9 +44,13 @@ def test_members_record_who_joins_and_the_lock_excludes(tmp_path: Path, monkeypa
     assert sorted(members.names()) == ["b", "c"]
     members.remove("c")
     members.remove("c")  # twice is fine
-    members.depart("b", serves=lambda path: True)  # a daemon still serves it: kept
+    assert pool.probe(str(socket_file)) == "live"
+    members.depart("b")  # its daemon still serves it: kept
     assert members.exists() and socket_file.exists() and members.names() == []
-    members.depart("b", serves=lambda path: False)
+    members.add("ghost")  # a member whose `start` was killed: it does not keep a dead pool
+    daemon.close()
+    assert pool.probe(str(socket_file)) == "dead"
+    members.depart("b")
     assert not members.exists() and not socket_file.exists()
 
 
@@ -51,13 +58,13 @@ def test_a_daemon_never_dissolves_a_pool_a_newer_daemon_took_over(tmp_path: Path
     monkeypatch.setattr(pool, "MEMBERS_ROOT", str(tmp_path / "pools"))
     socket_file = tmp_path / "shim.sock"
     socket_file.touch()
-    st = socket_file.stat()
-    old = pool.Members(str(socket_file), ours=(st.st_dev, st.st_ino))
+    old = pool.Members(str(socket_file), ours=paths.socket_id(str(socket_file)))
     (tmp_path / "newer").touch()
     os.replace(tmp_path / "newer", socket_file)  # a newer daemon's socket on the same path
     os.close(old.lock())
     old.add("new-member")
     old.dissolve()
+    assert not old.prune(0, served=lambda name: False)  # not ours: nothing pruned either
     assert old.names() == ["new-member"] and socket_file.exists()
     socket_file.unlink()  # no socket at all: nobody took it over
     old.dissolve()
@@ -149,8 +156,10 @@ async def test_start_fills_a_pool_then_the_next_and_a_group_of_its_own_opts_out(
 
 async def test_a_daemon_leaves_its_pool_once_a_join_is_older_than_the_grace_period(
         tmp_path: Path, address: str, pools: list[int]) -> None:
-    shim_address = _start(_bundle(tmp_path, "c1"), address, "c1", env={"RAILCAR_SHIM_GRACE": "2"})
+    shim_address = _start(_bundle(tmp_path, "c1"), address, "c1", env={**LONG_GRACE, "RAILCAR_SHIM_GRACE": "2"})
+    assert shim_address == "unix://" + paths.socket_path(address, "default", pool.group(0))
     members = pool.Members(shim_address.removeprefix("unix://"))
+    assert members.names() == ["c1"]
     pools.append(await _connect(shim_address, "c1"))
     assert wait_gone(pools[0])  # no Create within the grace period, and c1's join is that old
     assert not members.exists() and not os.path.exists(members.socket_path)
@@ -204,8 +213,15 @@ async def test_a_pool_whose_daemon_died_gets_a_new_one_and_deletes_clean_up(
     assert members.names() == ["new"] and os.path.exists(members.socket_path)
     os.kill(pools[1], signal.SIGKILL)
     assert wait_gone(pools[1])
-    # containerd runs `delete` for every member at once after a daemon died: one of them removes the pool
-    results = [_delete_async(bundles[cid], address, cid) for cid in ("b", "new")]
+    # containerd runs `delete` for every member at once after a daemon died; while someone holds the
+    # pool's lock they wait for it, and then one of them removes the pool
+    lock = members.lock()
+    try:
+        results = [_delete_async(bundles[cid], address, cid) for cid in ("b", "new")]
+        time.sleep(0.5)
+        assert [result.poll() for result in results] == [None, None]
+    finally:
+        os.close(lock)
     for result in results:
         assert result.wait(timeout=30) == 0 and result.stderr.read() == b""
     assert not members.exists() and not os.path.exists(members.socket_path)
@@ -220,10 +236,11 @@ def _delete_async(bundle: Path, address: str, container_id: str):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def test_a_group_annotation_cannot_take_a_pools_name(tmp_path: Path, address: str) -> None:
-    bundle = _bundle(tmp_path, "c1", {"io.containerd.railcar.v2.group": pool.group(0)})
+@pytest.mark.parametrize("group", [pool.group(0), "./railcar-pool-0", "../default/railcar-pool-0", ".."])
+def test_a_group_annotation_cannot_take_a_pools_name(tmp_path: Path, address: str, group: str) -> None:
+    bundle = _bundle(tmp_path, "c1", {"io.containerd.railcar.v2.group": group})
     result = run_shim(["-namespace", "default", "-address", address, "-id", "c1", "start"], bundle)
-    assert result.returncode == 1 and b"io.containerd.railcar.v2.group=railcar-pool-0" in result.stderr
+    assert result.returncode == 1 and f"io.containerd.railcar.v2.group={group}: ".encode() in result.stderr
     assert not os.path.exists(paths.socket_path(address, "default", pool.group(0)))
 
 
@@ -236,3 +253,33 @@ async def test_a_pool_size_of_one_gives_each_container_its_own_daemon(tmp_path: 
     pools.append(await _connect(shim_address, "c1"))
     await _shutdown(shim_address)  # no member holds it back
     assert wait_gone(pools[0], timeout=3)
+
+
+def test_a_daemon_whose_socket_was_replaced_touches_nothing(tmp_path: Path, monkeypatch) -> None:
+    """`start` gave up on a zygote that answered late and another daemon took the path: the late
+    daemon finds that its listener is not the file `start` bound for it, and leaves the pool be."""
+    import logging
+
+    from railcar.shim.daemon import Assignment
+    from railcar.shim.flags import Flags
+
+    monkeypatch.setattr(pool, "MEMBERS_ROOT", str(tmp_path / "pools"))
+    path = str(tmp_path / "shim.sock")
+    late = socket.socket(socket.AF_UNIX)
+    late.bind(path)
+    monkeypatch.setenv(paths.SOCKET_ID_ENV, paths.socket_id(path))
+    newer = socket.socket(socket.AF_UNIX)
+    newer.bind(str(tmp_path / "newer.sock"))
+    os.replace(tmp_path / "newer.sock", path)
+    members = pool.Members(path)
+    os.close(members.lock())
+    members.add("served-by-the-newer-one")
+    try:
+        assignment = Assignment(Flags(), str(tmp_path), late, logging.getLogger("test"))
+        assert not assignment.reachable and assignment.members is None
+        assert paths.SOCKET_ID_ENV not in os.environ  # the forker and containers do not inherit it
+        assert assignment.leave(force=True)
+        assert members.names() == ["served-by-the-newer-one"] and os.path.exists(path)
+    finally:
+        late.close()
+        newer.close()
