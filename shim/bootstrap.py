@@ -282,7 +282,7 @@ def start(flags: Flags) -> str:
     else:
         try:  # a bundle directory can outlive a crash: `delete` must not take it for a pool's
             os.unlink(os.path.join(bundle, pool.MARKER_FILE))
-        except FileNotFoundError:
+        except OSError:  # none (as nearly always); an unwritable bundle fails below, with its reason
             pass
         path = paths.socket_path(flags.address, flags.namespace, group or flags.id)
         listener = _listen(path)
