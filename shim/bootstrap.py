@@ -354,7 +354,10 @@ def _serve_new(flags: Flags, bundle: str, path: str, listener: socket) -> str:
     try:
         address = _use(bundle, path)
         daemon_flags = _daemon_flags(flags, bundle)
-        env = {**os.environ, paths.SOCKET_ID_ENV: paths.socket_id(path) or ""}
+        socket_id = paths.socket_id(path)
+        if socket_id is None:  # the daemon would take whatever is on the path later for its own
+            raise StartError(f"{path} is gone right after it was bound")
+        env = {**os.environ, paths.SOCKET_ID_ENV: socket_id}
         use_zygote = os.environ.get(ZYGOTE_ENV) != "0"
         pid = _fork_from_zygote(daemon_flags, bundle, listener, env) if use_zygote else None
         if pid is None and use_zygote:

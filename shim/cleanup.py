@@ -103,9 +103,8 @@ def _unmount_rootfs(bundle: str) -> str | None:
 
 def _remove_socket_if_unused(bundle: str, container_id: str) -> str | None:
     """Remove the shim socket unless another bundle of this namespace still points at it (a group).
-    A pool's member leaves it instead, and the pool goes with its last member if its daemon is
-    dead, all under the pool's lock: the socket may be a newer daemon's (see pool.py). A warning
-    if that failed."""
+    A pool's member leaves it instead, and the pool goes if its daemon is dead, under the pool's
+    lock: the socket may be a newer daemon's (see pool.py). A warning if that failed."""
     address = _read(os.path.join(bundle, paths.ADDRESS_FILE))
     if not address or not address.startswith("unix://"):
         return None

@@ -178,7 +178,10 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
             """A member whose `start` was killed (containerd's timeout) never gets a Delete."""
             while assignment.members is not None and not assignment.left:
                 await trio.sleep(_grace())
-                assignment.forget(None, service.tasks)
+                try:
+                    assignment.forget(None, service.tasks)
+                except OSError as e:  # (out of fds, say) only a clean-up: the next tick tries again
+                    logger.warning("cannot prune the pool's members: %s", e)
 
         nursery.start_soon(on_signals)
         nursery.start_soon(on_shutdown)

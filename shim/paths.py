@@ -33,7 +33,9 @@ SOCKET_ID_ENV = "RAILCAR_SOCKET_ID"  # `start` to a new daemon: which file its l
 
 def socket_id(path: str) -> str | None:
     """The identity (device:inode) of the file at `path`, None if there is none: a daemon removes
-    its socket, or dissolves its pool, only while that file is still the one `start` bound for it."""
+    its socket, or dissolves its pool, only while that file is still the one `start` bound for it.
+    An inode number is reused as soon as its file is gone, so this only tells files apart while the
+    socket compared with is still bound (the daemon holds its listener open until it has looked)."""
     try:
         st = os.stat(path)
     except OSError:
