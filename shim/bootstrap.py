@@ -20,7 +20,6 @@ from . import paths, pool
 from .flags import Flags
 
 GROUP_ANNOTATIONS = ("io.containerd.railcar.v2.group", "io.kubernetes.cri.sandbox-id")
-_CONNECT_TIMEOUT = 0.1
 _ZYGOTE_TIMEOUT = 5.0
 _ZYGOTE_READY_WAIT = 5.0  # a zygote is ready ~0.3 s after its spawn here (its imports and first spare)
 _ZYGOTE_POLL = 0.005
@@ -66,17 +65,9 @@ def group_key(bundle: str) -> str | None:
 
 
 def accepts(path: str, kind: int = SOCK_STREAM) -> bool:
-    """Whether a shim (or, with SOCK_SEQPACKET, a zygote) accepts on `path`: a connect within
-    100 ms, as containerd's own shims check. A zygote creates its socket only once ready."""
-    probe = socket(AF_UNIX, kind | SOCK_CLOEXEC)
-    probe.settimeout(_CONNECT_TIMEOUT)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
+    """Whether a shim (or, with SOCK_SEQPACKET, a zygote) accepts on `path` (see `pool.probe`).
+    A zygote creates its socket only once ready."""
+    return pool.probe(path, kind) == "live"
 
 
 def _listen(path: str) -> socket | None:

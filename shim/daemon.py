@@ -89,11 +89,12 @@ class Assignment:
         given = os.environ.pop(paths.SOCKET_ID_ENV, "")
         current = paths.socket_id(self.path) if self.path else None
         self.socket_id = given or current
+        members = pool.Members(self.path, ours=self.socket_id)
         if current is None or current != self.socket_id:
             self.reachable = False
             self.left = True
-        elif pool.Members(self.path).exists():
-            self.members = pool.Members(self.path, ours=self.socket_id)
+        elif members.exists():
+            self.members = members
 
     def leave(self, force: bool = False) -> bool:
         """Leave the pool, under its lock: remove the socket, the members and their directory
