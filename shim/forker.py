@@ -11,6 +11,7 @@ The processes the runtime starts are orphaned to the daemon (a child subreaper),
 every exit. (Logger binaries need no forker: posix_spawn runs no Python in the child.)
 """
 
+import contextlib
 import json
 import logging
 import mmap
@@ -20,7 +21,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import prctl
@@ -246,19 +247,23 @@ def _adopt(context: dict[str, Any]) -> None:
 # A request is its sequence number (8 bytes, so that a worker can note it without taking the
 # request off the socket) and then JSON; a reply is JSON with the number in it.
 _SEQ = struct.Struct("<q")
+# What a worker tells the forker, through a pipe, once it took a request: its pid and the number.
+_NOTE = struct.Struct("<qq")
 # The pages the daemon shares with its forker and every worker (MAP_SHARED, mapped before the
-# forker's fork): the number of the request a worker is taking, then the daemon's context (see
-# `Forker.adopt`): its length and its JSON. Pages never written cost nothing.
+# forker's fork): the number of the request the waiting worker is about to take, then the daemon's
+# context (see `Forker.adopt`): its length and its JSON. Pages never written cost nothing.
 _TAKEN_AT, _CONTEXT_AT = 0, _SEQ.size
 _CONTEXT_SPACE = 1 << 20  # the environment came in one SEQPACKET message (~208 KiB by default); JSON can grow it
 _RETIRED = 3  # a worker's exit status: it waited `idle` seconds and no request came
 _CLOSED = 4  # a worker's exit status: the daemon closed its end
 
 
-def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, idle: float | None) -> int:
+def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, notes: int,
+          idle: float | None) -> int:
     """A forked worker's life: wait for one request on the forker's socket (at most `idle` seconds,
-    if given), note its number in `shared` before taking it, serve it with the daemon's fd 2 (the
-    message's first fd) and context, and answer the daemon directly. Returns the exit status."""
+    if given), note its number in `shared` before taking it, tell the forker through `notes` once
+    it has it, serve it with the daemon's fd 2 (the message's first fd) and context, and answer the
+    daemon directly. Returns the exit status."""
     prctl.set_name(WORKER_NAME)
     if idle is not None and not select.select([sock], [], [], idle)[0]:
         return _RETIRED
@@ -268,6 +273,8 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
     (seq,) = _SEQ.unpack(head)
     _SEQ.pack_into(shared, _TAKEN_AT, seq)
     data, fds, flags, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
+    os.write(notes, _NOTE.pack(os.getpid(), seq))  # the forker forks the next waiting worker now
+    os.close(notes)
     if fds:  # the daemon's fd 2 comes first
         os.dup2(fds[0], 2)
         os.close(fds[0])
@@ -282,25 +289,12 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
     return 0 if _send(sock, reply, out_fds) else 1
 
 
-def _fork_worker(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, idle: float | None) -> int:
-    """Fork a worker (see `_work`); its pid. Raises OSError if the fork failed (memory or process
-    limits)."""
-    _SEQ.pack_into(shared, _TAKEN_AT, 0)
-    pid = bare_fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = _work(sock, handlers, shared, idle)
-        finally:
-            os._exit(code)
-    return pid
-
-
 def _closed(sock: socket.socket) -> bool:
-    """Block until a request (or the daemon's EOF) is waiting, without taking it; True on EOF."""
-    select.select([sock], [], [])
+    """Whether the daemon closed its end (a readable socket holds a request otherwise)."""
     try:
-        return not sock.recv(1, socket.MSG_PEEK)
+        return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
     except OSError:
         return True
 
@@ -329,58 +323,120 @@ def _fail_waiting_request(sock: socket.socket, error: OSError) -> bool:
     return len(data) >= _SEQ.size and _answer_for(sock, _SEQ.unpack_from(data)[0], f"could not be forked: {error}")
 
 
+def _how(code: int) -> str:
+    return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+
+
+class _Workers:
+    """The forker's book of its workers: at most one waiting for a request (`waiter`), any number
+    serving one (`busy`, pid to request number), and a pidfd for each, so that one `select` sees a
+    worker's note, a worker's exit and a request nobody waits for."""
+
+    def __init__(self, sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap) -> None:
+        self.sock, self.handlers, self.shared = sock, handlers, shared
+        self.notes, self._notes_in = os.pipe()
+        os.set_blocking(self.notes, False)
+        self.waiter = 0
+        self.busy: dict[int, int] = {}
+        self.pidfds: dict[int, int] = {}
+
+    def fork(self, idle: float | None) -> None:
+        """Fork the waiting worker (see `_work`). Raises OSError if the fork failed (memory or
+        process limits)."""
+        _SEQ.pack_into(self.shared, _TAKEN_AT, 0)
+        pid = bare_fork()
+        if pid == 0:
+            code = 1
+            try:
+                _close_all([self.notes, *self.pidfds.values()])
+                code = _work(self.sock, self.handlers, self.shared, self._notes_in, idle)
+            finally:
+                os._exit(code)
+        self.pidfds[pid] = os.pidfd_open(pid)
+        self.waiter = pid
+
+    def wait(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]], bool]:
+        """Block until something happens: the notes of workers that took a request (pid, number),
+        then the workers that exited (pid, exit code), and whether a request waits with no worker
+        waiting for it (or the daemon closed its end)."""
+        watched = [self.notes, *self.pidfds.values()] + ([] if self.waiter else [self.sock])
+        ready = select.select(watched, [], [])[0]
+        notes = []
+        if self.notes in ready:
+            data = os.read(self.notes, _NOTE.size * 64)  # whole notes: a pipe write under PIPE_BUF is atomic
+            notes = [_NOTE.unpack_from(data, at) for at in range(0, len(data), _NOTE.size)]
+        exits = []
+        for pid, fd in list(self.pidfds.items()):
+            if fd in ready:
+                os.close(self.pidfds.pop(pid))
+                exits.append((pid, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])))
+        return notes, exits, self.sock in ready
+
+
 def serve(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, spare_idle: float = SPARE_IDLE) -> None:
-    """The forker's loop, until the daemon closes its end: keep one worker forked, and wait for it.
+    """The forker's loop, until the daemon closes its end: keep one worker waiting for a request.
 
     The forker never reads a request. A worker, forked ahead of need, takes the next request from
-    the socket the forker shares with it, serves it and answers the daemon itself. Running Python
-    writes to the pages it touches (reference counts, new objects in half-full pools), and each page
-    written stops being shared with the zygote: a worker's copies die with it, and the forker, which
-    runs nothing but fork and waitpid, stays almost entirely shared however many containers it made.
-    The next worker is forked once the last is done (not while it works, when the CPU is better
-    spent on the request), so the requests that come in bursts (create then start, a run of execs)
-    find one ready. A worker that waited `spare_idle` seconds for a request retires, and a
-    long-lived container costs no third process; its next request pays for one fork, about 2 ms.
-    The first worker waits however long it takes.
+    the socket the forker shares with it, tells the forker (which forks the next waiting worker
+    then), serves it and answers the daemon itself. Requests are served concurrently, one worker
+    each: a daemon serving many containers (a pod, a pool) does not queue one container's create
+    behind another's. Running Python writes to the pages it touches (reference counts, new objects
+    in half-full pools), and each page written stops being shared with the zygote: a worker's
+    copies die with it, and the forker, which runs nothing but fork and waitpid, stays almost
+    entirely shared however many containers it made. The requests that come in bursts (create then
+    start, a run of execs, many containers at once) find a worker ready. A waiting worker that saw
+    no request for `spare_idle` seconds retires, and a long-lived container costs no third process;
+    its next request pays for one fork, about 2 ms. The first worker waits however long it takes.
 
-    A worker writes the number of the request it is about to take to a page it shares with the
-    forker (`shared`, see `_CONTEXT_SPACE`). If it dies without answering, the forker answers for
-    it, unless the request is still on the socket (the worker died before taking it): then the next
-    worker serves it. The daemon sends one request at a time, so the request at the head of the
-    socket can only be that one. A worker that cannot be forked fails the request it was needed
-    for, and the forker goes on.
+    The waiting worker writes the number of the request it is about to take to a page it shares
+    with the forker (`shared`, see `_CONTEXT_SPACE`). If it dies before its note came, the forker
+    answers for it, unless the request is still on the socket (the worker died before taking it):
+    then the next worker serves it. Only the waiting worker takes requests, so the request at the
+    head of the socket can only be that one. A worker that dies after its note is answered for. A
+    worker that cannot be forked fails the request it was needed for, and the forker goes on.
     """
+    workers = _Workers(sock, handlers, shared)
     idle: float | None = None
+    spare = True  # fork a waiting worker now, not only once a request waits
     while True:
-        try:
-            pid = _fork_worker(sock, handlers, shared, idle)
-        except OSError:
+        if spare and not workers.waiter:
+            try:
+                workers.fork(idle)
+            except OSError:
+                pass  # tried again once a request waits
+            spare = False
+        notes, exits, unwaited = workers.wait()
+        for pid, seq in notes:
+            workers.busy[pid] = seq
+            if pid == workers.waiter:
+                workers.waiter, spare, idle = 0, True, spare_idle
+        for pid, code in exits:
+            if pid in workers.busy:  # (a note always comes before its writer's exit)
+                seq = workers.busy.pop(pid)
+                if code != 0 and not _answer_for(sock, seq, _how(code)):
+                    return
+                continue
+            workers.waiter = 0
+            (seq,) = _SEQ.unpack_from(shared, _TAKEN_AT)
+            if code == _CLOSED:
+                return
+            if code == _RETIRED:
+                idle = None  # the next worker is for a request that waits
+            elif seq:  # it died taking a request
+                if not _queued(sock, seq) and not _answer_for(sock, seq, _how(code)):
+                    return
+                spare, idle = True, spare_idle
+            else:  # it died before a request came (killed, or it could not read): fork another
+                time.sleep(0.1)  # not at full speed if that keeps happening
+                spare = True
+        if unwaited and not workers.waiter:
             if _closed(sock):
                 return
             try:
-                pid = _fork_worker(sock, handlers, shared, None)  # tried again once a request needs it
+                workers.fork(None)
             except OSError as e:
                 if not _fail_waiting_request(sock, e):
                     return
-                continue
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        (seq,) = _SEQ.unpack_from(shared, _TAKEN_AT)
-        if code == 0:
-            idle = spare_idle
-        elif seq:
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            if not _queued(sock, seq) and not _answer_for(sock, seq, how):
-                return
-            idle = spare_idle
-        elif code == _CLOSED:
-            return
-        elif code == _RETIRED:
-            if _closed(sock):
-                return
-            idle = None  # for the request that is waiting
-        else:  # it died before a request came (killed, or it could not read): fork another
-            time.sleep(0.1)  # not at full speed if that keeps happening
 
 
 async def receive(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
@@ -404,8 +460,12 @@ class Forker:
         self._handlers = handlers
         self._spare_idle = spare_idle
         self._sock: socket.socket | None = None
-        self._lock = trio.Lock()
         self._seq = 0
+        self._in_order: dict[str, tuple[trio.Lock, int]] = {}  # container id: its lock, and how many hold or want it
+        self._awaited: set[int] = set()  # the numbers of the requests sent and not yet answered
+        self._replies: dict[int, tuple[dict[str, Any], list[int]]] = {}  # received, not yet taken
+        self._reading = False  # a call is receiving for all of them
+        self._arrived = trio.Event()  # set (and replaced) whenever that call received something
         self._shared = mmap.mmap(-1, _CONTEXT_AT + _SEQ.size + _CONTEXT_SPACE)  # before the fork: shared
         self._max_request = _MAX_MESSAGE
         self.pid = 0
@@ -466,32 +526,65 @@ class Forker:
         self.pid = pid
         return pid
 
-    async def _roundtrip(self, message: bytes, seq: int, fds: list[int]) -> tuple[Any, list[int]]:
+    @contextlib.asynccontextmanager
+    async def _in_order_of(self, key: str | None) -> AsyncIterator[None]:
+        """Hold container `key`'s turn (no turn to wait for without one)."""
+        if not key:
+            yield
+            return
+        lock, users = self._in_order.get(key) or (trio.Lock(), 0)
+        self._in_order[key] = lock, users + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._in_order.pop(key)
+            if users > 1:
+                self._in_order[key] = lock, users - 1
+
+    async def _send(self, message: bytes, fds: list[int]) -> None:
         sock = self._sock
         assert sock is not None, "Forker.start() was not called"
-        try:
-            while True:
-                try:
-                    socket.send_fds(sock, [message], [2, *fds])  # a worker logs where we log
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-            while True:
-                data, out_fds = await receive(sock, _MAX_MESSAGE, _MAX_FDS)
-                if not data:
-                    raise ForkerError("internal", "the forker process is gone")
-                reply = json.loads(data)
-                if reply.get("seq") == seq:
-                    return reply, out_fds
-                _close_all(out_fds)  # a late answer to an earlier request (its worker died after it)
-        except OSError as e:
-            raise ForkerError("internal", f"the forker process is gone: {e}") from None
+        while True:
+            try:
+                socket.send_fds(sock, [message], [2, *fds])  # a worker logs where we log
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+
+    async def _reply(self, seq: int) -> tuple[dict[str, Any], list[int]]:
+        """The reply to request `seq`. One waiting call at a time receives, for every call: a reply
+        for another is kept for it, and a late answer to a request nobody waits for any more (its
+        worker died after it answered, and the forker answered again) is dropped with its fds."""
+        sock = self._sock
+        assert sock is not None, "Forker.start() was not called"
+        while seq not in self._replies:
+            if self._reading:
+                await self._arrived.wait()
+                continue
+            self._reading = True
+            try:
+                data, fds = await receive(sock, _MAX_MESSAGE, _MAX_FDS)
+            finally:
+                self._reading = False
+                arrived, self._arrived = self._arrived, trio.Event()
+                arrived.set()
+            if not data:
+                raise ForkerError("internal", "the forker process is gone")
+            reply = json.loads(data)
+            if reply.get("seq") in self._awaited and reply["seq"] not in self._replies:
+                self._replies[reply["seq"]] = reply, fds
+            else:
+                _close_all(fds)
+        return self._replies.pop(seq)
 
     async def call(self, op: str, args: dict[str, Any], fds: tuple[int, ...] | list[int] = ()) -> tuple[Any, list[int]]:
         """Run `op` in the forker; returns (result, received fds). Raises ForkerError on failure.
 
-        Requests are serialised, and a call is never abandoned half-way (the reply must be read to keep
-        the stream in step), so cancellation takes effect only after the reply arrived.
+        Calls run concurrently, each in a worker of its own, except that the calls naming one
+        container (`id`) run one at a time, in order: the runtime's state of a container is not
+        written by two processes at once. A call is never abandoned half-way (its reply must be
+        read, its worker has started), so cancellation takes effect only after the reply arrived.
         """
         if len(fds) > _MAX_FDS:
             raise ForkerError("internal", f"a forker request carries at most {_MAX_FDS} fds")
@@ -501,9 +594,16 @@ class Forker:
         if len(message) > self._max_request:
             raise ForkerError("internal",
                               f"a forker request of {len(message)} bytes is over the {self._max_request} limit")
-        async with self._lock:
-            with trio.CancelScope(shield=True):
-                reply, out_fds = await self._roundtrip(message, seq, list(fds))
+        with trio.CancelScope(shield=True):
+            async with self._in_order_of(args.get("id")):
+                self._awaited.add(seq)
+                try:
+                    await self._send(message, list(fds))
+                    reply, out_fds = await self._reply(seq)
+                except OSError as e:
+                    raise ForkerError("internal", f"the forker process is gone: {e}") from None
+                finally:
+                    self._awaited.discard(seq)
         error = reply.get("error")
         if error:
             _close_all(out_fds)

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -64,7 +65,30 @@ def _say(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return None, []
 
 
-HANDLERS = {"write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash, "touch": _touch, "die": _die,
+def _meet(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    """Arrive in `dir`, then wait until `count` workers have: how many did."""
+    os.makedirs(args["dir"], exist_ok=True)
+    Path(args["dir"], str(os.getpid())).touch()
+    deadline = time.monotonic() + args.get("patience", 10)
+    while len(os.listdir(args["dir"])) < args["count"]:
+        if time.monotonic() > deadline:
+            raise ForkerError("internal", "gave up waiting")
+        time.sleep(0.01)
+    return len(os.listdir(args["dir"])), []
+
+
+def _alone(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    """Fails if another worker is inside at the same time; notes the order of arrival."""
+    inside = Path(args["dir"], "inside")
+    inside.touch(exist_ok=False)
+    time.sleep(0.05)
+    with open(Path(args["dir"], "order"), "a") as f:
+        f.write(str(args["n"]))
+    inside.unlink()
+    return None, []
+
+
+HANDLERS = {"meet": _meet, "alone": _alone, "write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash, "touch": _touch, "die": _die,
             "exit3": _exit3, "say": _say, "size": _size}
 
 
@@ -104,7 +128,7 @@ async def test_errors_come_back_typed_and_the_forker_survives(forker: Forker) ->
     os.close(fds[0])
 
 
-async def test_concurrent_calls_are_serialised(forker: Forker) -> None:
+async def test_concurrent_calls_are_all_served(forker: Forker) -> None:
     read_end, write_end = os.pipe()
     async with trio.open_nursery() as nursery:
         for i in range(5):
@@ -112,6 +136,60 @@ async def test_concurrent_calls_are_serialised(forker: Forker) -> None:
     os.close(write_end)
     assert sorted(os.read(read_end, 100).decode().split(";")[:-1]) == ["0", "1", "2", "3", "4"]
     os.close(read_end)
+
+
+async def test_calls_for_different_containers_run_at_once(forker: Forker, tmp_path: Path) -> None:
+    """Each of three calls waits, in its worker, until all three have arrived: only concurrent
+    workers get there (one at a time, the first would give up waiting)."""
+    results = []
+
+    async def meet(cid: str) -> None:
+        results.append((await forker.call("meet", {"id": cid, "dir": str(tmp_path), "count": 3}))[0])
+
+    async with trio.open_nursery() as nursery:
+        for cid in ("a", "b", "c"):
+            nursery.start_soon(meet, cid)
+    assert sorted(results) == [3, 3, 3]
+    assert len(set(os.listdir(tmp_path))) == 3  # three workers
+
+
+async def test_calls_for_one_container_run_one_at_a_time_in_order(forker: Forker, tmp_path: Path) -> None:
+    """(The runtime's state of a container must not be written by two workers at once.)"""
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(forker.call, "alone", {"id": "same", "dir": str(tmp_path), "n": i})
+            await trio.sleep(0)  # sent in this order
+    assert (tmp_path / "order").read_text() == "0123"
+    failures = []
+
+    async def meet() -> None:  # the meeting cannot happen in one turn
+        try:
+            await forker.call("meet", {"id": "same", "dir": str(tmp_path / "m"), "count": 2, "patience": 0.3})
+        except ForkerError as e:
+            failures.append(e.message)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(meet)
+        nursery.start_soon(meet)
+    assert failures == ["gave up waiting"]  # the second came after the first had given up
+
+
+async def test_a_worker_that_dies_while_others_work_fails_only_its_call(forker: Forker, tmp_path: Path) -> None:
+    outcomes = {}
+
+    async def call(cid: str, op: str) -> None:
+        try:
+            outcomes[cid] = (await forker.call(op, {"id": cid, "dir": str(tmp_path), "count": 2}))[0]
+        except ForkerError as e:
+            outcomes[cid] = e.message
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "one", "meet")
+        nursery.start_soon(call, "dies", "die")
+        nursery.start_soon(call, "two", "meet")
+    assert outcomes == {"one": 2, "two": 2, "dies": "the forker's worker was killed by signal 9"}
+    await trio.sleep(0.3)
+    assert _nothing_queued(forker)
 
 
 async def test_each_request_runs_in_a_fresh_worker(forker: Forker) -> None:
@@ -232,7 +310,7 @@ async def test_a_spare_worker_waits_only_while_requests_keep_coming(forker: Fork
     assert _workers_of(forker.pid) == [ready]
     first, _ = await forker.call("touch", {})
     assert first["pid"] == ready
-    # the next is forked once the first is done (and reaped)
+    # the next is forked once the first took its request
     assert eventually(lambda: len(_workers_of(forker.pid)) == 1 and ready not in _workers_of(forker.pid))
     [spare] = _workers_of(forker.pid)
     second, _ = await forker.call("touch", {})
