@@ -9,6 +9,7 @@ lightest modules: its wall time is most of a container's start latency budget. S
 
 import errno
 import fcntl
+import itertools
 import marshal
 import os
 import struct
@@ -19,7 +20,8 @@ from _socket import AF_UNIX, SCM_RIGHTS, SOCK_CLOEXEC, SOCK_SEQPACKET, SOCK_STRE
 from . import paths, pool
 from .flags import Flags
 
-GROUP_ANNOTATIONS = ("io.containerd.railcar.v2.group", "io.kubernetes.cri.sandbox-id")
+GROUP_ANNOTATION = "io.containerd.railcar.v2.group"
+POD_ANNOTATION = "io.kubernetes.cri.sandbox-id"
 _ZYGOTE_TIMEOUT = 5.0
 _ZYGOTE_READY_WAIT = 5.0  # a zygote is ready ~0.3 s after its spawn here (its imports and first spare)
 _ZYGOTE_POLL = 0.005
@@ -29,8 +31,9 @@ class StartError(RuntimeError):
     """`start` cannot produce an address; the message is what containerd shows its client."""
 
 
-def group_key(bundle: str) -> str | None:
-    """The grouping key: the first group annotation in the bundle's config.json; None if it names none.
+def groups(bundle: str) -> tuple[str | None, str | None]:
+    """The group the bundle's config.json names (railcar's group annotation) and its pod (the CRI
+    sandbox id); None for each it does not name.
 
     A config that names neither annotation is not parsed at all (json costs ~15 ms of imports and
     its own parse): Create validates the spec anyway, and the names contain nothing a JSON encoder
@@ -42,8 +45,8 @@ def group_key(bundle: str) -> str | None:
             data = f.read()
     except OSError as e:
         raise StartError(f"cannot read {config_path}: {e}") from e
-    if not any(name.encode() in data for name in GROUP_ANNOTATIONS):
-        return None
+    if GROUP_ANNOTATION.encode() not in data and POD_ANNOTATION.encode() not in data:
+        return None, None
     import json
 
     try:
@@ -51,17 +54,18 @@ def group_key(bundle: str) -> str | None:
     except ValueError as e:
         raise StartError(f"cannot read {config_path}: {e}") from e
     annotations = spec.get("annotations") if isinstance(spec, dict) else None
-    if isinstance(annotations, dict):
-        for name in GROUP_ANNOTATIONS:
-            value = annotations.get(name)
-            if isinstance(value, str) and value:
-                if "/" in value or "\0" in value or value in (".", ".."):
-                    raise StartError(f"annotation {name}={value}: a group name is not a path")
-                if value.startswith(pool.GROUP_PREFIX):
-                    raise StartError(f"annotation {name}={value}: "
-                                     f"groups named {pool.GROUP_PREFIX}* are railcar's pools")
-                return value
-    return None
+    found: list[str | None] = []
+    for name in (GROUP_ANNOTATION, POD_ANNOTATION):
+        value = annotations.get(name) if isinstance(annotations, dict) else None
+        if not isinstance(value, str) or not value:
+            found.append(None)
+            continue
+        if "/" in value or "\0" in value or value in (".", ".."):
+            raise StartError(f"annotation {name}={value}: a group name is not a path")
+        if value.startswith(pool.GROUP_PREFIX):
+            raise StartError(f"annotation {name}={value}: groups named {pool.GROUP_PREFIX}* are railcar's pools")
+        found.append(value)
+    return found[0], found[1]
 
 
 def accepts(path: str, kind: int = SOCK_STREAM) -> bool:
@@ -267,57 +271,83 @@ def start(flags: Flags) -> str:
     if not flags.address:
         raise StartError("start needs -address")
     bundle = os.path.abspath(flags.bundle or os.getcwd())
-    group = group_key(bundle)
+    group, pod = groups(bundle)
     if group is None and pool.size() > 1 and pool.poolable(flags.id):
-        address = _join_pool(flags, bundle)
+        address = _join_pool(flags, bundle, pod)
     else:
         try:  # a bundle directory can outlive a crash: `delete` must not take it for a pool's
             os.unlink(os.path.join(bundle, pool.MARKER_FILE))
         except OSError:  # none (as nearly always); an unwritable bundle fails below, with its reason
             pass
-        path = paths.socket_path(flags.address, flags.namespace, group or flags.id)
+        path = paths.socket_path(flags.address, flags.namespace, group or pod or flags.id)
         listener = _listen(path)
         address = _use(bundle, path) if listener is None else _serve_new(flags, bundle, path, listener)
     _drain_stdin()
     return address
 
 
-def _join_pool(flags: Flags, bundle: str) -> str:
-    """The address of the first pool of this containerd and namespace with room, after recording
-    this container as its member; a pool whose daemon is dead gets a new one (see pool.py)."""
+def _join_pool(flags: Flags, bundle: str, pod: str | None) -> str:
+    """The address of a pool of this containerd and namespace, after recording this container as
+    its member: its pod's pool if it is in a pod (see `_pool_of_pod`), else the first pool with
+    room. A pool whose daemon is dead gets a new one (see pool.py)."""
     try:
-        return _join_first_pool(flags, bundle)
+        home = _pool_of_pod(flags, pod) if pod else None
+        if home is not None:
+            address = _try_pool(flags, bundle, home, pod=pod)
+            if address is not None:
+                return address
+        limit = pool.size()
+        for index in itertools.count():
+            address = _try_pool(flags, bundle, index, limit=limit)
+            if address is not None:
+                return address
+        raise AssertionError("unreachable")
     except OSError as e:  # the pool's directory, a member file, a fork
         raise StartError(f"cannot join a pool: {e}") from e
 
 
-def _join_first_pool(flags: Flags, bundle: str) -> str:
-    limit = pool.size()
-    index = 0
-    while True:
-        path = paths.socket_path(flags.address, flags.namespace, pool.group(index))
-        members = pool.Members(path)
-        lock = members.lock()
+def _pool_of_pod(flags: Flags, pod: str) -> int | None:
+    """The pool serving pod `pod` (a member named after it: CRI names a pod's sandbox container
+    after the pod), looked for up to the first number no pool has; None if none is found. A pod's
+    containers then share a daemon, as with runc's shim; one that is not found (no sandbox
+    container, or one past a gap in the numbers) joins the first pool with room, which works alike."""
+    for index in itertools.count():
+        members = pool.Members(paths.socket_path(flags.address, flags.namespace, pool.group(index)))
+        if not members.exists():
+            return None
+        if members.has(pod):
+            return index
+    raise AssertionError("unreachable")
+
+
+def _try_pool(flags: Flags, bundle: str, index: int, limit: int = 0, pod: str | None = None) -> str | None:
+    """Join pool `index` if it has room (fewer than `limit` members), or, given `pod`, if it is live
+    and still holds that pod, whatever its size; the address, or None."""
+    path = paths.socket_path(flags.address, flags.namespace, pool.group(index))
+    members = pool.Members(path)
+    lock = members.lock()
+    try:
+        state = pool.probe(path)
+        if pod is not None:
+            if state != "live" or not members.has(pod):
+                return None
+        elif state == "busy" or (state == "live" and len(members.names()) >= limit):
+            return None  # a daemon that does not answer is not taken for dead: its containers live
+        if state == "dead":
+            for name in members.names():  # they were its dead daemon's
+                members.remove(name)
         try:
-            state = pool.probe(path)
-            if state == "busy" or (state == "live" and len(members.names()) >= limit):
-                index += 1  # a daemon that does not answer is not taken for dead: its containers live
-                continue
-            if state == "dead":
-                for name in members.names():  # they were its dead daemon's
-                    members.remove(name)
-            try:
-                members.add(flags.id)
-                _mark_pooled(bundle)
-                listener = None if state == "live" else _listen(path)
-                if listener is None:  # live, or a plain group that happens to have this name
-                    return _use(bundle, path)
-                return _serve_new(flags, bundle, path, listener)
-            except BaseException:
-                members.remove(flags.id)
-                raise
-        finally:
-            os.close(lock)
+            members.add(flags.id)
+            _mark_pooled(bundle)
+            listener = None if state == "live" else _listen(path)
+            if listener is None:  # live, or a plain group that happens to have this name
+                return _use(bundle, path)
+            return _serve_new(flags, bundle, path, listener)
+        except BaseException:
+            members.remove(flags.id)
+            raise
+    finally:
+        os.close(lock)
 
 
 def _mark_pooled(bundle: str) -> None:

@@ -1,14 +1,16 @@
-"""Pools: containers that name no group share a daemon, up to `size()` of them.
+"""Pools: containers that name no group of their own share a daemon, up to `size()` of them.
 
 A daemon is a Python process, and the part of it no other process shares stays about 7 MiB
 however little it does; a container it serves adds about 60 KiB. containerd's Go shim costs about
-3.4 MiB per container. So by default a container whose config.json names no group (no pod, no group
-annotation) joins a pool: group `railcar-pool-<k>` of its containerd address and namespace, the
-first such pool with room. The containers of a pool have no more in common than that; a pod keeps
-a daemon of its own, as with containerd's runc shim, and so does a container that names a group of
-its own (`io.containerd.railcar.v2.group`). `RAILCAR_POOL_SIZE` in containerd's environment sets how
-many containers one daemon takes (1: a daemon for each container, as runc's shim does): a pooled
-daemon that dies takes the control of all its containers with it, as a pod's shim does.
+3.4 MiB per container, or per pod. So by default a container whose config.json names no group
+annotation joins a pool: group `railcar-pool-<k>` of its containerd address and namespace, the
+first such pool with room. The containers of a pool have no more in common than that. A pod's
+containers join the pool of its sandbox container, whatever that pool's size, so that a pod is
+served by one daemon, as with containerd's runc shim (see `bootstrap._pool_of_pod`). A container
+that names a group of its own (`io.containerd.railcar.v2.group`) keeps a daemon of its own.
+`RAILCAR_POOL_SIZE` in containerd's environment sets how many containers one daemon takes (1: a
+daemon for each container, and for each pod, as runc's shim does): a pooled daemon that dies takes
+the control of all its containers with it, as a pod's shim does.
 
 A pool's members are files named after their container ids, in a directory named after the pool's
 socket under MEMBERS_ROOT, each holding the CLOCK_BOOTTIME of its join (the wall clock can step).
@@ -125,6 +127,9 @@ class Members:
                 return None
             time.sleep(_POLL)
         return None
+
+    def has(self, container_id: str) -> bool:
+        return os.path.exists(os.path.join(self.dir, container_id))
 
     def names(self) -> list[str]:
         try:

@@ -2,8 +2,8 @@
 
 A containerd of this module's own has its CRI plugin on, with railcar as the runtime handler, a
 pause image built from busybox, and a CNI bridge. A gRPC client speaks CRI v1 to it (the subset in
-cri_v1.proto). The shim never sees CRI itself, only what CRI makes of it: a pause container and app
-containers grouped into one shim by the sandbox-id annotation, FIFOs that CRI turns into log files,
+cri_v1.proto). The shim never sees CRI itself, only what CRI makes of it: a pause container named
+after its pod and app containers that find its daemon by the sandbox-id annotation, FIFOs that CRI turns into log files,
 execs, stats, resource updates, Kill on stop, and OOM reasons taken from the shim's events.
 """
 
@@ -251,7 +251,7 @@ def test_a_pod_runs_in_one_shim_with_logs_execs_stats_and_updates(cri, leaks) ->
     with pod(cri) as p:
         container = start_container(cri, p, ["sh", "-c", "echo hello-out; echo hello-err >&2; trap '' TERM; "
                                                          "exec sleep 999"])
-        # The pause container and the app container share one shim daemon (grouped by sandbox id).
+        # The pause container and the app container share one shim daemon (found by sandbox id).
         assert len(processes_named("railcar-shim") - shims_before) == 1
 
         # CRI turns what the shim forwards through the FIFOs into its log format, stream by stream.

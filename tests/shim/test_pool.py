@@ -154,6 +154,26 @@ async def test_start_fills_a_pool_then_the_next_and_a_group_of_its_own_opts_out(
     assert wait_gone(pools[2], timeout=3)
 
 
+async def test_a_pods_containers_join_its_sandboxs_pool_even_when_it_is_full(
+        tmp_path: Path, address: str, pools: list[int]) -> None:
+    """CRI names a pod's sandbox container after the pod: the pod's other containers join the pool
+    holding that member, as runc's shim serves a pod from one process."""
+    def in_pod(name: str) -> dict[str, str]:
+        return {"io.kubernetes.cri.sandbox-id": name}
+
+    sandbox = _start(_bundle(tmp_path, "pod1", in_pod("pod1")), address, "pod1")
+    assert sandbox == "unix://" + paths.socket_path(address, "default", pool.group(0))
+    assert _start(_bundle(tmp_path, "c1"), address, "c1") == sandbox  # pool 0 is full now (size 2)
+    assert _start(_bundle(tmp_path, "app", in_pod("pod1")), address, "app") == sandbox
+    # no container is named after pod2: its container joins the first pool with room
+    stranger = _start(_bundle(tmp_path, "x", in_pod("pod2")), address, "x")
+    assert stranger == "unix://" + paths.socket_path(address, "default", pool.group(1))
+    zero = pool.Members(sandbox.removeprefix("unix://"))
+    assert sorted(zero.names()) == ["app", "c1", "pod1"]
+    pools += [await _connect(sandbox, "pod1"), await _connect(stranger, "x")]
+    assert await _connect(sandbox, "app") == pools[0] != pools[1]
+
+
 async def test_a_daemon_leaves_its_pool_once_a_join_is_older_than_the_grace_period(
         tmp_path: Path, address: str, pools: list[int]) -> None:
     shim_address = _start(_bundle(tmp_path, "c1"), address, "c1", env={**LONG_GRACE, "RAILCAR_SHIM_GRACE": "2"})
