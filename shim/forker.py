@@ -329,8 +329,8 @@ def _how(code: int) -> str:
 
 class _Workers:
     """The forker's book of its workers: at most one waiting for a request (`waiter`), any number
-    serving one (`busy`, pid to request number), and a pidfd for each, so that one `select` sees a
-    worker's note, a worker's exit and a request nobody waits for."""
+    serving one (`busy`, pid to request number), and a pidfd for each, so that one `poll` sees a
+    worker's exit and a request nobody waits for."""
 
     def __init__(self, sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap) -> None:
         self.sock, self.handlers, self.shared = sock, handlers, shared
@@ -339,6 +339,7 @@ class _Workers:
         self.waiter = 0
         self.busy: dict[int, int] = {}
         self.pidfds: dict[int, int] = {}
+        self.starved = False  # no worker could be forked: the request waits for a busy worker's exit
 
     def fork(self, idle: float | None) -> None:
         """Fork the waiting worker (see `_work`). Raises OSError if the fork failed (memory or
@@ -352,25 +353,38 @@ class _Workers:
                 code = _work(self.sock, self.handlers, self.shared, self._notes_in, idle)
             finally:
                 os._exit(code)
-        self.pidfds[pid] = os.pidfd_open(pid)
+        try:
+            self.pidfds[pid] = os.pidfd_open(pid)
+        except OSError:  # (out of fds) a waiter nobody watches would break the one-taker rule
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
         self.waiter = pid
 
     def wait(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]], bool]:
         """Block until something happens: the notes of workers that took a request (pid, number),
         then the workers that exited (pid, exit code), and whether a request waits with no worker
-        waiting for it (or the daemon closed its end)."""
-        watched = [self.notes, *self.pidfds.values()] + ([] if self.waiter else [self.sock])
-        ready = select.select(watched, [], [])[0]
-        notes = []
-        if self.notes in ready:
-            data = os.read(self.notes, _NOTE.size * 64)  # whole notes: a pipe write under PIPE_BUF is atomic
-            notes = [_NOTE.unpack_from(data, at) for at in range(0, len(data), _NOTE.size)]
+        waiting for it (or the daemon closed its end). The notes are read after the exits are
+        reaped: a worker writes its note before it exits, so no exit is seen before its note."""
+        poller = select.poll()
+        for fd in [self.notes, *self.pidfds.values()]:
+            poller.register(fd, select.POLLIN)
+        watch_sock = not self.waiter and not self.starved
+        if watch_sock:
+            poller.register(self.sock, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll()}
         exits = []
         for pid, fd in list(self.pidfds.items()):
             if fd in ready:
                 os.close(self.pidfds.pop(pid))
                 exits.append((pid, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])))
-        return notes, exits, self.sock in ready
+        notes = []
+        try:
+            while data := os.read(self.notes, _NOTE.size * 64):  # whole notes: a small pipe write is atomic
+                notes += [_NOTE.unpack_from(data, at) for at in range(0, len(data), _NOTE.size)]
+        except BlockingIOError:
+            pass
+        return notes, exits, watch_sock and self.sock.fileno() in ready
 
 
 def serve(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, spare_idle: float = SPARE_IDLE) -> None:
@@ -392,8 +406,9 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
     with the forker (`shared`, see `_CONTEXT_SPACE`). If it dies before its note came, the forker
     answers for it, unless the request is still on the socket (the worker died before taking it):
     then the next worker serves it. Only the waiting worker takes requests, so the request at the
-    head of the socket can only be that one. A worker that dies after its note is answered for. A
-    worker that cannot be forked fails the request it was needed for, and the forker goes on.
+    head of the socket can only be that one. A worker that dies after its note is answered for. When
+    no worker can be forked (memory, a pids limit), the request waits for a busy worker to finish,
+    and fails if none is busy; the forker goes on.
     """
     workers = _Workers(sock, handlers, shared)
     idle: float | None = None
@@ -411,8 +426,9 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
             if pid == workers.waiter:
                 workers.waiter, spare, idle = 0, True, spare_idle
         for pid, code in exits:
-            if pid in workers.busy:  # (a note always comes before its writer's exit)
+            if pid in workers.busy:
                 seq = workers.busy.pop(pid)
+                workers.starved = False  # its pids are free
                 if code != 0 and not _answer_for(sock, seq, _how(code)):
                     return
                 continue
@@ -435,7 +451,9 @@ def serve(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
             try:
                 workers.fork(None)
             except OSError as e:
-                if not _fail_waiting_request(sock, e):
+                if workers.busy:  # tried again when one of them is done
+                    workers.starved = True
+                elif not _fail_waiting_request(sock, e):
                     return
 
 
@@ -461,6 +479,7 @@ class Forker:
         self._spare_idle = spare_idle
         self._sock: socket.socket | None = None
         self._seq = 0
+        self._sending = trio.Lock()  # one message at a time: trio lets one task wait for a writable fd
         self._in_order: dict[str, tuple[trio.Lock, int]] = {}  # container id: its lock, and how many hold or want it
         self._awaited: set[int] = set()  # the numbers of the requests sent and not yet answered
         self._replies: dict[int, tuple[dict[str, Any], list[int]]] = {}  # received, not yet taken
@@ -545,12 +564,13 @@ class Forker:
     async def _send(self, message: bytes, fds: list[int]) -> None:
         sock = self._sock
         assert sock is not None, "Forker.start() was not called"
-        while True:
-            try:
-                socket.send_fds(sock, [message], [2, *fds])  # a worker logs where we log
-                return
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+        async with self._sending:
+            while True:
+                try:
+                    socket.send_fds(sock, [message], [2, *fds])  # a worker logs where we log
+                    return
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
 
     async def _reply(self, seq: int) -> tuple[dict[str, Any], list[int]]:
         """The reply to request `seq`. One waiting call at a time receives, for every call: a reply
@@ -571,8 +591,11 @@ class Forker:
                 arrived.set()
             if not data:
                 raise ForkerError("internal", "the forker process is gone")
-            reply = json.loads(data)
-            if reply.get("seq") in self._awaited and reply["seq"] not in self._replies:
+            try:
+                reply = json.loads(data)
+            except ValueError:  # cannot happen (every reply is json.dumps'): nobody's, at least
+                reply = {}
+            if isinstance(reply, dict) and reply.get("seq") in self._awaited and reply["seq"] not in self._replies:
                 self._replies[reply["seq"]] = reply, fds
             else:
                 _close_all(fds)
@@ -583,8 +606,9 @@ class Forker:
 
         Calls run concurrently, each in a worker of its own, except that the calls naming one
         container (`id`) run one at a time, in order: the runtime's state of a container is not
-        written by two processes at once. A call is never abandoned half-way (its reply must be
-        read, its worker has started), so cancellation takes effect only after the reply arrived.
+        written by two processes at once. A call can be cancelled while it waits for its turn, as
+        nothing was sent yet; once sent it is never abandoned half-way (its reply must be read, its
+        worker has started), so cancellation takes effect only after the reply arrived.
         """
         if len(fds) > _MAX_FDS:
             raise ForkerError("internal", f"a forker request carries at most {_MAX_FDS} fds")
@@ -594,8 +618,8 @@ class Forker:
         if len(message) > self._max_request:
             raise ForkerError("internal",
                               f"a forker request of {len(message)} bytes is over the {self._max_request} limit")
-        with trio.CancelScope(shield=True):
-            async with self._in_order_of(args.get("id")):
+        async with self._in_order_of(args.get("id")):
+            with trio.CancelScope(shield=True):
                 self._awaited.add(seq)
                 try:
                     await self._send(message, list(fds))
@@ -611,7 +635,8 @@ class Forker:
         return reply["result"], out_fds
 
     def close(self) -> None:
-        """Close our end: the forker's worker sees EOF, and the forker exits after it."""
+        """Close our end: the forker's waiting worker sees EOF, and the forker exits after it (a
+        worker still serving a request ends on its own: the daemon closes once nothing is in flight)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -306,7 +306,7 @@ class TaskService:
                 removal["unmount"] = rootfs
             await self._quiet_call("delete", removal)
         elif task.rootfs_mounted:
-            await self._quiet_call("unmount", {"target": rootfs})
+            await self._quiet_call("unmount", {"id": task.id, "target": rootfs})  # in the container's turn
         if pio is not None:
             await pio.aclose()
 
