@@ -209,13 +209,14 @@ def shim_memory(cd: devenv.Containerd, name: str, ids: list[str]) -> str:
 MEMORY_LAYOUTS = (
     # label, railcar flags, runc flags: each container names no group (railcar pools them, runc's shim
     # serves each alone); each in a pod of its own (railcar pools the pods, runc's shim serves each
-    # pod alone); each names a group of its own (a daemon each, as runc); all in one pod
+    # pod alone); each names a group of its own (a daemon each, as runc); all in one pod, the first
+    # container named after it, as CRI names a pod's sandbox container
     ("default", lambda name, cid: [], lambda name, cid: []),
     ("a pod each", lambda name, cid: ["--annotation", f"io.kubernetes.cri.sandbox-id={cid}"],
      lambda name, cid: ["--annotation", f"io.kubernetes.cri.sandbox-id={cid}"]),
     ("a daemon each", lambda name, cid: ["--annotation", f"io.containerd.railcar.v2.group={cid}"], None),
-    ("one pod", lambda name, cid: ["--annotation", f"io.kubernetes.cri.sandbox-id=pod-{name}"],
-     lambda name, cid: ["--annotation", f"io.kubernetes.cri.sandbox-id=pod-{name}"]),
+    ("one pod", lambda name, cid: ["--annotation", f"io.kubernetes.cri.sandbox-id={cid.rsplit('-', 1)[0]}-0"],
+     lambda name, cid: ["--annotation", f"io.kubernetes.cri.sandbox-id={cid.rsplit('-', 1)[0]}-0"]),
 )
 
 

@@ -287,18 +287,17 @@ def start(flags: Flags) -> str:
 
 
 def _join_pool(flags: Flags, bundle: str, pod: str | None) -> str:
-    """The address of a pool of this containerd and namespace, after recording this container as
-    its member: its pod's pool if it is in a pod (see `_pool_of_pod`), else the first pool with
-    room. A pool whose daemon is dead gets a new one (see pool.py)."""
+    """The address of the daemon of this container's pod (see `_join_pod`), or else of the first
+    pool of this containerd and namespace with room, after recording this container as its
+    member. A pool whose daemon is dead gets a new one (see pool.py)."""
     try:
-        home = _pool_of_pod(flags, pod) if pod else None
-        if home is not None:
-            address = _try_pool(flags, bundle, home, pod=pod)
+        if pod and pod != flags.id:
+            address = _join_pod(flags, bundle, pod)
             if address is not None:
                 return address
         limit = pool.size()
         for index in itertools.count():
-            address = _try_pool(flags, bundle, index, limit=limit)
+            address = _try_pool(flags, bundle, index, limit)
             if address is not None:
                 return address
         raise AssertionError("unreachable")
@@ -306,32 +305,56 @@ def _join_pool(flags: Flags, bundle: str, pod: str | None) -> str:
         raise StartError(f"cannot join a pool: {e}") from e
 
 
-def _pool_of_pod(flags: Flags, pod: str) -> int | None:
-    """The pool serving pod `pod` (a member named after it: CRI names a pod's sandbox container
-    after the pod), looked for up to the first number no pool has; None if none is found. A pod's
-    containers then share a daemon, as with runc's shim; one that is not found (no sandbox
-    container, or one past a gap in the numbers) joins the first pool with room, which works alike."""
-    for index in itertools.count():
-        members = pool.Members(paths.socket_path(flags.address, flags.namespace, pool.group(index)))
-        if not members.exists():
+def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
+    """Join the daemon serving pod `pod`, so that one daemon serves a pod, as with runc's shim:
+    CRI names a pod's sandbox container after the pod, containerd keeps bundles side by side, and
+    the sandbox's bundle names its daemon in its address file (containerd finds a sandbox's shim
+    the same way). A pool is joined whatever its size, while its daemon lives and still holds the
+    sandbox; a daemon of the pod's own (pools were off, or railcar was older when the pod started)
+    is used while it lives. None if there is neither: the container then joins the first pool
+    with room, which works alike."""
+    try:
+        with open(os.path.join(os.path.dirname(bundle), pod, paths.ADDRESS_FILE)) as f:
+            address = f.read()
+    except (OSError, ValueError):
+        return None
+    path = address.removeprefix("unix://")
+    if not address.startswith("unix://") or os.path.dirname(path) != paths.SOCKET_DIR:
+        return None
+    members = pool.Members(path)
+    if not members.exists():
+        if pool.probe(path) != "live":
             return None
-        if members.has(pod):
-            return index
-    raise AssertionError("unreachable")
+        try:
+            os.unlink(os.path.join(bundle, pool.MARKER_FILE))  # (see `start`)
+        except OSError:
+            pass
+        return _use(bundle, path)
+    lock = members.lock_existing(pool.LOCK_WAIT)
+    if lock is None:
+        return None
+    try:
+        if pool.probe(path) != "live" or not members.has(pod):
+            return None
+        try:
+            members.add(flags.id)
+            _mark_pooled(bundle)
+            return _use(bundle, path)
+        except BaseException:
+            members.remove(flags.id)
+            raise
+    finally:
+        os.close(lock)
 
 
-def _try_pool(flags: Flags, bundle: str, index: int, limit: int = 0, pod: str | None = None) -> str | None:
-    """Join pool `index` if it has room (fewer than `limit` members), or, given `pod`, if it is live
-    and still holds that pod, whatever its size; the address, or None."""
+def _try_pool(flags: Flags, bundle: str, index: int, limit: int) -> str | None:
+    """Join pool `index` if it has room (fewer than `limit` members); the address, or None."""
     path = paths.socket_path(flags.address, flags.namespace, pool.group(index))
     members = pool.Members(path)
     lock = members.lock()
     try:
         state = pool.probe(path)
-        if pod is not None:
-            if state != "live" or not members.has(pod):
-                return None
-        elif state == "busy" or (state == "live" and len(members.names()) >= limit):
+        if state == "busy" or (state == "live" and len(members.names()) >= limit):
             return None  # a daemon that does not answer is not taken for dead: its containers live
         if state == "dead":
             for name in members.names():  # they were its dead daemon's

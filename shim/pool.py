@@ -6,7 +6,7 @@ however little it does; a container it serves adds about 60 KiB. containerd's Go
 annotation joins a pool: group `railcar-pool-<k>` of its containerd address and namespace, the
 first such pool with room. The containers of a pool have no more in common than that. A pod's
 containers join the pool of its sandbox container, whatever that pool's size, so that a pod is
-served by one daemon, as with containerd's runc shim (see `bootstrap._pool_of_pod`). A container
+served by one daemon, as with containerd's runc shim (see `bootstrap._join_pod`). A container
 that names a group of its own (`io.containerd.railcar.v2.group`) keeps a daemon of its own.
 `RAILCAR_POOL_SIZE` in containerd's environment sets how many containers one daemon takes (1: a
 daemon for each container, and for each pod, as runc's shim does): a pooled daemon that dies takes

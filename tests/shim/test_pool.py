@@ -117,7 +117,7 @@ def pools(address: str) -> Iterator[list[int]]:
             for name in members.names():
                 members.remove(name)
             members.dissolve()
-    for group in ("mine", "c1"):
+    for group in ("mine", "c1", "pod3"):
         try:
             os.unlink(paths.socket_path(address, "default", group))
         except FileNotFoundError:
@@ -154,24 +154,48 @@ async def test_start_fills_a_pool_then_the_next_and_a_group_of_its_own_opts_out(
     assert wait_gone(pools[2], timeout=3)
 
 
+def _in_pod(name: str) -> dict[str, str]:
+    return {"io.kubernetes.cri.sandbox-id": name}
+
+
 async def test_a_pods_containers_join_its_sandboxs_pool_even_when_it_is_full(
         tmp_path: Path, address: str, pools: list[int]) -> None:
-    """CRI names a pod's sandbox container after the pod: the pod's other containers join the pool
-    holding that member, as runc's shim serves a pod from one process."""
-    def in_pod(name: str) -> dict[str, str]:
-        return {"io.kubernetes.cri.sandbox-id": name}
-
-    sandbox = _start(_bundle(tmp_path, "pod1", in_pod("pod1")), address, "pod1")
-    assert sandbox == "unix://" + paths.socket_path(address, "default", pool.group(0))
-    assert _start(_bundle(tmp_path, "c1"), address, "c1") == sandbox  # pool 0 is full now (size 2)
-    assert _start(_bundle(tmp_path, "app", in_pod("pod1")), address, "app") == sandbox
-    # no container is named after pod2: its container joins the first pool with room
-    stranger = _start(_bundle(tmp_path, "x", in_pod("pod2")), address, "x")
+    """CRI names a pod's sandbox container after the pod: the pod's other containers find its
+    daemon through the sandbox's bundle, as runc's shim serves a pod from one process."""
+    filler = _start(_bundle(tmp_path, "c0"), address, "c0")
+    sandbox = _start(_bundle(tmp_path, "pod1", _in_pod("pod1")), address, "pod1")
+    assert sandbox == filler == "unix://" + paths.socket_path(address, "default", pool.group(0))
+    # pool 0 is full (size 2); a container of a pod whose sandbox is not a container goes to pool 1
+    stranger = _start(_bundle(tmp_path, "x", _in_pod("pod2")), address, "x")
     assert stranger == "unix://" + paths.socket_path(address, "default", pool.group(1))
+    assert _start(_bundle(tmp_path, "app", _in_pod("pod1")), address, "app") == sandbox
     zero = pool.Members(sandbox.removeprefix("unix://"))
-    assert sorted(zero.names()) == ["app", "c1", "pod1"]
+    assert sorted(zero.names()) == ["app", "c0", "pod1"]
     pools += [await _connect(sandbox, "pod1"), await _connect(stranger, "x")]
     assert await _connect(sandbox, "app") == pools[0] != pools[1]
+
+
+async def test_a_pod_is_found_past_a_gap_in_the_pools_and_in_a_daemon_of_its_own(
+        tmp_path: Path, address: str, pools: list[int]) -> None:
+    bundles = {cid: _bundle(tmp_path, cid) for cid in ("c0", "c1")}
+    first = _start(bundles["c0"], address, "c0")
+    _start(bundles["c1"], address, "c1")
+    sandbox = _start(_bundle(tmp_path, "pod1", _in_pod("pod1")), address, "pod1")  # pool 1: 0 is full
+    assert sandbox == "unix://" + paths.socket_path(address, "default", pool.group(1))
+    pools += [await _connect(first, "c0"), await _connect(sandbox, "pod1")]
+    os.kill(pools[0], signal.SIGKILL)  # pool 0 goes away: a gap before the pod's pool
+    assert wait_gone(pools[0])
+    for cid, bundle in bundles.items():
+        _delete(bundle, address, cid)
+    assert not pool.Members(first.removeprefix("unix://")).exists()
+    assert _start(_bundle(tmp_path, "app", _in_pod("pod1")), address, "app") == sandbox
+    # a pod started while pools were off (or by an older railcar) has a daemon of its own: used
+    own = _start(_bundle(tmp_path, "pod3", _in_pod("pod3")), address, "pod3", env={**LONG_GRACE, pool.POOL_ENV: "1"})
+    assert own == "unix://" + paths.socket_path(address, "default", "pod3")
+    pools.append(await _connect(own, "pod3"))
+    app3 = _bundle(tmp_path, "app3", _in_pod("pod3"))
+    assert _start(app3, address, "app3") == own and not (app3 / pool.MARKER_FILE).exists()
+    assert await _connect(own, "app3") == pools[2]
 
 
 async def test_a_daemon_leaves_its_pool_once_a_join_is_older_than_the_grace_period(
