@@ -75,24 +75,33 @@ def accepts(path: str, kind: int = SOCK_STREAM) -> bool:
 
 
 def _listen(path: str) -> socket | None:
-    """Bind and listen on `path`; None when a live shim already serves it. A stale socket is replaced."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    for _ in range(2):
-        listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
-        try:
-            listener.bind(path)
-        except OSError as e:
-            listener.close()
-            if e.errno != errno.EADDRINUSE:
-                raise StartError(f"cannot listen on {path}: {e}") from e
-            if accepts(path):
-                return None
-            os.unlink(path)
-            continue
-        os.chmod(path, 0o600)
-        listener.listen(128)
-        return listener
-    raise StartError(f"cannot listen on {path}: a stale socket keeps coming back")
+    """Bind and listen on `path`; None when a daemon already serves it (a slow one too: a connect
+    that timed out is not a dead daemon). A dead daemon's socket is replaced. `start`s take turns
+    on the socket directory's lock from bind to listen, so that none finds another's socket bound
+    but not yet listening, takes it for dead and replaces it: a group would get two daemons."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # no file to leave behind
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for _ in range(2):
+            listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC)
+            try:
+                listener.bind(path)
+            except OSError as e:
+                listener.close()
+                if e.errno != errno.EADDRINUSE:
+                    raise StartError(f"cannot listen on {path}: {e}") from e
+                if pool.probe(path) != "dead":
+                    return None
+                os.unlink(path)
+                continue
+            os.chmod(path, 0o600)
+            listener.listen(128)
+            return listener
+        raise StartError(f"cannot listen on {path}: a stale socket keeps coming back")
+    finally:
+        os.close(lock)  # releases it
 
 
 def write_address(bundle: str, address: str) -> None:

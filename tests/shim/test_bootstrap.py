@@ -1,5 +1,6 @@
 """`start` as containerd runs it: one address on stdout, a detached daemon, reuse within a group."""
 
+import fcntl
 import json
 import marshal
 import os
@@ -9,6 +10,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,35 @@ async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle
     logged = os.read(log_reader, 65536).decode()
     os.close(log_reader)
     assert 'level=info msg="railcar shim serving' in logged and "runtime=io.containerd.railcar.v2" in logged
+
+
+def test_start_waits_for_a_start_of_the_same_group_between_bind_and_listen(bundle: Path, address: str) -> None:
+    """A socket bound but not listening yet refuses connections, like a dead daemon's: a second
+    `start` must wait for the first (the socket directory's lock) instead of replacing it."""
+    (bundle / "config.json").write_text(json.dumps({"annotations": {"io.containerd.railcar.v2.group": "race"}}))
+    path = paths.socket_path(address, "default", "race")
+    os.makedirs(paths.SOCKET_DIR, mode=0o700, exist_ok=True)
+    lock = os.open(paths.SOCKET_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    first = socket.socket(socket.AF_UNIX)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first `start`, half-way
+        first.bind(path)
+        identity = paths.socket_id(path)
+        env = {**os.environ, "RAILCAR_ZYGOTE": "0", "RAILCAR_POOL_SIZE": "1"}
+        second = subprocess.Popen([sys.executable, "-m", "railcar.shim", "-namespace", "default", "-address", address,
+                                   "-id", "second", "start"], cwd=bundle, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, env=env)
+        time.sleep(0.5)  # (were it not waiting, it would be done by now)
+        first.listen(1)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        out, _ = second.communicate(timeout=30)
+        assert (second.returncode, out.decode()) == (0, "unix://" + path)
+        assert paths.socket_id(path) == identity  # the first one's socket, not replaced
+    finally:
+        first.close()
+        os.close(lock)
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def test_start_imports_neither_trio_nor_protobuf(bundle: Path, address: str) -> None:
