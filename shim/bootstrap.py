@@ -94,7 +94,10 @@ def _listen(path: str) -> socket | None:
                     raise StartError(f"cannot listen on {path}: {e}") from e
                 if pool.probe(path) != "dead":
                     return None
-                os.unlink(path)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:  # its daemon removed it as it left
+                    pass
                 continue
             os.chmod(path, 0o600)
             listener.listen(128)
@@ -187,7 +190,7 @@ def _start_zygote() -> bool:
     """Make sure a zygote is ready, starting one if need be; False if none is within
     _ZYGOTE_READY_WAIT seconds (a loaded host: then this daemon is spawned cold, as ready now).
 
-    Concurrent `start`s take turns on a lock (the socket directory's), so that a burst of them
+    Concurrent `start`s take turns on a lock (the zygote socket's directory's), so that a burst of them
     spawns one zygote, not one each (every one imports for ~0.25 s of CPU before it could find it
     had lost)."""
     deadline = time.monotonic() + _ZYGOTE_READY_WAIT
@@ -319,8 +322,8 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
     CRI names a pod's sandbox container after the pod, containerd keeps bundles side by side, and
     the sandbox's bundle names its daemon in its address file (containerd finds a sandbox's shim
     the same way). A pool is joined whatever its size, while its daemon lives and still holds the
-    sandbox; a daemon of the pod's own (pools were off, or railcar was older when the pod started)
-    is used while it lives. None if there is neither: the container then joins the first pool
+    sandbox; a daemon of the pod's own (pools were off, or railcar was older when the pod started:
+    the socket of the pod's group, nothing else) is used while it lives. None if there is neither: the container then joins the first pool
     with room, which works alike."""
     try:
         with open(os.path.join(os.path.dirname(bundle), pod, paths.ADDRESS_FILE)) as f:
@@ -332,7 +335,7 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
         return None
     members = pool.Members(path)
     if not members.exists():
-        if pool.probe(path) != "live":
+        if path != paths.socket_path(flags.address, flags.namespace, pod) or pool.probe(path) == "dead":
             return None
         try:
             os.unlink(os.path.join(bundle, pool.MARKER_FILE))  # (see `start`)

@@ -10,7 +10,6 @@ import stat
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +107,12 @@ async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle
     assert 'level=info msg="railcar shim serving' in logged and "runtime=io.containerd.railcar.v2" in logged
 
 
+def _blocked_on_a_lock(pid: int) -> bool:
+    """Whether `pid` waits for a lock (/proc/locks lists waiters with "->")."""
+    with open("/proc/locks") as f:
+        return any(line.split()[1] == "->" and line.split()[5] == str(pid) for line in f if "->" in line)
+
+
 def test_start_waits_for_a_start_of_the_same_group_between_bind_and_listen(bundle: Path, address: str) -> None:
     """A socket bound but not listening yet refuses connections, like a dead daemon's: a second
     `start` must wait for the first (the socket directory's lock) instead of replacing it."""
@@ -116,21 +121,25 @@ def test_start_waits_for_a_start_of_the_same_group_between_bind_and_listen(bundl
     os.makedirs(paths.SOCKET_DIR, mode=0o700, exist_ok=True)
     lock = os.open(paths.SOCKET_DIR, os.O_RDONLY | os.O_DIRECTORY)
     first = socket.socket(socket.AF_UNIX)
+    second = None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first `start`, half-way
         first.bind(path)
         identity = paths.socket_id(path)
-        env = {**os.environ, "RAILCAR_ZYGOTE": "0", "RAILCAR_POOL_SIZE": "1"}
+        env = {**os.environ, "RAILCAR_ZYGOTE": "0", "RAILCAR_POOL_SIZE": "1", "RAILCAR_SHIM_GRACE": "1"}
         second = subprocess.Popen([sys.executable, "-m", "railcar.shim", "-namespace", "default", "-address", address,
                                    "-id", "second", "start"], cwd=bundle, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, env=env)
-        time.sleep(0.5)  # (were it not waiting, it would be done by now)
+        assert eventually(lambda: _blocked_on_a_lock(second.pid) or second.poll() is not None)
         first.listen(1)
         fcntl.flock(lock, fcntl.LOCK_UN)
         out, _ = second.communicate(timeout=30)
         assert (second.returncode, out.decode()) == (0, "unix://" + path)
         assert paths.socket_id(path) == identity  # the first one's socket, not replaced
     finally:
+        if second is not None and second.poll() is None:
+            second.kill()
+            second.wait()
         first.close()
         os.close(lock)
         if os.path.exists(path):

@@ -196,6 +196,14 @@ async def test_a_pod_is_found_past_a_gap_in_the_pools_and_in_a_daemon_of_its_own
     app3 = _bundle(tmp_path, "app3", _in_pod("pod3"))
     assert _start(app3, address, "app3") == own and not (app3 / pool.MARKER_FILE).exists()
     assert await _connect(own, "app3") == pools[2]
+    # a sandbox in a group of its own is no pod daemon: the pod's other containers are pooled
+    mine = _start(_bundle(tmp_path, "pod4", {**_in_pod("pod4"), "io.containerd.railcar.v2.group": "mine"}),
+                  address, "pod4")
+    assert mine == "unix://" + paths.socket_path(address, "default", "mine")
+    pools.append(await _connect(mine, "pod4"))
+    pooled = _start(_bundle(tmp_path, "app4", _in_pod("pod4")), address, "app4")
+    assert pooled == "unix://" + paths.socket_path(address, "default", pool.group(0))  # pool 1 is full
+    pools.append(await _connect(pooled, "app4"))
 
 
 async def test_a_daemon_leaves_its_pool_once_a_join_is_older_than_the_grace_period(
