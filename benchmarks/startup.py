@@ -10,8 +10,9 @@ railcar's first `start` launches its warm zygote (the first run is cold; medians
 forked are found through their bundles' shim.pid, and the zygote is stopped at the end. railcar's
 memory counts every process it keeps: each daemon with its forker and the forker's spare worker,
 and the zygote with its spare daemon (a per-node cost, shared by all containers); it is printed
-right away and again once spare workers have been retired. The containerd gets a namespace of its
-own, whose runtime state directory is removed at the end.
+right away, again once spare workers have been retired, and once more after the zygote was
+stopped, as it stops when no container started for RAILCAR_ZYGOTE_IDLE (10 minutes). The containerd
+gets a namespace of its own, whose runtime state directory is removed at the end.
 
     .venv/bin/python benchmarks/startup.py [--rounds N] [--burst N] [--skip-memory] [--skip-throughput]
 """
@@ -131,10 +132,14 @@ def bench_throughput(cd: devenv.Containerd, image: str, megabytes: int) -> None:
 
 
 def pss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
+    """`pid`'s PSS; 0 if it is gone (a spare worker retires when it will)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return 0
 
 
@@ -160,14 +165,12 @@ def children(pid: int, *comms: str) -> list[int]:
 
 def zygote_group(cd: devenv.Containerd) -> list[int]:
     """The zygote and its spare daemon with the spare's forker and worker (the daemons it forked are
-    counted apart)."""
+    counted apart), and any spare left by a zygote that is gone."""
     found = []
-    for zygote in zygotes_of(cd):
-        found.append(zygote)
-        for spare in children(zygote, "railcar-spare"):
-            found.append(spare)
-            for forker in children(spare, "railcar-forker"):
-                found += [forker, *children(forker, "railcar-worker")]
+    for pid in processes_of(cd, "railcar-zygote", "railcar-spare"):
+        found.append(pid)
+        for forker in children(pid, "railcar-forker"):
+            found += [forker, *children(forker, "railcar-worker")]
     return found
 
 
@@ -235,6 +238,9 @@ def bench_memory(cd: devenv.Containerd, image: str, count: int) -> None:
                 print(f"  {name:8s} {layout:14s} {shim_memory(cd, name, ids)}")
                 time.sleep(SETTLE)
                 print(f"  {'':8s} {'settled':14s} {shim_memory(cd, name, ids)}")
+                if name == "railcar":  # as once no container started for RAILCAR_ZYGOTE_IDLE (10 min)
+                    stop_zygotes_of(cd)
+                    print(f"  {'':8s} {'zygote gone':14s} {shim_memory(cd, name, ids)}")
             finally:
                 for cid in ids:
                     cd.ctr("task", "kill", "-s", "SIGKILL", cid)
@@ -286,13 +292,14 @@ def compile_railcar() -> None:
         compileall.compile_dir(HERE.parent / folder, quiet=1)
 
 
-def zygotes_of(cd: devenv.Containerd) -> list[int]:
-    """The zygotes this containerd's shims started (containerd put TTRPC_ADDRESS in their environment)."""
+def processes_of(cd: devenv.Containerd, *comms: str) -> list[int]:
+    """The processes named one of `comms` that this containerd's shims started (containerd put
+    TTRPC_ADDRESS in their environment)."""
     mine = f"TTRPC_ADDRESS={cd.ttrpc_address}".encode()
     found = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == "railcar-zygote" \
+            if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() in comms \
                     and mine in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
                 found.append(int(entry))
         except OSError:
@@ -304,15 +311,15 @@ def stop_zygotes_of(cd: devenv.Containerd) -> None:
     """SIGTERM this containerd's zygotes, by pid, and wait for them; other zygotes on the node are
     left alone."""
     stopped = []
-    for pid in zygotes_of(cd):
+    for pid in processes_of(cd, "railcar-zygote"):
         try:
             os.kill(pid, signal.SIGTERM)
             stopped.append(pid)
         except OSError:
             continue
     deadline = time.monotonic() + 10
-    while any(map(running, stopped)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while (any(map(running, stopped)) or processes_of(cd, "railcar-spare")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # (a spare leaves once its zygote closed their connection)
 
 
 def running(pid: int) -> bool:
