@@ -322,9 +322,9 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
     CRI names a pod's sandbox container after the pod, containerd keeps bundles side by side, and
     the sandbox's bundle names its daemon in its address file (containerd finds a sandbox's shim
     the same way). A pool is joined whatever its size, while its daemon lives and still holds the
-    sandbox; a daemon of the pod's own (pools were off, or railcar was older when the pod started:
-    the socket of the pod's group, nothing else) is used while it lives. None if there is neither: the container then joins the first pool
-    with room, which works alike."""
+    sandbox. A daemon of the pod's own (pools were off, or railcar was older when the pod started)
+    is used while it lives, and only on the pod's group socket. None if there is neither: the
+    container then joins the first pool with room, which works alike."""
     try:
         with open(os.path.join(os.path.dirname(bundle), pod, paths.ADDRESS_FILE)) as f:
             address = f.read()

@@ -89,8 +89,8 @@ def _alone(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return None, []
 
 
-HANDLERS = {"meet": _meet, "alone": _alone, "write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash, "touch": _touch, "die": _die,
-            "exit3": _exit3, "say": _say, "size": _size}
+HANDLERS = {"meet": _meet, "alone": _alone, "write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash,
+            "touch": _touch, "die": _die, "exit3": _exit3, "say": _say, "size": _size}
 
 
 @pytest.fixture
