@@ -15,6 +15,7 @@ import os
 import struct
 import sys
 import time
+from _collections_abc import Callable  # loaded at startup; collections.abc costs ~2 ms a `start`
 from _socket import AF_UNIX, SCM_RIGHTS, SOCK_CLOEXEC, SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, socket
 
 from . import paths, pool
@@ -287,10 +288,7 @@ def start(flags: Flags) -> str:
     if group is None and pool.size() > 1 and pool.poolable(flags.id):
         address = _join_pool(flags, bundle, pod)
     else:
-        try:  # a bundle directory can outlive a crash: `delete` must not take it for a pool's
-            os.unlink(os.path.join(bundle, pool.MARKER_FILE))
-        except OSError:  # none (as nearly always); an unwritable bundle fails below, with its reason
-            pass
+        _unmark_pooled(bundle)
         path = paths.socket_path(flags.address, flags.namespace, group or pod or flags.id)
         listener = _listen(path)
         address = _use(bundle, path) if listener is None else _serve_new(flags, bundle, path, listener)
@@ -337,10 +335,7 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
     if not members.exists():
         if path != paths.socket_path(flags.address, flags.namespace, pod) or pool.probe(path) == "dead":
             return None
-        try:
-            os.unlink(os.path.join(bundle, pool.MARKER_FILE))  # (see `start`)
-        except OSError:
-            pass
+        _unmark_pooled(bundle)
         return _use(bundle, path)
     lock = members.lock_existing(pool.LOCK_WAIT)
     if lock is None:
@@ -348,13 +343,7 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
     try:
         if pool.probe(path) != "live" or not members.has(pod):
             return None
-        try:
-            members.add(flags.id)
-            _mark_pooled(bundle)
-            return _use(bundle, path)
-        except BaseException:
-            members.remove(flags.id)
-            raise
+        return _as_member(members, flags.id, bundle, lambda: _use(bundle, path))
     finally:
         os.close(lock)
 
@@ -371,18 +360,27 @@ def _try_pool(flags: Flags, bundle: str, index: int, limit: int) -> str | None:
         if state == "dead":
             for name in members.names():  # they were its dead daemon's
                 members.remove(name)
-        try:
-            members.add(flags.id)
-            _mark_pooled(bundle)
+        def address() -> str:
             listener = None if state == "live" else _listen(path)
             if listener is None:  # live, or a plain group that happens to have this name
                 return _use(bundle, path)
             return _serve_new(flags, bundle, path, listener)
-        except BaseException:
-            members.remove(flags.id)
-            raise
+
+        return _as_member(members, flags.id, bundle, address)
     finally:
         os.close(lock)
+
+
+def _as_member(members: pool.Members, container_id: str, bundle: str, address: Callable[[], str]) -> str:
+    """Record `container_id` as a member of the pool (under its lock) and mark its bundle, then
+    `address()`; the member goes again if any of it fails."""
+    try:
+        members.add(container_id)
+        _mark_pooled(bundle)
+        return address()
+    except BaseException:
+        members.remove(container_id)
+        raise
 
 
 def _mark_pooled(bundle: str) -> None:
@@ -391,6 +389,14 @@ def _mark_pooled(bundle: str) -> None:
         os.close(os.open(os.path.join(bundle, pool.MARKER_FILE), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
     except OSError as e:
         raise StartError(f"cannot write {bundle}/{pool.MARKER_FILE}: {e}") from e
+
+
+def _unmark_pooled(bundle: str) -> None:
+    """A bundle directory can outlive a crash: `delete` must not take this one for a pool's."""
+    try:
+        os.unlink(os.path.join(bundle, pool.MARKER_FILE))
+    except OSError:  # none (as nearly always); an unwritable bundle fails later, with its reason
+        pass
 
 
 def _use(bundle: str, path: str) -> str:
