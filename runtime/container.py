@@ -58,6 +58,7 @@ class Container:
     id = property(lambda self: self._record.id)
     bundle = property(lambda self: self._record.bundle)
     init_pid = property(lambda self: self._record.init_pid)
+    cgroup_state = property(lambda self: self._record.cgroup)  # `Cgroup.to_state()`, for `Cgroup.from_state`
 
     # --- create ---------------------------------------------------------------------------
 
@@ -246,7 +247,7 @@ class Container:
         As in runc, SIGKILL goes to the whole cgroup of such a container, and a paused container is
         thawed after a SIGKILL (on cgroup v1, a frozen process would not die)."""
         cgroup = self._cgroup()
-        if sig == signal.SIGKILL and self._shares_pids():
+        if sig == signal.SIGKILL and self.shares_pids():
             all = True
         if all and cgroup is not None:
             cgroup.kill_all(sig)
@@ -265,7 +266,7 @@ class Container:
             except (OSError, RuntimeFailure) as e:  # the SIGKILL went out: not a failed kill (runc ignores it too)
                 log.warning("container %s: cannot thaw after SIGKILL: %s", self.id, e)
 
-    def _shares_pids(self) -> bool:
+    def shares_pids(self) -> bool:
         """No pid namespace of its own (an unreadable config counts as such: a sweep too many
         costs nothing, one too few leaves processes behind)."""
         try:
@@ -335,7 +336,7 @@ class Container:
         # that reaps. The cgroup removal below waits for the processes. Without a pid namespace of
         # its own, processes can outlive a stopped init: they go too (as in runc's destroy).
         alive = self._alive()
-        if cgroup is not None and (alive or self._shares_pids()):
+        if cgroup is not None and (alive or self.shares_pids()):
             cgroup.kill_all(signal.SIGKILL)
         elif alive:
             self.kill(signal.SIGKILL)

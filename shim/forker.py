@@ -83,7 +83,9 @@ def _load(args: dict[str, Any]) -> "runtime.Container":
 def create(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     """Mount the snapshotter's layers (`mounts`) on the bundle's rootfs, then Container.create with
     the process's stdio fds (three, or none in terminal/null mode): one worker for both. A create
-    that fails unmounts what it mounted (the daemon's undo unmounts again if this could not)."""
+    that fails unmounts what it mounted (the daemon's undo unmounts again if this could not). The
+    reply also says what the daemon needs of the spec the container was made from (its cgroup,
+    whether it shares a pid namespace), so that the daemon never reads config.json itself."""
     from railcar.runtime.mounts import mount_layers, unmount_all
 
     stdio = (fds[0], fds[1], fds[2]) if len(fds) == 3 else None
@@ -91,8 +93,8 @@ def create(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     if args.get("mounts"):
         mount_layers(args["mounts"], target)
     try:
-        _, result = runtime.Container.create(args["id"], args["bundle"], root=args["root"], stdio=stdio,
-                                             terminal=args["terminal"])
+        container, result = runtime.Container.create(args["id"], args["bundle"], root=args["root"], stdio=stdio,
+                                                     terminal=args["terminal"])
     except BaseException:
         if args.get("mounts"):
             try:
@@ -100,7 +102,9 @@ def create(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
             except Exception:
                 pass
         raise
-    return _process_result(result)
+    reply, fds = _process_result(result)
+    reply.update(cgroup=container.cgroup_state, shares_pids=container.shares_pids())
+    return reply, fds
 
 
 def exec_process(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:

@@ -236,13 +236,10 @@ class TaskService:
 
     def _start_oom_watch(self, task: Task) -> None:
         try:
-            with open(os.path.join(task.bundle, "config.json"), "rb") as f:
-                cgroups_path = (json.load(f).get("linux") or {}).get("cgroupsPath")
-            from railcar.runtime.cgroups import open_cgroup
-
-            task.cgroup = open_cgroup(cgroups_path, task.id)
+            if task.cgroup is None:
+                raise ValueError("the runtime made no cgroup")
             task.oom_watcher = task.cgroup.oom_watcher()
-        except Exception as e:  # no memory controller, odd path: run without OOM events
+        except Exception as e:  # no memory controller: run without OOM events
             self._log.warning("no OOM notifications for %s: %s", task.id, e)
             return
         self._log.debug("watching %s for OOM kills (cgroup v%d)", task.cgroup, task.cgroup.version)
@@ -279,7 +276,11 @@ class TaskService:
                                            pio.container_stdio or ())
             created = True
             self._attach(init, pio, result, fds)
-            task.shares_pids = _shares_pids(bundle)
+            task.shares_pids = result["shares_pids"]
+            if result["cgroup"] is not None:
+                from railcar.runtime.cgroups import Cgroup  # (loaded by the zygote, and by a worker anyway)
+
+                task.cgroup = Cgroup.from_state(result["cgroup"])
             cleanup.record_pids(bundle, init.pid)
         except BaseException as e:
             # A runtime verdict (bad spec, failed set-up) means the runtime undid its own work; an
@@ -588,20 +589,6 @@ def _init_not_running(task: Task) -> TtrpcError:
     then would run in a dead container and could publish its exit after the init's, which must be
     the last (containerd #10589)."""
     return TtrpcError(Code.FAILED_PRECONDITION, f"container {task.id} init process is not running")
-
-
-def _shares_pids(bundle: str) -> bool:
-    """Whether the container's config gives it no pid namespace of its own (none, or one joined by
-    path: a pod's shared one, the host's). Unreadable, it counts as shared (as in containerd): its
-    init's exit then sweeps its cgroup, which costs nothing if nothing is left."""
-    from railcar.runtime.spec import shares_pid_namespace  # (loaded by the zygote; ~15 ms for a cold daemon)
-
-    try:
-        with open(os.path.join(bundle, "config.json"), "rb") as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        return True
-    return not isinstance(config, dict) or shares_pid_namespace(config.get("linux"))
 
 
 def _timestamp(ns: int) -> Any:

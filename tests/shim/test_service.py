@@ -165,6 +165,9 @@ async def _exercise(shim: Shim, bundle: Path) -> None:
     assert connected.task_pid == pid and connected.shim_pid != os.getpid()
     state = await shim("State", pb.StateRequest(id="c1"), pb.StateResponse)
     assert (state.status, state.pid, state.bundle) == (1, pid, str(bundle))  # CREATED
+    # The cgroup comes with Create's reply from the runtime (the daemon never reads config.json).
+    assert [p.pid for p in (await shim("Pids", pb.PidsRequest(id="c1"), pb.PidsResponse)).processes] == [pid]
+    assert (await shim("Stats", pb.StatsRequest(id="c1"), pb.StatsResponse)).stats.type_url
     assert await shim.code_of("Checkpoint", pb.CheckpointTaskRequest(id="c1")) == Code.UNIMPLEMENTED
     assert await shim.code_of("State", pb.StateRequest(id="nope")) == Code.NOT_FOUND
 
