@@ -117,7 +117,7 @@ class Container:
                 launch = Launch(spec=spec, process=spec.process, stdio=stdio,
                                 terminal=spec.process.terminal if terminal is None else terminal,
                                 cgroup=cgroup, security=plan, run_hooks=_run_hooks,
-                                exec_fifo=fifo)
+                                exec_fifo=fifo, session_keyring=_session_keyring(container_id))
                 spawned = spawn_init(launch, on_forked)
             finally:
                 os.close(fifo)
@@ -295,7 +295,8 @@ class Container:
             if not self._alive():   # the pid was reused while we opened: not our container
                 raise InvalidState("exec", "stopped")
             spawned = spawn_exec(Launch(spec=None, process=proc, stdio=stdio, terminal=terminal,
-                                        cgroup=self._cgroup(), security=plan, ns_fds=ns_fds))
+                                        cgroup=self._cgroup(), security=plan, ns_fds=ns_fds,
+                                        session_keyring=_session_keyring(self.id)))
         finally:
             os.close(pidfd)
             for fd, _ in ns_fds:
@@ -349,6 +350,11 @@ class Container:
             except RuntimeFailure as e:   # runtime-spec: log it, and the delete goes on
                 log.warning("container %s: %s; deleting anyway", self.id, e)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _session_keyring(container_id: str) -> str:
+    """The name of the container's session keyring, which its init makes and its execs join (runc's)."""
+    return f"_ses.{container_id}"
 
 
 def _unused(cgroup: Cgroup) -> Cgroup:

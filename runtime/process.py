@@ -41,6 +41,8 @@ PROC_NS = (("user", sc.CLONE_NEWUSER), ("mnt", sc.CLONE_NEWNS), ("pid", sc.CLONE
            ("net", sc.CLONE_NEWNET), ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS),
            ("cgroup", sc.CLONE_NEWCGROUP), ("time", sc.CLONE_NEWTIME))
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+KEY_USR_SEARCH = 0x00080000  # linux/key.h: the key's owner may search it
+KEY_OTH_SEARCH = 0x00000008  # anyone may
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Launch:
     run_hooks: Callable[[str, list, dict], None] | None = None
     exec_fifo: int = -1                 # init only: O_PATH fd of the FIFO it parks on
     ns_fds: list[tuple[int, int]] = field(default_factory=list)   # exec only: (fd, nstype)
+    session_keyring: str | None = None  # the container's own session keyring ("_ses.<id>", as runc names it)
 
     def keep_fds(self) -> set[int]:
         fds = {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds)}
@@ -423,6 +426,8 @@ def _prepare_process(launch: Launch) -> _Ready:
             raise RuntimeFailure("process", f"process.cwd {proc.cwd!r}: {e.strerror}") from None
         finally:
             os.close(root)
+    if launch.session_keyring is not None:
+        _join_session_keyring(launch)
     with stage("security"):
         if plan is not None:
             plan.before_user_switch()
@@ -445,6 +450,23 @@ def _prepare_process(launch: Launch) -> _Ready:
             os.umask(proc.user.umask)
         path = _lookup(proc.args[0], proc.env)
     return _Ready(path, stdio, console)
+
+
+def _join_session_keyring(launch: Launch) -> None:
+    """Leave the session keyring inherited from the shim (without systemd, root's user-session keyring
+    of the host: its keys, even those only their possessor may read, would be the container's, and
+    every container would share it). As runc does, the init makes the container's own, which its
+    owner (with a user namespace, anyone: the owner is outside it) may search, so that an exec of
+    the same user joins it by name; a kernel without keyrings is no error."""
+    with stage("process"):
+        try:
+            key = sc.join_session_keyring(launch.session_keyring)
+            if launch.spec is not None:
+                search = KEY_OTH_SEARCH if launch.spec.linux.namespace("user") is not None else KEY_USR_SEARCH
+                sc.set_key_permissions(key, sc.key_permissions(key) | search)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise RuntimeFailure("process", f"cannot join a session keyring of its own: {e.strerror}") from None
 
 
 def _lookup(prog: str, env: tuple[str, ...]) -> str:
@@ -492,6 +514,11 @@ def _execve(ready: _Ready, launch: Launch, report: Channel | None) -> NoReturn:
                         signal.signal(sig, signal.SIG_DFL)
                     except (OSError, ValueError):
                         pass
+            for sig in set(range(1, signal.SIGRTMAX + 1)) - signal.valid_signals():  # glibc's own: 32, 33
+                try:
+                    sc.default_signal_action(sig)
+                except OSError:
+                    pass
         with stage("security"):
             if launch.security is not None:
                 launch.security.last()

@@ -52,8 +52,15 @@ RESOLVE_IN_ROOT = 0x10
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 
+_SYS_RT_SIGACTION = 13
 _SYS_PIVOT_ROOT = 155
+_SYS_KEYCTL = 250
 _SYS_OPENAT2 = 437
+
+# keyctl(2) operations (linux/keyctl.h).
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+_KEYCTL_SETPERM = 5
+_KEYCTL_DESCRIBE = 6
 
 
 def _check(result: int, what: str, *names: str) -> int:
@@ -128,3 +135,32 @@ def setdomainname(name: str) -> None:
 def prctl(option: int, arg: int = 0) -> None:
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl({option})")
+
+
+def join_session_keyring(name: str) -> int:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING): join the session keyring called `name` if we may search
+    one, else a new one by that name; its serial."""
+    return _check(_libc.syscall(ctypes.c_long(_SYS_KEYCTL), ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING),
+                                name.encode()), "keyctl(join session keyring)")
+
+
+def key_permissions(key: int) -> int:
+    """The permission mask of key `key` (from KEYCTL_DESCRIBE: "type;uid;gid;perm;description")."""
+    buf = ctypes.create_string_buffer(512)
+    size = _check(_libc.syscall(ctypes.c_long(_SYS_KEYCTL), ctypes.c_long(_KEYCTL_DESCRIBE), ctypes.c_long(key),
+                                buf, ctypes.c_long(len(buf))), "keyctl(describe)")
+    return int(buf.raw[:min(size, len(buf))].split(b";")[3], 16)
+
+
+def set_key_permissions(key: int, perm: int) -> None:
+    _check(_libc.syscall(ctypes.c_long(_SYS_KEYCTL), ctypes.c_long(_KEYCTL_SETPERM), ctypes.c_long(key),
+                         ctypes.c_ulong(perm)), "keyctl(setperm)")
+
+
+def default_signal_action(sig: int) -> None:
+    """rt_sigaction(sig, SIG_DFL) for any signal, including the two glibc keeps for itself (32 and
+    33), which `signal.signal` cannot reach: glibc's posix_spawn leaves them ignored in the child,
+    and an ignored signal stays ignored across execve."""
+    action = (ctypes.c_ulong * 4)()  # struct kernel_sigaction: handler SIG_DFL (0), flags, restorer, mask
+    _check(_libc.syscall(ctypes.c_long(_SYS_RT_SIGACTION), ctypes.c_long(sig), action, None, ctypes.c_long(8)),
+           f"rt_sigaction({sig})")

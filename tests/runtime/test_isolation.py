@@ -1,5 +1,6 @@
 """What the container sees: mounts, masked and read-only paths, fds, users, namespaces."""
 
+import ctypes
 import os
 import signal
 
@@ -261,3 +262,65 @@ def _give_rootfs_to(bundle, host_id: int) -> None:
     for dirpath, dirnames, filenames in os.walk(bundle.rootfs):
         for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
             os.lchown(name, host_id, host_id)
+
+
+def _add_possessor_only_key(description: str) -> int:
+    """A "user" key in the caller's session keyring that only a possessor may even see (the session
+    keyring's holders possess it); its serial."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    key = libc.syscall(ctypes.c_long(248), b"user", description.encode(), b"secret", ctypes.c_size_t(6),
+                       ctypes.c_long(-3))  # add_key(..., KEY_SPEC_SESSION_KEYRING)
+    assert key > 0, os.strerror(ctypes.get_errno())
+    assert libc.syscall(ctypes.c_long(250), ctypes.c_long(5), ctypes.c_long(key), ctypes.c_ulong(0x3f000000)) == 0
+    return key
+
+
+def _invalidate_key(key: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall(ctypes.c_long(250), ctypes.c_long(21), ctypes.c_long(key))  # KEYCTL_INVALIDATE
+
+
+def test_a_session_keyring_of_its_own(make_bundle, state_root) -> None:
+    """As with runc, neither the init nor an exec holds the session keyring it was started from (the
+    host's): a key only its possessors may see stays out of sight. The init makes "_ses.<id>",
+    which its owner may search, and an exec joins it."""
+    def edit(c: dict) -> None:
+        c["linux"]["maskedPaths"].remove("/proc/keys")  # to look at what the container possesses
+
+    key = _add_possessor_only_key(f"railcar-test-{os.getpid()}")
+    try:
+        assert f"railcar-test-{os.getpid()}" in open("/proc/keys").read()  # we possess it
+        bundle = make_bundle(["sh", "-c", "cat /proc/keys; sleep 100"], edit=edit)
+        container, created = create_captured(bundle, state_root)
+        container.start()
+        ran = exec_captured(container, {"args": ["cat", "/proc/keys"], "cwd": "/"})
+        container.kill(signal.SIGKILL)
+        init = finish(container, created)
+    finally:
+        _invalidate_key(key)
+    for output in (init.output, ran.output):
+        assert "railcar-test-" not in output, output
+        [own] = [line.split() for line in output.splitlines() if f"_ses.{bundle.id}:" in line.split()]
+        assert (own[4], own[7]) == ("3f1b0000", "keyring"), own
+
+
+def _signal_action(sig: int, handler: int) -> None:
+    """rt_sigaction(sig, handler) even for the two signals glibc keeps (and `signal.signal` refuses)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    action = (ctypes.c_ulong * 4)(handler, 0, 0, 0)
+    assert libc.syscall(ctypes.c_long(13), ctypes.c_long(sig), action, None, ctypes.c_long(8)) == 0
+
+
+def test_no_signal_stays_ignored(make_bundle, state_root) -> None:
+    """glibc's posix_spawn leaves signals 32 and 33 ignored in the child (so in a zygote `start`
+    spawned), and an ignored signal stays ignored across execve: the container starts with none."""
+    bundle = make_bundle(["grep", "SigIgn", "/proc/self/status"])
+    for sig in (32, 33):
+        _signal_action(sig, 1)  # SIG_IGN, as a posix_spawn'd parent has them
+    try:
+        ran = run_container(bundle, state_root)
+    finally:
+        for sig in (32, 33):
+            _signal_action(sig, 0)
+    assert ran.output.split() == ["SigIgn:", "0000000000000000"]
