@@ -9,9 +9,10 @@ root last. Every target is opened inside the rootfs (``mounts.open_in_root``).
 import os
 import stat
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 from . import syscalls as sc
+from .cgroups.host import CGROUP_ROOT, unified_root
 from .errors import RuntimeFailure
 from .mounts import (PROPAGATION_FLAGS, apply_after, fd_path, locked_flags, mount_first,
                      labelled, open_in_root, parse_options, with_mount_label)
@@ -47,7 +48,8 @@ def prepare(spec: Spec, userns: bool) -> None:
     try:
         for i, m in enumerate(spec.mounts):
             try:
-                _mount_entry(root_fd, m, spec.bundle, spec.linux.mount_label)
+                _mount_entry(root_fd, m, spec.bundle, spec.linux.mount_label,
+                             spec.linux.namespace("cgroup") is not None)
             except OSError as e:
                 raise RuntimeFailure("rootfs", f"mounts[{i}] ({m.type or 'bind'} on "
                                                f"{m.destination}): {e.strerror}") from None
@@ -71,10 +73,10 @@ def _mount_point_of(path: str) -> str:
                key=len)
 
 
-def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str) -> None:
+def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns: bool) -> None:
     opts = with_mount_label(parse_options(m.options, m.destination), m.type, mount_label)
     if m.type == "cgroup":
-        _mount_cgroups(root_fd, m.destination, bool(opts.flags & sc.MS_RDONLY), mount_label)
+        _mount_cgroups(root_fd, m.destination, bool(opts.flags & sc.MS_RDONLY), mount_label, cgroupns)
         return
     source = m.source or m.type
     kind = "dir"
@@ -102,13 +104,23 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
-def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str) -> None:
-    """A tmpfs at ``dest`` with each host hierarchy's view of our own cgroup bound into it.
+def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cgroupns: bool) -> None:
+    """Our own cgroup at ``dest``: on a cgroup v2 host, the unified hierarchy's view of it;
+    otherwise a tmpfs with each v1 hierarchy's view of it in a directory of its own.
 
-    Only the container's own cgroup subtree is reachable, never the host's parents; with a
-    cgroup namespace the container additionally sees it as its root.
+    Only the container's own cgroup subtree is reachable, never the host's parents. In a cgroup
+    namespace each view is a new mount of the hierarchy, whose root the kernel then shows as the
+    namespace's (our cgroup, as runc does it); there, /proc/self/cgroup reads "/" and a bind
+    from it would be of the host's root. Outside one, it is a bind of our cgroup's directory. A
+    hybrid host's cgroup2 tree (/sys/fs/cgroup/unified) is left out, as runc leaves it out: the
+    container has no cgroup of its own there, so it would see the host's.
     """
     own = _own_cgroups()
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (sc.MS_RDONLY if readonly else 0)
+    if unified_root() is not None:
+        _mount_view(lambda: _opened(root_fd, dest, "dir"), "cgroup2", CGROUP_ROOT + own[""], None, flags,
+                    cgroupns)
+        return
     with _opened(root_fd, dest, "dir") as target:
         sc.mount("cgroup", fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                  labelled("mode=755", mount_label))
@@ -119,33 +131,38 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str) ->
     with _opened(root_fd, dest) as top:
         for fields in hierarchies:
             mount_point, fstype = fields[4], fields[fields.index("-") + 1]
-            if fstype not in ("cgroup", "cgroup2") or not mount_point.startswith("/sys/fs/cgroup/"):
+            if fstype != "cgroup" or not mount_point.startswith(CGROUP_ROOT + "/"):
                 continue
             name = os.path.basename(mount_point)
-            if fstype == "cgroup2":
-                key = ""
-            else:
-                super_opts = fields[fields.index("-") + 3].split(",")
-                key = ",".join(o for o in super_opts if o not in ("rw", "ro") and "=" not in o
-                               or o.startswith("name="))
+            super_opts = fields[fields.index("-") + 3].split(",")
+            key = ",".join(o for o in super_opts if o not in ("rw", "ro") and "=" not in o
+                           or o.startswith("name="))
             if key not in own:
                 continue
             try:
                 os.mkdir(name, 0o755, dir_fd=top)
             except FileExistsError:   # a hierarchy listed twice (stacked mounts)
                 pass
-            with _opened_entry(top, name) as sub:
-                sc.mount(mount_point + own[key], fd_path(sub), None, sc.MS_BIND | sc.MS_REC)
-            with _opened_entry(top, name) as bound:   # the new mount, not the covered dir
-                sc.mount(None, fd_path(bound), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID
-                         | sc.MS_NODEV | sc.MS_NOEXEC | (sc.MS_RDONLY if readonly else 0))
-        for entry in os.listdir("/sys/fs/cgroup"):  # cpu -> cpu,cpuacct and friends
-            host = os.path.join("/sys/fs/cgroup", entry)
+            _mount_view(lambda: _opened_entry(top, name), "cgroup", mount_point + own[key], key, flags, cgroupns)
+        for entry in os.listdir(CGROUP_ROOT):  # cpu -> cpu,cpuacct and friends
+            host = os.path.join(CGROUP_ROOT, entry)
             if os.path.islink(host):
                 os.symlink(os.readlink(host), entry, dir_fd=top)
         if readonly:
             sc.mount(None, fd_path(top), None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID
                      | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+
+
+def _mount_view(opened: Callable[[], ContextManager[int]], fstype: str, own_dir: str, hierarchy: str | None,
+                flags: int, cgroupns: bool) -> None:
+    """Mount one hierarchy's view of our cgroup on the directory `opened()` opens (see _mount_cgroups)."""
+    with opened() as target:
+        if cgroupns:
+            sc.mount(fstype, fd_path(target), fstype, flags, hierarchy)
+            return
+        sc.mount(own_dir, fd_path(target), None, sc.MS_BIND | sc.MS_REC)
+    with opened() as bound:   # looked up again: the new mount, not the covered dir
+        sc.mount(None, fd_path(bound), None, sc.MS_BIND | sc.MS_REMOUNT | flags)
 
 
 @contextmanager

@@ -53,6 +53,28 @@ def set_resources(**resources: object):
     return edit
 
 
+# -- the cgroup mount ---------------------------------------------------------------------
+
+# The pids hierarchy's process list as the container's cgroup mount shows it (v1 or v2 host).
+_LIST_PROCS = "cat /sys/fs/cgroup/pids/cgroup.procs /sys/fs/cgroup/cgroup.procs 2>/dev/null"
+
+
+@pytest.mark.parametrize("cgroupns", [False, True])
+def test_the_cgroup_mount_shows_the_container_its_own_cgroup_only(make_bundle, state_root, cgroupns) -> None:
+    """Its processes are all the container's (the host's, in other pid namespaces, would read as
+    0), with or without a cgroup namespace, in which /proc/self/cgroup reads "/"; and no cgroup2
+    tree of a hybrid host is in it, as with runc."""
+    def edit(config: dict) -> None:
+        if cgroupns:
+            config["linux"]["namespaces"].append({"type": "cgroup"})
+
+    ran = run_container(make_bundle(["sh", "-c", f"{_LIST_PROCS}; ls /sys/fs/cgroup"], edit=edit), state_root)
+    assert ran.status == 0, ran.output
+    procs = [line for line in ran.output.splitlines() if line.isdigit()]
+    assert procs and "0" not in procs, ran.output
+    assert "unified" not in ran.output.split()
+
+
 # -- security -------------------------------------------------------------------------------
 
 def test_capabilities_and_no_new_privs_are_exactly_the_spec(make_bundle, state_root) -> None:
