@@ -69,8 +69,13 @@ def _code_stamp(top: str) -> int:
 
 
 def zygote_socket() -> str:
-    """The zygote's socket, tied to this interpreter and this exact copy of railcar's code: after an
-    upgrade (or an edit) a new zygote is started and the old one idles out."""
+    """The zygote's socket, tied to this interpreter and this exact copy of railcar's code (after an
+    upgrade, or an edit, a new zygote is started and the old one idles out), and to the mount
+    namespace and cgroups of the caller (a containerd's `start`): the daemons a zygote forks share
+    its mounts and cgroups, so a second containerd in a mount namespace of its own (or in another
+    cgroup: another service) gets a zygote of its own, as each containerd's runc shims are its own."""
     top = posixpath.dirname(posixpath.dirname(posixpath.abspath(__file__)))
-    key = f"{sys.executable}\0{top}\0{_code_stamp(top)}"
+    with open("/proc/self/cgroup") as f:
+        cgroups = f.read()
+    key = f"{sys.executable}\0{top}\0{_code_stamp(top)}\0{os.readlink('/proc/self/ns/mnt')}\0{cgroups}"
     return posixpath.join(RUNTIME_ROOT, f"zygote-{sha256(key.encode()).hexdigest()[:16]}.sock")

@@ -13,7 +13,8 @@ for it: the socket appears only once the zygote has imported everything, warmed 
 fork its first spare. `start` spawns a daemon directly only if no
 zygote is ready within a few seconds. The zygote exits after an idle period.
 
-Run as `python -m railcar.shim.zygote`; the socket name is tied to this interpreter and checkout.
+Run as `python -m railcar.shim.zygote`; the socket name is tied to this interpreter and checkout, and
+to the mount namespace and cgroups of the `start` that spawned it (`paths.zygote_socket`).
 """
 
 import gc

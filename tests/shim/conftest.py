@@ -19,14 +19,15 @@ from railcar.ttrpc_proto.server import Server
 from tests.polling import eventually
 
 def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: bytes = b"",
-             extra_python: list[str] = ()) -> subprocess.CompletedProcess:
-    """One short-lived shim command, as containerd runs it (cwd = bundle, stdout+stderr captured).
+             extra_python: list[str] = (), prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    """One short-lived shim command, as containerd runs it (cwd = bundle, stdout+stderr captured),
+    run through `prefix` if given (`unshare ...`).
 
     The zygote and pools are off unless `env` turns them on: a test that wants a zygote starts and
     stops its own, and a container that names no group gets a daemon of its own.
     """
     env = {**os.environ, "RAILCAR_ZYGOTE": "0", "RAILCAR_POOL_SIZE": "1", **(env or {})}
-    return subprocess.run([sys.executable, *extra_python, "-m", "railcar.shim", *args], cwd=cwd, input=stdin,
+    return subprocess.run([*prefix, sys.executable, *extra_python, "-m", "railcar.shim", *args], cwd=cwd, input=stdin,
                           capture_output=True, env=env, timeout=30)
 
 

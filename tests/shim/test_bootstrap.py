@@ -210,6 +210,38 @@ async def test_a_start_that_finds_no_zygote_starts_one_and_waits_for_it(bundle: 
     assert before is not None or not os.path.exists(paths.zygote_socket())
 
 
+async def test_a_start_in_another_mount_namespace_gets_a_zygote_of_its_own(bundle: Path, tmp_path: Path,
+                                                                            address: str) -> None:
+    """A second containerd in a mount namespace of its own must not get daemons forked in the first
+    one's: they would set its containers up from the other namespace's mounts."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text((bundle / "config.json").read_text())
+    env = {"RAILCAR_ZYGOTE": "1", "RAILCAR_ZYGOTE_IDLE": "30"}
+    before = _zygote()
+    here = run_shim(["-namespace", "default", "-address", address, "-id", "m0", "start"], bundle, env=env)
+    there = run_shim(["-namespace", "default", "-address", address + "2", "-id", "m1", "start"], other, env=env,
+                     prefix=["unshare", "--mount", "--propagation", "private"])
+    daemons = []
+    try:
+        assert here.returncode == 0 and there.returncode == 0, (here.stderr, there.stderr)
+        for result, cid in ((here, "m0"), (there, "m1")):
+            daemons.append((await _connect(result.stdout.decode(), cid), result.stdout.decode()))
+        (pid_here, _), (pid_there, _) = daemons
+        ours = os.readlink("/proc/self/ns/mnt")
+        assert os.readlink(f"/proc/{pid_here}/ns/mnt") == ours
+        assert os.readlink(f"/proc/{pid_there}/ns/mnt") != ours  # forked by a zygote of its own
+        assert _parent(pid_there) != _parent(pid_here)
+    finally:
+        zygotes = {_parent(pid) for pid, _ in daemons}
+        for pid, shim_address in daemons:
+            await _shutdown(shim_address)
+            assert wait_gone(pid)
+        for zygote in zygotes - {before}:
+            os.kill(zygote, signal.SIGTERM)
+            assert wait_gone(zygote)
+
+
 _STAND_IN_ZYGOTE = """
 import socket, sys, time
 time.sleep(0.3)  # importing
