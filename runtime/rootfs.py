@@ -39,10 +39,12 @@ def prepare(spec: Spec, userns: bool) -> None:
     root = spec.root_path
     propagation = PROPAGATION_FLAGS.get(spec.linux.rootfs_propagation, sc.MS_SLAVE | sc.MS_REC)
     sc.mount(None, "/", None, propagation)
-    if propagation & sc.MS_SHARED:
-        # pivot_root refuses shared mounts: make the rootfs's parent private first, so the
-        # bind below is private too; finalize() makes the new root shared again.
-        sc.mount(None, _mount_point_of(os.path.dirname(root)), None, sc.MS_PRIVATE)
+    # pivot_root refuses a new root whose parent is shared, and our bind would propagate to the
+    # host's namespace: make the mount the rootfs is on (containerd's snapshot is one of its own)
+    # private if it is shared, as runc does; finalize() makes the new root shared if asked.
+    point, shared = _mount_of(root)
+    if shared:
+        sc.mount(None, point, None, sc.MS_PRIVATE)
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -65,12 +67,16 @@ def prepare(spec: Spec, userns: bool) -> None:
         os.close(root_fd)
 
 
-def _mount_point_of(path: str) -> str:
-    """The mount point of the mount ``path`` lives on."""
+def _mount_of(path: str) -> tuple[str, bool]:
+    """The mount point of the (topmost) mount ``path`` lives on, and whether that mount is shared."""
     with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return max((p for p in points if path == p or path.startswith(p.rstrip("/") + "/")),
-               key=len)
+        mounts = [line.split(" - ")[0].split() for line in f]
+    found = ("/", False)
+    for fields in mounts:  # in mount order: a later mount on the same point is on top
+        point = fields[4]
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(found[0]):
+            found = (point, any(o.startswith("shared:") for o in fields[6:]))
+    return found
 
 
 def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns: bool) -> None:

@@ -1,8 +1,11 @@
 """What the container sees: mounts, masked and read-only paths, fds, users, namespaces."""
 
 import ctypes
+import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -232,6 +235,26 @@ def test_shared_rootfs_propagation(make_bundle, state_root) -> None:
                           "/proc/self/mountinfo"], edit=edit)
     ran = run_container(bundle, state_root)
     assert ran.output.split() == ["1"]
+
+
+@pytest.mark.parametrize("propagation", ["rshared", "shared", "rslave", "rprivate"])
+def test_rootfs_propagation_on_a_host_whose_mounts_are_shared(make_bundle, state_root, propagation) -> None:
+    """systemd makes every mount shared, and CRI asks for rshared when a pod has a Bidirectional
+    mount. This host's mounts are private: the runtime runs in a mount namespace where they are shared."""
+    def edit(c: dict) -> None:
+        c["linux"]["rootfsPropagation"] = propagation
+
+    bundle = make_bundle(["awk", '$5 == "/" && / shared:/ { n++ } END { print n + 0 }',
+                          "/proc/self/mountinfo"], edit=edit)
+    driver = os.path.join(os.path.dirname(__file__), "sealed_driver.py")
+    # The rootfs is a mount of its own, as containerd's snapshot is (shared too, then).
+    script = 'mount --bind "$1" "$1" && shift && exec "$@"'
+    done = subprocess.run(["unshare", "--mount", "--propagation", "shared", "sh", "-c", script, "-", bundle.rootfs,
+                           sys.executable, driver, bundle.path, bundle.id, state_root],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ran = json.loads(done.stdout.splitlines()[-1])
+    assert (ran["status"], ran["output"].split()) == (0, ["1" if "shared" in propagation else "0"]), ran
 
 
 def test_exec_into_user_namespaced_container(make_bundle, state_root) -> None:
