@@ -19,6 +19,7 @@ import os
 import resource
 import select
 import signal
+import stat
 import struct
 import termios
 from contextlib import ExitStack, contextmanager
@@ -378,6 +379,7 @@ class _Ready:
     path: str
     stdio: tuple[int, int, int]
     console: int | None      # pty master, for the caller
+    env: dict[str, str]
 
 
 def _prepare_process(launch: Launch) -> _Ready:
@@ -449,7 +451,7 @@ def _prepare_process(launch: Launch) -> _Ready:
         if proc.user.umask is not None:
             os.umask(proc.user.umask)
         path = _lookup(proc.args[0], proc.env)
-    return _Ready(path, stdio, console)
+    return _Ready(path, stdio, console, _environment(proc))
 
 
 def _join_session_keyring(launch: Launch) -> None:
@@ -467,6 +469,37 @@ def _join_session_keyring(launch: Launch) -> None:
         except OSError as e:
             if e.errno != errno.ENOSYS:
                 raise RuntimeFailure("process", f"cannot join a session keyring of its own: {e.strerror}") from None
+
+
+def _environment(proc: Process) -> dict[str, str]:
+    """process.env, with HOME from the user's entry in the container's /etc/passwd ("/" without
+    one) when it has none, as runc sets it: images expect a HOME."""
+    env = dict(e.split("=", 1) for e in proc.env)
+    if "HOME" not in env:
+        env["HOME"] = _home_of(proc.user.uid)
+    return env
+
+
+def _home_of(uid: int) -> str:
+    """The home directory of `uid` in /etc/passwd (of the container: we are in its root), or "/".
+    The image's file may be anything: only a regular file is read, and only its first MiB."""
+    try:
+        fd = os.open("/etc/passwd", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return "/"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "/"
+        data = os.read(fd, 1 << 20)
+    except OSError:
+        return "/"
+    finally:
+        os.close(fd)
+    for line in data.decode(errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[2] == str(uid):
+            return fields[5] or "/"
+    return "/"
 
 
 def _lookup(prog: str, env: tuple[str, ...]) -> str:
@@ -523,8 +556,7 @@ def _execve(ready: _Ready, launch: Launch, report: Channel | None) -> NoReturn:
             if launch.security is not None:
                 launch.security.last()
         with stage("exec"):
-            os.execve(ready.path, list(launch.process.args), dict(
-                e.split("=", 1) for e in launch.process.env))
+            os.execve(ready.path, list(launch.process.args), ready.env)
     except RuntimeFailure as e:
         if report is None:
             _die(2, f"railcar: {e}")

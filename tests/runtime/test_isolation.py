@@ -96,6 +96,26 @@ def test_process_user_cwd_env_rlimits(make_bundle, state_root) -> None:
                                        "0077", "1024", "123"]
 
 
+@pytest.mark.parametrize("user, env, home", [(0, [], "/root"), (1000, [], "/home/app"), (4242, [], "/"),
+                                              (1000, ["HOME=/mine"], "/mine")])
+def test_home_comes_from_etc_passwd_unless_the_env_has_one(make_bundle, state_root, user, env, home) -> None:
+    """As runc sets it, for the init and for an exec."""
+    def edit(c: dict) -> None:
+        c["process"]["user"] = {"uid": user, "gid": user}
+        c["process"]["env"] += env
+
+    bundle = make_bundle(["sh", "-c", "echo $HOME; sleep 100"], edit=edit)
+    with open(os.path.join(bundle.rootfs, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\nbroken line\napp:x:1000:1000::/home/app:/bin/sh\n")
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    ran = exec_captured(container, {"args": ["sh", "-c", "echo $HOME"], "cwd": "/", "env": env,
+                                    "user": {"uid": user, "gid": user}})
+    container.kill(signal.SIGKILL)
+    init = finish(container, created)
+    assert (init.output.split(), ran.output.split()) == ([home], [home])
+
+
 def _bounded_by_cap_sys_resource() -> bool:
     """Whether this process may hold CAP_SYS_RESOURCE (bit 24 of its bounding set)."""
     with open("/proc/self/status") as f:
