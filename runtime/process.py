@@ -395,6 +395,8 @@ def _prepare_process(launch: Launch) -> _Ready:
             if proc.console_size is not None:
                 fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *proc.console_size, 0, 0))
             os.fchown(slave, proc.user.uid, proc.user.gid)
+            if launch.spec is not None:
+                _mount_console(slave)
             stdio = (slave, slave, slave)
         elif launch.stdio is not None:
             stdio = launch.stdio
@@ -469,6 +471,23 @@ def _join_session_keyring(launch: Launch) -> None:
         except OSError as e:
             if e.errno != errno.ENOSYS:
                 raise RuntimeFailure("process", f"cannot join a session keyring of its own: {e.strerror}") from None
+
+
+def _mount_console(slave: int) -> None:
+    """The init's terminal is also /dev/console (a file made in the container's /dev if need be, the
+    pty bound on it), as runc does it: programs that write to the console reach the terminal."""
+    try:
+        fd = os.open("/dev/console", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        os.fchmod(fd, 0o666)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise RuntimeFailure("process", f"/dev/console for the terminal: {e.strerror}") from None
+    try:
+        sc.mount(f"/proc/self/fd/{slave}", "/dev/console", None, sc.MS_BIND)
+    except OSError as e:
+        raise RuntimeFailure("process", f"/dev/console for the terminal: {e.strerror}") from None
 
 
 def _environment(proc: Process) -> dict[str, str]:
