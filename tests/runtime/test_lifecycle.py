@@ -239,15 +239,15 @@ def test_pause_and_resume(make_bundle, state_root) -> None:
 
 
 def test_terminal_gives_the_caller_the_pty_master(make_bundle, state_root) -> None:
-    # As runc, the terminal is also /dev/console.
-    bundle = make_bundle(["sh", "-c", "tty; echo console > /dev/console; echo done"])
+    # As runc, the terminal is also /dev/console, and root's keeps the tty group devpts gives it.
+    bundle = make_bundle(["sh", "-c", "tty; echo console > /dev/console; stat -c %u:%g $(tty); echo done"])
     container, result = Container.create(bundle.id, bundle.path, root=state_root, terminal=True)
     assert result.console_fd is not None
     container.start()
     out = read_console(result.console_fd)
     wait_for(result.pid)
     container.delete()
-    assert out.split() == ["/dev/pts/0", "console", "done"]
+    assert out.split() == ["/dev/pts/0", "console", "0:5", "done"]
 
 
 def test_hooks_run_at_their_moments(make_bundle, state_root, tmp_path) -> None:
