@@ -9,7 +9,8 @@ writes to far fewer pages than a waiting trio loop (0.6 against 2.0 MiB of priva
 measured); only then does it open its log, hand its environment, working directory and log
 settings to its forker's workers (`Forker.adopt`), and start trio. The daemon ends on
 Shutdown with no tasks left, on SIGTERM/SIGINT, or when no Create arrived within
-the grace period (containerd died between `start` and Create, reference §8.4), and removes its
+the grace period (containerd died between `start` and Create, reference §8.4) or since its last
+task was deleted (containerd restarted before its Shutdown), and removes its
 socket on the way out. A pool's daemon stays while a container that `start` just sent it is on
 its way (see pool.py).
 """
@@ -168,12 +169,19 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                     await trio.sleep(LEAVE_RETRY)
 
         async def on_idle() -> None:
-            with trio.move_on_after(_grace()):
-                await service.created_any.wait()
-                return
-            if not service.tasks:
-                logger.warning("no Create within %.0f s of start, exiting", _grace())
+            """Shut down as a Shutdown would once no task has been served for the grace period:
+            no Create came after `start` (containerd died in between, reference §8.4), or none
+            since the last Delete (containerd restarted before the Shutdown that follows it, which
+            then never comes). A pool's daemon still waits for a container on its way."""
+            while True:
+                while service.tasks:
+                    await service.tasks_changed.wait()
+                with trio.move_on_after(_grace()):
+                    await service.tasks_changed.wait()
+                    continue
+                logger.warning("no task for %.0f s, exiting", _grace())
                 service.shutdown_requested.set()
+                await service.tasks_changed.wait()  # a container joined the pool after all
 
         async def prune_members() -> None:
             """A member whose `start` was killed (containerd's timeout) never gets a Delete."""

@@ -75,7 +75,7 @@ class TaskService:
         self._log_bundle = log_bundle  # whose `log` FIFO is our fd 2
         self.root = root
         self.tasks: dict[str, Task] = {}
-        self.created_any = trio.Event()  # first Create arrived (the daemon's grace timer stops)
+        self.tasks_changed = trio.Event()  # set (and replaced) whenever a task is added or forgotten
         self.shutdown_requested = trio.Event()  # Shutdown with no tasks left
         self._forker = forker
         self._reaper = reaper
@@ -258,12 +258,12 @@ class TaskService:
             raise TtrpcError(Code.ALREADY_EXISTS, f"container {req.id}: already exists")
         if req.checkpoint or req.parent_checkpoint:
             raise TtrpcError(Code.UNIMPLEMENTED, "checkpoint restore is not supported by railcar")
-        self.created_any.set()
         began = time.perf_counter()
         bundle = req.bundle or os.getcwd()
         init = Process(req.id, "", req.stdin, req.stdout, req.stderr, req.terminal)
         task = Task(req.id, bundle, init)
         self.tasks[req.id] = task
+        self._tasks_changed()
         pio: ProcessIO | None = None
         created = False
         try:
@@ -405,8 +405,14 @@ class TaskService:
             return response
 
     def _forget(self, task: Task) -> None:
-        if self.tasks.pop(task.id, None) is not None and self._removed is not None:
-            self._removed(task.id)
+        if self.tasks.pop(task.id, None) is not None:
+            self._tasks_changed()
+            if self._removed is not None:
+                self._removed(task.id)
+
+    def _tasks_changed(self) -> None:
+        self.tasks_changed.set()
+        self.tasks_changed = trio.Event()
 
     def _move_log(self) -> None:
         """Our fd 2 is the log FIFO of a bundle containerd is about to remove, and a FIFO without a

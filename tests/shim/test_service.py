@@ -107,14 +107,16 @@ async def _start(namespace: str, address: str, container_id: str, bundle: Path,
 
 @asynccontextmanager
 async def _shim_with_events(namespace: str, address: str, container_id: str, bundle: Path,
-                            tmp_path: Path) -> AsyncIterator[tuple[Shim, FakeContainerd]]:
+                            tmp_path: Path, env: dict[str, str] | None = None
+                            ) -> AsyncIterator[tuple[Shim, FakeContainerd]]:
     """A daemon for `container_id` publishing to a fake containerd, and a client on it. The block must
     end with Shutdown: the fake serves until the daemon is gone, so no event it published is lost."""
     fake = FakeContainerd()
     events_path = str(tmp_path / "events.sock")
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve, events_path)
-        daemon = await _start(namespace, address, container_id, bundle, env={"TTRPC_ADDRESS": events_path})
+        daemon = await _start(namespace, address, container_id, bundle,
+                              env={"TTRPC_ADDRESS": events_path, **(env or {})})
         async with connect_unix(daemon) as client:
             shim = Shim(client, container_id)
             daemon_pid = (await shim("Connect", pb.ConnectRequest(id=container_id), pb.ConnectResponse)).shim_pid
@@ -300,6 +302,25 @@ async def test_a_created_task_can_be_deleted_without_start(bundle: Path, address
     # never started: no start and no exit event (containerd's README: delete follows create)
     assert [e.topic for e, _ in fake.received] == ["/tasks/create", "/tasks/delete"]
     assert wait_gone(pid)
+    _remove_runtime_dir(namespace)
+
+
+async def test_a_daemon_whose_tasks_are_deleted_leaves_without_a_shutdown(bundle: Path, address: str,
+                                                                          namespace: str, cgroup_parent: str,
+                                                                          tmp_path: Path) -> None:
+    """containerd sends Shutdown after a Delete; restarted in between, it never does. The daemon
+    then leaves once it has served no task for its grace period, as it does when no Create came."""
+    devenv.busybox_rootfs(bundle / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/idle")))
+    async with _shim_with_events(namespace, address, "idle", bundle, tmp_path,
+                                 env={"RAILCAR_SHIM_GRACE": "1"}) as (shim, fake):
+        await shim("Create", pb.CreateTaskRequest(id="idle", bundle=str(bundle)), pb.CreateTaskResponse)
+        await trio.sleep(1.5)  # a task keeps it, however long
+        await shim("State", pb.StateRequest(id="idle"), pb.StateResponse)
+        await shim("Delete", pb.DeleteRequest(id="idle"), pb.DeleteResponse)
+    # (the block's end waits until the daemon is gone)
+    socket_file = (bundle / "address").read_text().removeprefix("unix://")
+    assert not os.path.exists(socket_file)
     _remove_runtime_dir(namespace)
 
 
