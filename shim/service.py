@@ -61,6 +61,7 @@ class Task:
     cgroup: Any = None  # railcar.runtime.cgroups.Cgroup, for stats, pids and OOM
     oom_watcher: Any = None
     oom_armed: trio.Event = field(default_factory=trio.Event)  # the OOM watch is set up (or failed)
+    created: trio.Event = field(default_factory=trio.Event)  # its Create has ended, made or failed
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -289,6 +290,8 @@ class TaskService:
             with trio.CancelScope(shield=True):
                 await self._undo_create(task, pio, maybe_created)
             raise
+        finally:
+            task.created.set()
         self._nursery.start_soon(self._guarded, self._arm_oom_watch, f"OOM watch set-up of {task.id}", task)
         self._events.publish(ev.TaskCreate(
             container_id=req.id, bundle=bundle, rootfs=list(req.rootfs), checkpoint=req.checkpoint, pid=init.pid,
@@ -355,7 +358,13 @@ class TaskService:
         return pb.StartResponse(pid=process.pid)
 
     async def delete(self, req: pb.DeleteRequest, ctx: Any) -> pb.DeleteResponse:
+        """Up to the state change, a Delete cancelled (containerd's deadline, or containerd gone) has
+        changed nothing; from there on it runs to the end, or the task would stay in the table,
+        deleted, with nobody to reap or remove it. A Delete that comes while its Create still runs
+        (containerd's clean-up after a Create it gave up on) waits for what that Create makes, as
+        runc's shim does, instead of marking a process deleted that is still being made."""
         task = self._task(req.id)
+        await task.created.wait()
         async with task.lock:
             task, process = self._process(req.id, req.exec_id)
             if process.starting:
@@ -373,36 +382,37 @@ class TaskService:
                     await process.exited.wait()
                 if not process.exited.is_set():
                     raise TtrpcError(Code.UNKNOWN, f"process {process.id} did not exit after SIGKILL")
-            process.apply("delete")
-            if process.io is not None:
-                await process.io.aclose()
-            response = pb.DeleteResponse(pid=process.pid, exit_status=process.exit_status,
-                                         exited_at=_timestamp(process.exited_at_ns))
-            if process.exec_id:
-                del task.execs[process.exec_id]
+            with trio.CancelScope(shield=True):
+                process.apply("delete")
+                if process.io is not None:
+                    await process.io.aclose()
+                response = pb.DeleteResponse(pid=process.pid, exit_status=process.exit_status,
+                                             exited_at=_timestamp(process.exited_at_ns))
+                if process.exec_id:
+                    del task.execs[process.exec_id]
+                    return response
+                for other in task.execs.values():
+                    if other.io is not None:
+                        await other.io.aclose()
+                await task.oom_armed.wait()
+                self._stop_oom_watch(task)
+                removal = {"id": task.id, "root": self.root, "force": True}
+                if task.rootfs_mounted:
+                    removal["unmount"] = os.path.join(task.bundle, "rootfs")
+                cleaned = await self._quiet_call("delete", removal)
+                if cleaned:
+                    try:
+                        cleanup.record_deleted(task.bundle, wire.delete_response(process.pid, process.exit_status,
+                                                                                  process.exited_at_ns))
+                    except OSError as e:  # then `delete` checks everything itself (and finds it gone)
+                        self._log.warning("cannot record the delete answer of %s: %s", task.id, e)
+                self._forget(task)
+                if task.bundle == self._log_bundle:
+                    self._move_log()
+                self._events.publish(ev.TaskDelete(container_id=task.id, pid=process.pid,
+                                                   exit_status=process.exit_status,
+                                                   exited_at=_timestamp(process.exited_at_ns)))
                 return response
-            for other in task.execs.values():
-                if other.io is not None:
-                    await other.io.aclose()
-            await task.oom_armed.wait()
-            self._stop_oom_watch(task)
-            removal = {"id": task.id, "root": self.root, "force": True}
-            if task.rootfs_mounted:
-                removal["unmount"] = os.path.join(task.bundle, "rootfs")
-            cleaned = await self._quiet_call("delete", removal)
-            if cleaned:
-                try:
-                    cleanup.record_deleted(task.bundle, wire.delete_response(process.pid, process.exit_status,
-                                                                              process.exited_at_ns))
-                except OSError as e:  # then `delete` checks everything itself (and finds it gone)
-                    self._log.warning("cannot record the delete answer of %s: %s", task.id, e)
-            self._forget(task)
-            if task.bundle == self._log_bundle:
-                self._move_log()
-            self._events.publish(ev.TaskDelete(container_id=task.id, pid=process.pid,
-                                               exit_status=process.exit_status,
-                                               exited_at=_timestamp(process.exited_at_ns)))
-            return response
 
     def _forget(self, task: Task) -> None:
         if self.tasks.pop(task.id, None) is not None:

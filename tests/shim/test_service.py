@@ -324,6 +324,37 @@ async def test_a_daemon_whose_tasks_are_deleted_leaves_without_a_shutdown(bundle
     _remove_runtime_dir(namespace)
 
 
+async def test_a_delete_cancelled_while_its_create_runs_changes_nothing(bundle: Path, address: str,
+                                                                        namespace: str, cgroup_parent: str,
+                                                                        tmp_path: Path) -> None:
+    """containerd deletes a task whose Create it gave up on, and that Delete may be cut short in turn
+    (its deadline, or containerd restarting). The task must stay as the Create leaves it: created,
+    so that it can still be killed and deleted."""
+    devenv.busybox_rootfs(bundle / "rootfs")
+    spec = _spec(["sleep", "1000"], f"{cgroup_parent}/slow")
+    spec["hooks"] = {"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "1.5"]}]}  # a slow Create
+    (bundle / "config.json").write_text(json.dumps(spec))
+    async with _shim_with_events(namespace, address, "slow", bundle, tmp_path) as (shim, fake):
+        created: list = []
+
+        async def create() -> None:
+            created.append(await shim("Create", pb.CreateTaskRequest(id="slow", bundle=str(bundle)),
+                                      pb.CreateTaskResponse))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(create)
+            await trio.sleep(0.3)
+            with pytest.raises((TtrpcError, trio.TooSlowError)):
+                await shim.client.call(TASK, "Delete", pb.DeleteRequest(id="slow"), pb.DeleteResponse, timeout=0.5)
+        state = await shim("State", pb.StateRequest(id="slow"), pb.StateResponse)
+        assert (state.status, state.pid) == (1, created[0].pid)  # CREATED
+        await shim("Kill", pb.KillRequest(id="slow", signal=signal.SIGKILL))
+        deleted = await shim("Delete", pb.DeleteRequest(id="slow"), pb.DeleteResponse)
+        assert (deleted.pid, deleted.exit_status) == (created[0].pid, 137)
+        await shim("Shutdown", pb.ShutdownRequest(id="slow"))
+    _remove_runtime_dir(namespace)
+
+
 async def test_one_daemon_serves_two_tasks_and_deleting_one_spares_the_other(
         bundle: Path, address: str, namespace: str, cgroup_parent: str, tmp_path: Path) -> None:
     bundles = {}

@@ -18,6 +18,7 @@ def _service_with(task: Task) -> TaskService:
     service = TaskService(namespace="ns", root="/nonexistent", forker=None, reaper=None, publisher=None,
                           nursery=None, logger=logging.getLogger("test"), log_bundle="")
     service.tasks[task.id] = task
+    task.created.set()  # its Create has ended
     return service
 
 
