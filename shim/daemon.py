@@ -8,7 +8,7 @@ for its assignment (flags, environment, working directory and listener) in a blo
 writes to far fewer pages than a waiting trio loop (0.6 against 2.0 MiB of private memory,
 measured); only then does it open its log, hand its environment, working directory and log
 settings to its forker's workers (`Forker.adopt`), and start trio. The daemon ends on
-Shutdown with no tasks left, on SIGTERM/SIGINT, or when no Create arrived within
+Shutdown with no tasks left, on SIGTERM/SIGINT, when its forker is gone, or when no Create arrived within
 the grace period (containerd died between `start` and Create, reference §8.4) or since its last
 task was deleted (containerd restarted before its Shutdown), and removes its
 socket on the way out. A pool's daemon stays while a container that `start` just sent it is on
@@ -192,8 +192,24 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                 except OSError as e:  # (out of fds, say) only a clean-up: the next tick tries again
                     logger.warning("cannot prune the pool's members: %s", e)
 
+        async def watch_forker() -> None:
+            """Every container operation goes through the forker: without it this daemon can neither
+            create, kill nor delete, and its pool would go on taking containers it cannot make. It
+            leaves its pool and exits at once, and containerd cleans its containers up, as after a
+            daemon's crash."""
+            pidfd = os.pidfd_open(forker.pid)
+            try:
+                await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+            logger.error("the forker (pid %d) is gone: no container can be made, killed or deleted, exiting",
+                         forker.pid)
+            assignment.leave(force=True)
+            stop.set()
+
         nursery.start_soon(on_signals)
         nursery.start_soon(on_shutdown)
+        nursery.start_soon(watch_forker)
         nursery.start_soon(on_idle)
         nursery.start_soon(prune_members)
         logger.info("railcar shim serving bundle=%s", bundle)

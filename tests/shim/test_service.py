@@ -20,7 +20,7 @@ from railcar.ttrpc_proto.api import mount_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
 from railcar.ttrpc_proto.typeurl import pack_json
 
-from .conftest import FakeContainerd, eventually, pid_gone, run_shim, wait_gone
+from .conftest import FakeContainerd, children_named, eventually, pid_gone, run_shim, wait_gone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
 import devenv  # noqa: E402
@@ -352,6 +352,29 @@ async def test_a_delete_cancelled_while_its_create_runs_changes_nothing(bundle: 
         deleted = await shim("Delete", pb.DeleteRequest(id="slow"), pb.DeleteResponse)
         assert (deleted.pid, deleted.exit_status) == (created[0].pid, 137)
         await shim("Shutdown", pb.ShutdownRequest(id="slow"))
+    _remove_runtime_dir(namespace)
+
+
+async def test_a_daemon_whose_forker_died_leaves_and_delete_cleans_up(bundle: Path, address: str, namespace: str,
+                                                                      cgroup_parent: str) -> None:
+    """Without its forker a daemon can neither make, kill nor delete a container, and its pool would
+    go on taking new ones: it leaves at once, as if it had crashed, and containerd's `delete` (run
+    for each of its containers) cleans up."""
+    devenv.busybox_rootfs(bundle / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/orphan")))
+    daemon = await _start(namespace, address, "orphan", bundle)
+    async with connect_unix(daemon) as client:
+        shim = Shim(client, "orphan")
+        await shim("Create", pb.CreateTaskRequest(id="orphan", bundle=str(bundle)), pb.CreateTaskResponse)
+        await shim("Start", pb.StartRequest(id="orphan"), pb.StartResponse)
+        daemon_pid = (await shim("Connect", pb.ConnectRequest(id="orphan"), pb.ConnectResponse)).shim_pid
+    [forker] = children_named(daemon_pid, "railcar-forker")
+    os.kill(forker, signal.SIGKILL)
+    assert await trio.to_thread.run_sync(wait_gone, daemon_pid)
+    assert not os.path.exists(daemon.removeprefix("unix://"))
+    deleted = await trio.to_thread.run_sync(lambda: run_shim(
+        ["-namespace", namespace, "-address", address, "-id", "orphan", "delete"], bundle))
+    assert deleted.returncode == 0, deleted.stderr
     _remove_runtime_dir(namespace)
 
 
