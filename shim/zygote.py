@@ -300,6 +300,8 @@ def main() -> int:
             try:
                 conn, _ = server.sock.accept()
             except TimeoutError:
+                conn = None
+            if conn is None:  # (forked outside the except block: a spare would live inside its context)
                 if spare:
                     return 0
                 spare = _Spare.fork()
