@@ -251,8 +251,14 @@ def _join_cgroup(launch: Launch) -> None:
 
 
 def _fork_child(ch: Channel, launch: Launch, body: Callable[[Channel, Launch], None]) -> int:
-    """Fork the init or exec process from an intermediate; it keeps only the channel and ``launch``'s fds."""
-    pid = os.fork()
+    """Fork the init or exec process from an intermediate; it keeps only the channel and ``launch``'s fds.
+    The intermediate is in the container's cgroup by then, so an exec needs room for two processes
+    under its pids limit for that moment."""
+    try:
+        pid = os.fork()
+    except BlockingIOError:
+        raise RuntimeFailure("process", "cannot fork the process: the container's pids limit "
+                                        "(linux.resources.pids.limit) is reached") from None
     if pid == 0:
         _run_child(ch, launch.keep_fds() | {ch.fileno()}, body, launch)
     return pid

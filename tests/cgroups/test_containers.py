@@ -163,6 +163,18 @@ def test_pids_limit_stops_a_fork_bomb(make_bundle, state_root) -> None:
     finish(container, created)
 
 
+def test_an_exec_past_the_pids_limit_fails_naming_it(make_bundle, state_root) -> None:
+    bundle = make_bundle(["sleep", "100"], edit=set_resources(pids={"limit": 2}))  # the init and one more
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    with pytest.raises(RuntimeFailure) as info:
+        container.exec({"args": ["true"], "cwd": "/"})
+    assert "linux.resources.pids.limit" in str(info.value)
+    assert container.pids() == [created.result.pid]  # nothing was left in it
+    container.kill(signal.SIGKILL)
+    finish(container, created)
+
+
 def test_cpu_quota_is_in_the_cgroup_and_updates(make_bundle, state_root) -> None:
     bundle = make_bundle(["sleep", "100"], edit=set_resources(cpu={"quota": 50000, "period": 100000}))
     container, created = create_captured(bundle, state_root)
