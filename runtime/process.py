@@ -258,7 +258,7 @@ def _fork_child(ch: Channel, launch: Launch, body: Callable[[Channel, Launch], N
         pid = os.fork()
     except BlockingIOError:
         raise RuntimeFailure("process", "cannot fork the process: the container's pids limit "
-                                        "(linux.resources.pids.limit) is reached") from None
+                                        "(linux.resources.pids.limit), or the host's, is reached") from None
     if pid == 0:
         _run_child(ch, launch.keep_fds() | {ch.fileno()}, body, launch)
     return pid
@@ -481,20 +481,31 @@ def _join_session_keyring(launch: Launch) -> None:
 
 
 def _mount_console(slave: int) -> None:
-    """The init's terminal is also /dev/console (a file made in the container's /dev if need be, the
-    pty bound on it), as runc does it: programs that write to the console reach the terminal."""
+    """The init's terminal is also /dev/console, as runc makes it: programs that write to the console
+    reach the terminal. The pty is bound on a file made in the container's /dev (or on the one there:
+    a regular file or a device, never through a symlink, which could point anywhere). A /dev that
+    cannot take the file (a read-only root without a /dev of its own) goes without."""
     try:
-        fd = os.open("/dev/console", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        os.fchmod(fd, 0o666)
-        os.close(fd)
+        made = os.open("/dev/console", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        os.fchmod(made, 0o666)
+        os.close(made)
     except FileExistsError:
         pass
     except OSError as e:
+        if e.errno == errno.EROFS:
+            return
         raise RuntimeFailure("process", f"/dev/console for the terminal: {e.strerror}") from None
+    target = os.open("/dev/console", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        sc.mount(f"/proc/self/fd/{slave}", "/dev/console", None, sc.MS_BIND)
+        mode = os.fstat(target).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            raise RuntimeFailure("process", "/dev/console for the terminal: the container's is not a file "
+                                            "or a device (a symlink?)")
+        sc.mount(f"/proc/self/fd/{slave}", f"/proc/self/fd/{target}", None, sc.MS_BIND)
     except OSError as e:
         raise RuntimeFailure("process", f"/dev/console for the terminal: {e.strerror}") from None
+    finally:
+        os.close(target)
 
 
 def _environment(proc: Process) -> dict[str, str]:

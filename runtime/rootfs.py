@@ -132,6 +132,8 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
                  labelled("mode=755", mount_label))
     with open("/proc/self/mountinfo") as f:
         hierarchies = [line.split() for line in f]
+    with open("/proc/cgroups") as f:
+        subsystems = {line.split()[0] for line in f if not line.startswith("#")}
     # The tmpfs is ours alone and empty: its entries are made and opened relative to its root
     # (no symlink can be in it), instead of resolving dest inside the rootfs for each of them.
     with _opened(root_fd, dest) as top:
@@ -140,9 +142,7 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
             if fstype != "cgroup" or not mount_point.startswith(CGROUP_ROOT + "/"):
                 continue
             name = os.path.basename(mount_point)
-            super_opts = fields[fields.index("-") + 3].split(",")
-            key = ",".join(o for o in super_opts if o not in ("rw", "ro") and "=" not in o
-                           or o.startswith("name="))
+            key = hierarchy_key(fields[fields.index("-") + 3], subsystems)
             if key not in own:
                 continue
             try:
@@ -157,6 +157,13 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
         if readonly:
             sc.mount(None, fd_path(top), None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID
                      | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+
+
+def hierarchy_key(super_options: str, subsystems: set[str]) -> str:
+    """A v1 hierarchy's controllers and name from its mount options, as /proc/self/cgroup lists them
+    ("cpu,cpuacct", "name=systemd"): not its other options (systemd mounts its own with xattr;
+    clone_children, noprefix...)."""
+    return ",".join(o for o in super_options.split(",") if o in subsystems or o.startswith("name="))
 
 
 def _mount_view(opened: Callable[[], ContextManager[int]], fstype: str, own_dir: str, hierarchy: str | None,

@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import stat
 
 import pytest
 
@@ -248,6 +249,40 @@ def test_terminal_gives_the_caller_the_pty_master(make_bundle, state_root) -> No
     wait_for(result.pid)
     container.delete()
     assert out.split() == ["/dev/pts/0", "console", "0:5", "done"]
+
+
+@pytest.mark.parametrize("console", ["symlink", "none"])
+def test_the_console_goes_only_where_it_may(make_bundle, state_root, console) -> None:
+    """Without a /dev of its own (the image's, under a read-only root), a symlink at /dev/console is
+    refused, never followed (it could point anywhere); with no file there and none to be made, the
+    terminal goes without a /dev/console."""
+    def edit(c: dict) -> None:
+        c["mounts"] = [m for m in c["mounts"] if m["destination"] != "/dev"]
+
+    bundle = make_bundle(["sh", "-c", "tty"], edit=edit)
+    dev = os.path.join(bundle.rootfs, "dev")
+    os.makedirs(dev, exist_ok=True)
+    os.mknod(os.path.join(dev, "null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))  # the image's own /dev
+    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    if console == "symlink":
+        with open(os.path.join(bundle.rootfs, "etc", "target"), "w"):
+            pass
+        os.symlink("/etc/target", os.path.join(dev, "console"))
+        try:
+            container, result = Container.create(bundle.id, bundle.path, root=state_root, terminal=True)
+        except RuntimeFailure as e:
+            assert "/dev/console" in str(e)
+            return
+        container.kill(signal.SIGKILL)  # (what a regression made goes, then the test fails)
+        wait_for(result.pid)
+        container.delete()
+        pytest.fail("the symlink at /dev/console was followed")
+    container, result = Container.create(bundle.id, bundle.path, root=state_root, terminal=True)
+    container.start()
+    out = read_console(result.console_fd)
+    wait_for(result.pid)
+    container.delete()
+    assert out.split()[0].startswith("/dev/pts/") or out.split() == ["not", "a", "tty"], out
 
 
 def test_hooks_run_at_their_moments(make_bundle, state_root, tmp_path) -> None:

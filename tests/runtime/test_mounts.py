@@ -103,3 +103,15 @@ def test_overlay_options_longer_than_a_page_are_shortened(tmp_path) -> None:
     finally:
         unmount_all(str(target))
     assert _under(str(target)) == []
+
+
+@pytest.mark.parametrize("options, key", [
+    ("rw,xattr,name=systemd", "name=systemd"),  # as systemd mounts its own
+    ("rw,cpu,cpuacct", "cpu,cpuacct"),
+    ("rw,clone_children,cpuset", "cpuset"),
+    ("ro,noprefix,cpu,name=mine", "cpu,name=mine"),
+])
+def test_a_hierarchy_is_known_by_its_controllers_and_name_only(options, key) -> None:
+    from railcar.runtime.rootfs import hierarchy_key
+
+    assert hierarchy_key(options, {"cpu", "cpuacct", "cpuset", "memory"}) == key
