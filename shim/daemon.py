@@ -197,11 +197,15 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
             create, kill nor delete, and its pool would go on taking containers it cannot make. It
             leaves its pool and exits at once, and containerd cleans its containers up, as after a
             daemon's crash."""
-            pidfd = os.pidfd_open(forker.pid)
             try:
-                await trio.lowlevel.wait_readable(pidfd)
-            finally:
-                os.close(pidfd)
+                pidfd = os.pidfd_open(forker.pid)
+            except ProcessLookupError:  # gone (and reaped) already: a spare's, while it waited
+                pass
+            else:
+                try:
+                    await trio.lowlevel.wait_readable(pidfd)
+                finally:
+                    os.close(pidfd)
             logger.error("the forker (pid %d) is gone: no container can be made, killed or deleted, exiting",
                          forker.pid)
             assignment.leave(force=True)

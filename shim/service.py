@@ -365,6 +365,8 @@ class TaskService:
         runc's shim does, instead of marking a process deleted that is still being made."""
         task = self._task(req.id)
         await task.created.wait()
+        if self.tasks.get(req.id) is not task:  # its Create failed (and maybe another began)
+            raise TtrpcError(Code.NOT_FOUND, f"container {req.id} not created")
         async with task.lock:
             task, process = self._process(req.id, req.exec_id)
             if process.starting:
