@@ -437,6 +437,7 @@ def _prepare_process(launch: Launch) -> _Ready:
             raise RuntimeFailure("process", f"process.cwd {proc.cwd!r}: {e.strerror}") from None
         finally:
             os.close(root)
+    env = _environment(proc)  # as root, who may read the container's /etc/passwd
     if launch.session_keyring is not None:
         _join_session_keyring(launch)
     with stage("security"):
@@ -460,7 +461,7 @@ def _prepare_process(launch: Launch) -> _Ready:
         if proc.user.umask is not None:
             os.umask(proc.user.umask)
         path = _lookup(proc.args[0], proc.env)
-    return _Ready(path, stdio, console, _environment(proc))
+    return _Ready(path, stdio, console, env)
 
 
 def _join_session_keyring(launch: Launch) -> None:

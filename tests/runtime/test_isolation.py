@@ -107,6 +107,7 @@ def test_home_comes_from_etc_passwd_unless_the_env_has_one(make_bundle, state_ro
     bundle = make_bundle(["sh", "-c", "echo $HOME; sleep 100"], edit=edit)
     with open(os.path.join(bundle.rootfs, "etc", "passwd"), "w") as f:
         f.write("root:x:0:0:root:/root:/bin/sh\nbroken line\napp:x:1000:1000::/home/app:/bin/sh\n")
+    os.chmod(os.path.join(bundle.rootfs, "etc", "passwd"), 0o600)  # read as root, as runc reads it
     container, created = create_captured(bundle, state_root)
     container.start()
     ran = exec_captured(container, {"args": ["sh", "-c", "echo $HOME"], "cwd": "/", "env": env,
