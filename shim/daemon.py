@@ -150,12 +150,16 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
         nursery.start_soon(serve)
         stop = trio.Event()
 
+        def stop_now() -> None:
+            """Leave the pool before serving stops, so that no `start` sends this daemon more."""
+            assignment.leave(force=True)
+            stop.set()
+
         async def on_signals() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     logger.info("received %s, exiting", signal.Signals(signum).name)
-                    assignment.leave(force=True)  # before it stops serving: no `start` sends it more
-                    stop.set()
+                    stop_now()
 
         async def on_shutdown() -> None:
             while True:
@@ -208,8 +212,7 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                     os.close(pidfd)
             logger.error("the forker (pid %d) is gone: no container can be made, killed or deleted, exiting",
                          forker.pid)
-            assignment.leave(force=True)
-            stop.set()
+            stop_now()
 
         nursery.start_soon(on_signals)
         nursery.start_soon(on_shutdown)
