@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import syscalls as sc
+from . import mountinfo, syscalls as sc
 from .errors import RuntimeFailure
 
 # word -> (flags to set, flags to clear)
@@ -183,23 +183,9 @@ def _shorten_overlay(opts: MountOptions) -> tuple[MountOptions, int]:
     return MountOptions(opts.flags, opts.propagation, data), fd
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """Mount points in the order the kernel lists them (parents before children)."""
-    with open(mountinfo) as f:
-        return [_unescape(line.split()[4]) for line in f]
+def mount_points() -> list[str]:
+    """This namespace's mount points in the order the kernel lists them (parents before children)."""
+    return [m.point for m in mountinfo.read()]
 
 
 def unmount_all(target: str) -> None:

@@ -11,7 +11,7 @@ import stat
 from contextlib import contextmanager
 from typing import Callable, ContextManager, Iterator
 
-from . import syscalls as sc
+from . import mountinfo, syscalls as sc
 from .cgroups.host import CGROUP_ROOT, unified_root
 from .errors import RuntimeFailure
 from .mounts import (PROPAGATION_FLAGS, apply_after, fd_path, locked_flags, mount_first,
@@ -69,13 +69,10 @@ def prepare(spec: Spec, userns: bool) -> None:
 
 def _mount_of(path: str) -> tuple[str, bool]:
     """The mount point of the (topmost) mount ``path`` lives on, and whether that mount is shared."""
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split(" - ")[0].split() for line in f]
     found = ("/", False)
-    for fields in mounts:  # in mount order: a later mount on the same point is on top
-        point = fields[4]
-        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(found[0]):
-            found = (point, any(o.startswith("shared:") for o in fields[6:]))
+    for m in mountinfo.read():  # in mount order: a later mount on the same point is on top
+        if (path == m.point or path.startswith(m.point.rstrip("/") + "/")) and len(m.point) >= len(found[0]):
+            found = (m.point, any(o.startswith("shared:") for o in m.optional))
     return found
 
 
@@ -123,33 +120,31 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
     """
     own = _own_cgroups()
     flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (sc.MS_RDONLY if readonly else 0)
-    if unified_root() is not None:
+    mounts = mountinfo.read()
+    if unified_root(mounts) is not None:
         _mount_view(lambda: _opened(root_fd, dest, "dir"), "cgroup2", CGROUP_ROOT + own[""], None, flags,
                     cgroupns)
         return
     with _opened(root_fd, dest, "dir") as target:
         sc.mount("cgroup", fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                  labelled("mode=755", mount_label))
-    with open("/proc/self/mountinfo") as f:
-        hierarchies = [line.split() for line in f]
     with open("/proc/cgroups") as f:
         subsystems = {line.split()[0] for line in f if not line.startswith("#")}
     # The tmpfs is ours alone and empty: its entries are made and opened relative to its root
     # (no symlink can be in it), instead of resolving dest inside the rootfs for each of them.
     with _opened(root_fd, dest) as top:
-        for fields in hierarchies:
-            mount_point, fstype = fields[4], fields[fields.index("-") + 1]
-            if fstype != "cgroup" or not mount_point.startswith(CGROUP_ROOT + "/"):
+        for m in mounts:
+            if m.fstype != "cgroup" or not m.point.startswith(CGROUP_ROOT + "/"):
                 continue
-            name = os.path.basename(mount_point)
-            key = hierarchy_key(fields[fields.index("-") + 3], subsystems)
+            name = os.path.basename(m.point)
+            key = hierarchy_key(m.super_options, subsystems)
             if key not in own:
                 continue
             try:
                 os.mkdir(name, 0o755, dir_fd=top)
             except FileExistsError:   # a hierarchy listed twice (stacked mounts)
                 pass
-            _mount_view(lambda: _opened_entry(top, name), "cgroup", mount_point + own[key], key, flags, cgroupns)
+            _mount_view(lambda: _opened_entry(top, name), "cgroup", m.point + own[key], key, flags, cgroupns)
         for entry in os.listdir(CGROUP_ROOT):  # cpu -> cpu,cpuacct and friends
             host = os.path.join(CGROUP_ROOT, entry)
             if os.path.islink(host):

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+from ..mountinfo import MountEntry, read
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def unified_root(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+def unified_root(mounts: list[MountEntry] | None = None) -> str | None:
     """The cgroup2 mount at /sys/fs/cgroup on a pure v2 host; None on v1 or hybrid hosts.
 
     A hybrid host (v1 controllers, plus a v2 tree at /sys/fs/cgroup/unified) counts as v1: its
-    resource controllers live in the v1 hierarchies.
+    resource controllers live in the v1 hierarchies. `mounts` is the mount table, if read already.
     """
-    with open(mountinfo, encoding="utf-8") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            if post.split()[:1] == ["cgroup2"] and pre.split()[4] == CGROUP_ROOT:
-                return CGROUP_ROOT
+    for m in read() if mounts is None else mounts:
+        if m.fstype == "cgroup2" and m.point == CGROUP_ROOT:
+            return CGROUP_ROOT
     return None
 
 

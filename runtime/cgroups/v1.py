@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
+from ..mountinfo import PROC_SELF, read
 from . import files, resources as res, stats_v1
 from .errors import CgroupError, ResourceError
 from .interface import Cgroup, OomWatcher, remove_tree, wait_until
@@ -16,19 +17,14 @@ CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blki
                "net_cls", "net_prio", "perf_event", "rdma", "misc", "name=systemd")
 
 
-def v1_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
+def v1_mounts(mountinfo: str = PROC_SELF) -> dict[str, str]:
     """controller -> mount point of its v1 hierarchy (co-mounted controllers share one)."""
     out: dict[str, str] = {}
-    with open(mountinfo, encoding="utf-8") as f:
-        for line in f:
-            pre, _, post = line.partition(" - ")
-            fstype, _source, super_opts = (post.split() + ["", ""])[:3]
-            if fstype != "cgroup":
-                continue
-            mountpoint = pre.split()[4].replace("\\040", " ")
-            for opt in super_opts.split(","):
+    for m in read(mountinfo):
+        if m.fstype == "cgroup":
+            for opt in m.super_options.split(","):
                 if opt in CONTROLLERS and opt not in out:
-                    out[opt] = mountpoint
+                    out[opt] = m.point
     return out
 
 

@@ -262,20 +262,32 @@ def test_shared_rootfs_propagation(make_bundle, state_root) -> None:
 def test_rootfs_propagation_on_a_host_whose_mounts_are_shared(make_bundle, state_root, propagation) -> None:
     """systemd makes every mount shared, and CRI asks for rshared when a pod has a Bidirectional
     mount. This host's mounts are private: the runtime runs in a mount namespace where they are shared."""
+    ran = _run_on_a_shared_host(make_bundle, state_root, propagation, "rootfs")
+    assert (ran["status"], ran["output"].split()) == (0, ["1" if "shared" in propagation else "0"]), ran
+
+
+def test_a_rootfs_whose_path_has_a_space_on_a_shared_host(make_bundle, state_root) -> None:
+    """The mount table escapes a space in a path: the rootfs's own mount is still found and made private."""
+    ran = _run_on_a_shared_host(make_bundle, state_root, "rshared", "root fs")
+    assert (ran["status"], ran["output"].split()) == (0, ["1"]), ran
+
+
+def _run_on_a_shared_host(make_bundle, state_root: str, propagation: str, rootfs: str) -> dict:
+    """Run a container that counts its shared root mounts, in a mount namespace whose mounts are
+    shared, with its rootfs a mount of its own at `rootfs` in the bundle (as containerd's snapshot is)."""
     def edit(c: dict) -> None:
         c["linux"]["rootfsPropagation"] = propagation
+        c["root"]["path"] = rootfs
 
     bundle = make_bundle(["awk", '$5 == "/" && / shared:/ { n++ } END { print n + 0 }',
                           "/proc/self/mountinfo"], edit=edit)
     driver = os.path.join(os.path.dirname(__file__), "sealed_driver.py")
-    # The rootfs is a mount of its own, as containerd's snapshot is (shared too, then).
-    script = 'mount --bind "$1" "$1" && shift && exec "$@"'
-    done = subprocess.run(["unshare", "--mount", "--propagation", "shared", "sh", "-c", script, "-", bundle.rootfs,
-                           sys.executable, driver, bundle.path, bundle.id, state_root],
+    script = 'mkdir -p "$1/$2" && mount --bind "$1/rootfs" "$1/$2" && shift 2 && exec "$@"'
+    done = subprocess.run(["unshare", "--mount", "--propagation", "shared", "sh", "-c", script, "-", bundle.path,
+                           rootfs, sys.executable, driver, bundle.path, bundle.id, state_root],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    ran = json.loads(done.stdout.splitlines()[-1])
-    assert (ran["status"], ran["output"].split()) == (0, ["1" if "shared" in propagation else "0"]), ran
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_exec_into_user_namespaced_container(make_bundle, state_root) -> None:
