@@ -51,6 +51,12 @@ class Parked:
 
 
 @dataclass(frozen=True)
+class SeccompListener:
+    """Init or exec process → caller: my seccomp filter notifies; its listener fd rides along,
+    for the agent at linux.seccomp.listenerPath."""
+
+
+@dataclass(frozen=True)
 class ExecForked:
     """Exec intermediate → caller: the exec process is ``pid``; EOF follows once it execve'd."""
     pid: int
@@ -64,7 +70,7 @@ class Failed:
 
 
 MESSAGES = {cls.__name__: cls for cls in (MapIds, IdsMapped, InitForked, RootfsReady, HooksDone, Parked,
-                                           ExecForked, Failed)}
+                                           SeccompListener, ExecForked, Failed)}
 _MAX = 65536
 
 

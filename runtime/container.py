@@ -13,12 +13,14 @@ import select
 import shutil
 import signal
 from dataclasses import dataclass
+from typing import Callable
 
 from . import security
 from .cgroups import Cgroup, open_cgroup
 from .channel import PeerGone
 from .errors import ContainerExists, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
 from .process import PROC_NS, Launch, Spawned, kill_and_wait, spawn_exec, spawn_init
+from .seccomp import send_listener
 from .spec import Spec, load_spec, parse_process, shares_pid_namespace
 from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, is_alive,
                     read_record, start_time, write_record)
@@ -117,7 +119,8 @@ class Container:
                 launch = Launch(spec=spec, process=spec.process, stdio=stdio,
                                 terminal=spec.process.terminal if terminal is None else terminal,
                                 cgroup=cgroup, security=plan, run_hooks=_run_hooks,
-                                exec_fifo=fifo, session_keyring=_session_keyring(container_id))
+                                exec_fifo=fifo, session_keyring=_session_keyring(container_id),
+                                seccomp_listener=container._listener_to_agent(plan, "creating"))
                 spawned = spawn_init(launch, on_forked)
             finally:
                 os.close(fifo)
@@ -179,6 +182,14 @@ class Container:
         return {"ociVersion": self._record.oci_version, "id": self.id, "status": status,
                 "pid": self.init_pid if status != "stopped" else 0, "bundle": self.bundle,
                 "annotations": dict(self._record.annotations)}
+
+    def _listener_to_agent(self, plan: security.SecurityPlan, status: str) -> Callable[[int, int], None] | None:
+        """What sends a process's seccomp listener to the agent at linux.seccomp.listenerPath, with
+        the container's state as `status` (runc's: creating for the init, running for an exec)."""
+        program = plan.seccomp
+        if program is None or not program.notifies:
+            return None
+        return lambda pid, listener: send_listener(program, self._hook_state(status), pid, listener)
 
     def _stored_config(self) -> dict:
         """The config.json saved at create (validated then)."""
@@ -296,7 +307,8 @@ class Container:
                 raise InvalidState("exec", "stopped")
             spawned = spawn_exec(Launch(spec=None, process=proc, stdio=stdio, terminal=terminal,
                                         cgroup=self._cgroup(), security=plan, ns_fds=ns_fds,
-                                        session_keyring=_session_keyring(self.id)))
+                                        session_keyring=_session_keyring(self.id),
+                                        seccomp_listener=self._listener_to_agent(plan, "running")))
         finally:
             os.close(pidfd)
             for fd, _ in ns_fds:

@@ -29,7 +29,7 @@ from typing import Callable, Iterator, NoReturn
 from . import rootfs
 from . import syscalls as sc
 from .channel import (Channel, ExecForked, Failed, HooksDone, IdsMapped, InitForked, MapIds, Parked,
-                      RootfsReady)
+                      RootfsReady, SeccompListener)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
 from .spec import RLIM_UNLIMITED, IdMapping, Namespace, Process, Spec
@@ -59,6 +59,8 @@ class Launch:
     exec_fifo: int = -1                 # init only: O_PATH fd of the FIFO it parks on
     ns_fds: list[tuple[int, int]] = field(default_factory=list)   # exec only: (fd, nstype)
     session_keyring: str | None = None  # the container's own session keyring ("_ses.<id>", as runc names it)
+    # With SCMP_ACT_NOTIFY rules: (pid, listener fd) -> sends it to the agent, in the caller.
+    seccomp_listener: Callable[[int, int], None] | None = None
 
     def keep_fds(self) -> set[int]:
         fds = {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds)}
@@ -114,8 +116,11 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
             else:
                 mounted = True
         parent.send(HooksDone(on_forked(pid)))
-        parked, fds = parent.recv("process", Parked)
-        return Spawned(pid, _own_console(owned, parked, fds))
+        while True:
+            msg, fds = parent.recv("process", SeccompListener, Parked)
+            if isinstance(msg, Parked):
+                return Spawned(pid, _own_console(owned, msg, fds))
+            _pass_listener(launch, pid, fds)
 
 
 def spawn_exec(launch: Launch) -> Spawned:
@@ -127,18 +132,31 @@ def spawn_exec(launch: Launch) -> Spawned:
         owned.enter_context(_reaping(helper))   # as in spawn_init: reaped at the end
         # The intermediate's report and the exec process's may arrive in either order.
         pid = parked = console = None
-        while pid is None:
-            msg, fds = parent.recv("process", ExecForked, Parked)
+        listener: list[int] = []
+        while pid is None or parked is None:
+            msg, fds = parent.recv("process", ExecForked, SeccompListener, Parked)
             if isinstance(msg, ExecForked):
                 pid = msg.pid
+                _own(owned, pid)
+            elif isinstance(msg, SeccompListener):
+                listener = fds
             else:
                 parked, console = msg, _own_console(owned, msg, fds)
-        _own(owned, pid)
-        if parked is None:
-            parked, fds = parent.recv("process", Parked)
-            console = _own_console(owned, parked, fds)
+        if listener:
+            _pass_listener(launch, pid, listener)
         parent.wait_closed("exec")   # the channel is close-on-exec: EOF means execve worked
         return Spawned(pid, console)
+
+
+def _pass_listener(launch: Launch, pid: int, fds: list[int]) -> None:
+    """Send process `pid`'s seccomp listener on to the agent; our copy is closed either way."""
+    try:
+        if launch.seccomp_listener is None or len(fds) != 1:
+            raise RuntimeFailure("seccomp", "a seccomp listener came that nobody asked for")
+        launch.seccomp_listener(pid, fds[0])
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _own(owned: ExitStack, pid: int) -> None:
@@ -342,7 +360,7 @@ def _init(ch: Channel, launch: Launch) -> None:
         rootfs.pivot(spec.root_path)
         _make_cwd(spec.process.cwd)  # before the root may turn read-only, as runc does
         rootfs.finalize(spec)
-    ready = _prepare_process(launch)
+    ready = _prepare_process(launch, ch)
     _report_parked(ch, ready)
     ch.close()
     # Blocks until `start` opens the FIFO for reading. /proc/self/fd works for ourselves even
@@ -367,7 +385,7 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
 
 
 def _exec_process(ch: Channel, launch: Launch) -> None:
-    ready = _prepare_process(launch)
+    ready = _prepare_process(launch, ch)
     _report_parked(ch, ready)
     # The channel stays open (close-on-exec) so the caller sees EOF exactly when execve worked.
     _execve(ready, launch, ch)
@@ -388,10 +406,14 @@ class _Ready:
     env: dict[str, str]
 
 
-def _prepare_process(launch: Launch) -> _Ready:
-    """Inside the container's root: stdio/pty, rlimits, oom score, user, cwd, executable."""
+def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
+    """Inside the container's root: stdio/pty, rlimits, oom score, user, cwd, executable; and a
+    seccomp filter with a listener, whose fd goes to the caller on ``ch``."""
     proc = launch.process
     plan = launch.security
+
+    def hand_over(listener: int) -> None:
+        ch.send(SeccompListener(), [listener])
     with stage("process"):
         os.setsid()
         console = None
@@ -442,7 +464,7 @@ def _prepare_process(launch: Launch) -> _Ready:
         _join_session_keyring(launch)
     with stage("security"):
         if plan is not None:
-            plan.before_user_switch()
+            plan.before_user_switch(hand_over)
     with stage("user"):
         os.setgroups(list(proc.user.additional_gids))
         os.setresgid(proc.user.gid, proc.user.gid, proc.user.gid)
@@ -461,6 +483,9 @@ def _prepare_process(launch: Launch) -> _Ready:
         if proc.user.umask is not None:
             os.umask(proc.user.umask)
         path = _lookup(proc.args[0], proc.env)
+    with stage("security"):
+        if plan is not None:
+            plan.before_report(hand_over)
     return _Ready(path, stdio, console, env)
 
 

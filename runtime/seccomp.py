@@ -7,7 +7,14 @@ work done between the last set-up step and execve minimal.
 Rules follow runc's reading of the spec: syscalls libseccomp does not know on this system are
 skipped (profiles list syscalls of newer kernels); rules whose action equals the default are
 redundant and skipped; several comparisons on the same argument mean "any of them" and become
-one rule each. SCMP_ACT_NOTIFY (listenerPath) is not supported and is refused clearly.
+one rule each.
+
+SCMP_ACT_NOTIFY rules make the filter a user-notification one: loading it gives a listener fd,
+which the process hands to its caller as soon as it has it, and the caller sends it on to the
+agent at ``listenerPath`` with the container process state (runtime-spec's seccomp section). As
+runc does, NOTIFY is refused as the default action and for the one call the process needs to hand
+the fd over (here ``sendmsg``): either would leave the process waiting for an agent that never
+got the fd.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import errno as errno_mod
 import functools
 import json
 import os
+import socket
 from typing import Any
 
 from .errors import RuntimeFailure, SpecError
@@ -28,6 +36,7 @@ SCMP_ACT_TRAP = 0x00030000
 SCMP_ACT_ERRNO = 0x00050000
 SCMP_ACT_TRACE = 0x7FF00000
 SCMP_ACT_LOG = 0x7FFC0000
+SCMP_ACT_NOTIFY = 0x7FC00000
 SCMP_ACT_ALLOW = 0x7FFF0000
 
 # Spec action name -> (base value, takes errnoRet in its low 16 bits)
@@ -39,6 +48,7 @@ ACTIONS = {
     "SCMP_ACT_ERRNO": (SCMP_ACT_ERRNO, True),
     "SCMP_ACT_TRACE": (SCMP_ACT_TRACE, True),
     "SCMP_ACT_LOG": (SCMP_ACT_LOG, False),
+    "SCMP_ACT_NOTIFY": (SCMP_ACT_NOTIFY, False),
     "SCMP_ACT_ALLOW": (SCMP_ACT_ALLOW, False),
 }
 
@@ -47,9 +57,11 @@ OPERATORS = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ"
 
 FLAGS = {"SECCOMP_FILTER_FLAG_TSYNC": 1, "SECCOMP_FILTER_FLAG_LOG": 2, "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
          "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32}
-# The kernel takes this one only with a user notification listener, which railcar never installs.
+# The kernel takes this one only for a filter with a listener (SCMP_ACT_NOTIFY rules).
 _NEEDS_LISTENER = ("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",)
-SUPPORTED_FLAGS = tuple(name for name in FLAGS if name not in _NEEDS_LISTENER)
+_FLAG_NEW_LISTENER = 8
+# What the process needs to hand its listener fd over, so no NOTIFY rule may name it.
+_HAND_OVER_CALLS = ("sendmsg",)
 
 _SYS_SECCOMP = 317  # x86_64
 _SECCOMP_SET_MODE_FILTER = 1
@@ -93,10 +105,13 @@ def _libseccomp() -> ctypes.CDLL:
 
 @dataclasses.dataclass
 class SeccompProgram:
-    """A compiled filter: the raw `struct sock_filter` array and seccomp(2) flags."""
+    """A compiled filter: the raw `struct sock_filter` array and seccomp(2) flags; with
+    SCMP_ACT_NOTIFY rules, where its listener goes and what the agent is told with it."""
 
     bpf: bytes
     flags: int
+    listener_path: str = ""
+    listener_metadata: str = ""
 
     def __post_init__(self) -> None:
         # Built now, in the runtime, so loading allocates nothing.
@@ -107,13 +122,35 @@ class SeccompProgram:
 
     def __reduce__(self) -> tuple:
         """Picklable (e.g. to hand a plan to a forker process): ctypes state is rebuilt on arrival."""
-        return (SeccompProgram, (self.bpf, self.flags))
+        return (SeccompProgram, (self.bpf, self.flags, self.listener_path, self.listener_metadata))
 
-    def load(self) -> None:
-        if self._libc.syscall(ctypes.c_long(_SYS_SECCOMP), ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
-                              ctypes.c_ulong(self.flags), ctypes.byref(self._prog)) < 0:
+    @property
+    def notifies(self) -> bool:
+        return bool(self.flags & _FLAG_NEW_LISTENER)
+
+    def load(self) -> int | None:
+        """Install the filter on this process; its listener fd if it `notifies`."""
+        rc = self._libc.syscall(ctypes.c_long(_SYS_SECCOMP), ctypes.c_ulong(_SECCOMP_SET_MODE_FILTER),
+                                ctypes.c_ulong(self.flags), ctypes.byref(self._prog))
+        if rc < 0:
             err = ctypes.get_errno()
             raise RuntimeFailure("seccomp", f"loading the seccomp filter: {os.strerror(err)}")
+        return rc if self.notifies else None
+
+
+def send_listener(program: SeccompProgram, state: dict, pid: int, listener: int) -> None:
+    """Give the agent at `program.listener_path` the listener fd of process `pid`: one connection,
+    one container process state (runtime-spec), the fd riding along; closed after."""
+    doc = {"ociVersion": state["ociVersion"], "fds": ["seccompFd"], "pid": pid,
+           "metadata": program.listener_metadata, "state": state}
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as agent:
+            agent.settimeout(10)
+            agent.connect(program.listener_path)
+            socket.send_fds(agent, [json.dumps(doc).encode()], [listener])
+    except OSError as e:
+        raise RuntimeFailure("seccomp", f"linux.seccomp.listenerPath {program.listener_path!r}: "
+                                        f"{e.strerror or e}") from None
 
 
 def _known(table: dict, name: object, where: str, what: str) -> Any:
@@ -139,8 +176,6 @@ def _uint(value: object, where: str, bits: int) -> int:
 
 
 def _action(name: object, errno_ret: object, where: str) -> int:
-    if name == "SCMP_ACT_NOTIFY":
-        raise SpecError(where, "SCMP_ACT_NOTIFY (seccomp user notification) is not supported by railcar")
     value, takes_errno = _known(ACTIONS, name, where, "seccomp action")
     if not takes_errno:
         return value
@@ -172,15 +207,16 @@ def compile_seccomp(seccomp: dict) -> SeccompProgram:
 def _compile_canonical(canonical: str) -> SeccompProgram:
     seccomp = json.loads(canonical)
     where = "linux.seccomp"
-    if seccomp.get("listenerPath"):
-        raise SpecError(f"{where}.listenerPath", "seccomp user notification is not supported by railcar")
     default = _action(seccomp.get("defaultAction"), seccomp.get("defaultErrnoRet"), f"{where}.defaultAction")
-    flags = 0
+    if default == SCMP_ACT_NOTIFY:
+        raise SpecError(f"{where}.defaultAction", "SCMP_ACT_NOTIFY cannot be the default action: the process "
+                                                  "could not hand its listener over to the agent")
+    path, metadata = _listener(seccomp, where)
+    flags = _FLAG_NEW_LISTENER if path else 0
     for i, flag in enumerate(_list(seccomp.get("flags"), f"{where}.flags")):
         flags |= _known(FLAGS, flag, f"{where}.flags[{i}]", "seccomp flag")
-        if flag in _NEEDS_LISTENER:
-            raise SpecError(f"{where}.flags[{i}]", f"{flag} needs seccomp user notification "
-                                                   "(SCMP_ACT_NOTIFY), which railcar does not support")
+        if flag in _NEEDS_LISTENER and not path:
+            raise SpecError(f"{where}.flags[{i}]", f"{flag} is only for a filter with SCMP_ACT_NOTIFY rules")
     lib = _libseccomp()
     ctx = lib.seccomp_init(default)
     if not ctx:
@@ -196,9 +232,33 @@ def _compile_canonical(canonical: str) -> SeccompProgram:
                 raise SpecError(f"{where}.architectures[{i}]", f"cannot add {arch!r}: {os.strerror(-rc)}")
         for i, rule in enumerate(_list(seccomp.get("syscalls"), f"{where}.syscalls")):
             _add_rule(lib, ctx, rule, default, f"{where}.syscalls[{i}]")
-        return SeccompProgram(_export(lib, ctx), flags)
+        return SeccompProgram(_export(lib, ctx), flags, path, metadata)
     finally:
         lib.seccomp_release(ctx)
+
+
+def _listener(seccomp: dict, where: str) -> tuple[str, str]:
+    """listenerPath and listenerMetadata: set exactly when some rule notifies."""
+    notify = [i for i, rule in enumerate(_list(seccomp.get("syscalls"), f"{where}.syscalls"))
+              if isinstance(rule, dict) and rule.get("action") == "SCMP_ACT_NOTIFY"]
+    path, metadata = seccomp.get("listenerPath"), seccomp.get("listenerMetadata", "")
+    if not isinstance(metadata, str):
+        raise SpecError(f"{where}.listenerMetadata", "must be a string")
+    if not notify:
+        if path or metadata:
+            raise SpecError(f"{where}.listenerPath" if path else f"{where}.listenerMetadata",
+                            "is set, but no rule uses SCMP_ACT_NOTIFY")
+        return "", ""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise SpecError(f"{where}.listenerPath", "must be the absolute path of the agent's socket with "
+                                                 f"SCMP_ACT_NOTIFY rules (syscalls[{notify[0]}]), got {path!r}")
+    for i in notify:
+        names = seccomp["syscalls"][i].get("names")
+        for call in _HAND_OVER_CALLS:
+            if isinstance(names, list) and call in names:
+                raise SpecError(f"{where}.syscalls[{i}].names", f"SCMP_ACT_NOTIFY cannot be used for {call}: "
+                                                                "the process hands its listener over with it")
+    return path, metadata
 
 
 def _add_rule(lib: ctypes.CDLL, ctx: int, rule: dict, default: int, where: str) -> None:

@@ -10,8 +10,13 @@ cannot fail for a reason the spec could have told us earlier. The init then call
 2. the caller's setgroups/setgid/setuid;
 3. `after_user_switch()` - the exact effective/permitted/inheritable sets, the ambient set,
    no_new_privs;
-4. `last()` - seccomp, immediately before execve, so the filter constrains the container's
+4. `before_report()` - a filter with SCMP_ACT_NOTIFY rules, before the process tells its caller
+   it is ready: the caller passes its listener on to the agent, and an init's caller is gone after;
+5. `last()` - seccomp, immediately before execve, so the filter constrains the container's
    program and not the runtime's own set-up syscalls.
+
+Where a filter goes in with a listener, `hand_over(fd)` gives the caller that fd at once (as
+runc does): the set-up calls after it may be ones the agent is to answer.
 
 A missing `process.capabilities` means no capabilities at all (nothing is inherited from the
 runtime by accident).
@@ -23,6 +28,7 @@ import ctypes
 import dataclasses
 import functools
 import os
+from typing import Callable
 
 from .errors import RuntimeFailure, SpecError
 from .seccomp import SeccompProgram, compile_seccomp
@@ -103,7 +109,7 @@ class SecurityPlan:
     seccomp: SeccompProgram | None
     _seccomp_loaded: bool = False
 
-    def before_user_switch(self) -> None:
+    def before_user_switch(self, hand_over: Callable[[int], None]) -> None:
         """In the init, before setgid/setuid."""
         self._apply_lsm()
         for cap in range(last_cap() + 1):
@@ -112,7 +118,7 @@ class SecurityPlan:
                                                  "from the bounding set")
         _prctl(PR_SET_KEEPCAPS, 1, what="PR_SET_KEEPCAPS")
         if self.seccomp is not None and not self.no_new_privileges:
-            self._load_seccomp()
+            self._load_seccomp(hand_over)
 
     def after_user_switch(self) -> None:
         """In the init, after setuid: the final capability sets and no_new_privs."""
@@ -132,15 +138,26 @@ class SecurityPlan:
         if self.no_new_privileges:
             _prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
 
+    def before_report(self, hand_over: Callable[[int], None]) -> None:
+        """Set up, before telling the caller: a filter with a listener goes in now."""
+        if self.seccomp is not None and self.seccomp.notifies and not self._seccomp_loaded:
+            self._load_seccomp(hand_over)
+
     def last(self) -> None:
         """Immediately before execve: the seccomp filter (unless it had to go in earlier)."""
         if self.seccomp is not None and not self._seccomp_loaded:
-            self._load_seccomp()
+            self._load_seccomp(None)
 
-    def _load_seccomp(self) -> None:
+    def _load_seccomp(self, hand_over: Callable[[int], None] | None) -> None:
         assert self.seccomp is not None
-        self.seccomp.load()
+        listener = self.seccomp.load()
         self._seccomp_loaded = True
+        if listener is not None:
+            try:
+                assert hand_over is not None, "a filter with a listener goes in before_report at the latest"
+                hand_over(listener)
+            finally:
+                os.close(listener)
 
     def _apply_lsm(self) -> None:
         """Labels take effect at the next execve (the /proc/self/attr/exec interface)."""

@@ -43,11 +43,11 @@ def features() -> dict:
             "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False},
             "seccomp": {
                 "enabled": True,
-                "actions": sorted(seccomp.ACTIONS),  # SCMP_ACT_NOTIFY is refused
+                "actions": sorted(seccomp.ACTIONS),
                 "operators": sorted(seccomp.OPERATORS),
                 "archs": _SECCOMP_ARCHS,
                 "knownFlags": sorted(seccomp.FLAGS),
-                "supportedFlags": sorted(seccomp.SUPPORTED_FLAGS),
+                "supportedFlags": sorted(seccomp.FLAGS),  # WAIT_KILLABLE_RECV with NOTIFY rules
             },
             # Applied where the host has them (the profile or label is refused where it does not).
             "apparmor": {"enabled": True},

@@ -24,12 +24,13 @@ def run_with(plan: SecurityPlan, argv: list[str], uid: int | None = None) -> tup
             os.close(r)
             os.dup2(w, 1)
             os.dup2(w, 2)
-            plan.before_user_switch()
+            plan.before_user_switch(_no_listener)
             if uid is not None:
                 os.setgroups([])
                 os.setgid(uid)
                 os.setuid(uid)
             plan.after_user_switch()
+            plan.before_report(_no_listener)
             plan.last()
             os.execv(argv[0], argv)
         except BaseException as e:  # noqa: BLE001 - report anything to the parent
@@ -41,6 +42,10 @@ def run_with(plan: SecurityPlan, argv: list[str], uid: int | None = None) -> tup
         out = f.read()
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), out
+
+
+def _no_listener(fd: int) -> None:
+    raise AssertionError("no filter here has SCMP_ACT_NOTIFY rules")
 
 
 def proc_status(plan: SecurityPlan, uid: int | None = None) -> dict[str, str]:
@@ -150,11 +155,22 @@ def test_seccomp_default_errno_applies() -> None:
     ({"capabilities": {"effective": ["CAP_KILL"]}}, {}, "process.capabilities.effective"),
     ({"noNewPrivileges": "yes"}, {}, "process.noNewPrivileges"),
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_MAYBE"}}, "linux.seccomp.defaultAction"),
+    # SCMP_ACT_NOTIFY needs an agent's socket, and never where the listener could not be handed over.
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action":
                                                                        "SCMP_ACT_NOTIFY"}]}},
-     "linux.seccomp.syscalls[0].action"),
+     "linux.seccomp.listenerPath"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "run/l.sock", "syscalls": [
+        {"names": ["read"], "action": "SCMP_ACT_NOTIFY"}]}}, "linux.seccomp.listenerPath"),
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/l.sock"}},
      "linux.seccomp.listenerPath"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerMetadata": "m"}},
+     "linux.seccomp.listenerMetadata"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_NOTIFY", "listenerPath": "/run/l.sock"}},
+     "linux.seccomp.defaultAction"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/l.sock", "syscalls": [
+        {"names": ["mkdir", "sendmsg"], "action": "SCMP_ACT_NOTIFY"}]}}, "linux.seccomp.syscalls[0].names"),
+    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV"]}},
+     "linux.seccomp.flags[0]"),
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["read"], "action": "SCMP_ACT_ERRNO", "args": [{"index": 0, "value": 1, "op": "LIKE"}]}]}},
      "linux.seccomp.syscalls[0].args[0].op"),

@@ -46,14 +46,13 @@ def test_features_are_what_the_runtime_accepts() -> None:
     assert "time" in features["linux"]["namespaces"]
     assert "CAP_CHECKPOINT_RESTORE" in features["linux"]["capabilities"]
     seccomp = features["linux"]["seccomp"]
-    assert "SCMP_ACT_NOTIFY" not in seccomp["actions"]
     for action in seccomp["actions"]:  # each compiles into a filter
         compile_seccomp({"defaultAction": "SCMP_ACT_ALLOW", "architectures": seccomp["archs"],
+                         "listenerPath": "/run/agent.sock" if action == "SCMP_ACT_NOTIFY" else "",
                          "syscalls": [{"names": ["getpid"], "action": action}]})
     with pytest.raises(SpecError):
         compile_seccomp({"defaultAction": "SCMP_ACT_NOTIFY", "syscalls": []})
-    assert set(seccomp["supportedFlags"]) < set(seccomp["knownFlags"])
-    compile_seccomp({"defaultAction": "SCMP_ACT_ALLOW", "flags": seccomp["supportedFlags"]})
-    for flag in set(seccomp["knownFlags"]) - set(seccomp["supportedFlags"]):
-        with pytest.raises(SpecError, match=r"linux\.seccomp\.flags\[0\]"):
-            compile_seccomp({"defaultAction": "SCMP_ACT_ALLOW", "flags": [flag]})
+    assert seccomp["supportedFlags"] == seccomp["knownFlags"]
+    compile_seccomp({"defaultAction": "SCMP_ACT_ALLOW", "flags": seccomp["supportedFlags"],
+                     "listenerPath": "/run/agent.sock",
+                     "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]})

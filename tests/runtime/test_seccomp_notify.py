@@ -1,0 +1,160 @@
+"""SCMP_ACT_NOTIFY: a seccomp agent at linux.seccomp.listenerPath gets each process's listener
+and answers the calls the filter hands it (runtime-spec's seccomp section, as runc does it)."""
+
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import threading
+
+import pytest
+
+from railcar.runtime import Container, RuntimeFailure
+from railcar.runtime.errors import ContainerNotFound
+
+from .conftest import create_captured, exec_captured, finish, run_container
+
+_NOTIF = struct.Struct("=QIIiIQ6Q")   # struct seccomp_notif: id, pid, flags, nr, arch, ip, args
+_RESP = struct.Struct("=QqiI")        # struct seccomp_notif_resp: id, val, error, flags
+_NOTIF_RECV = 0xC0000000 | _NOTIF.size << 16 | ord("!") << 8 | 0
+_NOTIF_SEND = 0xC0000000 | _RESP.size << 16 | ord("!") << 8 | 1
+_CONTINUE = 1                         # SECCOMP_USER_NOTIF_FLAG_CONTINUE
+_MKDIR = (83, 258)                    # x86_64 mkdir, mkdirat
+
+
+class Agent:
+    """A seccomp agent on a unix socket: it keeps the container process states it is sent and
+    answers mkdir with ENOMEDIUM (any other notified call goes on as if unfiltered)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen()
+        self.states: list[dict] = []
+        self.answered: list[int] = []   # pids whose mkdir was answered
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve)
+
+    def __enter__(self) -> "Agent":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        os.unlink(self.path)
+
+    def _serve(self) -> None:
+        poll = select.poll()
+        poll.register(self.sock, select.POLLIN)
+        listeners: set[int] = set()
+        try:
+            while not self._stop.is_set():
+                for fd, events in poll.poll(50):
+                    if fd == self.sock.fileno():
+                        listener = self._accept()
+                        listeners.add(listener)
+                        poll.register(listener, select.POLLIN)
+                    elif events & select.POLLIN:
+                        self._answer(fd)
+                    else:   # every process of that filter is gone
+                        poll.unregister(fd)
+                        listeners.discard(fd)
+                        os.close(fd)
+        finally:
+            for fd in listeners:
+                os.close(fd)
+
+    def _accept(self) -> int:
+        conn, _ = self.sock.accept()
+        with conn:
+            data, fds, _, _ = socket.recv_fds(conn, 65536, 1)
+            while chunk := conn.recv(65536):   # one state per connection, closed after
+                data += chunk
+        assert len(fds) == 1, fds
+        self.states.append(json.loads(data))
+        return fds[0]
+
+    def _answer(self, listener: int) -> None:
+        notif = bytearray(_NOTIF.size)
+        try:
+            fcntl.ioctl(listener, _NOTIF_RECV, notif, True)
+        except OSError:   # the caller died meanwhile
+            return
+        id_, pid, _flags, nr, *_ = _NOTIF.unpack(notif)
+        if nr in _MKDIR:
+            self.answered.append(pid)
+            resp = _RESP.pack(id_, 0, -errno.ENOMEDIUM, 0)
+        else:
+            resp = _RESP.pack(id_, 0, 0, _CONTINUE)
+        try:
+            fcntl.ioctl(listener, _NOTIF_SEND, bytearray(resp), True)
+        except OSError:
+            pass
+
+
+def _notifying(path: str):
+    def edit(c: dict) -> None:
+        c["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": path,
+                                 "listenerMetadata": "railcar-test",
+                                 "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]}
+    return edit
+
+
+@pytest.mark.parametrize("no_new_privileges", [True, False])
+def test_the_agent_gets_the_init_s_listener_and_answers_its_calls(make_bundle, state_root, tmp_path,
+                                                                  no_new_privileges) -> None:
+    """Without no_new_privs the filter goes in before the user switch, with it at the end of the set-up:
+    either way the listener reaches the agent before the process makes a call it must answer."""
+    with Agent(str(tmp_path / "agent.sock")) as agent:
+        notifying = _notifying(agent.path)
+
+        def edit(c: dict) -> None:
+            notifying(c)
+            c["process"]["noNewPrivileges"] = no_new_privileges
+
+        bundle = make_bundle(["sh", "-c", "mkdir /tmp/d; echo rc=$?"], edit=edit)
+        container, created = create_captured(bundle, state_root)
+        pid = created.result.pid
+        container.start()
+        ran = finish(container, created)
+    assert ran.status == 0
+    assert os.strerror(errno.ENOMEDIUM) in ran.output and "rc=1" in ran.output, ran.output
+    assert len(agent.answered) == 1   # from sh's child running mkdir
+    [state] = agent.states
+    assert (state["fds"], state["pid"], state["metadata"]) == (["seccompFd"], pid, "railcar-test")
+    assert {k: state["state"][k] for k in ("id", "status", "pid")} == {"id": bundle.id, "status": "creating",
+                                                                      "pid": pid}
+    assert state["state"]["bundle"] == bundle.path
+
+
+def test_an_exec_s_listener_reaches_the_agent_too(make_bundle, state_root, tmp_path) -> None:
+    with Agent(str(tmp_path / "agent.sock")) as agent:
+        bundle = make_bundle(["sleep", "100"], edit=_notifying(agent.path))
+        container, created = create_captured(bundle, state_root)
+        container.start()
+        ran = exec_captured(container, {"args": ["mkdir", "/tmp/e"], "cwd": "/", "user": {"uid": 0, "gid": 0}})
+        container.kill(signal.SIGKILL)
+        finish(container, created)
+    assert ran.status == 1 and os.strerror(errno.ENOMEDIUM) in ran.output, ran
+    init, exec_ = agent.states
+    assert init["pid"] == created.result.pid and init["state"]["status"] == "creating"
+    assert exec_["pid"] not in (0, created.result.pid) and exec_["state"]["status"] == "running"
+    assert exec_["state"]["pid"] == created.result.pid
+    assert agent.answered == [exec_["pid"]]
+
+
+def test_no_agent_fails_create_naming_the_listener_and_leaves_nothing(make_bundle, state_root, tmp_path) -> None:
+    path = str(tmp_path / "nobody.sock")
+    bundle = make_bundle(["true"], edit=_notifying(path))
+    with pytest.raises(RuntimeFailure, match="linux.seccomp.listenerPath") as failed:
+        run_container(bundle, state_root)
+    assert failed.value.stage == "seccomp"
+    with pytest.raises(ContainerNotFound):
+        Container.load(bundle.id, root=state_root)
