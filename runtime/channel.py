@@ -53,7 +53,12 @@ class Parked:
 @dataclass(frozen=True)
 class SeccompListener:
     """Init or exec process → caller: my seccomp filter notifies; its listener fd rides along,
-    for the agent at linux.seccomp.listenerPath."""
+    for the agent at linux.seccomp.listenerPath. I wait for ListenerPassed."""
+
+
+@dataclass(frozen=True)
+class ListenerPassed:
+    """Caller → init or exec process: the agent has your listener; go on."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class Failed:
 
 
 MESSAGES = {cls.__name__: cls for cls in (MapIds, IdsMapped, InitForked, RootfsReady, HooksDone, Parked,
-                                           SeccompListener, ExecForked, Failed)}
+                                           SeccompListener, ListenerPassed, ExecForked, Failed)}
 _MAX = 65536
 
 

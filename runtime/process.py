@@ -29,7 +29,7 @@ from typing import Callable, Iterator, NoReturn
 from . import rootfs
 from . import syscalls as sc
 from .channel import (Channel, ExecForked, Failed, HooksDone, IdsMapped, InitForked, MapIds, Parked,
-                      RootfsReady, SeccompListener)
+                      ListenerPassed, RootfsReady, SeccompListener)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
 from .spec import RLIM_UNLIMITED, IdMapping, Namespace, Process, Spec
@@ -120,7 +120,8 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
             msg, fds = parent.recv("process", SeccompListener, Parked)
             if isinstance(msg, Parked):
                 return Spawned(pid, _own_console(owned, msg, fds))
-            _pass_listener(launch, pid, fds)
+            _pass_listener(launch, pid, _closed_by(owned, fds))
+            parent.send(ListenerPassed())
 
 
 def spawn_exec(launch: Launch) -> Spawned:
@@ -132,31 +133,36 @@ def spawn_exec(launch: Launch) -> Spawned:
         owned.enter_context(_reaping(helper))   # as in spawn_init: reaped at the end
         # The intermediate's report and the exec process's may arrive in either order.
         pid = parked = console = None
-        listener: list[int] = []
+        listener: list[int] | None = None
         while pid is None or parked is None:
             msg, fds = parent.recv("process", ExecForked, SeccompListener, Parked)
             if isinstance(msg, ExecForked):
                 pid = msg.pid
                 _own(owned, pid)
             elif isinstance(msg, SeccompListener):
-                listener = fds
+                listener = _closed_by(owned, fds)
             else:
                 parked, console = msg, _own_console(owned, msg, fds)
-        if listener:
-            _pass_listener(launch, pid, listener)
+            if listener is not None and pid is not None:   # the process waits for this to go on
+                _pass_listener(launch, pid, listener)
+                listener = None
+                parent.send(ListenerPassed())
         parent.wait_closed("exec")   # the channel is close-on-exec: EOF means execve worked
         return Spawned(pid, console)
 
 
+def _closed_by(owned: ExitStack, fds: list[int]) -> list[int]:
+    """``fds``, closed when ``owned`` unwinds."""
+    for fd in fds:
+        owned.callback(os.close, fd)
+    return fds
+
+
 def _pass_listener(launch: Launch, pid: int, fds: list[int]) -> None:
-    """Send process `pid`'s seccomp listener on to the agent; our copy is closed either way."""
-    try:
-        if launch.seccomp_listener is None or len(fds) != 1:
-            raise RuntimeFailure("seccomp", "a seccomp listener came that nobody asked for")
-        launch.seccomp_listener(pid, fds[0])
-    finally:
-        for fd in fds:
-            os.close(fd)
+    """Send process `pid`'s seccomp listener on to the agent."""
+    if launch.seccomp_listener is None or len(fds) != 1:
+        raise RuntimeFailure("seccomp", "a seccomp listener came that nobody asked for")
+    launch.seccomp_listener(pid, fds[0])
 
 
 def _own(owned: ExitStack, pid: int) -> None:
@@ -413,7 +419,10 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
     plan = launch.security
 
     def hand_over(listener: int) -> None:
+        """As runc's init waits for its parent: no call of ours or the program's runs with a
+        filter whose agent may never get its listener."""
         ch.send(SeccompListener(), [listener])
+        ch.recv("seccomp", ListenerPassed)
     with stage("process"):
         os.setsid()
         console = None

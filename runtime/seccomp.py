@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import socket
+import struct
 from typing import Any
 
 from .errors import RuntimeFailure, SpecError
@@ -62,6 +63,7 @@ _NEEDS_LISTENER = ("SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV",)
 _FLAG_NEW_LISTENER = 8
 # What the process needs to hand its listener fd over, so no NOTIFY rule may name it.
 _HAND_OVER_CALLS = ("sendmsg",)
+AGENT_TIMEOUT = 10  # seconds an agent may take to accept a listener
 
 _SYS_SECCOMP = 317  # x86_64
 _SECCOMP_SET_MODE_FILTER = 1
@@ -145,12 +147,14 @@ def send_listener(program: SeccompProgram, state: dict, pid: int, listener: int)
            "metadata": program.listener_metadata, "state": state}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as agent:
-            agent.settimeout(10)
+            # Blocking, so a busy agent's full backlog is waited for, but not for ever.
+            agent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", AGENT_TIMEOUT, 0))
             agent.connect(program.listener_path)
             socket.send_fds(agent, [json.dumps(doc).encode()], [listener])
     except OSError as e:
+        late = f" (the agent took nothing for {AGENT_TIMEOUT} s)" if e.errno == errno_mod.EAGAIN else ""
         raise RuntimeFailure("seccomp", f"linux.seccomp.listenerPath {program.listener_path!r}: "
-                                        f"{e.strerror or e}") from None
+                                        f"{e.strerror or e}{late}") from None
 
 
 def _known(table: dict, name: object, where: str, what: str) -> Any:

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from railcar.runtime import Container, RuntimeFailure
+from railcar.runtime import Container, RuntimeFailure, seccomp
 from railcar.runtime.errors import ContainerNotFound
 
 from .conftest import create_captured, exec_captured, finish, run_container
@@ -158,3 +158,32 @@ def test_no_agent_fails_create_naming_the_listener_and_leaves_nothing(make_bundl
     assert failed.value.stage == "seccomp"
     with pytest.raises(ContainerNotFound):
         Container.load(bundle.id, root=state_root)
+
+
+def test_an_exec_whose_listener_cannot_be_passed_never_runs(make_bundle, state_root, tmp_path,
+                                                           monkeypatch) -> None:
+    """The exec process waits until the agent has its listener (as runc's does): with an agent that
+    takes no connection, the exec fails naming the listener once the wait is over, and its program
+    never ran meanwhile."""
+    monkeypatch.setattr(seccomp, "AGENT_TIMEOUT", 1)
+    with Agent(str(tmp_path / "agent.sock")) as agent:
+        bundle = make_bundle(["sleep", "100"], edit=_notifying(agent.path))
+        container, created = create_captured(bundle, state_root)
+        container.start()
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.bind(agent.path)
+    stuck.listen(0)
+    queued = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued.connect(agent.path)   # the backlog is full: the next connect waits
+    marker = f"/proc/{created.result.pid}/root/dev/shm/ran"
+    try:
+        with pytest.raises(RuntimeFailure, match=r"linux.seccomp.listenerPath.*took nothing for 1 s"):
+            exec_captured(container, {"args": ["sh", "-c", "echo > /dev/shm/ran"], "cwd": "/",
+                                      "user": {"uid": 0, "gid": 0}})
+        assert os.path.isdir(os.path.dirname(marker)) and not os.path.exists(marker)
+    finally:
+        queued.close()
+        stuck.close()
+        os.unlink(agent.path)
+        container.kill(signal.SIGKILL)
+        finish(container, created)
