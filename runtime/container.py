@@ -407,24 +407,26 @@ def _kill_parked(spawned: Spawned, started: int) -> None:
 # What every container may use whatever linux.resources.devices says (runc's AllowedDevices, as
 # (type, major, minor, access), None a wildcard): making any device node (opening one still needs
 # a rule), the default /dev nodes, the pty multiplexer and slaves, /dev/tty, and /dev/net/tun
-# (runc kept it for the tools that cannot add a rule).
+# (runc kept it for the tools that cannot add a rule). Not the host's /dev/console (5:1).
 _ALLOWED_DEVICES = (("c", None, None, "m"), ("b", None, None, "m"),
                     *((t, ma, mi, "rwm") for t, ma, mi in (
                         ("c", 1, 3), ("c", 1, 5), ("c", 1, 7), ("c", 1, 8), ("c", 1, 9),
-                        ("c", 5, 0), ("c", 5, 1), ("c", 5, 2), ("c", 136, None), ("c", 10, 200))))
+                        ("c", 5, 0), ("c", 5, 2), ("c", 136, None), ("c", 10, 200))))
 
 
-def _with_allowed_devices(spec: Spec) -> dict | None:
-    """``linux.resources`` plus allow rules for the default devices and ``linux.devices``."""
+def _with_allowed_devices(spec: Spec) -> dict:
+    """``linux.resources`` with the device rules the cgroup gets, in order: deny everything (a
+    container reaches no device the spec does not list, even if its rules do not start with a
+    deny, as runc has it), allow ``linux.devices``, the spec's own rules (which may deny those
+    again), then the default devices."""
     resources = dict(spec.linux.resources or {})
-    rules = list(resources.get("devices") or [])
-    if not rules and not spec.linux.devices:
-        return spec.linux.resources
-    rules += [{"allow": True, "type": t, **({} if ma is None else {"major": ma}),
-               **({} if mi is None else {"minor": mi}), "access": access} for t, ma, mi, access in _ALLOWED_DEVICES]
-    rules += [{"allow": True, "type": "c" if d.type == "u" else d.type, "major": d.major,
-               "minor": d.minor, "access": "rwm"} for d in spec.linux.devices if d.type != "p"]
-    resources["devices"] = rules
+    resources["devices"] = [
+        {"allow": False, "access": "rwm"},
+        *({"allow": True, "type": "c" if d.type == "u" else d.type, "major": d.major, "minor": d.minor,
+           "access": "rwm"} for d in spec.linux.devices if d.type != "p"),
+        *(resources.get("devices") or []),
+        *({"allow": True, "type": t, **({} if ma is None else {"major": ma}),
+           **({} if mi is None else {"minor": mi}), "access": access} for t, ma, mi, access in _ALLOWED_DEVICES)]
     return resources
 
 

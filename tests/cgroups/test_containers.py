@@ -118,14 +118,26 @@ def test_seccomp_filter_and_errno(make_bundle, state_root) -> None:
     assert os.strerror(errno.EXDEV) in ran.output
 
 
-def test_the_device_rules_let_any_node_be_made_but_only_allowed_ones_opened(make_bundle, state_root) -> None:
-    """As runc's built-in rules: mknod of any device (with CAP_MKNOD), but /dev/mem stays closed."""
+@pytest.mark.parametrize("rules", ["deny-all first", "no resources", "allow rules only", "linux.devices denied"])
+def test_the_device_rules_let_any_node_be_made_but_only_allowed_ones_opened(make_bundle, state_root, rules) -> None:
+    """As runc's built-in rules: mknod of any device (with CAP_MKNOD), but only listed devices open,
+    whether or not the spec's rules start with a deny (runc always starts from one); an explicit
+    deny of a device in linux.devices holds. /dev/kmsg (1:11) opens write-only for root with no
+    other check than the device cgroup's."""
     def edit(config: dict) -> None:
         caps = DEFAULT_CAPS + ["CAP_MKNOD"]
         config["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
+        if rules == "no resources":
+            del config["linux"]["resources"]
+        elif rules == "allow rules only":
+            config["linux"]["resources"] = {"devices": [{"allow": True, "type": "c", "major": 1, "minor": 7,
+                                                         "access": "rwm"}]}
+        elif rules == "linux.devices denied":
+            config["linux"]["devices"] = [{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11}]
+            config["linux"]["resources"]["devices"].append({"allow": False, "type": "c", "major": 1,
+                                                            "minor": 11, "access": "rwm"})
 
-    # default rules: deny everything, then the runtime's allowed set (which includes 1:3, /dev/null)
-    script = ("mknod /dev/mem2 c 1 1; echo made=$?; head -c 1 /dev/mem2; echo opened=$?; "
+    script = ("mknod /dev/kmsg2 c 1 11; echo made=$?; (exec 3>/dev/kmsg2) && echo opened=0 || echo opened=1; "
               "mknod /dev/null2 c 1 3; echo allowed=$?; head -c 1 /dev/null2; echo read=$?")
     ran = run_container(make_bundle(["sh", "-c", script], edit=edit), state_root)
     assert "Operation not permitted" in ran.output
