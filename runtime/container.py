@@ -50,6 +50,15 @@ def _run_hooks(kind: str, hooks: list, state: dict) -> None:
     run_hooks(kind, hooks, state)
 
 
+def _in_container_hooks(spec: Spec) -> Callable[[str, list, dict], None] | None:
+    """What the init runs createContainer and startContainer hooks with. Imported here, before the
+    fork: the init runs startContainer hooks after pivot_root, where railcar is out of its reach."""
+    if not (spec.hooks.get("createContainer") or spec.hooks.get("startContainer")):
+        return None
+    from .hooks import run_hooks
+    return run_hooks
+
+
 class Container:
     """A container known by its state directory ``<root>/<id>``."""
 
@@ -118,7 +127,7 @@ class Container:
             try:
                 launch = Launch(spec=spec, process=spec.process, stdio=stdio,
                                 terminal=spec.process.terminal if terminal is None else terminal,
-                                cgroup=cgroup, security=plan, run_hooks=_run_hooks,
+                                cgroup=cgroup, security=plan, run_hooks=_in_container_hooks(spec),
                                 exec_fifo=fifo, session_keyring=_session_keyring(container_id),
                                 seccomp_listener=container._listener_to_agent(plan, "creating"))
                 spawned = spawn_init(launch, on_forked)

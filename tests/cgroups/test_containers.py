@@ -282,6 +282,18 @@ def test_every_hook_kind_runs_once_with_the_state(make_bundle, state_root) -> No
     assert states["poststop"]["status"] == "stopped"
 
 
+def test_a_start_container_hook_alone_runs_in_the_container(make_bundle, state_root) -> None:
+    """Without an earlier hook kind having loaded it, the init still has what runs hooks after pivot_root."""
+    def edit(config: dict) -> None:
+        config["root"]["readonly"] = False
+        config["hooks"] = {"startContainer": [recording_hook("/hook-startContainer")]}
+
+    bundle = make_bundle(["cat", "/hook-startContainer"], edit=edit)
+    ran = run_container(bundle, state_root)
+    assert ran.status == 0, ran.output
+    assert json.loads(ran.output)["id"] == bundle.id
+
+
 def test_failing_prestart_hook_aborts_create_and_leaves_nothing(make_bundle, state_root) -> None:
     def edit(config: dict) -> None:
         config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no >&2; exit 7"]}]}
