@@ -142,6 +142,8 @@ class Container:
                 _kill_parked(spawned, record.init_start_time)
             if cgroup is not None:
                 cgroup.destroy()
+            if spec.hooks.get("poststop"):   # runtime-spec: a failed create ends as a delete does (runc too)
+                cls(directory, record)._run_poststop(spec.hooks["poststop"])
             shutil.rmtree(directory, ignore_errors=True)
             if oom_killed:
                 limit = ((spec.linux.resources or {}).get("memory") or {}).get("limit")
@@ -366,11 +368,14 @@ class Container:
             cgroup.destroy()
         hooks = self._stored_hooks("poststop") if self._record.created else None
         if hooks:
-            try:
-                _run_hooks("poststop", hooks, self._hook_state("stopped"))
-            except RuntimeFailure as e:   # runtime-spec: log it, and the delete goes on
-                log.warning("container %s: %s; deleting anyway", self.id, e)
+            self._run_poststop(hooks)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _run_poststop(self, hooks: list) -> None:
+        try:
+            _run_hooks("poststop", hooks, self._hook_state("stopped"))
+        except RuntimeFailure as e:   # runtime-spec: log it, and the delete goes on
+            log.warning("container %s: %s; deleting anyway", self.id, e)
 
 
 def _session_keyring(container_id: str) -> str:

@@ -294,14 +294,20 @@ def test_a_start_container_hook_alone_runs_in_the_container(make_bundle, state_r
     assert json.loads(ran.output)["id"] == bundle.id
 
 
-def test_failing_prestart_hook_aborts_create_and_leaves_nothing(make_bundle, state_root) -> None:
+def test_failing_prestart_hook_aborts_create_and_leaves_nothing(make_bundle, state_root, tmp_path) -> None:
+    """...but the poststop hooks, which undo what earlier hooks did: runtime-spec goes on to them."""
+    poststop_log = tmp_path / "poststop"
+
     def edit(config: dict) -> None:
-        config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no >&2; exit 7"]}]}
+        config["hooks"] = {"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "echo no >&2; exit 7"]}],
+                           "poststop": [recording_hook(str(poststop_log))]}
 
     bundle = make_bundle(["true"], edit=edit)
     with pytest.raises(RuntimeFailure, match="prestart") as e:
         create_captured(bundle, state_root)
     assert "exited with status 7: no" in str(e.value)
+    [state] = [json.loads(line) for line in poststop_log.read_text().splitlines()]
+    assert (state["id"], state["status"]) == (bundle.id, "stopped")
     with pytest.raises(ContainerNotFound):
         Container.load(bundle.id, root=state_root)
     cg = cgroup_of(bundle)
