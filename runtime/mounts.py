@@ -34,8 +34,22 @@ PROPAGATION_FLAGS: dict[str, int] = {
     "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
     "unbindable": sc.MS_UNBINDABLE, "runbindable": sc.MS_UNBINDABLE | sc.MS_REC,
 }
+# Recursive words (runc's): word -> (mount_setattr attribute, set?) on the mount and every mount
+# below it. The access-time words choose one value of a field (so all of the field is cleared first).
+_RECURSIVE_WORDS: dict[str, tuple[int, bool]] = {
+    "rro": (sc.MOUNT_ATTR_RDONLY, True), "rrw": (sc.MOUNT_ATTR_RDONLY, False),
+    "rnosuid": (sc.MOUNT_ATTR_NOSUID, True), "rsuid": (sc.MOUNT_ATTR_NOSUID, False),
+    "rnodev": (sc.MOUNT_ATTR_NODEV, True), "rdev": (sc.MOUNT_ATTR_NODEV, False),
+    "rnoexec": (sc.MOUNT_ATTR_NOEXEC, True), "rexec": (sc.MOUNT_ATTR_NOEXEC, False),
+    "rnodiratime": (sc.MOUNT_ATTR_NODIRATIME, True), "rdiratime": (sc.MOUNT_ATTR_NODIRATIME, False),
+    "rnosymfollow": (sc.MOUNT_ATTR_NOSYMFOLLOW, True), "rsymfollow": (sc.MOUNT_ATTR_NOSYMFOLLOW, False),
+}
+_RECURSIVE_ATIME = {"rrelatime": sc.MOUNT_ATTR_RELATIME, "rnoatime": sc.MOUNT_ATTR_NOATIME,
+                    "rstrictatime": sc.MOUNT_ATTR_STRICTATIME}
+# Their opposites name no one access-time value: refused rather than guessed.
+_UNCLEAR_WORDS = ("ratime", "rnorelatime", "rnostrictatime")
 # Every option word a mount in config.json may carry (what `features` reports).
-MOUNT_OPTIONS = (*_FLAG_WORDS, *PROPAGATION_FLAGS)
+MOUNT_OPTIONS = (*_FLAG_WORDS, *PROPAGATION_FLAGS, *_RECURSIVE_WORDS, *_RECURSIVE_ATIME)
 # Flags a read-only bind remount must keep, or the kernel refuses to drop them (EPERM).
 _LOCKED = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME | sc.MS_NODIRATIME \
     | sc.MS_RELATIME | sc.MS_STRICTATIME
@@ -48,6 +62,7 @@ class MountOptions:
     flags: int
     propagation: tuple[int, ...]
     data: str
+    recursive: tuple[int, int] = (0, 0)  # mount_setattr attributes to set and to clear, recursively
 
     @property
     def is_bind(self) -> bool:
@@ -55,19 +70,29 @@ class MountOptions:
 
 
 def parse_options(options: list[str] | tuple[str, ...], where: str = "options") -> MountOptions:
-    """Split fstab-style words into flags, propagation changes and fs data."""
+    """Split fstab-style words into flags, propagation changes, recursive attributes and fs data."""
     flags, propagation, data = 0, [], []
+    rec_set = rec_clear = 0
     for word in options:
         if word in _FLAG_WORDS:
             set_, clear = _FLAG_WORDS[word]
             flags = (flags | set_) & ~clear
         elif word in PROPAGATION_FLAGS:
             propagation.append(PROPAGATION_FLAGS[word])
+        elif word in _RECURSIVE_WORDS:
+            bit, on = _RECURSIVE_WORDS[word]
+            rec_set, rec_clear = (rec_set | bit, rec_clear & ~bit) if on else (rec_set & ~bit, rec_clear | bit)
+        elif word in _RECURSIVE_ATIME:
+            rec_set = rec_set & ~sc.MOUNT_ATTR__ATIME | _RECURSIVE_ATIME[word]
+            rec_clear |= sc.MOUNT_ATTR__ATIME
+        elif word in _UNCLEAR_WORDS:
+            raise RuntimeFailure("rootfs", f"{where}: {word} names no access-time setting; use rrelatime, "
+                                           "rnoatime or rstrictatime")
         elif word == "loop":
             raise RuntimeFailure("rootfs", f"{where}: loop devices are not supported")
         else:
             data.append(word)
-    return MountOptions(flags, tuple(propagation), ",".join(data))
+    return MountOptions(flags, tuple(propagation), ",".join(data), (rec_set, rec_clear))
 
 
 # Filesystems that take no SELinux context= option from the mount label (as runc): proc and sysfs
@@ -111,6 +136,8 @@ def apply_after(target: str, opts: MountOptions) -> None:
                      sc.MS_BIND | sc.MS_REMOUNT | extra | locked_flags(target))
     for prop in opts.propagation:
         sc.mount(None, target, None, prop)
+    if opts.recursive != (0, 0):
+        sc.mount_setattr_recursive(target, *opts.recursive)
 
 
 def mount_one(source: str, target: str, fstype: str, opts: MountOptions) -> None:

@@ -44,6 +44,20 @@ MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8
 
+# mount_setattr(2) attributes (linux/mount.h); the atime ones are one field, not bits.
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR__ATIME = 0x70
+MOUNT_ATTR_RELATIME = 0x0
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+
 # openat2 resolve flags (linux/openat2.h).
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
@@ -56,6 +70,7 @@ _SYS_RT_SIGACTION = 13
 _SYS_PIVOT_ROOT = 155
 _SYS_KEYCTL = 250
 _SYS_OPENAT2 = 437
+_SYS_MOUNT_SETATTR = 442
 
 # keyctl(2) operations (linux/keyctl.h).
 _KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -120,6 +135,19 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     return _check(_libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), os.fsencode(path),
                                 ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
                   f"open {path}", path)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr_recursive(target: str, attr_set: int, attr_clr: int) -> None:
+    """mount_setattr(2) on the mount at ``target`` and every mount below it."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    _check(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD), os.fsencode(target),
+                         ctypes.c_uint(_AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
+           f"mount_setattr {target}", target)
 
 
 def sethostname(name: str) -> None:

@@ -248,6 +248,26 @@ def test_time_and_cgroup_namespaces(make_bundle, state_root) -> None:
     assert at_root == lines   # every hierarchy shows the container's cgroup as its root
 
 
+def test_recursive_mount_options_reach_the_submounts_of_a_bind(make_bundle, state_root, tmp_path) -> None:
+    """rro and friends (runc's), through mount_setattr: a plain ro would leave the submount writable."""
+    volume = tmp_path / "volume"
+    (volume / "inner").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(volume / "inner")], check=True)
+    try:
+        def edit(c: dict) -> None:
+            c["mounts"].append({"destination": "/vol", "type": "bind", "source": str(volume),
+                                "options": ["rbind", "rro", "rnosuid"]})
+
+        ran = run_container(make_bundle(["sh", "-c", "touch /vol/a /vol/inner/b 2>/dev/null; cat /proc/self/mountinfo"],
+                                        edit=edit), state_root)
+        assert sorted(os.listdir(volume)) == ["inner"] and os.listdir(volume / "inner") == []
+    finally:
+        subprocess.run(["umount", str(volume / "inner")], check=True)
+    mounts = _mountinfo(ran.output)
+    for point in ("/vol", "/vol/inner"):
+        assert {"ro", "nosuid"} <= set(mounts[point][0].split(",")), (point, mounts[point])
+
+
 def test_shared_rootfs_propagation(make_bundle, state_root) -> None:
     def edit(c: dict) -> None:
         c["linux"]["rootfsPropagation"] = "rshared"

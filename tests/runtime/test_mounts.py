@@ -19,6 +19,16 @@ def test_parse_options_splits_flags_propagation_and_data() -> None:
         parse_options(["loop"])
 
 
+def test_recursive_words_become_mount_setattr_attributes_the_last_word_winning() -> None:
+    opts = parse_options(["rbind", "rro", "rnosuid", "rnoexec", "rexec", "rnoatime", "rstrictatime"])
+    assert opts.flags == sc.MS_BIND | sc.MS_REC and opts.data == ""
+    assert opts.recursive == (sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_STRICTATIME,
+                              sc.MOUNT_ATTR_NOEXEC | sc.MOUNT_ATTR__ATIME)
+    assert parse_options(["rro", "rrw"]).recursive == (0, sc.MOUNT_ATTR_RDONLY)
+    with pytest.raises(RuntimeFailure, match="/v: ratime names no access-time setting"):
+        parse_options(["ratime"], "/v")
+
+
 def _under(path: str) -> list[str]:
     return [p for p in mount_points() if p == path or p.startswith(path + "/")]
 
