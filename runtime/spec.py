@@ -201,6 +201,7 @@ def parse_process(doc: Any, path: str = "process") -> Process:
 # so a container never runs without a setting it asked for.
 UNSUPPORTED_PROCESS = ("scheduler", "ioPriority", "execCPUAffinity")
 UNSUPPORTED_LINUX = ("personality", "intelRdt", "memoryPolicy", "netDevices")
+UNSUPPORTED_MOUNT = ("uidMappings", "gidMappings")  # idmapped mounts
 
 
 def _refuse(doc: dict, keys: tuple[str, ...], path: str) -> None:
@@ -269,9 +270,13 @@ def _mount(doc: Any, path: str) -> Mount:
     dest = _str(m, "destination", f"{path}.destination", required=True)
     if not os.path.isabs(dest):
         raise SpecError(f"{path}.destination", f"must be an absolute path, got {dest!r}")
+    _refuse(m, UNSUPPORTED_MOUNT, path)
+    options = tuple(_str_list(m.get("options"), f"{path}.options"))
+    for i, word in enumerate(options):
+        if word in ("idmap", "ridmap"):
+            raise SpecError(f"{path}.options[{i}]", "idmapped mounts are not supported by railcar")
     return Mount(destination=dest, type=_str(m, "type", f"{path}.type"),
-                 source=_str(m, "source", f"{path}.source"),
-                 options=tuple(_str_list(m.get("options"), f"{path}.options")))
+                 source=_str(m, "source", f"{path}.source"), options=options)
 
 
 def _linux(doc: Any, path: str) -> Linux:
@@ -325,6 +330,8 @@ def _linux(doc: Any, path: str) -> Linux:
             raise SpecError(f"{path}.sysctl.{key}", "is not a valid sysctl name")
         _check_sysctl_namespace(key, namespaces, f"{path}.sysctl.{key}")
     offsets = []
+    if lx.get("timeOffsets") and not any(ns.type == "time" and not ns.path for ns in namespaces):
+        raise SpecError(f"{path}.timeOffsets", "needs a new time namespace in linux.namespaces")
     for clock, off in _obj(lx.get("timeOffsets"), f"{path}.timeOffsets").items():
         op = f"{path}.timeOffsets.{clock}"
         if clock not in ("monotonic", "boottime"):

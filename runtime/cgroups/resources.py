@@ -29,6 +29,20 @@ def applying(key: str) -> Iterator[None]:
         raise CgroupError(f"linux.resources.{key}: {e.message}", e.errno) from None
 
 
+# linux.resources fields neither driver implements: refused with their path, never ignored.
+UNSUPPORTED = (("rdma",), ("cpu", "idle"), ("cpu", "burst"))
+
+
+def check(resources: object) -> None:
+    """What every Update and create checks first: an object, asking for nothing unsupported."""
+    if not isinstance(resources, dict):
+        raise ResourceError("", "must be an object")
+    for path in UNSUPPORTED:
+        parent = resources if len(path) == 1 else resources.get(path[0])
+        if isinstance(parent, dict) and parent.get(path[-1]) is not None:
+            raise ResourceError(".".join(path), "is not supported by railcar")
+
+
 def section(resources: dict, key: str) -> dict:
     """A sub-object such as `memory`; {} when absent or null."""
     value = resources.get(key)

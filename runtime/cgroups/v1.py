@@ -129,8 +129,7 @@ class CgroupV1(Cgroup):
     # -- resources --------------------------------------------------------------------------
 
     def update(self, resources: dict) -> None:
-        if not isinstance(resources, dict):
-            raise ResourceError("", "must be an object")
+        res.check(resources)
         if res.section(resources, "unified"):
             raise ResourceError("unified", "needs a cgroup v2 host; this host's cgroups are v1")
         with res.applying("memory"):

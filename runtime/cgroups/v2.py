@@ -89,8 +89,7 @@ class CgroupV2(Cgroup):
     # -- resources --------------------------------------------------------------------------
 
     def update(self, resources: dict) -> None:
-        if not isinstance(resources, dict):
-            raise ResourceError("", "must be an object")
+        res.check(resources)
         with res.applying("memory"):
             self._memory(res.memory(resources))
         with res.applying("cpu"):

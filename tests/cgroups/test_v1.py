@@ -74,6 +74,10 @@ def test_update_raises_and_lowers_memory_with_swap(cgroup_parent: str) -> None:
     ({"devices": [{"allow": True, "access": "x"}]}, "linux.resources.devices[0].access"),
     ({"devices": [{"access": "r"}]}, "linux.resources.devices[0].allow"),
     ({"unified": {"memory.high": "1"}}, "linux.resources.unified"),
+    # not implemented: refused, never ignored
+    ({"rdma": {"mlx5_0": {"hcaHandles": 3}}}, "linux.resources.rdma"),
+    ({"cpu": {"idle": 1}}, "linux.resources.cpu.idle"),
+    ({"cpu": {"burst": 1000}}, "linux.resources.cpu.burst"),
     ({"hugepageLimits": [{"pageSize": "2XB", "limit": 1}]}, "linux.resources.hugepageLimits[0].pageSize"),
 ])
 def test_bad_resources_name_the_json_path(cgroup_parent: str, resources: dict, path: str) -> None:
