@@ -6,6 +6,7 @@ itself, mount the spec's mounts in order, populate ``/dev``, create ``linux.devi
 root last. Every target is opened inside the rootfs (``mounts.open_in_root``).
 """
 
+import errno
 import os
 import stat
 from contextlib import contextmanager
@@ -208,6 +209,15 @@ def _make_device(root_fd: int, dev: Device, userns: bool) -> None:
     """mknod, or (in a user namespace, where mknod is refused) bind the host's node."""
     parent, _, name = dev.path.strip("/").rpartition("/")
     with _opened(root_fd, parent, "dir") as pfd:
+        try:
+            there = os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            there = None
+        # runtime-spec: an existing file that is not the device is an error (runc leaves it be);
+        # a node, or a symlink such as the /dev/ptmx made for /dev, is replaced.
+        if there is not None and not (stat.S_ISCHR(there) or stat.S_ISBLK(there) or stat.S_ISFIFO(there)
+                                      or stat.S_ISLNK(there)):
+            raise FileExistsError(errno.EEXIST, "something that is not a device node is there already")
         if userns:
             if dev.type == "p":
                 os.mkfifo(name, dev.file_mode & 0o7777, dir_fd=pfd)

@@ -80,6 +80,18 @@ def test_devices_and_dev_links(make_bundle, state_root) -> None:
                                   "pts/ptmx", "3"]
 
 
+def test_a_device_over_a_file_that_is_not_one_fails_create_and_keeps_the_file(make_bundle, state_root) -> None:
+    """runtime-spec: an error, not a replaced /etc/passwd in the image."""
+    def edit(c: dict) -> None:
+        c["linux"]["devices"] = [{"path": "/etc/passwd", "type": "c", "major": 1, "minor": 3}]
+
+    bundle = make_bundle(["true"], edit=edit)
+    before = open(f"{bundle.rootfs}/etc/passwd").read()
+    with pytest.raises(RuntimeFailure, match=r"linux.devices\[0\] \(/etc/passwd\): something that is not"):
+        run_container(bundle, state_root)
+    assert open(f"{bundle.rootfs}/etc/passwd").read() == before
+
+
 def test_process_user_cwd_env_rlimits(make_bundle, state_root) -> None:
     def edit(c: dict) -> None:
         c["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [5, 7],
