@@ -583,7 +583,7 @@ def _lookup(prog: str, env: tuple[str, ...]) -> str:
         candidates = [os.path.join(d or ".", prog) for d in path.split(":")]
     found = [c for c in candidates if os.path.isfile(c)]
     for c in found:
-        if os.access(c, os.X_OK):
+        if os.access(c, os.X_OK, effective_ids=True):   # as execve checks: our capabilities count
             return c
     if found:
         raise RuntimeFailure("process", f"process.args[0]: {found[0]!r} in the container is not executable")

@@ -3,6 +3,7 @@
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,19 @@ def test_a_device_over_a_file_that_is_not_one_fails_create_and_keeps_the_file(ma
     with pytest.raises(RuntimeFailure, match=r"linux.devices\[0\] \(/etc/passwd\): something that is not"):
         run_container(bundle, state_root)
     assert open(f"{bundle.rootfs}/etc/passwd").read() == before
+
+
+def test_a_program_only_capabilities_let_the_user_run_is_run(make_bundle, state_root) -> None:
+    """A root-only (0700) program, a non-root user with CAP_DAC_OVERRIDE: execve allows it, so create does too."""
+    def edit(c: dict) -> None:
+        c["process"]["user"] = {"uid": 1000, "gid": 1000}
+
+    bundle = make_bundle(["/opt/id", "-u"], edit=edit, copy_binary=True)
+    os.makedirs(f"{bundle.rootfs}/opt")
+    shutil.copy2(f"{bundle.rootfs}/bin/busybox", f"{bundle.rootfs}/opt/id")
+    os.chmod(f"{bundle.rootfs}/opt/id", 0o700)
+    ran = run_container(bundle, state_root)
+    assert (ran.status, ran.output.split()) == (0, ["1000"]), ran
 
 
 def test_process_user_cwd_env_rlimits(make_bundle, state_root) -> None:
