@@ -221,8 +221,12 @@ def _process(doc: Any, path: str) -> Process:
         raise SpecError(f"{path}.cwd", f"must be an absolute path, got {cwd!r}")
     env = _str_list(p.get("env"), f"{path}.env")
     for i, entry in enumerate(env):
-        if "=" not in entry:
+        if "=" not in entry or entry.startswith("="):
             raise SpecError(f"{path}.env[{i}]", f"must look like KEY=VALUE, got {entry!r}")
+        try:
+            entry.encode()
+        except UnicodeEncodeError:
+            raise SpecError(f"{path}.env[{i}]", f"is not valid Unicode: {entry!r}") from None
     u = _obj(p.get("user"), f"{path}.user")
     user = User(
         uid=_id(_uint(u, "uid", f"{path}.user.uid"), f"{path}.user.uid"),
