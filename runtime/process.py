@@ -431,8 +431,8 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
             if proc.console_size is not None:
                 fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *proc.console_size, 0, 0))
-            if os.fstat(slave).st_uid != proc.user.uid:  # as runc: root's keeps devpts's group (gid=5, tty)
-                os.fchown(slave, proc.user.uid, proc.user.gid)
+            if os.fstat(slave).st_uid != proc.user.uid:  # as runc: the group stays devpts's (gid=5, tty)
+                os.fchown(slave, proc.user.uid, -1)
             if launch.spec is not None:
                 _mount_console(slave)
             stdio = (slave, slave, slave)

@@ -257,6 +257,12 @@ def test_exec_with_terminal(make_bundle, state_root) -> None:
     out = read_console(result.console_fd)
     assert wait_for(result.pid) == 0
     assert out.strip().startswith("/dev/pts/")
+    # A non-root user's terminal is theirs, in the tty group devpts gives it (as runc).
+    result = container.exec({"args": ["sh", "-c", "stat -c %u:%g $(tty)"], "cwd": "/",
+                             "user": {"uid": 1000, "gid": 1000}}, terminal=True)
+    out = read_console(result.console_fd)
+    assert wait_for(result.pid) == 0
+    assert out.split() == ["1000:5"]
     container.kill(signal.SIGKILL)
     finish(container, created)
 
