@@ -25,6 +25,8 @@ from .errors import RuntimeFailure
 
 KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 _CONTINUE_ON_FAILURE = ("poststart", "poststop")
+# Kinds that run in the runtime's namespaces: in the bundle, as runc's run where containerd's shim runs it.
+_IN_BUNDLE = ("prestart", "createRuntime", "poststart", "poststop")
 _OUTPUT_LIMIT = 4096
 
 
@@ -62,13 +64,13 @@ def _validate(kind: str, index: int, hook: object) -> tuple[str, list[str], list
     return path, args, env, timeout
 
 
-def _run_one(kind: str, index: int, hook: dict, stdin: bytes) -> None:
+def _run_one(kind: str, index: int, hook: dict, stdin: bytes, cwd: str) -> None:
     path, args, env, timeout = _validate(kind, index, hook)
     environ = dict(e.split("=", 1) for e in env)
     try:
         # A session (and process group) of its own, so a timeout can kill what it started too.
         proc = subprocess.Popen(args, executable=path, env=environ, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, cwd="/",
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, cwd=cwd,
                                 start_new_session=True)
     except OSError as e:
         raise HookError(kind, index, path, f"cannot execute: {e.strerror}") from e
@@ -96,10 +98,12 @@ def run_hooks(kind: str, hooks: list[dict], state: dict) -> None:
     if not isinstance(hooks, list):
         raise HookError(kind, 0, None, f"hooks.{kind} must be a list")
     stdin = json.dumps(state).encode()
+    bundle = state.get("bundle")
+    cwd = bundle if kind in _IN_BUNDLE and isinstance(bundle, str) and os.path.isdir(bundle) else "/"
     failures: list[HookError] = []
     for index, hook in enumerate(hooks):
         try:
-            _run_one(kind, index, hook, stdin)
+            _run_one(kind, index, hook, stdin, cwd)
         except HookError as e:
             if kind not in _CONTINUE_ON_FAILURE:
                 raise

@@ -33,6 +33,16 @@ def test_hooks_get_args_env_and_state(tmp_path: Path) -> None:
         assert json.loads(stdin) == STATE
 
 
+@pytest.mark.parametrize(("kind", "in_bundle"), [("prestart", True), ("createRuntime", True), ("poststop", True),
+                                                ("createContainer", False), ("startContainer", False)])
+def test_hooks_run_in_the_bundle_unless_they_run_in_the_container(tmp_path: Path, kind: str,
+                                                                    in_bundle: bool) -> None:
+    """As runc's, run where containerd's shim runs it; in-container kinds from the container's root."""
+    out = tmp_path / "cwd"
+    run_hooks(kind, [{"path": SH, "args": ["sh", "-c", f"pwd > {out}"]}], {**STATE, "bundle": str(tmp_path)})
+    assert out.read_text().strip() == (str(tmp_path) if in_bundle else "/")
+
+
 def test_env_is_exactly_the_hooks_own(tmp_path: Path) -> None:
     out = tmp_path / "env"
     os.environ["RAILCAR_SHOULD_NOT_LEAK"] = "1"
