@@ -54,8 +54,9 @@ def prepare(spec: Spec, userns: bool) -> None:
                 _mount_entry(root_fd, m, spec.bundle, spec.linux.mount_label,
                              spec.linux.namespace("cgroup") is not None)
             except OSError as e:
+                refused = f" (options: {','.join(m.options)})" if e.errno == errno.EINVAL and m.options else ""
                 raise RuntimeFailure("rootfs", f"mounts[{i}] ({m.type or 'bind'} on "
-                                               f"{m.destination}): {e.strerror}") from None
+                                               f"{m.destination}): {e.strerror}{refused}") from None
         if any(os.path.normpath(m.destination) == "/dev" for m in spec.mounts):
             _populate_dev(root_fd, spec.linux.devices, userns)
         for i, dev in enumerate(spec.linux.devices):

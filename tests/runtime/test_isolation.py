@@ -81,6 +81,14 @@ def test_devices_and_dev_links(make_bundle, state_root) -> None:
                                   "pts/ptmx", "3"]
 
 
+def test_a_mount_the_kernel_refuses_names_its_options(make_bundle, state_root) -> None:
+    def edit(c: dict) -> None:
+        c["mounts"].append({"destination": "/t", "type": "tmpfs", "source": "tmpfs", "options": ["bogusopt"]})
+
+    with pytest.raises(RuntimeFailure, match=r"mounts\[7\] \(tmpfs on /t\): .*Invalid argument \(options: bogusopt\)"):
+        run_container(make_bundle(["true"], edit=edit), state_root)
+
+
 def test_a_device_over_a_file_that_is_not_one_fails_create_and_keeps_the_file(make_bundle, state_root) -> None:
     """runtime-spec: an error, not a replaced /etc/passwd in the image."""
     def edit(c: dict) -> None:
