@@ -39,8 +39,10 @@ def unescape(field: str) -> str:
 def parse(text: str) -> list[MountEntry]:
     """The records of a mountinfo text, in the kernel's order (a mount after the one it is on)."""
     entries = []
-    for line in text.splitlines():
-        fields = line.split()
+    for line in text.split("\n"):   # only newline and space separate: the kernel escapes just those
+        if not line:                 # (and tab, backslash); other whitespace can be in a path
+            continue
+        fields = line.split(" ")
         sep = fields.index("-", 6)
         entries.append(MountEntry(unescape(fields[3]), unescape(fields[4]), tuple(fields[6:sep]),
                                   fields[sep + 1], unescape(fields[sep + 2]),

@@ -326,9 +326,11 @@ def test_rootfs_propagation_on_a_host_whose_mounts_are_shared(make_bundle, state
     assert (ran["status"], ran["output"].split()) == (0, ["1" if "shared" in propagation else "0"]), ran
 
 
-def test_a_rootfs_whose_path_has_a_space_on_a_shared_host(make_bundle, state_root) -> None:
-    """The mount table escapes a space in a path: the rootfs's own mount is still found and made private."""
-    ran = _run_on_a_shared_host(make_bundle, state_root, "rshared", "root fs")
+@pytest.mark.parametrize("rootfs", ["root fs", "root\u00a0fs"])
+def test_a_rootfs_whose_path_has_a_space_on_a_shared_host(make_bundle, state_root, rootfs) -> None:
+    """The mount table escapes a space in a path, and leaves a no-break space as it is: either way the
+    rootfs's own mount is still found and made private."""
+    ran = _run_on_a_shared_host(make_bundle, state_root, "rshared", rootfs)
     assert (ran["status"], ran["output"].split()) == (0, ["1"]), ran
 
 

@@ -19,5 +19,14 @@ def test_fields_come_apart_with_paths_unescaped() -> None:
     assert bare.super_options == ""
 
 
+def test_only_the_kernel_s_separators_separate() -> None:
+    """A path may hold whitespace the kernel does not escape (no-break space, form feed, U+2028...);
+    a source may be empty."""
+    odd = "/mnt/a\u00a0b\x0cc\u2028d\re"
+    [entry] = parse(f"50 22 0:46 / {odd} rw shared:3 - tmpfs  rw\n")
+    assert (entry.point, entry.optional, entry.fstype, entry.source, entry.super_options) == \
+        (odd, ("shared:3",), "tmpfs", "", "rw")
+
+
 def test_this_namespace_has_a_root_mount() -> None:
     assert any(m.point == "/" for m in read())
