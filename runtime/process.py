@@ -105,14 +105,14 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
         owned.enter_context(_reaping(helper))
         pid, mounted = 0, False
         while not (pid and mounted):
-            msg, _ = parent.recv("rootfs" if pid else "namespaces", MapIds, InitForked, RootfsReady)
+            msg, fds = parent.recv("rootfs" if pid else "namespaces", MapIds, InitForked, RootfsReady)
             if isinstance(msg, MapIds):
                 with stage("namespaces"):
                     _write_id_maps(msg.pid, launch.spec)
                 parent.send(IdsMapped())
             elif isinstance(msg, InitForked):
                 pid = msg.pid
-                _own(owned, pid)
+                _own(owned, fds)
             else:
                 mounted = True
         parent.send(HooksDone(on_forked(pid)))
@@ -138,7 +138,7 @@ def spawn_exec(launch: Launch) -> Spawned:
             msg, fds = parent.recv("process", ExecForked, SeccompListener, Parked)
             if isinstance(msg, ExecForked):
                 pid = msg.pid
-                _own(owned, pid)
+                _own(owned, fds)
             elif isinstance(msg, SeccompListener):
                 listener = _closed_by(owned, fds)
             else:
@@ -165,10 +165,15 @@ def _pass_listener(launch: Launch, pid: int, fds: list[int]) -> None:
     launch.seccomp_listener(pid, fds[0])
 
 
-def _own(owned: ExitStack, pid: int) -> None:
-    """Hold a pidfd on a half-made process until ``owned`` unwinds; if that is by an error, the
-    process is killed and waited for first (through the pidfd: a reused pid is never hit)."""
-    pidfd = os.pidfd_open(pid)
+def _own(owned: ExitStack, fds: list[int]) -> None:
+    """Hold the pidfd of a half-made process that came with its report until ``owned`` unwinds;
+    if that is by an error, the process is killed and waited for first (through the pidfd: a
+    reused pid is never hit)."""
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise RuntimeFailure("process", "a helper reported a process without its pidfd")
+    pidfd = fds[0]
 
     def release(failed: type[BaseException] | None, *_: object) -> None:
         try:
@@ -310,7 +315,7 @@ def _intermediate(ch: Channel, launch: Launch) -> None:
         if "time" in new and linux.time_offsets:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write("".join(f"{c} {s} {n}\n" for c, s, n in linux.time_offsets))
-    ch.send(InitForked(_fork_child(ch, launch, _init)))
+    _report_forked(ch, InitForked, _fork_child(ch, launch, _init))
 
 
 def _open_namespace(index: int, ns: Namespace) -> int:
@@ -387,7 +392,14 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     _join_cgroup(launch)
     with stage("namespaces"):
         _setns_all(launch.ns_fds)
-    ch.send(ExecForked(_fork_child(ch, launch, _exec_process)))
+    _report_forked(ch, ExecForked, _fork_child(ch, launch, _exec_process))
+
+
+def _report_forked(ch: Channel, report: type, pid: int) -> None:
+    """Tell the caller our child's pid, with a pidfd of it: opened here, while it is our child and
+    cannot have been reaped. The caller could not open one by pid: a short exec may have exited
+    and been reaped by the caller's subreaper by then (we exit right after this)."""
+    ch.send(report(pid), [os.pidfd_open(pid)])
 
 
 def _exec_process(ch: Channel, launch: Launch) -> None:

@@ -4,6 +4,8 @@ import logging
 import os
 import signal
 import stat
+import threading
+import time
 
 import pytest
 
@@ -98,6 +100,60 @@ def test_exec_sees_same_pid_namespace(make_bundle, state_root) -> None:
     assert init_cmdline.split("\0")[:2] == ["sleep", "100"]
     container.kill(signal.SIGKILL, all=True)
     finish(container, created)
+
+
+def test_an_exec_reaped_before_its_caller_looks_is_still_its_own(make_bundle, state_root, monkeypatch) -> None:
+    """A short exec can exit, and be reaped by the subreaper (the shim's reaper, here a thread), before
+    the caller has read its pid: the caller holds it by the pidfd its intermediate opened."""
+    from railcar.runtime import channel
+
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    reaped: list[int] = []
+    stop = threading.Event()
+
+    def reap_true() -> None:   # only the exec's process: the caller waits for its own helper itself
+        while not stop.is_set():
+            for pid in _children():
+                if _comm(pid) == "true":
+                    os.waitpid(pid, 0)
+                    reaped.append(pid)
+            time.sleep(0.005)
+
+    recv = channel.Channel.recv
+
+    def late(self, stage, *expected):   # the caller is slow to look at the exec's report
+        msg, fds = recv(self, stage, *expected)
+        if isinstance(msg, channel.ExecForked):
+            eventually(lambda: msg.pid in reaped, timeout=10)
+        return msg, fds
+
+    monkeypatch.setattr(channel.Channel, "recv", late)
+    reaper = threading.Thread(target=reap_true)
+    reaper.start()
+    try:
+        result = container.exec({"args": ["true"], "cwd": "/"})
+    finally:
+        stop.set()
+        reaper.join()
+        monkeypatch.undo()
+        container.kill(signal.SIGKILL)
+        finish(container, created)
+    assert result.pid in reaped
+
+
+def _children() -> list[int]:
+    with open(f"/proc/self/task/{threading.main_thread().native_id}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def test_exec_failure_is_reported(make_bundle, state_root) -> None:
