@@ -105,11 +105,14 @@ class Channel:
         if fds:
             socket.send_fds(self.sock, [data], list(fds))
         else:
-            self.sock.send(data)
+            # write(2), not send(2): a process may report after its seccomp filter went in (without
+            # no_new_privs it goes in before the user switch), and a profile made for runc allows
+            # the write runc reports with, not necessarily sendto.
+            os.write(self.sock.fileno(), data)
 
     def recv(self, stage: str, *expected: type) -> tuple[object, list[int]]:
         """Receive one message of one of the ``expected`` kinds (or ``Failed``, raised)."""
-        data, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX, 4)
+        data, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX, 4, socket.MSG_CMSG_CLOEXEC)
         if not data:
             raise PeerGone(stage, "helper exited without reporting")
         doc = json.loads(data)

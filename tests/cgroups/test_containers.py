@@ -118,6 +118,18 @@ def test_seccomp_filter_and_errno(make_bundle, state_root) -> None:
     assert os.strerror(errno.EXDEV) in ran.output
 
 
+def test_a_profile_that_denies_sendto_still_lets_the_process_report(make_bundle, state_root) -> None:
+    """Without no_new_privs the filter goes in before the set-up ends; the process then reports
+    with write(2), as runc does, so a profile made for runc (without sendto) still starts."""
+    def edit(config: dict) -> None:
+        config["process"]["noNewPrivileges"] = False
+        config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["sendto"], "action": "SCMP_ACT_ERRNO"}]}
+
+    ran = run_container(make_bundle(["sh", "-c", "grep Seccomp: /proc/self/status"], edit=edit), state_root)
+    assert (ran.status, ran.output.split()) == (0, ["Seccomp:", "2"]), ran
+
+
 @pytest.mark.parametrize("rules", ["deny-all first", "no resources", "allow rules only", "linux.devices denied"])
 def test_the_device_rules_let_any_node_be_made_but_only_allowed_ones_opened(make_bundle, state_root, rules) -> None:
     """As runc's built-in rules: mknod of any device (with CAP_MKNOD), but only listed devices open,
