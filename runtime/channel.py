@@ -40,8 +40,9 @@ class RootfsReady:
 @dataclass(frozen=True)
 class HooksDone:
     """Caller → init: prestart/createRuntime hooks ran; finish the rootfs (createContainer
-    hooks, pivot_root). ``state`` is the container state that in-container hooks receive."""
-    state: dict
+    hooks, pivot_root). ``pid`` is the init's, as in-container hooks see it in their state (the
+    rest of the state comes with the fork: annotations can be larger than a datagram)."""
+    pid: int
 
 
 @dataclass(frozen=True)

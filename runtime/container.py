@@ -111,7 +111,7 @@ class Container:
             oom_kills = _oom_kills(cgroup)  # a reused cgroup may have counted kills already
             container = cls(directory, record)
 
-            def on_forked(pid: int) -> dict:
+            def on_forked(pid: int) -> None:
                 started = start_time(pid)
                 if started is None:
                     raise RuntimeFailure("namespaces", "the container init died right away")
@@ -121,13 +121,13 @@ class Container:
                 for kind in ("prestart", "createRuntime"):
                     if spec.hooks.get(kind):
                         _run_hooks(kind, spec.hooks[kind], state)
-                return state
 
             fifo = os.open(os.path.join(directory, EXEC_FIFO), os.O_PATH | os.O_CLOEXEC)
             try:
                 launch = Launch(spec=spec, process=spec.process, stdio=stdio,
                                 terminal=spec.process.terminal if terminal is None else terminal,
                                 cgroup=cgroup, security=plan, run_hooks=_in_container_hooks(spec),
+                                hook_state=container._hook_state("creating"),
                                 exec_fifo=fifo, session_keyring=_session_keyring(container_id),
                                 seccomp_listener=container._listener_to_agent(plan, "creating"))
                 spawned = spawn_init(launch, on_forked)

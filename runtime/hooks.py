@@ -25,7 +25,8 @@ from .errors import RuntimeFailure
 
 KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 _CONTINUE_ON_FAILURE = ("poststart", "poststop")
-# Kinds that run in the runtime's namespaces: in the bundle, as runc's run where containerd's shim runs it.
+# Kinds that run in the runtime's namespaces: in the bundle, as runc's run where containerd's shim runs
+# it. The others run where the container's init is: its rootfs before pivot_root, its cwd after.
 _IN_BUNDLE = ("prestart", "createRuntime", "poststart", "poststop")
 _OUTPUT_LIMIT = 4096
 
@@ -64,7 +65,7 @@ def _validate(kind: str, index: int, hook: object) -> tuple[str, list[str], list
     return path, args, env, timeout
 
 
-def _run_one(kind: str, index: int, hook: dict, stdin: bytes, cwd: str) -> None:
+def _run_one(kind: str, index: int, hook: dict, stdin: bytes, cwd: str | None) -> None:
     path, args, env, timeout = _validate(kind, index, hook)
     environ = dict(e.split("=", 1) for e in env)
     try:
@@ -99,7 +100,9 @@ def run_hooks(kind: str, hooks: list[dict], state: dict) -> None:
         raise HookError(kind, 0, None, f"hooks.{kind} must be a list")
     stdin = json.dumps(state).encode()
     bundle = state.get("bundle")
-    cwd = bundle if kind in _IN_BUNDLE and isinstance(bundle, str) and os.path.isdir(bundle) else "/"
+    cwd = None
+    if kind in _IN_BUNDLE:
+        cwd = bundle if isinstance(bundle, str) and os.path.isdir(bundle) else "/"
     failures: list[HookError] = []
     for index, hook in enumerate(hooks):
         try:

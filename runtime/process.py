@@ -56,6 +56,7 @@ class Launch:
     cgroup: object | None = None        # railcar.runtime.cgroups.Cgroup
     security: object | None = None      # railcar.runtime.security plan
     run_hooks: Callable[[str, list, dict], None] | None = None
+    hook_state: dict | None = None      # init only: the container state, but for the pid HooksDone brings
     exec_fifo: int = -1                 # init only: O_PATH fd of the FIFO it parks on
     ns_fds: list[tuple[int, int]] = field(default_factory=list)   # exec only: (fd, nstype)
     session_keyring: str | None = None  # the container's own session keyring ("_ses.<id>", as runc names it)
@@ -89,12 +90,11 @@ def stage(name: str) -> Iterator[None]:
 
 # --- caller side ---------------------------------------------------------------------------
 
-def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
+def spawn_init(launch: Launch, on_forked: Callable[[int], None]) -> Spawned:
     """Fork the intermediate and the init; return once the init is parked before execve.
 
     ``on_forked(pid)`` runs in the caller once the init exists in its namespaces and has its
-    mounts up (record the pid, run prestart/createRuntime hooks) and returns the state dict
-    in-container hooks get. The init mounts while the intermediate is still reporting, so its
+    mounts up (record the pid, run prestart/createRuntime hooks). The init mounts while the intermediate is still reporting, so its
     RootfsReady may overtake InitForked: both are awaited in either order.
     """
     parent, child = Channel.pair()
@@ -115,7 +115,8 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], dict]) -> Spawned:
                 _own(owned, fds)
             else:
                 mounted = True
-        parent.send(HooksDone(on_forked(pid)))
+        on_forked(pid)
+        parent.send(HooksDone(pid))
         while True:
             msg, fds = parent.recv("process", SeccompListener, Parked)
             if isinstance(msg, Parked):
@@ -365,7 +366,8 @@ def _init(ch: Channel, launch: Launch) -> None:
         rootfs.prepare(spec, userns)
     ch.send(RootfsReady())
     hooks_done, _ = ch.recv("rootfs", HooksDone)
-    hook_state = hooks_done.state
+    hook_state = {**(launch.hook_state or {}), "pid": hooks_done.pid}
+    os.chdir(spec.root_path)  # where createContainer hooks run (runc's too): not the host's /
     _hooks(launch, "createContainer", hook_state)
     with stage("rootfs"):
         rootfs.pivot(spec.root_path)

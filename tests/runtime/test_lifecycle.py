@@ -156,6 +156,20 @@ def _comm(pid: int) -> str | None:
         return None
 
 
+def test_annotations_larger_than_a_datagram_and_in_container_hooks(make_bundle, state_root) -> None:
+    """The state in-container hooks get holds the annotations; it comes with the fork, not in a message."""
+    def edit(c: dict) -> None:
+        c["annotations"] = {"big": "x" * 400_000}
+        c["root"]["readonly"] = False
+        c["hooks"] = {"createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "wc -c > hook.out"]}]}
+
+    bundle = make_bundle(["true"], edit=edit)
+    ran = run_container(bundle, state_root)
+    assert ran.status == 0, ran.output
+    with open(f"{bundle.rootfs}/hook.out") as f:   # createContainer hooks run in the rootfs
+        assert int(f.read()) > 400_000
+
+
 def test_exec_failure_is_reported(make_bundle, state_root) -> None:
     bundle = make_bundle(["sleep", "100"])
     container, created = create_captured(bundle, state_root)

@@ -37,10 +37,10 @@ def test_hooks_get_args_env_and_state(tmp_path: Path) -> None:
                                                 ("createContainer", False), ("startContainer", False)])
 def test_hooks_run_in_the_bundle_unless_they_run_in_the_container(tmp_path: Path, kind: str,
                                                                     in_bundle: bool) -> None:
-    """As runc's, run where containerd's shim runs it; in-container kinds from the container's root."""
+    """As runc's, run where containerd's shim runs it; in-container kinds where the init is."""
     out = tmp_path / "cwd"
     run_hooks(kind, [{"path": SH, "args": ["sh", "-c", f"pwd > {out}"]}], {**STATE, "bundle": str(tmp_path)})
-    assert out.read_text().strip() == (str(tmp_path) if in_bundle else "/")
+    assert out.read_text().strip() == (str(tmp_path) if in_bundle else os.getcwd())
 
 
 def test_env_is_exactly_the_hooks_own(tmp_path: Path) -> None:
