@@ -150,7 +150,9 @@ def send_listener(program: SeccompProgram, state: dict, pid: int, listener: int)
             # Blocking, so a busy agent's full backlog is waited for, but not for ever.
             agent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", AGENT_TIMEOUT, 0))
             agent.connect(program.listener_path)
-            socket.send_fds(agent, [json.dumps(doc).encode()], [listener])
+            data = json.dumps(doc).encode()
+            sent = socket.send_fds(agent, [data], [listener])  # a stream: the rest may need more sends
+            agent.sendall(data[sent:])
     except OSError as e:
         late = f" (the agent took nothing for {AGENT_TIMEOUT} s)" if e.errno == errno_mod.EAGAIN else ""
         raise RuntimeFailure("seccomp", f"linux.seccomp.listenerPath {program.listener_path!r}: "
@@ -216,11 +218,14 @@ def _compile_canonical(canonical: str) -> SeccompProgram:
         raise SpecError(f"{where}.defaultAction", "SCMP_ACT_NOTIFY cannot be the default action: the process "
                                                   "could not hand its listener over to the agent")
     path, metadata = _listener(seccomp, where)
-    flags = _FLAG_NEW_LISTENER if path else 0
+    flags = 0
     for i, flag in enumerate(_list(seccomp.get("flags"), f"{where}.flags")):
         flags |= _known(FLAGS, flag, f"{where}.flags[{i}]", "seccomp flag")
         if flag in _NEEDS_LISTENER and not path:
             raise SpecError(f"{where}.flags[{i}]", f"{flag} is only for a filter with SCMP_ACT_NOTIFY rules")
+    if path:
+        # The kernel refuses TSYNC with a listener; our processes have one thread, so it changes nothing.
+        flags = flags & ~FLAGS["SECCOMP_FILTER_FLAG_TSYNC"] | _FLAG_NEW_LISTENER
     lib = _libseccomp()
     ctx = lib.seccomp_init(default)
     if not ctx:
@@ -242,16 +247,13 @@ def _compile_canonical(canonical: str) -> SeccompProgram:
 
 
 def _listener(seccomp: dict, where: str) -> tuple[str, str]:
-    """listenerPath and listenerMetadata: set exactly when some rule notifies."""
+    """listenerPath and listenerMetadata when some rule notifies (runtime-spec: ignored otherwise)."""
     notify = [i for i, rule in enumerate(_list(seccomp.get("syscalls"), f"{where}.syscalls"))
               if isinstance(rule, dict) and rule.get("action") == "SCMP_ACT_NOTIFY"]
     path, metadata = seccomp.get("listenerPath"), seccomp.get("listenerMetadata", "")
     if not isinstance(metadata, str):
         raise SpecError(f"{where}.listenerMetadata", "must be a string")
     if not notify:
-        if path or metadata:
-            raise SpecError(f"{where}.listenerPath" if path else f"{where}.listenerMetadata",
-                            "is set, but no rule uses SCMP_ACT_NOTIFY")
         return "", ""
     if not isinstance(path, str) or not os.path.isabs(path):
         raise SpecError(f"{where}.listenerPath", "must be the absolute path of the agent's socket with "

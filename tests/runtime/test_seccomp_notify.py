@@ -187,3 +187,27 @@ def test_an_exec_whose_listener_cannot_be_passed_never_runs(make_bundle, state_r
         os.unlink(agent.path)
         container.kill(signal.SIGKILL)
         finish(container, created)
+
+
+def test_a_large_state_reaches_the_agent_whole_and_tsync_is_left_out(make_bundle, state_root, tmp_path) -> None:
+    """The state goes on a stream: all of it, however large the annotations. The kernel refuses TSYNC
+    with a listener, and a one-thread process needs none."""
+    with Agent(str(tmp_path / "agent.sock")) as agent:
+        notifying = _notifying(agent.path)
+
+        def edit(c: dict) -> None:
+            notifying(c)
+            c["linux"]["seccomp"]["flags"] = ["SECCOMP_FILTER_FLAG_TSYNC"]
+            c["annotations"] = {"big": "x" * 400_000}
+
+        ran = run_container(make_bundle(["true"], edit=edit), state_root)
+    assert ran.status == 0, ran.output
+    [state] = agent.states
+    assert state["state"]["annotations"]["big"] == "x" * 400_000
+
+
+def test_listener_fields_without_notify_rules_are_ignored() -> None:
+    """runtime-spec: listenerPath and listenerMetadata mean nothing without SCMP_ACT_NOTIFY (runc ignores them)."""
+    program = seccomp.compile_seccomp({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock",
+                                       "listenerMetadata": "m"})
+    assert not program.notifies and program.listener_path == ""

@@ -161,10 +161,6 @@ def test_seccomp_default_errno_applies() -> None:
      "linux.seccomp.listenerPath"),
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "run/l.sock", "syscalls": [
         {"names": ["read"], "action": "SCMP_ACT_NOTIFY"}]}}, "linux.seccomp.listenerPath"),
-    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/l.sock"}},
-     "linux.seccomp.listenerPath"),
-    ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerMetadata": "m"}},
-     "linux.seccomp.listenerMetadata"),
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_NOTIFY", "listenerPath": "/run/l.sock"}},
      "linux.seccomp.defaultAction"),
     ({}, {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/l.sock", "syscalls": [
