@@ -333,6 +333,10 @@ class Container:
         self._require_cgroup("resume").thaw()
 
     def update(self, resources: dict) -> None:
+        """New limits. Device rules stay as create set them (as runc's update leaves them): CRI sends
+        the spec's whole resources, whose rules alone would drop the deny-all and the defaults."""
+        if isinstance(resources, dict):
+            resources = {k: v for k, v in resources.items() if k != "devices"}
         self._require_cgroup("update").update(resources)
 
     def stats(self) -> dict:
@@ -429,15 +433,13 @@ _ALLOWED_DEVICES = (("c", None, None, "m"), ("b", None, None, "m"),
 
 
 def _with_allowed_devices(spec: Spec) -> dict:
-    """``linux.resources`` with the device rules the cgroup gets, in order: deny everything (a
-    container reaches no device the spec does not list, even if its rules do not start with a
-    deny, as runc has it), allow ``linux.devices``, the spec's own rules (which may deny those
-    again), then the default devices."""
+    """``linux.resources`` with the device rules the cgroup gets, as runc builds them: deny
+    everything (a container reaches no device its rules do not allow, even if they do not start
+    with a deny), the spec's own rules, then the default devices. ``linux.devices`` makes nodes,
+    not rules: containerd adds a rule for each device it lists."""
     resources = dict(spec.linux.resources or {})
     resources["devices"] = [
         {"allow": False, "access": "rwm"},
-        *({"allow": True, "type": "c" if d.type == "u" else d.type, "major": d.major, "minor": d.minor,
-           "access": "rwm"} for d in spec.linux.devices if d.type != "p"),
         *(resources.get("devices") or []),
         *({"allow": True, "type": t, **({} if ma is None else {"major": ma}),
            **({} if mi is None else {"minor": mi}), "access": access} for t, ma, mi, access in _ALLOWED_DEVICES)]

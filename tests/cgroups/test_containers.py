@@ -20,8 +20,8 @@ from railcar.runtime.cgroups import CgroupV1, CgroupV2, open_cgroup
 from railcar.runtime.security import CAP_NUMBERS
 from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2
 from tests.runtime.conftest import (  # noqa: F401 - fixtures are used by name
-    DEFAULT_CAPS, busybox_base, container_cgroup_parent, create_captured, finish, make_bundle, no_leaks,
-    run_container, state_root, subreaper)
+    DEFAULT_CAPS, busybox_base, container_cgroup_parent, create_captured, exec_captured, finish, make_bundle,
+    no_leaks, run_container, state_root, subreaper)
 
 from .conftest import wait_for
 
@@ -118,6 +118,33 @@ def test_seccomp_filter_and_errno(make_bundle, state_root) -> None:
     assert os.strerror(errno.EXDEV) in ran.output
 
 
+def test_an_update_leaves_the_device_rules_create_set(make_bundle, state_root) -> None:
+    """CRI's Update sends the spec's whole resources, device rules too: as runc's update, they are
+    not applied again (alone they would drop the defaults, /dev/null among them)."""
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    try:
+        container.update({"devices": [{"allow": False, "access": "rwm"}], "pids": {"limit": 50}})
+        ran = exec_captured(container, {"args": ["sh", "-c", "echo x > /dev/null && echo written"], "cwd": "/"})
+    finally:
+        container.kill(signal.SIGKILL)
+        finish(container, created)
+    assert (ran.status, ran.output.split()) == (0, ["written"]), ran
+
+
+def test_a_program_is_found_under_a_profile_that_refuses_the_access_check(make_bundle, state_root) -> None:
+    """Without no_new_privs the filter is in when args[0] is checked: where it refuses faccessat,
+    the mode bits decide, as runc does (Docker's profiles before 20.10 lack faccessat2)."""
+    def edit(config: dict) -> None:
+        config["process"]["noNewPrivileges"] = False
+        config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["faccessat", "faccessat2", "access"], "action": "SCMP_ACT_ERRNO"}]}
+
+    ran = run_container(make_bundle(["echo", "ran"], edit=edit), state_root)
+    assert (ran.status, ran.output.split()) == (0, ["ran"]), ran
+
+
 def test_a_profile_that_denies_sendto_still_lets_the_process_report(make_bundle, state_root) -> None:
     """Without no_new_privs the filter goes in before the set-up ends; the process then reports
     with write(2), as runc does, so a profile made for runc (without sendto) still starts."""
@@ -130,12 +157,13 @@ def test_a_profile_that_denies_sendto_still_lets_the_process_report(make_bundle,
     assert (ran.status, ran.output.split()) == (0, ["Seccomp:", "2"]), ran
 
 
-@pytest.mark.parametrize("rules", ["deny-all first", "no resources", "allow rules only", "linux.devices denied"])
+@pytest.mark.parametrize("rules", ["deny-all first", "no resources", "allow rules only", "linux.devices denied",
+                                   "linux.devices alone"])
 def test_the_device_rules_let_any_node_be_made_but_only_allowed_ones_opened(make_bundle, state_root, rules) -> None:
-    """As runc's built-in rules: mknod of any device (with CAP_MKNOD), but only listed devices open,
-    whether or not the spec's rules start with a deny (runc always starts from one); an explicit
-    deny of a device in linux.devices holds. /dev/kmsg (1:11) opens write-only for root with no
-    other check than the device cgroup's."""
+    """As runc's built-in rules: mknod of any device (with CAP_MKNOD), but only devices the rules
+    allow open, whether or not the spec's rules start with a deny (runc always starts from one); a
+    device in linux.devices gets a node, not a rule. /dev/kmsg (1:11) opens write-only for root
+    with no other check than the device cgroup's."""
     def edit(config: dict) -> None:
         caps = DEFAULT_CAPS + ["CAP_MKNOD"]
         config["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
@@ -144,6 +172,8 @@ def test_the_device_rules_let_any_node_be_made_but_only_allowed_ones_opened(make
         elif rules == "allow rules only":
             config["linux"]["resources"] = {"devices": [{"allow": True, "type": "c", "major": 1, "minor": 7,
                                                          "access": "rwm"}]}
+        elif rules == "linux.devices alone":   # makes the node, no rule (as runc; containerd adds one)
+            config["linux"]["devices"] = [{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11}]
         elif rules == "linux.devices denied":
             config["linux"]["devices"] = [{"path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11}]
             config["linux"]["resources"]["devices"].append({"allow": False, "type": "c", "major": 1,
