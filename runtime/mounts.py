@@ -6,6 +6,7 @@ rootfs are opened with openat2(RESOLVE_IN_ROOT) and mounted through /proc/self/f
 an image (``/proc -> /host/etc``) can never redirect a mount onto the host.
 """
 
+import dataclasses
 import errno
 import os
 import stat
@@ -44,10 +45,10 @@ _RECURSIVE_WORDS: dict[str, tuple[int, bool]] = {
     "rnodiratime": (sc.MOUNT_ATTR_NODIRATIME, True), "rdiratime": (sc.MOUNT_ATTR_NODIRATIME, False),
     "rnosymfollow": (sc.MOUNT_ATTR_NOSYMFOLLOW, True), "rsymfollow": (sc.MOUNT_ATTR_NOSYMFOLLOW, False),
 }
+# Undoing noatime or strictatime, or relatime, leaves the kernel's default: relatime (runc's reading).
 _RECURSIVE_ATIME = {"rrelatime": sc.MOUNT_ATTR_RELATIME, "rnoatime": sc.MOUNT_ATTR_NOATIME,
-                    "rstrictatime": sc.MOUNT_ATTR_STRICTATIME}
-# Their opposites name no one access-time value: refused rather than guessed.
-_UNCLEAR_WORDS = ("ratime", "rnorelatime", "rnostrictatime")
+                    "rstrictatime": sc.MOUNT_ATTR_STRICTATIME, "ratime": sc.MOUNT_ATTR_RELATIME,
+                    "rnostrictatime": sc.MOUNT_ATTR_RELATIME, "rnorelatime": sc.MOUNT_ATTR_RELATIME}
 # Every option word a mount in config.json may carry (what `features` reports).
 MOUNT_OPTIONS = (*_FLAG_WORDS, *PROPAGATION_FLAGS, *_RECURSIVE_WORDS, *_RECURSIVE_ATIME)
 # Flags a read-only bind remount must keep, or the kernel refuses to drop them (EPERM).
@@ -85,9 +86,6 @@ def parse_options(options: list[str] | tuple[str, ...], where: str = "options") 
         elif word in _RECURSIVE_ATIME:
             rec_set = rec_set & ~sc.MOUNT_ATTR__ATIME | _RECURSIVE_ATIME[word]
             rec_clear |= sc.MOUNT_ATTR__ATIME
-        elif word in _UNCLEAR_WORDS:
-            raise RuntimeFailure("rootfs", f"{where}: {word} names no access-time setting; use rrelatime, "
-                                           "rnoatime or rstrictatime")
         elif word == "loop":
             raise RuntimeFailure("rootfs", f"{where}: loop devices are not supported")
         else:
@@ -113,7 +111,7 @@ def with_mount_label(opts: MountOptions, fstype: str, label: str) -> MountOption
     binds)."""
     if opts.is_bind or fstype in _NO_CONTEXT:
         return opts
-    return MountOptions(opts.flags, opts.propagation, labelled(opts.data, label))
+    return dataclasses.replace(opts, data=labelled(opts.data, label))
 
 
 def mount_first(source: str, target: str, fstype: str, opts: MountOptions) -> None:
@@ -207,7 +205,7 @@ def _shorten_overlay(opts: MountOptions) -> tuple[MountOptions, int]:
     if len(data) > _MAX_DATA:
         os.close(fd)
         raise RuntimeFailure("rootfs", f"overlay options are {len(data)} bytes even shortened")
-    return MountOptions(opts.flags, opts.propagation, data), fd
+    return dataclasses.replace(opts, data=data), fd
 
 
 def mount_points() -> list[str]:

@@ -81,7 +81,8 @@ def _mount_of(path: str) -> tuple[str, bool]:
 def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns: bool) -> None:
     opts = with_mount_label(parse_options(m.options, m.destination), m.type, mount_label)
     if m.type == "cgroup":
-        _mount_cgroups(root_fd, m.destination, bool(opts.flags & sc.MS_RDONLY), mount_label, cgroupns)
+        readonly = bool(opts.flags & sc.MS_RDONLY or opts.recursive[0] & sc.MOUNT_ATTR_RDONLY)
+        _mount_cgroups(root_fd, m.destination, readonly, mount_label, cgroupns)
         return
     source = m.source or m.type
     kind = "dir"

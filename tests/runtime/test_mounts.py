@@ -25,8 +25,10 @@ def test_recursive_words_become_mount_setattr_attributes_the_last_word_winning()
     assert opts.recursive == (sc.MOUNT_ATTR_RDONLY | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_STRICTATIME,
                               sc.MOUNT_ATTR_NOEXEC | sc.MOUNT_ATTR__ATIME)
     assert parse_options(["rro", "rrw"]).recursive == (0, sc.MOUNT_ATTR_RDONLY)
-    with pytest.raises(RuntimeFailure, match="/v: ratime names no access-time setting"):
-        parse_options(["ratime"], "/v")
+    for undo in ("ratime", "rnorelatime", "rnostrictatime"):   # back to the default, as runc reads them
+        assert parse_options(["rnoatime", undo]).recursive == (sc.MOUNT_ATTR_RELATIME, sc.MOUNT_ATTR__ATIME)
+    labelled = with_mount_label(parse_options(["rro", "size=1m"]), "tmpfs", "system_u:object_r:x:s0")
+    assert labelled.recursive == (sc.MOUNT_ATTR_RDONLY, 0) and "context=" in labelled.data
 
 
 def _under(path: str) -> list[str]:
