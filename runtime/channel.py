@@ -116,18 +116,21 @@ class Channel:
         data, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX, 4, socket.MSG_CMSG_CLOEXEC)
         if not data:
             raise PeerGone(stage, "helper exited without reporting")
-        doc = json.loads(data)
-        cls = MESSAGES.get(doc.pop("kind", None))
-        if cls is None or set(doc) != {f.name for f in fields(cls)}:
-            raise RuntimeFailure(stage, f"malformed helper message {data[:200]!r}")
-        msg = cls(**doc)
-        if isinstance(msg, Failed):
+        try:
+            doc = json.loads(data)
+            cls = MESSAGES.get(doc.pop("kind", None))
+            if cls is None or set(doc) != {f.name for f in fields(cls)}:
+                raise RuntimeFailure(stage, f"malformed helper message {data[:200]!r}")
+            msg = cls(**doc)
+            if isinstance(msg, Failed):
+                raise RuntimeFailure(msg.stage, msg.cause)
+            if not isinstance(msg, expected):
+                raise RuntimeFailure(stage, f"helper sent {cls.__name__}, expected "
+                                            f"{' or '.join(c.__name__ for c in expected)}")
+        except BaseException:
             for fd in fds:
                 os.close(fd)
-            raise RuntimeFailure(msg.stage, msg.cause)
-        if not isinstance(msg, expected):
-            raise RuntimeFailure(stage, f"helper sent {cls.__name__}, expected "
-                                        f"{' or '.join(c.__name__ for c in expected)}")
+            raise
         return msg, fds
 
     def wait_closed(self, stage: str) -> None:

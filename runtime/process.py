@@ -367,7 +367,8 @@ def _init(ch: Channel, launch: Launch) -> None:
     ch.send(RootfsReady())
     hooks_done, _ = ch.recv("rootfs", HooksDone)
     hook_state = {**(launch.hook_state or {}), "pid": hooks_done.pid}
-    os.chdir(spec.root_path)  # where createContainer hooks run (runc's too): not the host's /
+    with stage("rootfs"):
+        os.chdir(spec.root_path)  # where createContainer hooks run (runc's too): not the host's /
     _hooks(launch, "createContainer", hook_state)
     with stage("rootfs"):
         rootfs.pivot(spec.root_path)
@@ -597,7 +598,8 @@ def _lookup(prog: str, env: tuple[str, ...]) -> str:
         candidates = [os.path.join(d or ".", prog) for d in path.split(":")]
     found = [c for c in candidates if os.path.isfile(c)]
     for c in found:
-        if os.access(c, os.X_OK, effective_ids=True):   # as execve checks: our capabilities count
+        allowed = sc.may_execute(c)   # as execve checks: our capabilities count
+        if allowed or (allowed is None and os.stat(c).st_mode & 0o111):   # refused: the mode bits, as runc
             return c
     if found:
         raise RuntimeFailure("process", f"process.args[0]: {found[0]!r} in the container is not executable")

@@ -5,6 +5,7 @@ wrap failures with their stage. Only libc is loaded; importing this module is ch
 """
 
 import ctypes
+import errno
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -148,6 +149,19 @@ def mount_setattr_recursive(target: str, attr_set: int, attr_clr: int) -> None:
     _check(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD), os.fsencode(target),
                          ctypes.c_uint(_AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))),
            f"mount_setattr {target}", target)
+
+
+_AT_EACCESS = 0x200
+
+
+def may_execute(path: str) -> bool | None:
+    """Whether execve would be allowed to run ``path`` by its permission bits, for our effective
+    ids and capabilities (faccessat with AT_EACCESS); None if the call itself was refused (EPERM
+    or ENOSYS: a seccomp filter, which may be in by then)."""
+    if _libc.faccessat(ctypes.c_int(_AT_FDCWD), os.fsencode(path), ctypes.c_int(os.X_OK),
+                       ctypes.c_int(_AT_EACCESS)) == 0:
+        return True
+    return None if ctypes.get_errno() in (errno.EPERM, errno.ENOSYS) else False
 
 
 def sethostname(name: str) -> None:
