@@ -30,7 +30,7 @@ def applying(key: str) -> Iterator[None]:
 
 
 # linux.resources fields neither driver implements: refused with their path, never ignored.
-UNSUPPORTED = (("rdma",), ("cpu", "idle"), ("cpu", "burst"))
+UNSUPPORTED = (("rdma",),)
 
 
 def check(resources: object) -> None:
@@ -128,6 +128,8 @@ class Cpu:
     realtime_period: int | None = None
     cpus: str | None = None
     mems: str | None = None
+    burst: int | None = None  # microseconds a group may bank beyond its quota (0 is a value: none)
+    idle: int | None = None  # 1: the group's tasks run as SCHED_IDLE; 0 is a value: normal
 
 
 MAX_CPU_SHARES = 262144
@@ -144,6 +146,8 @@ def cpu(resources: dict) -> Cpu:
         realtime_period=integer(c, "realtimePeriod", "cpu", lo=0),
         cpus=string(c, "cpus", "cpu"),
         mems=string(c, "mems", "cpu"),
+        burst=integer(c, "burst", "cpu", lo=0),
+        idle=integer(c, "idle", "cpu", lo=0, hi=1),
     )
 
 

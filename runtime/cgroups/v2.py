@@ -157,6 +157,10 @@ class CgroupV2(Cgroup):
             q = ("max" if cpu.quota < 0 else str(cpu.quota)) if cpu.quota else current_quota
             p = str(cpu.period) if cpu.period else current_period
             self._write("cpu.max", f"{q} {p}", "cpu.quota")
+        if cpu.burst is not None:   # after the quota it goes beyond
+            self._write("cpu.max.burst", cpu.burst, "cpu.burst")
+        if cpu.idle is not None:
+            self._write("cpu.idle", cpu.idle, "cpu.idle")
         if cpu.cpus:
             self._write("cpuset.cpus", cpu.cpus, "cpu.cpus")
         if cpu.mems:

@@ -30,7 +30,7 @@ def test_create_applies_resources_everywhere(cgroup_parent: str) -> None:
     cg.create({
         "memory": {"limit": 64 << 20, "swap": 64 << 20, "reservation": 32 << 20, "swappiness": 10,
                    "kernel": 32 << 20, "kernelTCP": 8 << 20, "disableOOMKiller": True},
-        "cpu": {"shares": 512, "quota": 20000, "period": 100000},
+        "cpu": {"shares": 512, "quota": 20000, "period": 100000, "burst": 5000},
         "pids": {"limit": 42},
         "devices": [{"allow": False, "access": "rwm"}, {"allow": True, "type": "c", "major": 1, "minor": 3,
                                                           "access": "rw"}],
@@ -45,6 +45,11 @@ def test_create_applies_resources_everywhere(cgroup_parent: str) -> None:
     assert "oom_kill_disable 1" in read(cg, "memory", "memory.oom_control")
     assert read(cg, "cpu", "cpu.shares") == "512"
     assert read(cg, "cpu", "cpu.cfs_quota_us") == "20000"
+    assert read(cg, "cpu", "cpu.cfs_burst_us") == "5000"
+    cg.update({"cpu": {"idle": 1}})   # (an idle group's shares read as the kernel's minimum)
+    assert read(cg, "cpu", "cpu.idle") == "1"
+    cg.update({"cpu": {"idle": 0, "burst": 0}})   # zeros are values here, not "leave it"
+    assert (read(cg, "cpu", "cpu.cfs_burst_us"), read(cg, "cpu", "cpu.idle")) == ("0", "0")
     assert read(cg, "pids", "pids.max") == "42"
     assert read(cg, "devices", "devices.list") == "c 1:3 rw"
     if "cpuset" in cg.mounts:
@@ -76,8 +81,8 @@ def test_update_raises_and_lowers_memory_with_swap(cgroup_parent: str) -> None:
     ({"unified": {"memory.high": "1"}}, "linux.resources.unified"),
     # not implemented: refused, never ignored
     ({"rdma": {"mlx5_0": {"hcaHandles": 3}}}, "linux.resources.rdma"),
-    ({"cpu": {"idle": 1}}, "linux.resources.cpu.idle"),
-    ({"cpu": {"burst": 1000}}, "linux.resources.cpu.burst"),
+    ({"cpu": {"idle": 2}}, "linux.resources.cpu.idle"),
+    ({"cpu": {"burst": -1}}, "linux.resources.cpu.burst"),
     ({"hugepageLimits": [{"pageSize": "2XB", "limit": 1}]}, "linux.resources.hugepageLimits[0].pageSize"),
 ])
 def test_bad_resources_name_the_json_path(cgroup_parent: str, resources: dict, path: str) -> None:

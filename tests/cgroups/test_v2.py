@@ -30,7 +30,7 @@ def test_create_applies_resources(cgroup_parent: str) -> None:
     cg = CgroupV2(f"{cgroup_parent}/c1")
     cg.create({
         "memory": {"limit": 64 << 20, "swap": 96 << 20, "reservation": 16 << 20},
-        "cpu": {"shares": 1024, "quota": 20000, "period": 100000},
+        "cpu": {"shares": 1024, "quota": 20000, "period": 100000, "burst": 5000},
         "pids": {"limit": 42},
         "unified": {"memory.high": str(60 << 20)},
     })
@@ -40,6 +40,9 @@ def test_create_applies_resources(cgroup_parent: str) -> None:
     assert read(cg, "memory.high") == str(60 << 20)
     assert read(cg, "cpu.weight") == "39"
     assert read(cg, "cpu.max") == "20000 100000"
+    assert read(cg, "cpu.max.burst") == "5000"
+    cg.update({"cpu": {"idle": 1}})
+    assert read(cg, "cpu.idle") == "1"
     assert read(cg, "pids.max") == "42"
     if not os.path.isdir("/sys/kernel/mm/hugepages/hugepages-2048kB"):  # nothing to limit: accepted
         cg.update({"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]})
