@@ -265,7 +265,7 @@ class ProcessIO:
         EOF, and drops the tail it had not read yet: up to a FIFO's capacity. FIFOs give the writer
         no "emptied" event, so this polls how much is left unread (FIONREAD on our own reader).
         Output nobody reads (ctr run -d, a client gone) is not waited for; it stays in the FIFO
-        for a client that comes back.
+        (and what does not fit, in the pipe) for a client that comes back.
 
         Gives up after `timeout` seconds in all, because a background child that inherited the
         pipe can keep it open forever, or a client may hold the FIFO without reading; forwarding
@@ -274,13 +274,22 @@ class ProcessIO:
         """
         with trio.move_on_after(timeout):
             for output in self._outputs:
-                await output.done.wait()
+                await self._forwarded(output)
             sinks = {id(o.sink): o.sink for o in self._outputs if o.sink.unread()}.values()
             read = [sink for sink in sinks if sink.read_by_others(self._fds)]
             delay = 0.0005
             while not self._closed and any(sink.unread() for sink in read):
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.01)
+
+    async def _forwarded(self, output: "_Output") -> None:
+        """Until `output` reached EOF with every byte written, unless it cannot: its FIFO holds
+        output that nobody has open to read, so the copy waits for a client, not the other way."""
+        while not output.done.is_set():
+            with trio.move_on_after(0.05):
+                await output.done.wait()
+            if not output.done.is_set() and output.sink.unread() and not output.sink.read_by_others(self._fds):
+                return
 
     def close_stdin(self) -> None:
         """CloseIO: drop our own stdin writer, so EOF reaches the process once the client's writer closes."""

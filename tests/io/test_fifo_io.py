@@ -4,6 +4,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import signal
 import stat
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -161,6 +162,30 @@ async def test_drained_does_not_wait_for_a_client_that_is_gone(fifo: Callable[[s
         with trio.fail_after(1):
             await pio.drained(timeout=30)
         assert len(await read_to_eof(open_reader(out))) == 300000
+
+
+async def test_drained_does_not_wait_for_output_stuck_in_a_fifo_nobody_reads(fifo: Callable[[str], str]) -> None:
+    """ctr run -d with more output than the FIFO holds: the copy waits for a client that may come back,
+    and the exit (here, of a process killed while blocked on its full pipe) is not held up meanwhile."""
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    os.close(open_reader(out))  # the client was there at Create and has left
+    writer = container(f"import sys; sys.stdout.buffer.write(b'x' * {8 * MB})", pio.container_stdio)
+    probe = os.dup(pio.container_stdio[1])
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        while pending(probe) < fcntl.fcntl(probe, fcntl.F_GETPIPE_SZ):  # FIFO full, then the pipe
+            await trio.sleep(0.01)
+        os.close(probe)
+        writer.kill()
+        assert await wait(writer) == -signal.SIGKILL
+        with trio.fail_after(1):
+            await pio.drained(timeout=30)
+        received = await read_to_eof(open_reader(out))   # a client coming back gets what was kept
+        assert 0 < len(received) < 8 * MB and set(received) == {ord("x")}
+        await pio.aclose()
 
 
 async def test_aclose_ends_the_wait_for_the_client(fifo: Callable[[str], str]) -> None:
