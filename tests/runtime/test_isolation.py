@@ -114,6 +114,27 @@ def test_a_program_only_capabilities_let_the_user_run_is_run(make_bundle, state_
     assert (ran.status, ran.output.split()) == (0, ["1000"]), ran
 
 
+def test_a_non_root_process_can_open_its_own_stdio_again(make_bundle, state_root) -> None:
+    """Images that log to /dev/stdout as a non-root user: the pipes are the user's, as runc hands them over."""
+    script = "echo plain; echo out > /dev/stdout; echo err > /dev/stderr; stat -L -c %u /proc/self/fd/1"
+
+    def edit(c: dict) -> None:
+        c["process"]["user"] = {"uid": 1000, "gid": 1000}
+
+    bundle = make_bundle(["sh", "-c", script], edit=edit)
+    ran = run_container(bundle, state_root)
+    assert (ran.status, ran.output.split()) == (0, ["plain", "out", "err", "1000"]), ran
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    try:
+        ran = exec_captured(container, {"args": ["sh", "-c", script], "cwd": "/", "user": {"uid": 1001, "gid": 1001}})
+    finally:
+        container.kill(signal.SIGKILL)
+        finish(container, created)
+    assert (ran.status, ran.output.split()) == (0, ["plain", "out", "err", "1001"]), ran
+
+
 def test_process_user_cwd_env_rlimits(make_bundle, state_root) -> None:
     def edit(c: dict) -> None:
         c["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [5, 7],
