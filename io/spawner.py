@@ -44,7 +44,9 @@ def spawn_with_fds(argv: list[str], env: dict[str, str], fds: dict[int, int]) ->
             argv,
             env,
             file_actions=[(os.POSIX_SPAWN_DUP2, fd, child) for child, fd in high.items()],
-            setsigdef=(signal.SIGPIPE,),  # Python ignores SIGPIPE; the child must not inherit that
+            # Python ignores SIGPIPE and SIGXFSZ; the child must not inherit that (a logger past
+            # RLIMIT_FSIZE would get EFBIG instead of its signal, as subprocess's restore_signals knows)
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
             setsigmask=(),
         )
     finally:

@@ -165,6 +165,19 @@ async def test_default_spawner_maps_crossing_fds(tmp_path: Path) -> None:
         await spawner.wait(pid)
 
 
+async def test_a_spawned_logger_ignores_none_of_the_signals_python_does(tmp_path: Path) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; a logger must not inherit that (past RLIMIT_FSIZE it would
+    get EFBIG instead of its signal)."""
+    read, write = os.pipe()
+    spawner = DefaultSpawner()
+    pid = spawner.spawn(["/bin/sh", "-c", "grep SigIgn /proc/$$/status >&3"], {}, {3: write})
+    os.close(write)
+    assert await spawner.wait(pid) == 0
+    ignored = int(os.read(read, 100).split()[1], 16)
+    os.close(read)
+    assert ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1)) == 0, hex(ignored)
+
+
 class EagerReaper(DefaultSpawner):
     """Like the shim's reaper: collects a child's exit as soon as asked (`reap`), and reports it to
     `wait` only a few checkpoints later, as a reaper doing its own bookkeeping may."""
