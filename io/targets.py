@@ -4,6 +4,7 @@ Opening never blocks: a FIFO is opened for reading with O_NONBLOCK first (which 
 even without a writer) and then for writing, which succeeds at once because a reader now exists.
 """
 
+import errno
 import os
 import stat
 import urllib.parse
@@ -88,18 +89,22 @@ class Sink:
         try:
             holder = os.open(f"/proc/self/fd/{self.reader}", flags)
         except OSError:
-            return False
+            return True  # cannot tell: waiting (a bounded time) is the safe answer
+        reopen = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fds.close(self.reader)
             self.reader = None
             try:
                 os.close(os.open(f"/proc/self/fd/{holder}", flags))
                 found = True
-            except OSError:
-                found = False
-            self.reader = fds.adopt(os.open(f"/proc/self/fd/{holder}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            except OSError as e:
+                found = e.errno != errno.ENXIO  # only ENXIO says "no reader"
+            try:
+                self.reader = fds.adopt(os.open(f"/proc/self/fd/{holder}", reopen))
+            except OSError:  # by its path then: without our reader the rest would be lost on EPIPE
+                self.reader = fds.adopt(os.open(self.target, reopen))
         except OSError:
-            return False
+            return True
         finally:
             os.close(holder)
         return found
