@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import CgroupError, ResourceError
@@ -130,6 +131,34 @@ class Cpu:
     mems: str | None = None
     burst: int | None = None  # microseconds a group may bank beyond its quota (0 is a value: none)
     idle: int | None = None  # 1: the group's tasks run as SCHED_IDLE; 0 is a value: normal
+
+
+def write_cpu(write: Callable[[str, Any], None], cpu: Cpu, weight_file: str, weight: Any,
+              bandwidth: list[tuple[str, Any]], burst_file: str) -> None:
+    """The cpu files of either version, in an order the kernel takes from any current state: an
+    idle group refuses a weight (so idle=0 goes first, and with idle=1 the weight, meaningless
+    then, is left out and idle goes last), and a quota and its burst are each checked against the
+    other's current value (so a burst that does not fit yet is written again after the quota).
+    Idle and burst take 0 as a value; for the other numbers 0 leaves the setting."""
+    if cpu.idle == 0:
+        write("cpu.idle", 0)
+    if weight and cpu.idle != 1:
+        write(weight_file, weight)
+    burst_late = False
+    if cpu.burst is not None:
+        try:
+            write(burst_file, cpu.burst)
+        except CgroupError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            burst_late = True
+    for name, value in bandwidth:
+        if value:
+            write(name, value)
+    if burst_late:
+        write(burst_file, cpu.burst)
+    if cpu.idle == 1:
+        write("cpu.idle", 1)
 
 
 MAX_CPU_SHARES = 262144

@@ -199,18 +199,12 @@ class CgroupV1(Cgroup):
 
     def _cpu(self, cpu: res.Cpu) -> None:
         # Each period before the amount it bounds: the kernel checks an amount against the current period.
-        bandwidth = [("cpu.shares", cpu.shares), ("cpu.cfs_period_us", cpu.period), ("cpu.cfs_quota_us", cpu.quota),
+        bandwidth = [("cpu.cfs_period_us", cpu.period), ("cpu.cfs_quota_us", cpu.quota),
                      ("cpu.rt_period_us", cpu.realtime_period), ("cpu.rt_runtime_us", cpu.realtime_runtime)]
-        # burst after the quota it goes beyond; idle (and a burst) of 0 are values, not "leave it"
-        given = [("cpu.cfs_burst_us", cpu.burst), ("cpu.idle", cpu.idle)]
-        if any(value for _, value in bandwidth) or any(value is not None for _, value in given):
+        if cpu.shares or any(value for _, value in bandwidth) or cpu.burst is not None or cpu.idle is not None:
             d = self._require("cpu", "linux.resources.cpu")
-            for name, value in bandwidth:
-                if value:
-                    files.write(f"{d}/{name}", value)
-            for name, value in given:
-                if value is not None:
-                    files.write(f"{d}/{name}", value)
+            res.write_cpu(lambda name, value: files.write(f"{d}/{name}", value), cpu, "cpu.shares", cpu.shares,
+                      bandwidth, "cpu.cfs_burst_us")
         if cpu.cpus or cpu.mems:
             d = self._require("cpuset", "linux.resources.cpu.cpus/mems")
             for name, value in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):

@@ -150,17 +150,15 @@ class CgroupV2(Cgroup):
         for key, value in (("realtimeRuntime", cpu.realtime_runtime), ("realtimePeriod", cpu.realtime_period)):
             if value:
                 raise ResourceError(f"cpu.{key}", "cgroup v2 has no real-time CPU bandwidth control")
-        if cpu.shares:
-            self._write("cpu.weight", shares_to_weight(max(cpu.shares, 2)), "cpu.shares")
+        bandwidth = []
         if cpu.quota or cpu.period:
             current_quota, current_period = (files.read_optional(self._file("cpu.max")) or "max 100000").split()
             q = ("max" if cpu.quota < 0 else str(cpu.quota)) if cpu.quota else current_quota
             p = str(cpu.period) if cpu.period else current_period
-            self._write("cpu.max", f"{q} {p}", "cpu.quota")
-        if cpu.burst is not None:   # after the quota it goes beyond
-            self._write("cpu.max.burst", cpu.burst, "cpu.burst")
-        if cpu.idle is not None:
-            self._write("cpu.idle", cpu.idle, "cpu.idle")
+            bandwidth.append(("cpu.max", f"{q} {p}"))
+        fields = {"cpu.weight": "cpu.shares", "cpu.max": "cpu.quota", "cpu.max.burst": "cpu.burst", "cpu.idle": "cpu.idle"}
+        res.write_cpu(lambda name, value: self._write(name, value, fields[name]), cpu, "cpu.weight",
+                      shares_to_weight(max(cpu.shares, 2)) if cpu.shares else None, bandwidth, "cpu.max.burst")
         if cpu.cpus:
             self._write("cpuset.cpus", cpu.cpus, "cpu.cpus")
         if cpu.mems:

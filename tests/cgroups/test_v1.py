@@ -48,8 +48,13 @@ def test_create_applies_resources_everywhere(cgroup_parent: str) -> None:
     assert read(cg, "cpu", "cpu.cfs_burst_us") == "5000"
     cg.update({"cpu": {"idle": 1}})   # (an idle group's shares read as the kernel's minimum)
     assert read(cg, "cpu", "cpu.idle") == "1"
-    cg.update({"cpu": {"idle": 0, "burst": 0}})   # zeros are values here, not "leave it"
-    assert (read(cg, "cpu", "cpu.cfs_burst_us"), read(cg, "cpu", "cpu.idle")) == ("0", "0")
+    cg.update({"cpu": {"shares": 512, "idle": 1}})   # CRI resends the whole resources: no refusal
+    cg.update({"cpu": {"idle": 0, "burst": 0, "shares": 256}})   # zeros are values here, not "leave it"
+    assert (read(cg, "cpu", "cpu.cfs_burst_us"), read(cg, "cpu", "cpu.idle"), read(cg, "cpu", "cpu.shares")) == \
+        ("0", "0", "256")
+    cg.update({"cpu": {"quota": 50000, "burst": 40000}})
+    cg.update({"cpu": {"quota": 20000, "burst": 10000}})   # each is checked against the other's current value
+    assert (read(cg, "cpu", "cpu.cfs_quota_us"), read(cg, "cpu", "cpu.cfs_burst_us")) == ("20000", "10000")
     assert read(cg, "pids", "pids.max") == "42"
     assert read(cg, "devices", "devices.list") == "c 1:3 rw"
     if "cpuset" in cg.mounts:

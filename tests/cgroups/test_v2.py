@@ -43,6 +43,12 @@ def test_create_applies_resources(cgroup_parent: str) -> None:
     assert read(cg, "cpu.max.burst") == "5000"
     cg.update({"cpu": {"idle": 1}})
     assert read(cg, "cpu.idle") == "1"
+    cg.update({"cpu": {"shares": 1024, "idle": 1}})   # CRI resends the whole resources: no refusal
+    cg.update({"cpu": {"idle": 0, "shares": 2048}})
+    assert (read(cg, "cpu.idle"), read(cg, "cpu.weight")) == ("0", "79")
+    cg.update({"cpu": {"quota": 50000, "burst": 40000}})
+    cg.update({"cpu": {"quota": 20000, "burst": 10000}})   # each is checked against the other's current value
+    assert (read(cg, "cpu.max"), read(cg, "cpu.max.burst")) == ("20000 100000", "10000")
     assert read(cg, "pids.max") == "42"
     if not os.path.isdir("/sys/kernel/mm/hugepages/hugepages-2048kB"):  # nothing to limit: accepted
         cg.update({"hugepageLimits": [{"pageSize": "2MB", "limit": 0}]})
