@@ -6,12 +6,14 @@ ancestor is a child subreaper: the init and exec processes are re-parented there
 for here). Every other verb works from the state on disk alone, from any process or thread.
 """
 
+import errno
 import json
 import logging
 import os
 import select
 import shutil
 import signal
+import stat
 from dataclasses import dataclass
 from typing import Callable
 
@@ -122,6 +124,7 @@ class Container:
                     if spec.hooks.get(kind):
                         _run_hooks(kind, spec.hooks[kind], state)
 
+            _give_stdio(stdio, spec.linux.raw, spec.process.user.uid)
             fifo = os.open(os.path.join(directory, EXEC_FIFO), os.O_PATH | os.O_CLOEXEC)
             try:
                 launch = Launch(spec=spec, process=spec.process, stdio=stdio,
@@ -301,8 +304,10 @@ class Container:
         """Run another process in the container's namespaces and cgroup; returns once it
         execve'd. Its pid is re-parented to the caller's subreaper like the init."""
         proc = parse_process(process)
-        # Only linux (seccomp) is needed from the config validated at create: no re-validation.
-        plan = security.prepare(process, self._stored_config().get("linux") or {})
+        # Only linux (seccomp, id mappings) is needed from the config validated at create: no re-validation.
+        linux = self._stored_config().get("linux") or {}
+        plan = security.prepare(process, linux)
+        _give_stdio(stdio, linux, proc.user.uid)
         pidfd = self._open_init("exec")
         ns_fds: list[tuple[int, int]] = []
         try:
@@ -454,6 +459,35 @@ def _make_exec_fifo(path: str, spec: Spec) -> None:
     gid = _host_id(spec.linux.gid_mappings)
     if uid or gid:
         os.chown(path, uid, gid)
+
+
+def _give_stdio(stdio: tuple[int, int, int] | None, linux: dict, uid: int) -> None:
+    """As runc: make the process's user the owner of its stdio pipes, so that it may open them
+    again (/dev/stdout is /proc/self/fd/1, which checks the pipe's permissions: a program logging
+    to /dev/stdout as a non-root user lost its output). Done here, as host root, with the user's
+    host uid: inside a user namespace the pipes' owner (host root) is not mapped. /dev/null, what
+    the user owns already, and what the kernel will not hand over are left as they are."""
+    host_uid = _host_uid(linux, uid)
+    if stdio is None or host_uid is None:
+        return
+    for fd in set(stdio):
+        st = os.fstat(fd)
+        if st.st_uid == host_uid or (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)):
+            continue
+        try:
+            os.fchown(fd, host_uid, -1)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM, errno.EROFS):
+                raise
+
+
+def _host_uid(linux: dict, uid: int) -> int | None:
+    """The host uid of container uid `uid`: itself without uidMappings, None if they leave it out."""
+    mappings = linux.get("uidMappings") or []
+    if not mappings:
+        return uid
+    return next((m["hostID"] + uid - m["containerID"] for m in mappings
+                 if m["containerID"] <= uid < m["containerID"] + m["size"]), None)
 
 
 def _host_id(mappings: tuple) -> int:

@@ -453,7 +453,6 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
             stdio = (slave, slave, slave)
         elif launch.stdio is not None:
             stdio = launch.stdio
-            _give_stdio_to(stdio, proc.user.uid)
         else:
             null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
             stdio = (null, null, null)
@@ -512,22 +511,6 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
         if plan is not None:
             plan.before_report(hand_over)
     return _Ready(path, stdio, console, env)
-
-
-def _give_stdio_to(stdio: tuple[int, int, int], uid: int) -> None:
-    """As runc: make the process's user the owner of its stdio pipes, so that it may open them
-    again (/dev/stdout is /proc/self/fd/1, which checks the pipe's permissions: a program logging
-    to /dev/stdout as a non-root user lost its output). /dev/null, what the user owns already, and
-    what the kernel will not hand over (an owner unmapped in a user namespace) are left as they are."""
-    for fd in set(stdio):
-        st = os.fstat(fd)
-        if st.st_uid == uid or (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)):
-            continue
-        try:
-            os.fchown(fd, uid, -1)
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.EPERM, errno.EROFS):
-                raise
 
 
 def _join_session_keyring(launch: Launch) -> None:

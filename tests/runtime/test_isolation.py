@@ -135,6 +135,22 @@ def test_a_non_root_process_can_open_its_own_stdio_again(make_bundle, state_root
     assert (ran.status, ran.output.split()) == (0, ["plain", "out", "err", "1001"]), ran
 
 
+def test_a_user_namespaced_process_can_open_its_own_stdio_again(make_bundle, state_root) -> None:
+    """The pipes go to the user's host uid: inside the namespace their owner (host root) is not mapped."""
+    def edit(c: dict) -> None:
+        c["linux"]["namespaces"].append({"type": "user"})
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["mounts"] = [m for m in c["mounts"] if m["type"] != "cgroup"]
+        c["process"]["user"] = {"uid": 1000, "gid": 1000}
+
+    bundle = make_bundle(["sh", "-c", "echo out > /dev/stdout; stat -L -c %u /proc/self/fd/1"], edit=edit,
+                         copy_binary=True)
+    _give_rootfs_to(bundle, 100000)
+    ran = run_container(bundle, state_root)
+    assert (ran.status, ran.output.split()) == (0, ["out", "1000"]), ran
+
+
 def test_process_user_cwd_env_rlimits(make_bundle, state_root) -> None:
     def edit(c: dict) -> None:
         c["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [5, 7],
