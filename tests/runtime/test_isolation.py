@@ -138,10 +138,7 @@ def test_a_non_root_process_can_open_its_own_stdio_again(make_bundle, state_root
 def test_a_user_namespaced_process_can_open_its_own_stdio_again(make_bundle, state_root) -> None:
     """The pipes go to the user's host uid: inside the namespace their owner (host root) is not mapped."""
     def edit(c: dict) -> None:
-        c["linux"]["namespaces"].append({"type": "user"})
-        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
-        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
-        c["mounts"] = [m for m in c["mounts"] if m["type"] != "cgroup"]
+        _user_namespaced(c)
         c["process"]["user"] = {"uid": 1000, "gid": 1000}
 
     bundle = make_bundle(["sh", "-c", "echo out > /dev/stdout; stat -L -c %u /proc/self/fd/1"], edit=edit,
@@ -248,14 +245,8 @@ def test_mount_target_symlink_cannot_reach_host(make_bundle, state_root, tmp_pat
 
 
 def test_user_namespace_uid_map(make_bundle, state_root) -> None:
-    def edit(c: dict) -> None:
-        c["linux"]["namespaces"].append({"type": "user"})
-        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
-        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
-        c["mounts"] = [m for m in c["mounts"] if m["type"] != "cgroup"]
-
     bundle = make_bundle(["sh", "-c", "cat /proc/self/uid_map; id -u; echo > /dev/null && "
-                                      "echo devnull-ok"], edit=edit, copy_binary=True)
+                                      "echo devnull-ok"], edit=_user_namespaced, copy_binary=True)
     _give_rootfs_to(bundle, 100000)
     ran = run_container(bundle, state_root)
     assert ran.output.split() == ["0", "100000", "65536", "0", "devnull-ok"]
@@ -390,13 +381,7 @@ def _run_on_a_shared_host(make_bundle, state_root: str, propagation: str, rootfs
 
 
 def test_exec_into_user_namespaced_container(make_bundle, state_root) -> None:
-    def edit(c: dict) -> None:
-        c["linux"]["namespaces"].append({"type": "user"})
-        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
-        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
-        c["mounts"] = [m for m in c["mounts"] if m["type"] != "cgroup"]
-
-    bundle = make_bundle(["sleep", "100"], edit=edit, copy_binary=True)
+    bundle = make_bundle(["sleep", "100"], edit=_user_namespaced, copy_binary=True)
     _give_rootfs_to(bundle, 100000)
     container, created = create_captured(bundle, state_root)
     container.start()
@@ -406,6 +391,15 @@ def test_exec_into_user_namespaced_container(make_bundle, state_root) -> None:
     assert ran.output.split() == ["0", "0", "100000", "65536"]
     container.kill(signal.SIGKILL)
     finish(container, created)
+
+
+def _user_namespaced(c: dict) -> None:
+    """A user namespace mapping the container's ids 0-65535 to the host's 100000-165535 (no cgroup
+    mount: the host's hierarchies are not the namespace's to mount)."""
+    c["linux"]["namespaces"].append({"type": "user"})
+    c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    c["mounts"] = [m for m in c["mounts"] if m["type"] != "cgroup"]
 
 
 def _give_rootfs_to(bundle, host_id: int) -> None:
