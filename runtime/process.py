@@ -94,8 +94,9 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], None]) -> Spawned:
     """Fork the intermediate and the init; return once the init is parked before execve.
 
     ``on_forked(pid)`` runs in the caller once the init exists in its namespaces and has its
-    mounts up (record the pid, run prestart/createRuntime hooks). The init mounts while the intermediate is still reporting, so its
-    RootfsReady may overtake InitForked: both are awaited in either order.
+    mounts up (record the pid, run prestart/createRuntime hooks). The init mounts while the
+    intermediate is still reporting, so its RootfsReady may overtake InitForked: both are awaited
+    in either order.
     """
     parent, child = Channel.pair()
     helper = _fork_helper(parent, child, launch, _intermediate)

@@ -156,7 +156,8 @@ class CgroupV2(Cgroup):
             q = ("max" if cpu.quota < 0 else str(cpu.quota)) if cpu.quota else current_quota
             p = str(cpu.period) if cpu.period else current_period
             bandwidth.append(("cpu.max", f"{q} {p}"))
-        fields = {"cpu.weight": "cpu.shares", "cpu.max": "cpu.quota", "cpu.max.burst": "cpu.burst", "cpu.idle": "cpu.idle"}
+        fields = {"cpu.weight": "cpu.shares", "cpu.max": "cpu.quota", "cpu.max.burst": "cpu.burst",
+                  "cpu.idle": "cpu.idle"}
         res.write_cpu(lambda name, value: self._write(name, value, fields[name]), cpu, "cpu.weight",
                       shares_to_weight(max(cpu.shares, 2)) if cpu.shares else None, bandwidth, "cpu.max.burst")
         if cpu.cpus:
