@@ -272,6 +272,8 @@ class ProcessIO:
         goes on after that. Nothing to wait for with binary:// outside terminal mode: the logger
         reads the pipes itself.
         """
+        if self._closed:
+            return
         with trio.move_on_after(timeout):
             for output in self._outputs:
                 await self._forwarded(output)
@@ -314,6 +316,7 @@ class ProcessIO:
                 await self._run_done.wait()
             for output in self._outputs:
                 output.done.set()
+                output.sink.reader = None  # closed below: its number may be reused by anything
             self._fds.close_all()
             if self._logger is not None:
                 await self._logger.stop(self.logger_stop_timeout)

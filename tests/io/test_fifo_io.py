@@ -188,6 +188,28 @@ async def test_drained_does_not_wait_for_output_stuck_in_a_fifo_nobody_reads(fif
         await pio.aclose()
 
 
+async def test_drained_after_aclose_leaves_the_fds_it_closed_alone(fifo: Callable[[str], str]) -> None:
+    """An exec's exit can be waited for after its IO was closed (an init's Delete closes them): the
+    number of the FIFO reader we closed may belong to someone else by then."""
+    out = fifo("stdout")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    old_reader = pio._outputs[0].sink.reader
+    assert old_reader is not None
+    await pio.aclose()
+    read, write = os.pipe()
+    if read != old_reader:   # the number now is someone else's, with bytes in it
+        os.dup2(read, old_reader)
+        os.close(read)
+    os.write(write, b"not ours")
+    try:
+        with trio.fail_after(1):
+            await pio.drained(timeout=30)
+        assert os.read(old_reader, 100) == b"not ours"
+    finally:
+        os.close(old_reader)
+        os.close(write)
+
+
 async def test_aclose_ends_the_wait_for_the_client(fifo: Callable[[str], str]) -> None:
     async with exited_with_output(fifo, 1000, client=True) as (pio, _, reader):
         with trio.fail_after(1):  # the client holds the FIFO without reading: only aclose ends the wait
