@@ -455,8 +455,8 @@ def _make_exec_fifo(path: str, spec: Spec) -> None:
     """The FIFO the init parks on, writable by the container's root (as runc makes it)."""
     os.mkfifo(path, 0o600)
     os.chmod(path, 0o622)   # mkfifo's mode went through the umask
-    uid = _host_id(spec.linux.uid_mappings)
-    gid = _host_id(spec.linux.gid_mappings)
+    uid = _host_id(spec.linux.raw.get("uidMappings"), 0) or 0
+    gid = _host_id(spec.linux.raw.get("gidMappings"), 0) or 0
     if uid or gid:
         os.chown(path, uid, gid)
 
@@ -467,7 +467,7 @@ def _give_stdio(stdio: tuple[int, int, int] | None, linux: dict, uid: int) -> No
     to /dev/stdout as a non-root user lost its output). Done here, as host root, with the user's
     host uid: inside a user namespace the pipes' owner (host root) is not mapped. /dev/null, what
     the user owns already, and what the kernel will not hand over are left as they are."""
-    host_uid = _host_uid(linux, uid)
+    host_uid = _host_id(linux.get("uidMappings"), uid)
     if stdio is None or host_uid is None:
         return
     for fd in set(stdio):
@@ -481,18 +481,13 @@ def _give_stdio(stdio: tuple[int, int, int] | None, linux: dict, uid: int) -> No
                 raise
 
 
-def _host_uid(linux: dict, uid: int) -> int | None:
-    """The host uid of container uid `uid`: itself without uidMappings, None if they leave it out."""
-    mappings = linux.get("uidMappings") or []
+def _host_id(mappings: list | None, container_id: int) -> int | None:
+    """The host id of `container_id` under linux.uidMappings or gidMappings (JSON validated at
+    create): itself without mappings, None if they leave it out."""
     if not mappings:
-        return uid
-    return next((m["hostID"] + uid - m["containerID"] for m in mappings
-                 if m["containerID"] <= uid < m["containerID"] + m["size"]), None)
-
-
-def _host_id(mappings: tuple) -> int:
-    """The host id container id 0 maps to (0 without a user namespace)."""
-    return next((m.host_id for m in mappings if m.container_id == 0), 0)
+        return container_id
+    return next((m["hostID"] + container_id - m["containerID"] for m in mappings
+                 if m["containerID"] <= container_id < m["containerID"] + m["size"]), None)
 
 
 def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
