@@ -19,6 +19,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import stat
 import struct
 import termios
@@ -44,6 +45,7 @@ PROC_NS = (("user", sc.CLONE_NEWUSER), ("mnt", sc.CLONE_NEWNS), ("pid", sc.CLONE
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEY_USR_SEARCH = 0x00080000  # linux/key.h: the key's owner may search it
 KEY_OTH_SEARCH = 0x00000008  # anyone may
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # linux/sockios.h, linux/if.h
 
 
 @dataclass
@@ -314,10 +316,26 @@ def _intermediate(ch: Channel, launch: Launch) -> None:
         for kind in new - {"user"}:
             flags |= NS_FLAGS[kind]
         sc.unshare(flags)
+        if "network" in new:
+            _loopback_up()
         if "time" in new and linux.time_offsets:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write("".join(f"{c} {s} {n}\n" for c, s, n in linux.time_offsets))
     _report_forked(ch, InitForked, _fork_child(ch, launch, _init))
+
+
+def _loopback_up() -> None:
+    """Bring `lo` up in the network namespace we just made, before the createRuntime hooks look at it,
+    as runc does: a new namespace's loopback is down, and CNI configurations (nerdctl's, for one)
+    leave it to the runtime, so without this 127.0.0.1 is unreachable in the container."""
+    request = struct.pack("16sH22x", b"lo", 0)  # struct ifreq: the name, then ifr_flags
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            (flags,) = struct.unpack_from("16xH", fcntl.ioctl(s, _SIOCGIFFLAGS, request))
+            fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
+    except OSError as e:
+        raise RuntimeFailure("namespaces",
+                             f"cannot bring up lo in the new network namespace: {e.strerror}") from None
 
 
 def _open_namespace(index: int, ns: Namespace) -> int:

@@ -252,6 +252,19 @@ def test_user_namespace_uid_map(make_bundle, state_root) -> None:
     assert ran.output.split() == ["0", "100000", "65536", "0", "devnull-ok"]
 
 
+@pytest.mark.parametrize("userns", [False, True])
+def test_a_new_network_namespace_has_its_loopback_up(make_bundle, state_root, userns) -> None:
+    """As runc: CNI configurations (nerdctl's) leave lo to the runtime, and 127.0.0.1 must work."""
+    # Nothing listens on port 1: refused when lo is up, "Network is unreachable" when it is down.
+    bundle = make_bundle(["sh", "-c", "ip -o link show lo; nc -w 1 127.0.0.1 1 2>&1"],
+                         edit=_user_namespaced if userns else None, copy_binary=userns)
+    if userns:
+        _give_rootfs_to(bundle, 100000)
+    ran = run_container(bundle, state_root)
+    flags = ran.output.split("<", 1)[1].split(">", 1)[0].split(",")
+    assert "UP" in flags and "Connection refused" in ran.output, ran.output
+
+
 def test_join_network_namespace_by_path(make_bundle, state_root) -> None:
     first = make_bundle(["sleep", "100"])
     container, created = create_captured(first, state_root)
