@@ -37,12 +37,17 @@ _NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def collect(dir_of: Callable[[str], str | None]) -> dict:
-    """`dir_of(controller)` gives the cgroup's directory in that hierarchy (None: not mounted)."""
-    out: dict = {}
-    for key, part in (("pids", _pids), ("cpu", _cpu), ("memory", _memory), ("blkio", _blkio),
+    """`dir_of(controller)` gives the cgroup's directory in that hierarchy (None: not mounted).
+
+    A part is there, if empty, whenever its controller is: containerd's cgroups library always fills
+    them, and its readers (nerdctl stats, for one) follow `Blkio.IoServiceBytesRecursive` and the
+    like without a nil check. cpu is always there, as in that library.
+    """
+    out: dict = {"cpu": _cpu(dir_of)}
+    for key, part in (("pids", _pids), ("memory", _memory), ("blkio", _blkio),
                       ("hugetlb", _hugetlb), ("memoryOomControl", _oom_control)):
         value = part(dir_of)
-        if value:
+        if value is not None:
             out[key] = value
     return out
 
@@ -52,15 +57,15 @@ def _existing(dir_of: Callable[[str], str | None], controller: str) -> str | Non
     return d if d is not None and os.path.isdir(d) else None
 
 
-def _pids(dir_of: Callable[[str], str | None]) -> dict:
+def _pids(dir_of: Callable[[str], str | None]) -> dict | None:
     d = _existing(dir_of, "pids")
     if d is None:
-        return {}
+        return None
     return {"current": files.read_int(f"{d}/pids.current"), "limit": files.read_int(f"{d}/pids.max")}
 
 
 def _cpu(dir_of: Callable[[str], str | None]) -> dict:
-    out: dict = {}
+    out: dict = {"usage": {}, "throttling": {}}
     acct = _existing(dir_of, "cpuacct")
     if acct is not None:
         usage = {"total": files.read_int(f"{acct}/cpuacct.usage")}
@@ -90,16 +95,16 @@ def _memory_entry(d: str, prefix: str) -> dict:
     }
 
 
-def _memory(dir_of: Callable[[str], str | None]) -> dict:
+def _memory(dir_of: Callable[[str], str | None]) -> dict | None:
     d = _existing(dir_of, "memory")
     if d is None:
-        return {}
+        return None
     raw = files.read_keyed(f"{d}/memory.stat")
     out: dict = {name: raw[key] for key, name in _MEMORY_STAT.items() if key in raw}
     out["usage"] = _memory_entry(d, "memory")
     for key, prefix in (("swap", "memory.memsw"), ("kernel", "memory.kmem"), ("kernelTcp", "memory.kmem.tcp")):
-        if os.path.exists(f"{d}/{prefix}.usage_in_bytes"):
-            out[key] = _memory_entry(d, prefix)
+        # Zeros where the kernel lacks the files (no swap accounting), as containerd's library has it.
+        out[key] = _memory_entry(d, prefix) if os.path.exists(f"{d}/{prefix}.usage_in_bytes") else {}
     return out
 
 
@@ -117,10 +122,10 @@ def _blkio_entries(path: str) -> list[dict]:
     return entries
 
 
-def _blkio(dir_of: Callable[[str], str | None]) -> dict:
+def _blkio(dir_of: Callable[[str], str | None]) -> dict | None:
     d = _existing(dir_of, "blkio")
     if d is None:
-        return {}
+        return None
     out: dict = {}
     for suffix, name in _BLKIO.items():
         # The CFQ files (blkio.<x>) are absent on modern kernels; the throttle layer always counts.
@@ -130,10 +135,10 @@ def _blkio(dir_of: Callable[[str], str | None]) -> dict:
     return out
 
 
-def _hugetlb(dir_of: Callable[[str], str | None]) -> list[dict]:
+def _hugetlb(dir_of: Callable[[str], str | None]) -> list[dict] | None:
     d = _existing(dir_of, "hugetlb")
     if d is None:
-        return []
+        return None
     out = []
     for usage in sorted(glob.glob(f"{d}/hugetlb.*.usage_in_bytes")):
         size = os.path.basename(usage).split(".")[1]
@@ -146,10 +151,10 @@ def _hugetlb(dir_of: Callable[[str], str | None]) -> list[dict]:
     return out
 
 
-def _oom_control(dir_of: Callable[[str], str | None]) -> dict:
+def _oom_control(dir_of: Callable[[str], str | None]) -> dict | None:
     d = _existing(dir_of, "memory")
     if d is None:
-        return {}
+        return None
     raw = files.read_keyed(f"{d}/memory.oom_control")
     return {"oomKillDisable": raw.get("oom_kill_disable", 0), "underOom": raw.get("under_oom", 0),
             "oomKill": raw.get("oom_kill", 0)}

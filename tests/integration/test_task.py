@@ -1,5 +1,6 @@
 """Detached containers: exec, ps, metrics, pause/resume, kill and delete through `ctr task`."""
 
+import json
 import os
 import re
 import shlex
@@ -47,6 +48,12 @@ def test_metrics(cd, detached) -> None:
     assert result.returncode == 0, result.stderr
     text = result.stdout.decode()
     assert re.search(r"memory\.usage_in_bytes\s+\d+|memory\.usage\s+\d+", text), text
+    # Every part is there for an idle container too: nerdctl stats reads Blkio (v1) or Io (v2)
+    # without a nil check, and containerd's cgroups library always sends them.
+    as_json = cd.ctr("task", "metrics", "--format", "json", detached)
+    assert as_json.returncode == 0, as_json.stderr
+    parts = set(json.loads(as_json.stdout))
+    assert {"pids", "cpu", "memory"} <= parts and ("blkio" in parts or "io" in parts), parts
 
 
 def test_pause_resume(cd, detached) -> None:
