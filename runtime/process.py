@@ -620,12 +620,17 @@ def _lookup(prog: str, env: tuple[str, ...]) -> str:
         allowed = sc.may_execute(c)   # as execve checks: our capabilities count
         if allowed or (allowed is None and os.stat(c).st_mode & 0o111):   # refused: the mode bits, as runc
             return c
+    # Each message ends in the words of runc's (the errno's text, "executable file not found"):
+    # dockerd turns those into exit status 127 or 126 and a client error.
     if found:
-        raise RuntimeFailure("process", f"process.args[0]: {found[0]!r} in the container is not executable")
+        raise RuntimeFailure("process", f"process.args[0]: {found[0]!r} in the container is not executable: "
+                                        "permission denied")
     if "/" in prog and os.path.isdir(prog):
         raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container is a directory")
-    raise RuntimeFailure("process", f"process.args[0]: executable {prog!r} not found "
-                                    "in the container")
+    if "/" in prog:
+        raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container: no such file or directory")
+    raise RuntimeFailure("process", f"process.args[0]: {prog!r}: executable file not found in the container's "
+                                    "$PATH")
 
 
 def _hooks(launch: Launch, kind: str, state: dict) -> None:

@@ -415,7 +415,11 @@ def _join_path(path: str):
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c["process"].update(cwd="/bin/busybox"), "process.cwd '/bin/busybox': Not a directory"),
     (lambda c: c["process"].update(args=["/etc/passwd"]), "process.args[0]: '/etc/passwd' in the container "
-                                                          "is not executable"),
+                                                          "is not executable: permission denied"),
+    (lambda c: c["process"].update(args=["/nonexistent"]), "process.args[0]: '/nonexistent' in the container: "
+                                                           "no such file or directory"),
+    (lambda c: c["process"].update(args=["nonexistent"]), "process.args[0]: 'nonexistent': executable file not "
+                                                          "found in the container's $PATH"),
     (lambda c: c["process"].update(args=["/etc"]), "process.args[0]: '/etc' in the container is a directory"),
     (_join_path("/proc/999999999/ns/net"), "linux.namespaces[1] (network): cannot open /proc/999999999/ns/net"),
     (_join_path("/etc/hostname"), "linux.namespaces[1] (network /etc/hostname): cannot join it"),
