@@ -322,7 +322,7 @@ class Container:
             if not self._alive():   # the pid was reused while we opened: not our container
                 raise InvalidState("exec", "stopped")
             spawned = spawn_exec(Launch(spec=None, process=proc, stdio=stdio, terminal=terminal,
-                                        cgroup=self._cgroup(), security=plan, ns_fds=ns_fds,
+                                        cgroup=self._cgroup(), security=plan, ns_fds=ns_fds, init_pid=self.init_pid,
                                         session_keyring=_session_keyring(self.id),
                                         seccomp_listener=self._listener_to_agent(plan, "running")))
         finally:

@@ -61,6 +61,7 @@ class Launch:
     hook_state: dict | None = None      # init only: the container state, but for the pid HooksDone brings
     exec_fifo: int = -1                 # init only: O_PATH fd of the FIFO it parks on
     ns_fds: list[tuple[int, int]] = field(default_factory=list)   # exec only: (fd, nstype)
+    init_pid: int = 0                   # exec only: the container's init (its cgroup may be the one to join)
     session_keyring: str | None = None  # the container's own session keyring ("_ses.<id>", as runc names it)
     # With SCMP_ACT_NOTIFY rules: (pid, listener fd) -> sends it to the agent, in the caller.
     seccomp_listener: Callable[[int, int], None] | None = None
@@ -280,7 +281,7 @@ def _join_cgroup(launch: Launch) -> None:
     processes must never run a line outside its cgroup."""
     if launch.cgroup is not None:
         with stage("cgroups"):
-            launch.cgroup.join()
+            launch.cgroup.join(launch.init_pid)
 
 
 def _fork_child(ch: Channel, launch: Launch, body: Callable[[Channel, Launch], None]) -> int:

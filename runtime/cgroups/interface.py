@@ -53,9 +53,10 @@ class Cgroup(abc.ABC):
     @abc.abstractmethod
     def add_process(self, pid: int) -> None: ...
 
-    def join(self) -> None:
+    def join(self, init_pid: int = 0) -> None:
         """Move the calling process into the cgroup. It must be single-threaded (a freshly forked
-        helper is): a driver may move just the calling thread, which is then the whole process."""
+        helper is): a driver may move just the calling thread, which is then the whole process.
+        `init_pid`: an exec's, the container's init (see CgroupV2.join)."""
         self.add_process(os.getpid())
 
     @abc.abstractmethod

@@ -83,12 +83,13 @@ class CgroupV1(Cgroup):
         for d in self._dirs():
             files.write(f"{d}/cgroup.procs", pid)
 
-    def join(self) -> None:
+    def join(self, init_pid: int = 0) -> None:
         """Through `tasks` with "0": the kernel moves the calling thread without taking the global
         cgroup_threadgroup_rwsem for writing, which any write to cgroup.procs takes. Its first
         writer after a quiet spell waits out an RCU grace period (7-15 ms on the test VM: the
         largest single cost of a create or exec); this move takes 0.1-0.3 ms. A process with
-        more threads joins through cgroup.procs, so that none is left outside."""
+        more threads joins through cgroup.procs, so that none is left outside. v1 has no
+        no-internal-process rule: `init_pid` is not needed."""
         if len(os.listdir("/proc/self/task")) > 1:
             self.add_process(os.getpid())
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -55,6 +56,21 @@ class CgroupV2(Cgroup):
 
     def add_process(self, pid: int) -> None:
         files.write(self._file("cgroup.procs"), pid)
+
+    def join(self, init_pid: int = 0) -> None:
+        """An init that moved itself into a child cgroup and enabled controllers for its children
+        (docker-in-docker, kind nodes, systemd in a container do) leaves the container's cgroup
+        refusing processes: v2's no-internal-process rule (EBUSY). An exec then joins the cgroup
+        the init is in, as runc's does; only one inside the container's, never an ancestor."""
+        try:
+            self.add_process(os.getpid())
+        except CgroupError as e:
+            if e.errno != errno.EBUSY or not init_pid:
+                raise
+            beside = _cgroup_of(init_pid)
+            if beside is None or not beside.startswith(self.path + "/"):
+                raise
+            files.write(f"{self.root}{beside}/cgroup.procs", os.getpid())
 
     def pids(self) -> list[int]:
         if not os.path.isdir(self.dir):
@@ -203,3 +219,13 @@ class CgroupV2(Cgroup):
 
     def oom_kills(self) -> int:
         return oom_kills(self._file("memory.events"))
+
+
+def _cgroup_of(pid: int) -> str | None:
+    """`pid`'s cgroup v2 path as the caller's cgroup namespace sees it (None: gone, or none)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    return next((line[3:] for line in lines if line.startswith("0::/")), None)

@@ -23,7 +23,7 @@ from tests.runtime.conftest import (  # noqa: F401 - fixtures are used by name
     DEFAULT_CAPS, busybox_base, container_cgroup_parent, create_captured, exec_captured, finish, make_bundle,
     no_leaks, run_container, state_root, subreaper)
 
-from .conftest import wait_for
+from .conftest import v2_only, wait_for
 
 pytestmark = pytest.mark.cgroup_v2  # these run in the v2 guest too (and on the v1 host)
 
@@ -73,6 +73,33 @@ def test_the_cgroup_mount_shows_the_container_its_own_cgroup_only(make_bundle, s
     procs = [line for line in ran.output.splitlines() if line.isdigit()]
     assert procs and "0" not in procs, ran.output
     assert "unified" not in ran.output.split()
+
+
+@v2_only
+def test_an_exec_joins_the_init_in_the_child_cgroup_it_moved_to(make_bundle, state_root) -> None:
+    """docker-in-docker, kind nodes and systemd move their init into a child cgroup and enable
+    controllers below the container's, which v2 then refuses processes (EBUSY): as runc's, an exec
+    joins the init's cgroup instead."""
+    def edit(config: dict) -> None:
+        config["linux"]["namespaces"].append({"type": "cgroup"})
+        for m in config["mounts"]:
+            if m["type"] == "cgroup":
+                m["options"] = [o for o in m["options"] if o != "ro"]
+
+    bundle = make_bundle(["sh", "-c", "mkdir /sys/fs/cgroup/init && echo 1 > /sys/fs/cgroup/init/cgroup.procs && "
+                                      "echo +pids > /sys/fs/cgroup/cgroup.subtree_control && exec sleep 100"],
+                         edit=edit)
+    container, created = create_captured(bundle, state_root)
+    try:
+        container.start()
+        moved = f"{cgroup_of(bundle).dir}/init/cgroup.procs"
+        wait_for(lambda: os.path.exists(moved) and open(moved).read().split() == [str(created.result.pid)]
+                 and "pids" in open(f"{cgroup_of(bundle).dir}/cgroup.subtree_control").read(), "the init moved")
+        ran = exec_captured(container, {"args": ["cat", "/proc/self/cgroup"], "cwd": "/"})
+        assert (ran.status, ran.output) == (0, "0::/init\n")
+    finally:
+        container.kill(signal.SIGKILL)
+        finish(container, created)
 
 
 # -- security -------------------------------------------------------------------------------
