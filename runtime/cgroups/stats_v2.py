@@ -14,6 +14,7 @@ _MEMORY_STAT = (
     "workingset_refault workingset_activate workingset_nodereclaim pgrefill pgscan pgsteal pgactivate "
     "pgdeactivate pglazyfree pglazyfreed thp_fault_alloc thp_collapse_alloc"
 ).split()
+_UNLIMITED = (1 << 64) - 1  # what a "max" limit reads as
 
 
 def camel(name: str) -> str:
@@ -30,7 +31,7 @@ def collect(d: str) -> dict:
         return {}
     cpu = files.read_keyed(f"{d}/cpu.stat")  # usage lines exist even without the cpu controller
     out: dict = {
-        "pids": {"current": files.read_int(f"{d}/pids.current"), "limit": files.read_int(f"{d}/pids.max")},
+        "pids": {"current": files.read_int(f"{d}/pids.current"), "limit": _limit(f"{d}/pids.max")},
         "cpu": {camel(k): cpu.get(k, 0) for k in
                 ("usage_usec", "user_usec", "system_usec", "nr_periods", "nr_throttled", "throttled_usec")},
         "memory": _memory(d),
@@ -41,7 +42,7 @@ def collect(d: str) -> dict:
         out["memoryEvents"] = {camel(k): events.get(k, 0) for k in ("low", "high", "max", "oom", "oom_kill")}
     hugetlb = [
         {"pagesize": size, "current": files.read_int(f"{d}/hugetlb.{size}.current"),
-         "max": files.read_int(f"{d}/hugetlb.{size}.max")}
+         "max": _limit(f"{d}/hugetlb.{size}.max")}
         for size in sorted(os.path.basename(p).split(".")[1] for p in glob.glob(f"{d}/hugetlb.*.current"))
     ]
     if hugetlb:
@@ -49,13 +50,20 @@ def collect(d: str) -> dict:
     return out
 
 
+def _limit(path: str) -> int:
+    """A limit file: "max" is the largest uint64, as containerd's cgroups library reports it (0 would
+    read as a limit of nothing); a file that is not there is 0."""
+    text = files.read_optional(path)
+    return _UNLIMITED if text is not None and text.strip() == "max" else files.read_int(path)
+
+
 def _memory(d: str) -> dict:
     raw = files.read_keyed(f"{d}/memory.stat")
     out = {camel(k): raw[k] for k in _MEMORY_STAT if k in raw}
     out["usage"] = files.read_int(f"{d}/memory.current")
-    out["usageLimit"] = files.read_int(f"{d}/memory.max")
+    out["usageLimit"] = _limit(f"{d}/memory.max")
     out["swapUsage"] = files.read_int(f"{d}/memory.swap.current")
-    out["swapLimit"] = files.read_int(f"{d}/memory.swap.max")
+    out["swapLimit"] = _limit(f"{d}/memory.swap.max")
     out["maxUsage"] = files.read_int(f"{d}/memory.peak")
     out["swapMaxUsage"] = files.read_int(f"{d}/memory.swap.peak")
     return out

@@ -129,6 +129,8 @@ def test_an_idle_cgroup_has_every_part_of_its_metrics(cgroup_parent: str) -> Non
         metrics = json_format.ParseDict(cg.stats(), cgroups_v2_pb2.Metrics())
         for part in ("pids", "cpu", "memory", "io"):
             assert metrics.HasField(part), part
+        # No limit reads as the largest uint64, as containerd's library has it: 0 would be a limit of nothing.
+        assert metrics.pids.limit == metrics.memory.usage_limit == metrics.memory.swap_limit == (1 << 64) - 1
     finally:
         cg.destroy()
 
