@@ -34,6 +34,7 @@ class CgroupV2(Cgroup):
         super().__init__(path)
         self.root = root
         self.dir = root + path
+        self._checking = False  # _write only checks the file is there (the first pass of an update)
 
     def _file(self, name: str) -> str:
         return f"{self.dir}/{name}"
@@ -105,6 +106,14 @@ class CgroupV2(Cgroup):
     # -- resources --------------------------------------------------------------------------
 
     def update(self, resources: dict) -> None:
+        """Checked whole before anything is written, as runc's update checks first: an Update refused
+        for what it asks (swap below the limit, a controller the host lacks, a bad value) changes
+        nothing. What the kernel refuses on the way can still leave the files written before it."""
+        self._apply(resources, check_only=True)
+        self._apply(resources, check_only=False)
+
+    def _apply(self, resources: dict, check_only: bool) -> None:
+        self._checking = check_only
         res.check(resources)
         with res.applying("memory"):
             self._memory(res.memory(resources))
@@ -120,7 +129,8 @@ class CgroupV2(Cgroup):
         if res.section(resources, "network"):
             raise ResourceError("network", "net_cls/net_prio do not exist in cgroup v2")
         rules = res.device_rules(resources)
-        apply_device_rules(self.dir, rules)  # (its failures are the host's: create always sends rules)
+        if not check_only:
+            apply_device_rules(self.dir, rules)  # (its failures are the host's: create always sends rules)
         for key, value in res.section(resources, "unified").items():
             if "/" in key or key.startswith(".") or not isinstance(value, str):
                 raise ResourceError(f"unified.{key}", "must name a control file and map it to a string")
@@ -134,8 +144,9 @@ class CgroupV2(Cgroup):
             raise ResourceError(field, f"{name} does not exist: the {controller} controller is not available "
                                        f"in {self.dir} (host controllers: "
                                        f"{files.read(f'{self.root}/cgroup.controllers').strip()})")
-        with res.applying(field):
-            files.write(path, value)
+        if not self._checking:
+            with res.applying(field):
+                files.write(path, value)
 
     def _memory(self, m: res.Memory) -> None:
         # m.kernel is accepted and ignored: the runtime-spec deprecates it and v2 has no such limit.
@@ -159,6 +170,10 @@ class CgroupV2(Cgroup):
             else:
                 value = swap - limit
             self._write("memory.swap.max", value, "memory.swap")
+        elif limit == -1 and os.path.exists(self._file("memory.swap.max")):
+            # An unlimited memory with swap unset lifts the swap limit too, as runc does (on v1, swap
+            # counts memory+swap, so the two limits went together).
+            self._write("memory.swap.max", "max", "memory.swap")
         if m.reservation:
             self._write("memory.low", m.reservation if m.reservation > 0 else "max", "memory.reservation")
 

@@ -8,7 +8,7 @@ import signal
 import pytest
 from google.protobuf import json_format
 
-from railcar.runtime.cgroups import Cgroup, CgroupV2, open_cgroup
+from railcar.runtime.cgroups import Cgroup, CgroupV2, ResourceError, open_cgroup
 from railcar.ttrpc_proto.api import cgroups_v2_pb2
 
 from .conftest import (PYTHON, assert_oom_kill_is_notified, assert_pids_limit_stops_fork_bomb, assert_refused,
@@ -70,6 +70,24 @@ def test_create_applies_resources(cgroup_parent: str) -> None:
 ])
 def test_unsupported_resources_are_clear_errors(cgroup_parent: str, resources: dict, path: str) -> None:
     assert_refused(CgroupV2(f"{cgroup_parent}/bad"), resources, path)
+
+
+def test_a_refused_update_changes_nothing_and_unlimited_memory_lifts_swap(cgroup_parent: str) -> None:
+    cg = CgroupV2(f"{cgroup_parent}/c8")
+    cg.create({"memory": {"limit": 64 << 20, "swap": 64 << 20}, "pids": {"limit": 42}})
+    try:
+        swap_below = {"pids": {"limit": 7}, "memory": {"limit": 32 << 20, "swap": 16 << 20}}
+        no_such_file = {"memory": {"limit": 32 << 20}, "unified": {"nosuch.file": "1"}}
+        for refused, path in ((swap_below, "memory.swap"), (no_such_file, "unified.nosuch.file")):
+            with pytest.raises(ResourceError) as e:
+                cg.update(refused)
+            assert e.value.path == f"linux.resources.{path}"
+            assert (read(cg, "memory.max"), read(cg, "pids.max")) == (str(64 << 20), "42")
+        # As runc: memory -1 with swap unset lifts both limits (v1's memory+swap went with the memory).
+        cg.update({"memory": {"limit": -1}})
+        assert (read(cg, "memory.max"), read(cg, "memory.swap.max")) == ("max", "max")
+    finally:
+        cg.destroy()
 
 
 def test_processes_freeze_thaw_kill(cgroup_parent: str, spawn) -> None:
