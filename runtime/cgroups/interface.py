@@ -42,6 +42,7 @@ class Cgroup(abc.ABC):
         if not path.startswith("/") or path == "/":
             raise CgroupError(f"cgroup path must be absolute and not the root, got {path!r}")
         self.path = path
+        self._checking = False  # in update's first pass: nothing is written
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
@@ -73,9 +74,24 @@ class Cgroup(abc.ABC):
     @abc.abstractmethod
     def frozen(self) -> bool: ...
 
-    @abc.abstractmethod
     def update(self, resources: dict) -> None:
-        """Apply OCI LinuxResources JSON (as in a task Update request) to the existing cgroup."""
+        """Apply OCI LinuxResources JSON (as in a task Update request) to the existing cgroup.
+
+        Checked whole before anything is written, as runc's update checks first: a first pass only
+        checks (values, and that each file it would write is there), so an Update refused for what it
+        asks (swap below the limit, a controller the host lacks) changes nothing. What the kernel
+        refuses on the way can still leave earlier files written, as with runc."""
+        self._checking = True
+        try:
+            self._apply(resources)
+        finally:
+            self._checking = False
+        self._apply(resources)
+
+    @abc.abstractmethod
+    def _apply(self, resources: dict) -> None:
+        """One pass of `update`: write each file through the driver's writer, which only checks while
+        `self._checking`."""
 
     @abc.abstractmethod
     def stats(self) -> dict:

@@ -34,7 +34,6 @@ class CgroupV2(Cgroup):
         super().__init__(path)
         self.root = root
         self.dir = root + path
-        self._checking = False  # _write only checks the file is there (the first pass of an update)
 
     def _file(self, name: str) -> str:
         return f"{self.dir}/{name}"
@@ -105,15 +104,7 @@ class CgroupV2(Cgroup):
 
     # -- resources --------------------------------------------------------------------------
 
-    def update(self, resources: dict) -> None:
-        """Checked whole before anything is written, as runc's update checks first: an Update refused
-        for what it asks (swap below the limit, a controller the host lacks, a bad value) changes
-        nothing. What the kernel refuses on the way can still leave the files written before it."""
-        self._apply(resources, check_only=True)
-        self._apply(resources, check_only=False)
-
-    def _apply(self, resources: dict, check_only: bool) -> None:
-        self._checking = check_only
+    def _apply(self, resources: dict) -> None:
         res.check(resources)
         with res.applying("memory"):
             self._memory(res.memory(resources))
@@ -129,7 +120,7 @@ class CgroupV2(Cgroup):
         if res.section(resources, "network"):
             raise ResourceError("network", "net_cls/net_prio do not exist in cgroup v2")
         rules = res.device_rules(resources)
-        if not check_only:
+        if not self._checking:
             apply_device_rules(self.dir, rules)  # (its failures are the host's: create always sends rules)
         for key, value in res.section(resources, "unified").items():
             if "/" in key or key.startswith(".") or not isinstance(value, str):

@@ -76,6 +76,22 @@ def test_update_raises_and_lowers_memory_with_swap(cgroup_parent: str) -> None:
     cg.destroy()
 
 
+def test_a_refused_update_changes_nothing(cgroup_parent: str) -> None:
+    cg = CgroupV1(f"{cgroup_parent}/c9")
+    cg.create({"memory": {"limit": 64 << 20}, "pids": {"limit": 42}})
+    try:
+        # Refused after the memory and pids sections: no CFQ scheduler on current kernels (or a bad type).
+        for refused, path in (({"blockIO": {"leafWeight": 500}}, "blockIO.leafWeight"),
+                              ({"network": {"classID": "x"}}, "network.classID")):
+            with pytest.raises(ResourceError) as e:
+                cg.update({"memory": {"limit": 32 << 20}, "pids": {"limit": 7}, **refused})
+            assert e.value.path == f"linux.resources.{path}"
+            assert read(cg, "memory", "memory.limit_in_bytes") == str(64 << 20)
+            assert read(cg, "pids", "pids.max") == "42"
+    finally:
+        cg.destroy()
+
+
 @pytest.mark.parametrize(("resources", "path"), [
     ({"memory": {"limit": "1G"}}, "linux.resources.memory.limit"),
     ({"memory": {"limit": 100, "swap": 50}}, "linux.resources.memory.swap"),
