@@ -11,16 +11,37 @@ from .errors import CgroupError
 def write(path: str, value: str | int) -> None:
     """Write one value with a single write(2): control files act on each write, not on close."""
     data = str(value).encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise CgroupError(f"cannot open {path} to write {value!r}: {e.strerror}", e.errno) from e
+    fd = _open_to_write(path, value)
     try:
         os.write(fd, data)
     except OSError as e:
         raise CgroupError(f"writing {value!r} to {path}: {e.strerror}", e.errno) from e
     finally:
         os.close(fd)
+
+
+def check_writable(path: str, value: str | int) -> None:
+    """Fail as `write` would fail to open the file, writing nothing: a control file acts on a
+    write, not on an open."""
+    os.close(_open_to_write(path, value))
+
+
+def _open_to_write(path: str, value: str | int) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CgroupError(f"cannot open {path} to write {value!r}: {e.strerror}", e.errno) from e
+
+
+def read_back(path: str) -> str | None:
+    """A one-line value that writing back restores (memory.max, cpu.max, io.weight's "default 100");
+    None for a file that cannot be read or holds a list (a device's lines, oom_control's keys)."""
+    try:
+        text = read_optional(path)
+    except CgroupError:  # write-only files (devices.allow) refuse reads
+        return None
+    text = (text or "").strip()
+    return text if text and "\n" not in text else None
 
 
 def read(path: str) -> str:

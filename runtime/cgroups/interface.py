@@ -9,8 +9,8 @@ import signal
 import time
 from typing import Callable
 
+from . import files
 from .errors import CgroupError
-from .files import walk_dirs
 
 # How long freeze/destroy wait for the kernel to settle before giving up with an error.
 SETTLE_TIMEOUT = 5.0
@@ -43,6 +43,7 @@ class Cgroup(abc.ABC):
             raise CgroupError(f"cgroup path must be absolute and not the root, got {path!r}")
         self.path = path
         self._checking = False  # in update's first pass: nothing is written
+        self._undo: list[tuple[str, str]] = []  # in its second: what to write back if it fails
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
@@ -77,21 +78,41 @@ class Cgroup(abc.ABC):
     def update(self, resources: dict) -> None:
         """Apply OCI LinuxResources JSON (as in a task Update request) to the existing cgroup.
 
-        Checked whole before anything is written, as runc's update checks first: a first pass only
-        checks (values, and that each file it would write is there), so an Update refused for what it
-        asks (swap below the limit, a controller the host lacks) changes nothing. What the kernel
-        refuses on the way can still leave earlier files written, as with runc."""
+        An Update that fails changes nothing, as runc's (which sets the previous resources back). A
+        first pass only checks: the values, and that each file it would write can be opened. The
+        second writes, noting each file's value before; if the kernel refuses a write on the way
+        (a memory limit below what cannot be reclaimed), what was written is put back, last first."""
         self._checking = True
         try:
             self._apply(resources)
         finally:
             self._checking = False
-        self._apply(resources)
+        self._undo = []
+        try:
+            self._apply(resources)
+        except BaseException:
+            for path, old in reversed(self._undo):
+                try:
+                    files.write(path, old)
+                except CgroupError:
+                    pass  # best effort: the error that stopped the update is the one to report
+            raise
+        finally:
+            self._undo = []
+
+    def _set(self, path: str, value: str | int) -> None:
+        """How `_apply` writes a control file: while checking, only opens it."""
+        if self._checking:
+            files.check_writable(path, value)
+            return
+        old = files.read_back(path)
+        files.write(path, value)
+        if old is not None:
+            self._undo.append((path, old))
 
     @abc.abstractmethod
     def _apply(self, resources: dict) -> None:
-        """One pass of `update`: write each file through the driver's writer, which only checks while
-        `self._checking`."""
+        """One pass of `update`: every control file is written through `_set`."""
 
     @abc.abstractmethod
     def stats(self) -> dict:
@@ -200,7 +221,7 @@ def remove_tree(root: str) -> None:
         return
 
     def attempt() -> bool:
-        for d in walk_dirs(root):
+        for d in files.walk_dirs(root):
             try:
                 os.rmdir(d)
             except FileNotFoundError:

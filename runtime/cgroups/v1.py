@@ -129,13 +129,6 @@ class CgroupV1(Cgroup):
 
     # -- resources --------------------------------------------------------------------------
 
-    def _put(self, path: str, value: object) -> None:
-        """Write a control file; in the checking pass, only make sure it is there (as a write would)."""
-        if not self._checking:
-            files.write(path, value)
-        elif not os.path.exists(path):
-            raise CgroupError(f"cannot open {path} to write {value!r}: {os.strerror(errno.ENOENT)}", errno.ENOENT)
-
     def _apply(self, resources: dict) -> None:
         res.check(resources)
         if res.section(resources, "unified"):
@@ -156,7 +149,7 @@ class CgroupV1(Cgroup):
         if rules:
             d = self._require("devices", "linux.resources.devices")
             for rule in rules:  # (validated: a refusal is the host's, and create always sends rules)
-                self._put(f"{d}/devices.{'allow' if rule.allow else 'deny'}", rule.v1_line())
+                self._set(f"{d}/devices.{'allow' if rule.allow else 'deny'}", rule.v1_line())
 
     def _memory(self, m: res.Memory) -> None:
         if m == res.Memory():
@@ -168,13 +161,15 @@ class CgroupV1(Cgroup):
         memsw = f"{d}/memory.memsw.limit_in_bytes"
         if swap is not None and not os.path.exists(memsw):
             raise ResourceError("memory.swap", "this kernel has no swap accounting (memory.memsw.*)")
+        if limit == -1 and swap is None and os.path.exists(memsw):
+            swap = -1  # as runc: memory+swap may not stay below an unlimited memory
         # memory.limit must stay <= memsw.limit at every step, so the write order depends on direction.
         if swap is not None and (swap == -1 or (limit is not None and limit > files.read_int(memsw, -1))):
-            self._put(memsw, swap)
+            self._set(memsw, swap)
             swap = None
         if limit is not None:
             try:
-                self._put(f"{d}/memory.limit_in_bytes", limit)
+                self._set(f"{d}/memory.limit_in_bytes", limit)
             except CgroupError as e:
                 if e.errno != errno.EBUSY:
                     raise
@@ -183,23 +178,23 @@ class CgroupV1(Cgroup):
                 raise CgroupError(f"memory.limit_in_bytes: {limit} is below what the cgroup uses and cannot "
                                   f"reclaim (usage {usage}, peak {peak})", e.errno) from None
         if swap is not None:
-            self._put(memsw, swap)
+            self._set(memsw, swap)
         if m.reservation is not None:
-            self._put(f"{d}/memory.soft_limit_in_bytes", m.reservation)
+            self._set(f"{d}/memory.soft_limit_in_bytes", m.reservation)
         # Kernel memory limits are deprecated in the runtime-spec; kernels >= 5.16 accept and ignore
         # them, older ones may lack the file or refuse. Like runc, apply them where the kernel can.
         if m.kernel is not None and os.path.exists(f"{d}/memory.kmem.limit_in_bytes"):
             self._write_if_supported(f"{d}/memory.kmem.limit_in_bytes", m.kernel)
         if m.kernel_tcp is not None:
-            self._put(f"{d}/memory.kmem.tcp.limit_in_bytes", m.kernel_tcp)
+            self._set(f"{d}/memory.kmem.tcp.limit_in_bytes", m.kernel_tcp)
         if m.swappiness is not None:
-            self._put(f"{d}/memory.swappiness", m.swappiness)
+            self._set(f"{d}/memory.swappiness", m.swappiness)
         if m.disable_oom_killer is not None:
-            self._put(f"{d}/memory.oom_control", int(m.disable_oom_killer))
+            self._set(f"{d}/memory.oom_control", int(m.disable_oom_killer))
 
     def _write_if_supported(self, path: str, value: int) -> None:
         try:
-            self._put(path, value)
+            self._set(path, value)
         except CgroupError as e:
             if e.errno != errno.EOPNOTSUPP:  # kmem accounting switched off (cgroup.memory=nokmem)
                 raise
@@ -210,19 +205,19 @@ class CgroupV1(Cgroup):
                      ("cpu.rt_period_us", cpu.realtime_period), ("cpu.rt_runtime_us", cpu.realtime_runtime)]
         if cpu.shares or any(value for _, value in bandwidth) or cpu.burst is not None or cpu.idle is not None:
             d = self._require("cpu", "linux.resources.cpu")
-            res.write_cpu(lambda name, value: self._put(f"{d}/{name}", value), cpu, "cpu.shares", cpu.shares,
+            res.write_cpu(lambda name, value: self._set(f"{d}/{name}", value), cpu, "cpu.shares", cpu.shares,
                       bandwidth, "cpu.cfs_burst_us")
         if cpu.cpus or cpu.mems:
             d = self._require("cpuset", "linux.resources.cpu.cpus/mems")
             for name, value in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):
                 if value:
-                    self._put(f"{d}/{name}", value)
+                    self._set(f"{d}/{name}", value)
 
     def _pids(self, pids: dict) -> None:
         limit = res.integer(pids, "limit", "pids")
         if limit:  # 0 means "leave as is", negative means unlimited (runc's convention)
             d = self._require("pids", "linux.resources.pids")
-            self._put(f"{d}/pids.max", limit if limit > 0 else "max")
+            self._set(f"{d}/pids.max", limit if limit > 0 else "max")
 
     def _block_io(self, bio: dict) -> None:
         if not bio:
@@ -238,22 +233,22 @@ class CgroupV1(Cgroup):
         prefix = "blkio" if os.path.exists(f"{d}/blkio.weight") else "blkio.bfq"
         if weight:
             self._need(f"{d}/{prefix}.weight", "blockIO.weight", "no I/O scheduler with weights (CFQ/BFQ)")
-            self._put(f"{d}/{prefix}.weight", weight)
+            self._set(f"{d}/{prefix}.weight", weight)
         if leaf:
             self._need(f"{d}/blkio.leaf_weight", "blockIO.leafWeight", "needs the CFQ scheduler")
-            self._put(f"{d}/blkio.leaf_weight", leaf)
+            self._set(f"{d}/blkio.leaf_weight", leaf)
         for dev in devices:
             if dev.weight:
                 self._need(f"{d}/{prefix}.weight_device", f"{dev.where}.weight", "no I/O scheduler with weights")
-                self._put(f"{d}/{prefix}.weight_device", f"{dev.major}:{dev.minor} {dev.weight}")
+                self._set(f"{d}/{prefix}.weight_device", f"{dev.major}:{dev.minor} {dev.weight}")
             if dev.leaf_weight:
                 self._need(f"{d}/blkio.leaf_weight_device", f"{dev.where}.leafWeight", "needs the CFQ scheduler")
-                self._put(f"{d}/blkio.leaf_weight_device", f"{dev.major}:{dev.minor} {dev.leaf_weight}")
+                self._set(f"{d}/blkio.leaf_weight_device", f"{dev.major}:{dev.minor} {dev.leaf_weight}")
         names = dict(zip(res.THROTTLE_KEYS, ("read_bps_device", "write_bps_device", "read_iops_device",
                                              "write_iops_device")))
         for key, name in names.items():
             for t in res.throttles(bio, key):
-                self._put(f"{d}/blkio.throttle.{name}", f"{t.major}:{t.minor} {t.rate}")
+                self._set(f"{d}/blkio.throttle.{name}", f"{t.major}:{t.minor} {t.rate}")
 
     @staticmethod
     def _need(path: str, field: str, why: str) -> None:
@@ -267,19 +262,19 @@ class CgroupV1(Cgroup):
         for size, limit in limits:
             path = f"{d}/hugetlb.{size}.limit_in_bytes"
             self._need(path, "hugepageLimits", f"the kernel has no {size} huge pages")
-            self._put(path, limit)
+            self._set(path, limit)
 
     def _network(self, net: dict) -> None:
         class_id = res.integer(net, "classID", "network", lo=0)
         priorities = res.items(net, "priorities", "network")
         if class_id is not None:
-            self._put(self._require("net_cls", "linux.resources.network.classID") + "/net_cls.classid", class_id)
+            self._set(self._require("net_cls", "linux.resources.network.classID") + "/net_cls.classid", class_id)
         for where, p in priorities:
             name = res.string(p, "name", where)
             prio = res.integer(p, "priority", where, lo=0)
             if not name or prio is None:
                 raise ResourceError(where, "needs name and priority")
-            self._put(self._require("net_prio", "linux.resources.network.priorities") + "/net_prio.ifpriomap",
+            self._set(self._require("net_prio", "linux.resources.network.priorities") + "/net_prio.ifpriomap",
                         f"{name} {prio}")
 
     # -- stats and events -------------------------------------------------------------------

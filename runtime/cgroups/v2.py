@@ -135,9 +135,8 @@ class CgroupV2(Cgroup):
             raise ResourceError(field, f"{name} does not exist: the {controller} controller is not available "
                                        f"in {self.dir} (host controllers: "
                                        f"{files.read(f'{self.root}/cgroup.controllers').strip()})")
-        if not self._checking:
-            with res.applying(field):
-                files.write(path, value)
+        with res.applying(field):
+            self._set(path, value)
 
     def _memory(self, m: res.Memory) -> None:
         # m.kernel is accepted and ignored: the runtime-spec deprecates it and v2 has no such limit.

@@ -88,6 +88,24 @@ def test_a_refused_update_changes_nothing(cgroup_parent: str) -> None:
             assert e.value.path == f"linux.resources.{path}"
             assert read(cg, "memory", "memory.limit_in_bytes") == str(64 << 20)
             assert read(cg, "pids", "pids.max") == "42"
+        # Refused by the kernel half-way (no such device): what it wrote before is put back, as runc does.
+        with pytest.raises(CgroupError, match="throttle"):
+            cg.update({"memory": {"limit": 32 << 20}, "cpu": {"quota": 20000, "period": 100000},
+                       "blockIO": {"throttleReadBpsDevice": [{"major": 4095, "minor": 4095, "rate": 1}]}})
+        assert read(cg, "memory", "memory.limit_in_bytes") == str(64 << 20)
+        assert read(cg, "cpu", "cpu.cfs_quota_us") == "-1"
+    finally:
+        cg.destroy()
+
+
+def test_unlimited_memory_lifts_the_memory_and_swap_limit(cgroup_parent: str) -> None:
+    """As runc: memory+swap may not stay below an unlimited memory (it would refuse the memory)."""
+    cg = CgroupV1(f"{cgroup_parent}/c10")
+    cg.create({"memory": {"limit": 64 << 20, "swap": 64 << 20}})
+    try:
+        cg.update({"memory": {"limit": -1}})
+        unlimited = read(cg, "memory", "memory.limit_in_bytes")
+        assert int(unlimited) > 1 << 60 and read(cg, "memory", "memory.memsw.limit_in_bytes") == unlimited
     finally:
         cg.destroy()
 
@@ -165,7 +183,8 @@ def test_an_idle_cgroup_has_every_part_of_its_metrics(cgroup_parent: str) -> Non
         metrics = json_format.ParseDict(cg.stats(), cgroups_v1_pb2.Metrics())
         for part in ("pids", "cpu", "memory", "blkio", "memory_oom_control"):
             assert metrics.HasField(part), part
-        for part in ("cpu.usage", "cpu.throttling", "memory.usage", "memory.swap", "memory.kernel", "memory.kernel_tcp"):
+        for part in ("cpu.usage", "cpu.throttling", "memory.usage", "memory.swap", "memory.kernel",
+                     "memory.kernel_tcp"):
             outer, inner = part.split(".")
             assert getattr(metrics, outer).HasField(inner), part
     finally:

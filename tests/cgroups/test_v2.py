@@ -8,7 +8,7 @@ import signal
 import pytest
 from google.protobuf import json_format
 
-from railcar.runtime.cgroups import Cgroup, CgroupV2, ResourceError, open_cgroup
+from railcar.runtime.cgroups import Cgroup, CgroupError, CgroupV2, ResourceError, open_cgroup
 from railcar.ttrpc_proto.api import cgroups_v2_pb2
 
 from .conftest import (PYTHON, assert_oom_kill_is_notified, assert_pids_limit_stops_fork_bomb, assert_refused,
@@ -83,6 +83,11 @@ def test_a_refused_update_changes_nothing_and_unlimited_memory_lifts_swap(cgroup
                 cg.update(refused)
             assert e.value.path == f"linux.resources.{path}"
             assert (read(cg, "memory.max"), read(cg, "pids.max")) == (str(64 << 20), "42")
+        # Refused by the kernel half-way (no such device): what it wrote before is put back, as runc does.
+        with pytest.raises(CgroupError, match="io.max"):
+            cg.update({"memory": {"limit": 32 << 20}, "cpu": {"quota": 20000, "period": 100000},
+                       "blockIO": {"throttleReadBpsDevice": [{"major": 4095, "minor": 4095, "rate": 1}]}})
+        assert (read(cg, "memory.max"), read(cg, "cpu.max")) == (str(64 << 20), "max 100000")
         # As runc: memory -1 with swap unset lifts both limits (v1's memory+swap went with the memory).
         cg.update({"memory": {"limit": -1}})
         assert (read(cg, "memory.max"), read(cg, "memory.swap.max")) == ("max", "max")
