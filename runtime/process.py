@@ -623,15 +623,16 @@ def _lookup(prog: str, env: tuple[str, ...]) -> str:
             return c
     # Each message ends in the words of runc's (the errno's text, "executable file not found"):
     # dockerd turns those into exit status 127 or 126 and a client error.
-    if found:
-        raise RuntimeFailure("process", f"process.args[0]: {found[0]!r} in the container is not executable: "
-                                        "permission denied")
-    if "/" in prog and os.path.isdir(prog):
-        raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container is a directory")
     if "/" in prog:
+        if found:
+            raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container is not executable: "
+                                            "permission denied")
+        if os.path.isdir(prog):
+            raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container is a directory")
         raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container: no such file or directory")
+    skipped = f" ({found[0]!r} is not executable)" if found else ""  # a PATH search passes such files over
     raise RuntimeFailure("process", f"process.args[0]: {prog!r}: executable file not found in the container's "
-                                    "$PATH")
+                                    f"$PATH{skipped}")
 
 
 def _hooks(launch: Launch, kind: str, state: dict) -> None:

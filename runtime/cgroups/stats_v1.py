@@ -43,6 +43,8 @@ def collect(dir_of: Callable[[str], str | None]) -> dict:
     them, and its readers (nerdctl stats, for one) follow `Blkio.IoServiceBytesRecursive` and the
     like without a nil check. cpu is always there, as in that library.
     """
+    if not any(_existing(dir_of, c) for c in ("cpu", "cpuacct", "memory", "pids", "blkio")):
+        return {}  # the cgroup is gone
     out: dict = {"cpu": _cpu(dir_of)}
     for key, part in (("pids", _pids), ("memory", _memory), ("blkio", _blkio),
                       ("hugetlb", _hugetlb), ("memoryOomControl", _oom_control)):

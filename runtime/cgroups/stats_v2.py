@@ -53,8 +53,8 @@ def collect(d: str) -> dict:
 def _limit(path: str) -> int:
     """A limit file: "max" is the largest uint64, as containerd's cgroups library reports it (0 would
     read as a limit of nothing); a file that is not there is 0."""
-    text = files.read_optional(path)
-    return _UNLIMITED if text is not None and text.strip() == "max" else files.read_int(path)
+    text = (files.read_optional(path) or "").strip()
+    return _UNLIMITED if text == "max" else int(text or 0)
 
 
 def _memory(d: str) -> dict:
