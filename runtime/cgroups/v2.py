@@ -61,7 +61,9 @@ class CgroupV2(Cgroup):
         """An init that moved itself into a child cgroup and enabled controllers for its children
         (docker-in-docker, kind nodes, systemd in a container do) leaves the container's cgroup
         refusing processes: v2's no-internal-process rule (EBUSY). An exec then joins the cgroup
-        the init is in, as runc's does; only one inside the container's, never an ancestor."""
+        the init is in, as runc's does. runc does so on any error and wherever the init is (also
+        when an init without a cgroup namespace moved itself out); railcar only on EBUSY and only
+        into a cgroup inside the container's, so that no exec lands in an ancestor's limits."""
         try:
             self.add_process(os.getpid())
         except CgroupError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from railcar.runtime.cgroups import Cgroup, open_cgroup
+from railcar.runtime.cgroups import Cgroup, CgroupError, open_cgroup, v2
 from railcar.runtime.cgroups.v1 import CgroupV1
 
 pytestmark = pytest.mark.cgroup_v2  # runs on this v1 host and again on the pure v2 kernel
@@ -78,3 +79,26 @@ def test_join_of_a_threaded_process_moves_every_thread(cgroup_parent: str) -> No
     cg.create(None)
     with joined_child(cg, threads=2) as (_, tasks):
         assert len(tasks) == 2 and len(set(tasks.values())) == 1  # both threads, one membership
+
+
+@pytest.mark.parametrize("init_cgroup", [None, "/pod", "/elsewhere/x", "/pod/c1x/y", "/pod/c1/init"])
+def test_an_exec_refused_by_the_container_cgroup_joins_only_the_inits_inside_it(monkeypatch, tmp_path,
+                                                                                init_cgroup) -> None:
+    """The v2 fallback (the init moved into a child cgroup): only a cgroup inside the container's,
+    never an ancestor, a sibling sharing its name's prefix, or none (runc joins wherever the init is)."""
+    cg = v2.CgroupV2("/pod/c1", root=str(tmp_path))
+    (tmp_path / "pod/c1/init").mkdir(parents=True)
+    (tmp_path / "pod/c1/init/cgroup.procs").write_text("")
+
+    def busy(pid: int) -> None:
+        raise CgroupError("writing: Device or resource busy", errno.EBUSY)
+
+    monkeypatch.setattr(cg, "add_process", busy)
+    monkeypatch.setattr(v2, "_cgroup_of", lambda pid: init_cgroup)
+    if init_cgroup == "/pod/c1/init":
+        cg.join(init_pid=1234)
+        assert (tmp_path / "pod/c1/init/cgroup.procs").read_text() == str(os.getpid())
+    else:
+        with pytest.raises(CgroupError) as refused:
+            cg.join(init_pid=1234)
+        assert refused.value.errno == errno.EBUSY
