@@ -23,6 +23,9 @@ from collections.abc import Callable
 from railcar.runtime import Container
 from railcar.runtime import syscalls as sc
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "packaging"))
+import devenv  # noqa: E402
+
 CRUN_HYBRID = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tools",
                            "crun-hybrid")
 CGROUP_PARENT = f"/railcar-bench-{os.getpid()}"
@@ -134,9 +137,9 @@ def main() -> None:
         for stop in sleepers:
             stop()
         shutil.rmtree(base, ignore_errors=True)
-        for hierarchy in os.listdir("/sys/fs/cgroup"):
-            parent = os.path.join("/sys/fs/cgroup", hierarchy, CGROUP_PARENT.lstrip("/"))
-            if os.path.isdir(parent) and not os.path.islink(parent):
+        for hierarchy in devenv.cgroup_hierarchies():
+            parent = os.path.join(hierarchy, CGROUP_PARENT.lstrip("/"))
+            if os.path.isdir(parent):
                 for child in os.listdir(parent):
                     if os.path.isdir(os.path.join(parent, child)):
                         os.rmdir(os.path.join(parent, child))

@@ -81,6 +81,16 @@ CRI_NAMESPACE = "k8s.io"
 PAUSE_IMAGE_REF = "railcar.local/pause:latest"
 
 
+
+def cgroup_hierarchies() -> list[str]:
+    """Each cgroup hierarchy's root, where a cgroup path is looked for: /sys/fs/cgroup itself on a
+    pure v2 host; else each hierarchy mounted under it (the v1 controllers, and a hybrid host's
+    unified tree), not the links to them (cpu -> cpu,cpuacct)."""
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):
+        return [CGROUP_ROOT]
+    return [path for path in (os.path.join(CGROUP_ROOT, name) for name in sorted(os.listdir(CGROUP_ROOT)))
+            if os.path.isdir(path) and not os.path.islink(path)]
+
 @dataclass
 class Containerd:
     """A running private containerd; `ctr()` talks to it, `stop()` ends it (and only it)."""
@@ -147,13 +157,11 @@ class Containerd:
     def _remove_namespace_cgroups(self) -> None:
         """ctr puts containers under /<namespace>/<id>; runtimes remove the leaf, not the parent.
         Remove the parent once empty (a container still running keeps it)."""
-        for hierarchy in os.listdir(CGROUP_ROOT):
-            parent = os.path.join(CGROUP_ROOT, hierarchy, self.namespace)
-            if not os.path.islink(os.path.join(CGROUP_ROOT, hierarchy)) and os.path.isdir(parent):
-                try:
-                    os.rmdir(parent)
-                except OSError:
-                    pass
+        for hierarchy in cgroup_hierarchies():
+            try:
+                os.rmdir(os.path.join(hierarchy, self.namespace))
+            except OSError:
+                pass
 
     def restart(self) -> None:
         self.stop()

@@ -75,18 +75,16 @@ def cgroups_of(parent: str) -> list[str]:
     """Container cgroups under /`parent` still present in any hierarchy (ctr asks for cgroupsPath
     /<namespace>/<id>)."""
     left = []
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        group = hierarchy / parent
+    for hierarchy in devenv.cgroup_hierarchies():
+        group = Path(hierarchy, parent)
         if group.is_dir():
             left += [str(child) for child in group.iterdir() if child.is_dir()]
     return left
 
 
 def cgroups_parents(namespace: str) -> list[str]:
-    """The namespace's cgroup parent (/<namespace>) in each hierarchy (once: cpu and cpuacct are
-    often symlinks to one cpu,cpuacct)."""
-    return [str(h / namespace) for h in Path("/sys/fs/cgroup").iterdir()
-            if not h.is_symlink() and (h / namespace).is_dir()]
+    """The namespace's cgroup parent (/<namespace>) in each hierarchy."""
+    return [path for path in (os.path.join(h, namespace) for h in devenv.cgroup_hierarchies()) if os.path.isdir(path)]
 
 
 def zygotes_of(cd: devenv.Containerd) -> set[int]:

@@ -9,13 +9,18 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from railcar.runtime import Container, CreateResult
 from railcar.runtime import syscalls as sc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
+import devenv  # noqa: E402
 
 BUSYBOX = "/bin/busybox"
 CGROUP_PARENT = f"/railcar-test-{os.getpid()}"
@@ -246,9 +251,9 @@ def _children() -> set[int]:
 
 def _cgroups() -> set[str]:
     out = set()
-    for hierarchy in os.listdir(CGROUP_ROOT):
-        parent = os.path.join(CGROUP_ROOT, hierarchy, CGROUP_PARENT.lstrip("/"))
-        if os.path.isdir(parent) and not os.path.islink(os.path.join(CGROUP_ROOT, hierarchy)):
+    for hierarchy in devenv.cgroup_hierarchies():
+        parent = os.path.join(hierarchy, CGROUP_PARENT.lstrip("/"))
+        if os.path.isdir(parent):
             out.update(os.path.join(parent, d) for d in os.listdir(parent)
                        if os.path.isdir(os.path.join(parent, d)))
     return out
@@ -275,9 +280,9 @@ def container_cgroup_parent() -> None:
     Named apart from tests/cgroups' per-test `cgroup_parent`, which would otherwise stand in for
     it there and leave this parent behind."""
     yield
-    for hierarchy in os.listdir(CGROUP_ROOT):
-        parent = os.path.join(CGROUP_ROOT, hierarchy, CGROUP_PARENT.lstrip("/"))
-        if os.path.isdir(parent) and not os.path.islink(os.path.join(CGROUP_ROOT, hierarchy)):
+    for hierarchy in devenv.cgroup_hierarchies():
+        parent = os.path.join(hierarchy, CGROUP_PARENT.lstrip("/"))
+        if os.path.isdir(parent):
             os.rmdir(parent)
 
 

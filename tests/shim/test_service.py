@@ -77,8 +77,8 @@ def cgroup_parent(tmp_path: Path) -> str:
         if socket_file.exists() and eventually(lambda: not socket_file.exists(), timeout=2) is False:
             leaks.append(f"socket {socket_file}")
             socket_file.unlink()
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        leftover = hierarchy / parent.lstrip("/")
+    for hierarchy in devenv.cgroup_hierarchies():
+        leftover = Path(hierarchy, parent.lstrip("/"))
         if not leftover.is_dir():
             continue
         for child in [d for d in leftover.iterdir() if d.is_dir()]:

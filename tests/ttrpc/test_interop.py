@@ -28,7 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 EVENTS = "containerd.services.events.ttrpc.v1.Events"
 TASK = "containerd.task.v2.Task"
 CGROUP_PARENT = f"railcar-test-ttrpc-{os.getpid()}"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _devenv():
@@ -45,7 +44,7 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 def _our_cgroups() -> list[Path]:
-    return [p for p in CGROUP_ROOT.glob(f"*/{CGROUP_PARENT}") if p.is_dir()]
+    return [p for p in (Path(h, CGROUP_PARENT) for h in _devenv().cgroup_hierarchies()) if p.is_dir()]
 
 
 def _remove_cgroups() -> None:
