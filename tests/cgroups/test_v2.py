@@ -12,7 +12,7 @@ from railcar.runtime.cgroups import Cgroup, CgroupError, CgroupV2, ResourceError
 from railcar.ttrpc_proto.api import cgroups_v2_pb2
 
 from .conftest import (PYTHON, assert_oom_kill_is_notified, assert_pids_limit_stops_fork_bomb, assert_refused,
-                       v2_only, wait_for)
+                       idle_metrics, v2_only, wait_for)
 
 pytestmark = [pytest.mark.cgroup_v2, v2_only]
 
@@ -144,18 +144,10 @@ def test_stats_parse_as_metrics_and_count_usage(cgroup_parent: str, spawn) -> No
 
 
 def test_an_idle_cgroup_has_every_part_of_its_metrics(cgroup_parent: str) -> None:
-    """Empty parts are there, not left out: containerd's cgroups library sends them, and readers
-    (nerdctl stats) follow them without a nil check."""
     cg = CgroupV2(f"{cgroup_parent}/c7")
-    cg.create({})
-    try:
-        metrics = json_format.ParseDict(cg.stats(), cgroups_v2_pb2.Metrics())
-        for part in ("pids", "cpu", "memory", "io"):
-            assert metrics.HasField(part), part
+    with idle_metrics(cg, cgroups_v2_pb2.Metrics, "pids", "cpu", "memory", "io") as metrics:
         # No limit reads as the largest uint64, as containerd's library has it: 0 would be a limit of nothing.
         assert metrics.pids.limit == metrics.memory.usage_limit == metrics.memory.swap_limit == (1 << 64) - 1
-    finally:
-        cg.destroy()
 
 
 def test_oom_kill_is_notified(cgroup_parent: str, spawn) -> None:
