@@ -81,7 +81,6 @@ CRI_NAMESPACE = "k8s.io"
 PAUSE_IMAGE_REF = "railcar.local/pause:latest"
 
 
-
 def cgroup_hierarchies() -> list[str]:
     """Each cgroup hierarchy's root, where a cgroup path is looked for: /sys/fs/cgroup itself on a
     pure v2 host; else each hierarchy mounted under it (the v1 controllers, and a hybrid host's
@@ -90,6 +89,7 @@ def cgroup_hierarchies() -> list[str]:
         return [CGROUP_ROOT]
     return [path for path in (os.path.join(CGROUP_ROOT, name) for name in sorted(os.listdir(CGROUP_ROOT)))
             if os.path.isdir(path) and not os.path.islink(path)]
+
 
 @dataclass
 class Containerd:
