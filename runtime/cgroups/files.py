@@ -38,7 +38,7 @@ def read_back(path: str) -> str | None:
     None for a file that cannot be read or holds a list (a device's lines, oom_control's keys)."""
     try:
         text = read_optional(path)
-    except CgroupError:  # write-only files (devices.allow) refuse reads
+    except (CgroupError, ValueError):  # write-only files (devices.allow); a name in another encoding
         return None
     text = (text or "").strip()
     return text if text and "\n" not in text else None

@@ -43,7 +43,7 @@ class Cgroup(abc.ABC):
             raise CgroupError(f"cgroup path must be absolute and not the root, got {path!r}")
         self.path = path
         self._checking = False  # in update's first pass: nothing is written
-        self._undo: list[tuple[str, str]] = []  # in its second: what to write back if it fails
+        self._undo: list[tuple[str, str]] | None = None  # in its second: what to write back if it fails
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
@@ -78,10 +78,13 @@ class Cgroup(abc.ABC):
     def update(self, resources: dict) -> None:
         """Apply OCI LinuxResources JSON (as in a task Update request) to the existing cgroup.
 
-        An Update that fails changes nothing, as runc's (which sets the previous resources back). A
-        first pass only checks: the values, and that each file it would write can be opened. The
-        second writes, noting each file's value before; if the kernel refuses a write on the way
-        (a memory limit below what cannot be reclaimed), what was written is put back, last first."""
+        An Update that fails changes as little as it can, as runc's (which sets the previous
+        resources back). A first pass only checks: the values, and that each file it would write can
+        be opened. The second writes, noting each file's value before; if the kernel refuses a write
+        on the way (a memory limit below what cannot be reclaimed), the one-value files written are
+        put back, last first. Files that hold a list (per-device throttles and weights, v1's
+        oom_control) or read empty (a fresh cpuset) are not, and neither is what a lower memory
+        limit already reclaimed."""
         self._checking = True
         try:
             self._apply(resources)
@@ -98,17 +101,23 @@ class Cgroup(abc.ABC):
                     pass  # best effort: the error that stopped the update is the one to report
             raise
         finally:
-            self._undo = []
+            self._undo = None
 
     def _set(self, path: str, value: str | int) -> None:
         """How `_apply` writes a control file: while checking, only opens it."""
         if self._checking:
             files.check_writable(path, value)
             return
-        old = files.read_back(path)
+        self._keep(path)
         files.write(path, value)
-        if old is not None:
-            self._undo.append((path, old))
+
+    def _keep(self, path: str) -> None:
+        """Note `path`'s value, to be put back if the update fails (also for a file the kernel changes
+        as a side effect of another write, as cpu.idle resets the weight)."""
+        if self._undo is not None:
+            old = files.read_back(path)
+            if old is not None:
+                self._undo.append((path, old))
 
     @abc.abstractmethod
     def _apply(self, resources: dict) -> None:

@@ -133,13 +133,16 @@ class Cpu:
     idle: int | None = None  # 1: the group's tasks run as SCHED_IDLE; 0 is a value: normal
 
 
-def write_cpu(write: Callable[[str, Any], None], cpu: Cpu, weight_file: str, weight: Any,
-              bandwidth: list[tuple[str, Any]], burst_file: str) -> None:
+def write_cpu(write: Callable[[str, Any], None], keep: Callable[[str], None], cpu: Cpu, weight_file: str,
+              weight: Any, bandwidth: list[tuple[str, Any]], burst_file: str) -> None:
     """The cpu files of either version, in an order the kernel takes from any current state: an
     idle group refuses a weight (so idle=0 goes first, and with idle=1 the weight, meaningless
     then, is left out and idle goes last), and a quota and its burst are each checked against the
     other's current value (so a burst that does not fit yet is written again after the quota).
-    Idle and burst take 0 as a value; for the other numbers 0 leaves the setting."""
+    Idle and burst take 0 as a value; for the other numbers 0 leaves the setting. Writing idle resets
+    the weight, so the weight is kept (`keep`) for an update that fails and puts idle back."""
+    if cpu.idle is not None:
+        keep(weight_file)
     if cpu.idle == 0:
         write("cpu.idle", 0)
     if weight and cpu.idle != 1:

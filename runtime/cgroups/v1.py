@@ -67,7 +67,7 @@ class CgroupV1(Cgroup):
         cpuset = self.mounts.get("cpuset")
         if cpuset:
             self._inherit_cpuset(cpuset)
-        self.update(resources or {})
+        self._apply(resources or {})  # no check pass or undo: a create that fails removes the cgroup
 
     def _inherit_cpuset(self, mount: str) -> None:
         """A new v1 cpuset starts with no cpus/mems and refuses tasks: copy them down each level."""
@@ -205,8 +205,9 @@ class CgroupV1(Cgroup):
                      ("cpu.rt_period_us", cpu.realtime_period), ("cpu.rt_runtime_us", cpu.realtime_runtime)]
         if cpu.shares or any(value for _, value in bandwidth) or cpu.burst is not None or cpu.idle is not None:
             d = self._require("cpu", "linux.resources.cpu")
-            res.write_cpu(lambda name, value: self._set(f"{d}/{name}", value), cpu, "cpu.shares", cpu.shares,
-                      bandwidth, "cpu.cfs_burst_us")
+            res.write_cpu(lambda name, value: self._set(f"{d}/{name}", value),
+                          lambda name: self._keep(f"{d}/{name}"), cpu, "cpu.shares", cpu.shares, bandwidth,
+                          "cpu.cfs_burst_us")
         if cpu.cpus or cpu.mems:
             d = self._require("cpuset", "linux.resources.cpu.cpus/mems")
             for name, value in (("cpuset.cpus", cpu.cpus), ("cpuset.mems", cpu.mems)):

@@ -52,7 +52,7 @@ class CgroupV2(Cgroup):
                     files.write(f"{parent}/cgroup.subtree_control", f"+{c}")
             parent = f"{parent}/{part}"
             os.makedirs(parent, exist_ok=True)
-        self.update(resources or {})
+        self._apply(resources or {})  # no check pass or undo: a create that fails removes the cgroup
 
     def add_process(self, pid: int) -> None:
         files.write(self._file("cgroup.procs"), pid)
@@ -181,7 +181,8 @@ class CgroupV2(Cgroup):
             bandwidth.append(("cpu.max", f"{q} {p}"))
         fields = {"cpu.weight": "cpu.shares", "cpu.max": "cpu.quota", "cpu.max.burst": "cpu.burst",
                   "cpu.idle": "cpu.idle"}
-        res.write_cpu(lambda name, value: self._write(name, value, fields[name]), cpu, "cpu.weight",
+        res.write_cpu(lambda name, value: self._write(name, value, fields[name]),
+                      lambda name: self._keep(self._file(name)), cpu, "cpu.weight",
                       shares_to_weight(max(cpu.shares, 2)) if cpu.shares else None, bandwidth, "cpu.max.burst")
         if cpu.cpus:
             self._write("cpuset.cpus", cpu.cpus, "cpu.cpus")

@@ -137,8 +137,8 @@ def idle_metrics(cg: Cgroup, message: type[Message], *parts: str) -> Iterator[Me
     """`cg` made without limits and its Stats as `message`, checked to have every one of `parts`
     (dotted for nested ones), empty as they are: containerd's cgroups library sends them, and
     readers (nerdctl stats) follow them without a nil check. `cg` is removed afterwards."""
-    cg.create({})
     try:
+        cg.create({})
         metrics = json_format.ParseDict(cg.stats(), message())
         for part in parts:
             *outer, inner = part.split(".")

@@ -94,6 +94,12 @@ def test_a_refused_update_changes_nothing(cgroup_parent: str) -> None:
                        "blockIO": {"throttleReadBpsDevice": [{"major": 4095, "minor": 4095, "rate": 1}]}})
         assert read(cg, "memory", "memory.limit_in_bytes") == str(64 << 20)
         assert read(cg, "cpu", "cpu.cfs_quota_us") == "-1"
+        # Putting idle back resets the shares in the kernel: they are put back after it.
+        cg.update({"cpu": {"shares": 512}})
+        with pytest.raises(CgroupError, match="throttle"):
+            cg.update({"cpu": {"idle": 1},
+                       "blockIO": {"throttleReadBpsDevice": [{"major": 4095, "minor": 4095, "rate": 1}]}})
+        assert (read(cg, "cpu", "cpu.idle"), read(cg, "cpu", "cpu.shares")) == ("0", "512")
     finally:
         cg.destroy()
 

@@ -88,6 +88,12 @@ def test_a_refused_update_changes_nothing_and_unlimited_memory_lifts_swap(cgroup
             cg.update({"memory": {"limit": 32 << 20}, "cpu": {"quota": 20000, "period": 100000},
                        "blockIO": {"throttleReadBpsDevice": [{"major": 4095, "minor": 4095, "rate": 1}]}})
         assert (read(cg, "memory.max"), read(cg, "cpu.max")) == (str(64 << 20), "max 100000")
+        # Putting idle back resets the weight in the kernel: it is put back after it.
+        cg.update({"cpu": {"shares": 512}})
+        with pytest.raises(CgroupError, match="io.max"):
+            cg.update({"cpu": {"idle": 1},
+                       "blockIO": {"throttleReadBpsDevice": [{"major": 4095, "minor": 4095, "rate": 1}]}})
+        assert (read(cg, "cpu.idle"), read(cg, "cpu.weight")) == ("0", "20")
         # As runc: memory -1 with swap unset lifts both limits (v1's memory+swap went with the memory).
         cg.update({"memory": {"limit": -1}})
         assert (read(cg, "memory.max"), read(cg, "memory.swap.max")) == ("max", "max")
