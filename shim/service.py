@@ -547,7 +547,10 @@ class TaskService:
         task = self._task(req.id)
         task.init.check("update")
         resources = _json_object(req.resources.value, "resources (OCI LinuxResources)")
-        await self._call("update", {"id": task.id, "root": self.root, "resources": resources})
+        # One at a time: an Update that fails puts back the values it found, which must not undo
+        # what another Update, run by another worker meanwhile, has written.
+        async with task.lock:
+            await self._call("update", {"id": task.id, "root": self.root, "resources": resources})
         return EMPTY
 
     async def wait(self, req: pb.WaitRequest, ctx: Any) -> pb.WaitResponse:

@@ -112,3 +112,29 @@ async def test_a_process_that_never_exited_reports_go_zero_time_not_1970() -> No
     deleted = await service.delete(pb.DeleteRequest(id="c1", exec_id="e1"), None)
     for stamp in (state.exited_at, deleted.exited_at):
         assert (stamp.seconds, stamp.nanos) == (GO_ZERO_TIME_SECONDS, 0)
+
+
+async def test_updates_of_one_task_run_one_at_a_time(monkeypatch) -> None:
+    """A failed Update puts back the values it found: run beside another, it could undo that one's."""
+    init = Process("c1", "", pid=42)
+    init.apply("start")
+    service = _service_with(Task("c1", "/bundle", init))
+    running, most = 0, 0
+
+    async def call(op: str, args: dict, fds=()) -> tuple[dict, list[int]]:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await trio.sleep(0.01)
+        running -= 1
+        return {}, []
+
+    monkeypatch.setattr(service, "_call", call)
+    request = pb.UpdateTaskRequest(id="c1")
+    request.resources.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+    request.resources.value = b'{"cpu": {"shares": 512}}'
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(service.update, request, None)
+    assert most == 1
+
