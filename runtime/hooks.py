@@ -2,8 +2,8 @@
 
 Each hook is executed with `args` as its argv (argv[0] included; just `[path]` when absent),
 exactly `env` as its environment (empty when absent), the container state JSON on stdin, and
-its stdout+stderr captured so a failure can say what the hook printed. A hook that runs longer
-than `timeout` seconds is killed and counts as failed.
+its stdout and stderr captured apart (as runc does), so a failure can say what the hook printed on
+each. A hook that runs longer than `timeout` seconds is killed and counts as failed.
 
 runtime-spec: a failing prestart/createRuntime/createContainer/startContainer hook stops the
 remaining hooks (and the operation); a failing poststart/poststop hook must not stop the others,
@@ -71,12 +71,12 @@ def _run_one(kind: str, index: int, hook: dict, stdin: bytes, cwd: str | None) -
     try:
         # A session (and process group) of its own, so a timeout can kill what it started too.
         proc = subprocess.Popen(args, executable=path, env=environ, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, cwd=cwd,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True, cwd=cwd,
                                 start_new_session=True)
     except OSError as e:
         raise HookError(kind, index, path, f"cannot execute: {e.strerror}") from e
     try:
-        output, _ = proc.communicate(stdin, timeout=timeout)
+        outputs = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         # Not just the hook: a background child it left would hold the output pipe open, and
         # reading to EOF would then outlast the timeout forever. The group outlives the hook
@@ -86,8 +86,14 @@ def _run_one(kind: str, index: int, hook: dict, stdin: bytes, cwd: str | None) -
         raise HookError(kind, index, path, f"timed out after {timeout}s and was killed") from None
     if proc.returncode != 0:
         how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with status {proc.returncode}"
-        text = output[-_OUTPUT_LIMIT:].decode(errors="replace").strip()
-        raise HookError(kind, index, path, how + (f": {text}" if text else ""))
+        printed = "; ".join(f"{name}: {text}" for name, text in zip(("stdout", "stderr"), map(_tail, outputs))
+                            if text)
+        raise HookError(kind, index, path, how + (f": {printed}" if printed else ""))
+
+
+def _tail(output: bytes) -> str:
+    """The end of what a hook printed on one stream, where a failing hook says why."""
+    return output[-_OUTPUT_LIMIT:].decode(errors="replace").strip()
 
 
 def run_hooks(kind: str, hooks: list[dict], state: dict) -> None:

@@ -374,7 +374,7 @@ def test_failing_prestart_hook_aborts_create_and_leaves_nothing(make_bundle, sta
     bundle = make_bundle(["true"], edit=edit)
     with pytest.raises(RuntimeFailure, match="prestart") as e:
         create_captured(bundle, state_root)
-    assert "exited with status 7: no" in str(e.value)
+    assert "exited with status 7: stderr: no" in str(e.value)
     [state] = [json.loads(line) for line in poststop_log.read_text().splitlines()]
     assert (state["id"], state["status"]) == (bundle.id, "stopped")
     with pytest.raises(ContainerNotFound):

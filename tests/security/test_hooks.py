@@ -58,11 +58,11 @@ def test_env_is_exactly_the_hooks_own(tmp_path: Path) -> None:
 def test_failing_prestart_stops_and_names_the_hook(tmp_path: Path) -> None:
     out = tmp_path / "log"
     with pytest.raises(HookError) as e:
-        run_hooks("prestart", [{"path": SH, "args": ["sh", "-c", "echo boom >&2; exit 3"]},
+        run_hooks("prestart", [{"path": SH, "args": ["sh", "-c", "echo said; echo boom >&2; exit 3"]},
                                recorder(out, "never")], STATE)
     assert isinstance(e.value, RuntimeFailure)
     assert (e.value.kind, e.value.index, e.value.path) == ("prestart", 0, SH)
-    assert "exited with status 3: boom" in str(e.value)
+    assert "exited with status 3: stdout: said; stderr: boom" in str(e.value)
     assert "hooks.prestart[0]" in str(e.value)
     assert not out.exists()
 
