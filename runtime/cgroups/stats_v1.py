@@ -124,6 +124,21 @@ def _blkio_entries(path: str) -> list[dict]:
     return entries
 
 
+def device_names(partitions: str) -> dict[tuple[int, int], str]:
+    """/proc/partitions' text -> {(major, minor): "/dev/<name>"}, the first name of a number winning.
+
+    containerd's cgroups library names each blkio entry's device from there, and `ctr task metrics`
+    and nerdctl show that name; a device without a partition line (a loop or an nbd not listed)
+    stays unnamed, as there.
+    """
+    names: dict[tuple[int, int], str] = {}
+    for line in partitions.splitlines()[2:]:
+        fields = line.split()
+        if len(fields) == 4 and fields[0].isdigit() and fields[1].isdigit():
+            names.setdefault((int(fields[0]), int(fields[1])), f"/dev/{fields[3]}")
+    return names
+
+
 def _blkio(dir_of: Callable[[str], str | None]) -> dict | None:
     d = _existing(dir_of, "blkio")
     if d is None:
@@ -134,6 +149,10 @@ def _blkio(dir_of: Callable[[str], str | None]) -> dict | None:
         entries = _blkio_entries(f"{d}/blkio.{suffix}") or _blkio_entries(f"{d}/blkio.throttle.{suffix}")
         if entries:
             out[name] = entries
+    if out:
+        names = device_names(files.read_optional("/proc/partitions") or "")
+        for entry in (entry for entries in out.values() for entry in entries):
+            entry["device"] = names.get((entry["major"], entry["minor"]), "")
     return out
 
 

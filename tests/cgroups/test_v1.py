@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import json_format
 
 from railcar.runtime.cgroups import Cgroup, CgroupError, CgroupV1, ResourceError, open_cgroup
+from railcar.runtime.cgroups.stats_v1 import device_names
 from railcar.ttrpc_proto.api import cgroups_v1_pb2
 
 from .conftest import (PYTHON, assert_oom_kill_is_notified, assert_pids_limit_stops_fork_bomb, assert_refused,
@@ -178,6 +179,33 @@ def test_stats_parse_as_metrics_and_count_usage(cgroup_parent: str, spawn) -> No
     p.popen.kill()
     p.wait()
     cg.destroy()
+
+
+def test_blkio_entries_name_their_device_as_containerd_does(cgroup_parent: str, spawn, tmp_path) -> None:
+    data = tmp_path / "data"
+    with open(data, "wb") as f:
+        f.write(b"x" * 4 * 4096)
+        os.fsync(f.fileno())
+    number = (os.major(data.stat().st_dev), os.minor(data.stat().st_dev))
+    device = device_names(open("/proc/partitions").read()).get(number)
+    if device is None:
+        pytest.skip(f"{tmp_path} is not on a block device /proc/partitions lists")
+    cg = CgroupV1(f"{cgroup_parent}/c9")
+    cg.create({})
+    try:
+        # O_DIRECT reads get past the page cache to the device, so the throttle layer counts them.
+        assert spawn(cg, "dd", f"if={data}", "of=/dev/null", "bs=4096", "iflag=direct").wait() == 0
+        metrics = json_format.ParseDict(cg.stats(), cgroups_v1_pb2.Metrics())
+    finally:
+        cg.destroy()
+    [read] = [e for e in metrics.blkio.io_service_bytes_recursive if ((e.major, e.minor), e.op) == (number, "Read")]
+    assert read.device == device and read.value >= 4 * 4096
+
+
+def test_device_names_come_from_proc_partitions_first_name_winning() -> None:
+    assert device_names("major minor  #blocks  name\n\n 254        0  268435456 vda\n"
+                        "   7        0       1024 loop0\n 254        0  1 again\n") == \
+        {(254, 0): "/dev/vda", (7, 0): "/dev/loop0"}
 
 
 def test_an_idle_cgroup_has_every_part_of_its_metrics(cgroup_parent: str) -> None:
