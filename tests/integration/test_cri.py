@@ -242,8 +242,13 @@ def task_pid(cri: Cri, task: str) -> int:
     raise AssertionError(f"no task {task}")
 
 
-def cgroup_file(cri: Cri, controller: str, container: str, name: str) -> str:
-    return Path(f"/sys/fs/cgroup/{controller}/{cri.cgroup_parent}/{container}/{name}").read_text().strip()
+PURE_V2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+
+
+def cgroup_file(cgroup: str, v1: tuple[str, str], v2: str) -> str:
+    """A cgroup's file: v1's (controller, file) on a v1 host, the v2 file on a pure v2 host."""
+    path = f"/sys/fs/cgroup{cgroup}/{v2}" if PURE_V2 else f"/sys/fs/cgroup/{v1[0]}{cgroup}/{v1[1]}"
+    return Path(path).read_text().strip()
 
 
 def test_a_pod_runs_in_one_shim_with_logs_execs_stats_and_updates(cri, leaks) -> None:
@@ -290,8 +295,10 @@ def test_a_pod_runs_in_one_shim_with_logs_execs_stats_and_updates(cri, leaks) ->
 
         cri.runtime.call("UpdateContainerResources", container_id=container,
                          linux=pb.LinuxContainerResources(memory_limit_in_bytes=96 << 20, cpu_shares=256))
-        assert cgroup_file(cri, "memory", container, "memory.limit_in_bytes") == str(96 << 20)
-        assert cgroup_file(cri, "cpu", container, "cpu.shares") == "256"
+        cgroup = f"/{cri.cgroup_parent}/{container}"
+        assert cgroup_file(cgroup, ("memory", "memory.limit_in_bytes"), "memory.max") == str(96 << 20)
+        # v2 has a weight: runc's mapping of the shares, 1 + (256 - 2) * 9999 // 262142.
+        assert cgroup_file(cgroup, ("cpu", "cpu.shares"), "cpu.weight") == ("10" if PURE_V2 else "256")
 
         # It ignores SIGTERM: StopContainer waits out the grace period, then SIGKILLs it.
         started = time.monotonic()
@@ -343,8 +350,10 @@ def test_a_systemd_cgroup_parent_is_laid_out_as_systemd_would(cri, leaks) -> Non
         with pod(cri, network=pb.NODE, cgroup_parent=f"/{slice_name}") as p:
             container = start_container(cri, p, ["sleep", "999"], memory=48 << 20)
             scope = f"/{slice_name}/cri-containerd-{container}.scope"
-            assert Path(f"/sys/fs/cgroup/memory{scope}/memory.limit_in_bytes").read_text() == f"{48 << 20}\n"
-            assert f"memory:{scope}\n" in exec_sync(cri, container, "cat", "/proc/self/cgroup")[0].decode()
+            assert cgroup_file(scope, ("memory", "memory.limit_in_bytes"), "memory.max") == str(48 << 20)
+            # On v2, CRI gives the container a cgroup namespace of its own, so it sees itself at the root.
+            own = "0::/\n" if PURE_V2 else f"memory:{scope}\n"
+            assert own in exec_sync(cri, container, "cat", "/proc/self/cgroup")[0].decode()
             stats = cri.runtime.call("ContainerStats", container_id=container).stats
             assert stats.memory.working_set_bytes.value > 0
             cri.runtime.call("StopContainer", container_id=container, timeout=0)
