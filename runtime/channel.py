@@ -46,9 +46,15 @@ class HooksDone:
 
 
 @dataclass(frozen=True)
+class Console:
+    """Init or exec process → caller: the pty master rides along. Sent as soon as the pty exists,
+    before any seccomp filter goes in (runc's init sends its console that early too): a profile
+    that refuses sendmsg must not keep a terminal from reaching the caller."""
+
+
+@dataclass(frozen=True)
 class Parked:
-    """Init → caller: all set up, blocked before execve; a pty master rides along if asked."""
-    console: bool
+    """Init → caller: all set up, blocked before execve."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class Failed:
     cause: str
 
 
-MESSAGES = {cls.__name__: cls for cls in (MapIds, IdsMapped, InitForked, RootfsReady, HooksDone, Parked,
+MESSAGES = {cls.__name__: cls for cls in (MapIds, IdsMapped, InitForked, RootfsReady, HooksDone, Console, Parked,
                                            SeccompListener, ListenerPassed, ExecForked, Failed)}
 _MAX = 65536
 

@@ -29,7 +29,7 @@ from typing import Callable, Iterator, NoReturn
 
 from . import rootfs
 from . import syscalls as sc
-from .channel import (Channel, ExecForked, Failed, HooksDone, IdsMapped, InitForked, MapIds, Parked,
+from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped, InitForked, MapIds, Parked,
                       ListenerPassed, RootfsReady, SeccompListener)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
@@ -121,10 +121,14 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], None]) -> Spawned:
                 mounted = True
         on_forked(pid)
         parent.send(HooksDone(pid))
+        console = None
         while True:
-            msg, fds = parent.recv("process", SeccompListener, Parked)
+            msg, fds = parent.recv("process", Console, SeccompListener, Parked)
             if isinstance(msg, Parked):
-                return Spawned(pid, _own_console(owned, msg, fds))
+                return Spawned(pid, console)
+            if isinstance(msg, Console):
+                console = _own_console(owned, fds)
+                continue
             _pass_listener(launch, pid, _closed_by(owned, fds))
             parent.send(ListenerPassed())
 
@@ -140,14 +144,16 @@ def spawn_exec(launch: Launch) -> Spawned:
         pid = parked = console = None
         listener: list[int] | None = None
         while pid is None or parked is None:
-            msg, fds = parent.recv("process", ExecForked, SeccompListener, Parked)
+            msg, fds = parent.recv("process", ExecForked, Console, SeccompListener, Parked)
             if isinstance(msg, ExecForked):
                 pid = msg.pid
                 _own(owned, fds)
+            elif isinstance(msg, Console):
+                console = _own_console(owned, fds)
             elif isinstance(msg, SeccompListener):
                 listener = _closed_by(owned, fds)
             else:
-                parked, console = msg, _own_console(owned, msg, fds)
+                parked = msg
             if listener is not None and pid is not None:   # the process waits for this to go on
                 _pass_listener(launch, pid, listener)
                 listener = None
@@ -189,11 +195,13 @@ def _own(owned: ExitStack, fds: list[int]) -> None:
     owned.push(release)
 
 
-def _own_console(owned: ExitStack, parked: Parked, fds: list[int]) -> int | None:
-    """The pty master that came with ``parked``, if any; closed by ``owned`` only if spawning
+def _own_console(owned: ExitStack, fds: list[int]) -> int:
+    """The pty master that came with a Console message; closed by ``owned`` only if spawning
     fails after all (on success the caller of spawn_* owns it)."""
-    if not parked.console:
-        return None
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise RuntimeFailure("process", "a helper reported a terminal without its pty master")
     console = fds[0]
     owned.push(lambda failed, *_: os.close(console) if failed is not None else None)
     return console
@@ -433,23 +441,20 @@ def _exec_process(ch: Channel, launch: Launch) -> None:
 
 
 def _report_parked(ch: Channel, ready: "_Ready") -> None:
-    """Tell the caller we are ready to execve, handing over the pty master (ours no longer)."""
-    ch.send(Parked(ready.console is not None), [ready.console] if ready.console is not None else [])
-    if ready.console is not None:
-        os.close(ready.console)
+    """Tell the caller we are ready to execve."""
+    ch.send(Parked())
 
 
 @dataclass
 class _Ready:
     path: str
     stdio: tuple[int, int, int]
-    console: int | None      # pty master, for the caller
     env: dict[str, str]
 
 
 def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
     """Inside the container's root: stdio/pty, rlimits, oom score, user, cwd, executable; and a
-    seccomp filter with a listener, whose fd goes to the caller on ``ch``."""
+    seccomp filter with a listener. The pty master and the listener go to the caller on ``ch``."""
     proc = launch.process
     plan = launch.security
 
@@ -460,7 +465,6 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
         ch.recv("seccomp", ListenerPassed)
     with stage("process"):
         os.setsid()
-        console = None
         if launch.terminal:
             console, slave = os.openpty()   # /dev/ptmx of the container's devpts
             fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
@@ -470,6 +474,8 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
                 os.fchown(slave, proc.user.uid, -1)
             if launch.spec is not None:
                 _mount_console(slave)
+            ch.send(Console(), [console])   # the pty master is the caller's now, not ours
+            os.close(console)
             stdio = (slave, slave, slave)
         elif launch.stdio is not None:
             stdio = launch.stdio
@@ -530,7 +536,7 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
     with stage("security"):
         if plan is not None:
             plan.before_report(hand_over)
-    return _Ready(path, stdio, console, env)
+    return _Ready(path, stdio, env)
 
 
 def _join_session_keyring(launch: Launch) -> None:

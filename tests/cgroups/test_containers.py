@@ -21,7 +21,8 @@ from railcar.runtime.security import CAP_NUMBERS
 from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2
 from tests.runtime.conftest import (  # noqa: F401 - fixtures are used by name
     DEFAULT_CAPS, busybox_base, container_cgroup_parent, create_captured, exec_captured, finish, make_bundle,
-    no_leaks, run_container, state_root, subreaper)
+    no_leaks, read_console, run_container, state_root, subreaper)
+from tests.runtime.conftest import wait_for as wait_for_exit
 
 from .conftest import v2_only, wait_for
 
@@ -182,6 +183,32 @@ def test_a_profile_that_denies_sendto_still_lets_the_process_report(make_bundle,
 
     ran = run_container(make_bundle(["sh", "-c", "grep Seccomp: /proc/self/status"], edit=edit), state_root)
     assert (ran.status, ran.output.split()) == (0, ["Seccomp:", "2"]), ran
+
+
+def test_a_terminal_reaches_the_caller_under_a_profile_that_denies_sendmsg(make_bundle, state_root) -> None:
+    """The pty master goes to the caller before the filter (which without no_new_privs goes in
+    before the user switch), as runc's console does: a profile without sendmsg still gets a terminal,
+    for the init and for an exec."""
+    def edit(config: dict) -> None:
+        config["process"].update(noNewPrivileges=False, terminal=True)
+        config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["sendmsg"], "action": "SCMP_ACT_ERRNO"}]}
+
+    bundle = make_bundle(["sh", "-c", "tty; grep Seccomp: /proc/self/status; sleep 100"], edit=edit)
+    container, created = Container.create(bundle.id, bundle.path, root=state_root, terminal=True)
+    try:
+        assert created.console_fd is not None
+        container.start()
+        ran = container.exec({"args": ["sh", "-c", "tty; grep Seccomp: /proc/self/status"], "cwd": "/",
+                              "noNewPrivileges": False}, terminal=True)
+        assert read_console(ran.console_fd).split() == ["/dev/pts/1", "Seccomp:", "2"]
+        assert wait_for_exit(ran.pid) == 0
+    finally:
+        container.kill(signal.SIGKILL)
+        out = read_console(created.console_fd)
+        wait_for_exit(created.pid)
+        container.delete()
+    assert out.split()[:3] == ["/dev/pts/0", "Seccomp:", "2"]
 
 
 @pytest.mark.parametrize("rules", ["deny-all first", "no resources", "allow rules only", "linux.devices denied",
