@@ -68,14 +68,29 @@ def _code_stamp(top: str) -> int:
     return newest
 
 
+_identity: str | None = None
+
+
+def code_identity() -> str:
+    """This interpreter and this exact copy of railcar's code, as 16 hex digits. An upgrade (or an
+    edit) changes it, and with it the zygote and the pools new containers go to: they run the new
+    code, as each new runc shim is the new binary, while old daemons serve their containers to the
+    end (and a pod's new containers its daemon, as runc's do). Worked out once per process."""
+    global _identity
+    if _identity is None:
+        top = posixpath.dirname(posixpath.dirname(posixpath.abspath(__file__)))
+        key = f"{sys.executable}\0{top}\0{_code_stamp(top)}"
+        _identity = sha256(key.encode()).hexdigest()[:16]
+    return _identity
+
+
 def zygote_socket() -> str:
-    """The zygote's socket, tied to this interpreter and this exact copy of railcar's code (after an
-    upgrade, or an edit, a new zygote is started and the old one idles out), and to the mount
-    namespace and cgroups of the caller (a containerd's `start`): the daemons a zygote forks share
-    its mounts and cgroups, so a second containerd in a mount namespace of its own (or in another
-    cgroup: another service) gets a zygote of its own, as each containerd's runc shims are its own."""
-    top = posixpath.dirname(posixpath.dirname(posixpath.abspath(__file__)))
+    """The zygote's socket, tied to this copy of railcar (`code_identity`: after an upgrade a new
+    zygote is started and the old one idles out), and to the mount namespace and cgroups of the
+    caller (a containerd's `start`): the daemons a zygote forks share its mounts and cgroups, so a
+    second containerd in a mount namespace of its own (or in another cgroup: another service) gets a
+    zygote of its own, as each containerd's runc shims are its own."""
     with open("/proc/self/cgroup") as f:
         cgroups = f.read()
-    key = f"{sys.executable}\0{top}\0{_code_stamp(top)}\0{os.readlink('/proc/self/ns/mnt')}\0{cgroups}"
+    key = f"{code_identity()}\0{os.readlink('/proc/self/ns/mnt')}\0{cgroups}"
     return posixpath.join(RUNTIME_ROOT, f"zygote-{sha256(key.encode()).hexdigest()[:16]}.sock")

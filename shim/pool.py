@@ -3,8 +3,8 @@
 A daemon is a Python process, and the part of it no other process shares stays about 7 MiB
 however little it does; a container it serves adds about 60 KiB. containerd's Go shim costs about
 3.4 MiB per container, or per pod. So by default a container whose config.json names no group
-annotation joins a pool: group `railcar-pool-<k>` of its containerd address and namespace, the
-first such pool with room. The containers of a pool have no more in common than that. A pod's
+annotation joins a pool: group `railcar-pool-<code>-<k>` of its containerd address and namespace
+(`<code>`: this copy of railcar's code), the first such pool with room. The containers of a pool have no more in common than that. A pod's
 containers join the pool of its sandbox container, whatever that pool's size, so that a pod is
 served by one daemon, as with containerd's runc shim (see `bootstrap._join_pod`). A container
 that names a group of its own (`io.containerd.railcar.v2.group`) keeps a daemon of its own.
@@ -51,8 +51,10 @@ def size() -> int:
 
 
 def group(index: int) -> str:
-    """The group (the socket's name) of pool `index`; no group annotation may use this prefix."""
-    return f"{GROUP_PREFIX}{index}"
+    """The group (the socket's name) of pool `index` of this copy of railcar's code: after an
+    upgrade, new containers fill new pools of new daemons (see `paths.code_identity`). No group
+    annotation may use this prefix."""
+    return f"{GROUP_PREFIX}{paths.code_identity()}-{index}"
 
 
 def poolable(container_id: str) -> bool:

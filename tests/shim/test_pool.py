@@ -3,6 +3,7 @@ pool only when no container is on its way to it, and `delete` cleans up after a 
 
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -152,6 +153,34 @@ async def test_start_fills_a_pool_then_the_next_and_a_group_of_its_own_opts_out(
     assert not zero.exists() and not os.path.exists(zero.socket_path)
     await _shutdown(mine)  # no pool: no member holds it back
     assert wait_gone(pools[2], timeout=3)
+
+
+async def test_after_an_upgrade_new_containers_fill_new_pools_and_a_pod_keeps_its_daemon(
+        tmp_path: Path, address: str, pools: list[int]) -> None:
+    """An upgrade changes the code new daemons run; a new container must not join a pool of the old
+    code's daemons (runc: each new shim is the new binary). A pod's new container still joins its
+    sandbox's daemon, as with runc's shim."""
+    installed = Path(paths.__file__).resolve().parents[1]
+    copy = tmp_path / "upgraded"
+    for package in ("shim", "runtime", "io", "ttrpc_proto"):
+        shutil.copytree(installed / package, copy / "railcar" / package, ignore=shutil.ignore_patterns("__pycache__"))
+    upgraded = {**LONG_GRACE, "PYTHONPATH": str(copy)}
+    sandbox = _start(_bundle(tmp_path, "pod1", _in_pod("pod1")), address, "pod1")  # pool 0, one place left
+    pools.append(await _connect(sandbox, "pod1"))
+    new = _start(_bundle(tmp_path, "c1", {}), address, "c1", env=upgraded)
+    pools.append(await _connect(new, "c1"))
+    assert new != sandbox and pools[1] != pools[0]
+    with open(f"/proc/{pools[1]}/environ", "rb") as f:
+        assert f"PYTHONPATH={copy}".encode() in f.read().split(b"\0")  # it runs the copy
+    assert _start(_bundle(tmp_path, "app", _in_pod("pod1")), address, "app", env=upgraded) == sandbox
+    for cid, env in (("c1", upgraded), ("app", LONG_GRACE), ("pod1", LONG_GRACE)):
+        result = run_shim(["-namespace", "default", "-address", address, "-id", cid, "-bundle", str(tmp_path / cid),
+                           "delete"], tmp_path / cid, env=env)
+        assert result.returncode == 0, result.stderr
+    for shim in (new, sandbox):
+        await _shutdown(shim)   # as containerd does after the last Delete
+    assert all(wait_gone(pid, timeout=5) for pid in pools)   # each left its pool, its last member gone
+    assert not os.path.exists(new.removeprefix("unix://")) and not os.path.exists(sandbox.removeprefix("unix://"))
 
 
 def _in_pod(name: str) -> dict[str, str]:
