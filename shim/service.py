@@ -24,7 +24,7 @@ from railcar.ttrpc_proto.api import events_task_pb2 as ev
 from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2, runc_options_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.typeurl import pack
 
-from . import cleanup, wire
+from . import cleanup, options, wire
 from . import log as shim_log
 from .events import Publisher
 from .forker import Forker, ForkerError
@@ -259,6 +259,10 @@ class TaskService:
             raise TtrpcError(Code.ALREADY_EXISTS, f"container {req.id}: already exists")
         if req.checkpoint or req.parent_checkpoint:
             raise TtrpcError(Code.UNIMPLEMENTED, "checkpoint restore is not supported by railcar")
+        try:
+            options.check(req.options)
+        except options.OptionsError as e:
+            raise TtrpcError(Code.INVALID_ARGUMENT, str(e)) from None
         began = time.perf_counter()
         bundle = req.bundle or os.getcwd()
         init = Process(req.id, "", req.stdin, req.stdout, req.stderr, req.terminal)

@@ -1,5 +1,7 @@
 """`ctr run --runtime io.containerd.railcar.v2` end to end through a real containerd 1.6."""
 
+import os
+
 import pytest
 
 from .conftest import RUNTIME, devenv, run
@@ -39,3 +41,14 @@ def test_null_io(cd, image, cid) -> None:
     """`--null-io`: Create carries no stdio paths; the process gets /dev/null and still exits normally."""
     result = run(cd, image, cid, "sh", "-c", "echo lost; read x; exit 4", ctr_flags=("--null-io",))
     assert (result.returncode, result.stdout) == (4, b"")
+
+
+def test_a_config_file_in_the_runtime_options_is_refused_by_name(cd, image, cid) -> None:
+    """railcar has no options: what containerd passes (here ctr's ConfigPath, as CRI passes a
+    runtime's `options` table) is refused, not ignored, and nothing is left."""
+    result = cd.ctr("run", "--rm", "--runtime", RUNTIME, "--runtime-config-path", "/etc/railcar.toml", image, cid,
+                    "true")
+    assert result.returncode != 0
+    assert b"ConfigPath '/etc/railcar.toml': railcar reads no configuration file" in result.stderr, result.stderr
+    cd.ctr("container", "rm", cid)
+    assert not os.path.exists(cd.bundle(cid))

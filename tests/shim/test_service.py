@@ -16,7 +16,7 @@ import trio
 from google.protobuf import any_pb2, empty_pb2
 
 from railcar.ttrpc_proto import Code, TtrpcError
-from railcar.ttrpc_proto.api import mount_pb2, task_v2_pb2 as pb
+from railcar.ttrpc_proto.api import mount_pb2, runtimeoptions_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
 from railcar.ttrpc_proto.typeurl import pack_json
 
@@ -283,6 +283,11 @@ async def test_failed_creates_name_the_problem_and_leave_nothing(bundle: Path, a
         with pytest.raises(TtrpcError) as info:
             await shim("Create", pb.CreateTaskRequest(id="bad", bundle=str(bundle), stdout="bogus:///x"))
         assert info.value.code == Code.INVALID_ARGUMENT and "bogus:///x" in info.value.message
+        config_file = any_pb2.Any(type_url="runtimeoptions.v1.Options",
+                                  value=runtimeoptions_pb2.Options(config_path="/etc/x.toml").SerializeToString())
+        with pytest.raises(TtrpcError) as info:
+            await shim("Create", pb.CreateTaskRequest(id="bad", bundle=str(bundle), options=config_file))
+        assert info.value.code == Code.INVALID_ARGUMENT and "ConfigPath '/etc/x.toml'" in info.value.message
         assert await shim.code_of("State", pb.StateRequest(id="bad")) == Code.NOT_FOUND
         pid = (await shim("Connect", pb.ConnectRequest(id="bad"), pb.ConnectResponse)).shim_pid
         await shim("Shutdown", pb.ShutdownRequest(id="bad"))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,railcar/ttrpc_proto/api/runtimeoptions.proto\x12\x11runtimeoptions.v1\"0\n\x07Options\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_path\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,railcar/ttrpc_proto/api/runtimeoptions.proto\x12\x11runtimeoptions.v1\"E\n\x07Options\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_path\x18\x02 \x01(\t\x12\x13\n\x0b\x63onfig_body\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'railcar.ttrpc_proto.api.run
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OPTIONS']._serialized_start=67
-  _globals['_OPTIONS']._serialized_end=115
+  _globals['_OPTIONS']._serialized_end=136
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,40 @@
+"""Runtime options: railcar takes none, and refuses by name what it would otherwise ignore."""
+
+import pytest
+from google.protobuf import any_pb2
+
+from railcar.shim.options import OptionsError, check
+from railcar.ttrpc_proto.api import runc_options_pb2, runtimeoptions_pb2
+
+
+def _any(type_url: str, message) -> any_pb2.Any:
+    return any_pb2.Any(type_url=type_url, value=message.SerializeToString())
+
+
+def test_no_options_and_empty_ones_ask_for_nothing() -> None:
+    check(any_pb2.Any())
+    check(_any("runtimeoptions.v1.Options", runtimeoptions_pb2.Options()))  # CRI with no table, 1.6
+    check(_any("containerd.runc.v1.Options", runc_options_pb2.Options(systemd_cgroup=True)))
+
+
+def test_a_config_file_is_refused_by_name() -> None:
+    with pytest.raises(OptionsError, match="ConfigPath '/etc/railcar.toml': railcar reads no configuration file"):
+        check(_any("runtimeoptions.v1.Options", runtimeoptions_pb2.Options(config_path="/etc/railcar.toml")))
+
+
+def test_a_table_from_containerd_1_7_may_hold_only_systemd_cgroup() -> None:
+    def table(body: str) -> any_pb2.Any:
+        return _any("type.googleapis.com/runtimeoptions.v1.Options", runtimeoptions_pb2.Options(config_body=body))
+
+    check(table("SystemdCgroup = true\n"))
+    with pytest.raises(OptionsError, match="BinaryName, Root: railcar has no such options"):
+        check(table('SystemdCgroup = true\nRoot = "/x"\nBinaryName = "/usr/bin/runc"\n'))
+    with pytest.raises(OptionsError, match="not TOML"):
+        check(table("SystemdCgroup = \n"))
+
+
+def test_runc_options_and_unknown_types_are_refused_by_name() -> None:
+    with pytest.raises(OptionsError, match="runc's options binary_name: railcar has no such options"):
+        check(_any("containerd.runc.v1.Options", runc_options_pb2.Options(binary_name="runc")))
+    with pytest.raises(OptionsError, match="'example.v1.Options': railcar takes no runtime options"):
+        check(any_pb2.Any(type_url="example.v1.Options", value=b"\x0a\x01x"))
