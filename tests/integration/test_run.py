@@ -52,3 +52,17 @@ def test_a_config_file_in_the_runtime_options_is_refused_by_name(cd, image, cid)
     assert b"ConfigPath '/etc/railcar.toml': railcar reads no configuration file" in result.stderr, result.stderr
     cd.ctr("container", "rm", cid)
     assert not os.path.exists(cd.bundle(cid))
+
+
+def test_a_user_namespace_from_ctr_run_uidmap(cd, image, cid) -> None:
+    """`--uidmap` sends the I/O owner as task options (CreateOptions, to a runtime not runc's): it
+    passes, and the container's root can reopen its stdout, which railcar gave to its host uid."""
+    mode = os.stat(cd.workdir).st_mode & 0o7777
+    os.chmod(cd.workdir, mode | 0o011)   # a mapped root must reach its rootfs (runc's needs the same)
+    try:
+        result = run(cd, image, cid, "sh", "-c", "cat /proc/self/uid_map; echo reopened > /dev/stdout",
+                     ctr_flags=("--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"))
+    finally:
+        os.chmod(cd.workdir, mode)
+    assert (result.returncode, result.stdout.split(), result.stderr) == \
+        (0, [b"0", b"100000", b"65536", b"reopened"], b""), result.stderr

@@ -4,7 +4,7 @@ import pytest
 from google.protobuf import any_pb2
 
 from railcar.shim.options import OptionsError, check
-from railcar.ttrpc_proto.api import runc_options_pb2, runtimeoptions_pb2
+from railcar.ttrpc_proto.api import runc_options_pb2, runctypes_pb2, runtimeoptions_pb2
 
 
 def _any(type_url: str, message) -> any_pb2.Any:
@@ -15,6 +15,14 @@ def test_no_options_and_empty_ones_ask_for_nothing() -> None:
     check(any_pb2.Any())
     check(_any("runtimeoptions.v1.Options", runtimeoptions_pb2.Options()))  # CRI with no table, 1.6
     check(_any("containerd.runc.v1.Options", runc_options_pb2.Options(systemd_cgroup=True)))
+
+
+def test_the_io_owner_of_a_user_namespace_passes_railcar_does_it_from_the_mappings() -> None:
+    """`ctr run --uidmap` sends the I/O owner: CreateOptions to a runtime that is not runc's."""
+    check(_any("containerd.linux.runc.CreateOptions", runctypes_pb2.CreateOptions(io_uid=100000, io_gid=100000)))
+    check(_any("containerd.runc.v1.Options", runc_options_pb2.Options(io_uid=100000, io_gid=100000)))
+    with pytest.raises(OptionsError, match="CreateOptions no_pivot_root: railcar has no such options"):
+        check(_any("containerd.linux.runc.CreateOptions", runctypes_pb2.CreateOptions(no_pivot_root=True, io_uid=1)))
 
 
 def test_a_config_file_is_refused_by_name() -> None:
@@ -34,7 +42,7 @@ def test_a_table_from_containerd_1_7_may_hold_only_systemd_cgroup() -> None:
 
 
 def test_runc_options_and_unknown_types_are_refused_by_name() -> None:
-    with pytest.raises(OptionsError, match="runc's options binary_name: railcar has no such options"):
+    with pytest.raises(OptionsError, match="containerd.runc.v1.Options binary_name: railcar has no such options"):
         check(_any("containerd.runc.v1.Options", runc_options_pb2.Options(binary_name="runc")))
     with pytest.raises(OptionsError, match="'example.v1.Options': railcar takes no runtime options"):
         check(any_pb2.Any(type_url="example.v1.Options", value=b"\x0a\x01x"))

@@ -14,6 +14,7 @@ MODULES = (
     "mount_pb2",
     "rpc_status_pb2",
     "runc_options_pb2",
+    "runctypes_pb2",
     "runtimeoptions_pb2",
     "task_v2_pb2",
     "task_v3_pb2",
