@@ -27,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NoReturn
 
-from . import rootfs
+from . import procfs, rootfs
 from . import syscalls as sc
 from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped, InitForked, MapIds, Parked,
                       ListenerPassed, RootfsReady, SeccompListener)
@@ -496,8 +496,7 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
                                                 "fs.nr_open)") from None
         if proc.oom_score_adj is not None:
             try:
-                with open("/proc/self/oom_score_adj", "w") as f:
-                    f.write(str(proc.oom_score_adj))
+                procfs.write("self/oom_score_adj", str(proc.oom_score_adj))
             except OSError as e:
                 raise RuntimeFailure("process", f"process.oomScoreAdj: cannot set {proc.oom_score_adj}: "
                                                 f"{e.strerror} (lowering it needs CAP_SYS_RESOURCE; containerd's "

@@ -12,7 +12,7 @@ import stat
 from contextlib import contextmanager
 from typing import Callable, ContextManager, Iterator
 
-from . import mountinfo, syscalls as sc
+from . import mountinfo, procfs, syscalls as sc
 from .cgroups.host import CGROUP_ROOT, unified_root
 from .errors import RuntimeFailure
 from .mounts import (PROPAGATION_FLAGS, apply_after, fd_path, locked_flags, mount_first,
@@ -50,13 +50,13 @@ def prepare(spec: Spec, userns: bool) -> None:
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for i, m in enumerate(spec.mounts):
+            where = f"mounts[{i}] ({m.type or 'bind'} on {m.destination})"
             try:
                 _mount_entry(root_fd, m, spec.bundle, spec.linux.mount_label,
-                             spec.linux.namespace("cgroup") is not None)
+                             spec.linux.namespace("cgroup") is not None, where)
             except OSError as e:
                 refused = f" (options: {','.join(m.options)})" if e.errno == errno.EINVAL and m.options else ""
-                raise RuntimeFailure("rootfs", f"mounts[{i}] ({m.type or 'bind'} on "
-                                               f"{m.destination}): {e.strerror}{refused}") from None
+                raise RuntimeFailure("rootfs", f"{where}: {e.strerror}{refused}") from None
         if any(os.path.normpath(m.destination) == "/dev" for m in spec.mounts):
             _populate_dev(root_fd, spec.linux.devices, userns)
         for i, dev in enumerate(spec.linux.devices):
@@ -78,11 +78,11 @@ def _mount_of(path: str) -> tuple[str, bool]:
     return found
 
 
-def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns: bool) -> None:
+def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns: bool, where: str) -> None:
     opts = with_mount_label(parse_options(m.options, m.destination), m.type, mount_label)
     if m.type == "cgroup":
         readonly = bool(opts.flags & sc.MS_RDONLY or opts.recursive[0] & sc.MOUNT_ATTR_RDONLY)
-        _mount_cgroups(root_fd, m.destination, readonly, mount_label, cgroupns)
+        _mount_cgroups(root_fd, m.destination, readonly, mount_label, cgroupns, where)
         return
     source = m.source or m.type
     kind = "dir"
@@ -92,6 +92,7 @@ def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns
         source = os.path.join(bundle, m.source)
         kind = "dir" if os.path.isdir(source) else "file"
     with _opened(root_fd, m.destination, kind) as target:
+        procfs.check_mount_target(root_fd, target, m.type, source, where)
         mount_first(source, fd_path(target), m.type, opts)
     # The fd above names the covered directory; reopen to act on the new mount.
     with _opened(root_fd, m.destination) as top:
@@ -110,7 +111,7 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
-def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cgroupns: bool) -> None:
+def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cgroupns: bool, where: str) -> None:
     """Our own cgroup at ``dest``: on a cgroup v2 host, the unified hierarchy's view of it;
     otherwise a tmpfs with each v1 hierarchy's view of it in a directory of its own.
 
@@ -124,12 +125,18 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
     own = _own_cgroups()
     flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (sc.MS_RDONLY if readonly else 0)
     mounts = mountinfo.read()
+
+    @contextmanager
+    def target() -> Iterator[int]:
+        with _opened(root_fd, dest, "dir") as fd:
+            procfs.check_mount_target(root_fd, fd, "cgroup", "cgroup", where)
+            yield fd
+
     if unified_root(mounts) is not None:
-        _mount_view(lambda: _opened(root_fd, dest, "dir"), "cgroup2", CGROUP_ROOT + own[""], None, flags,
-                    cgroupns)
+        _mount_view(target, "cgroup2", CGROUP_ROOT + own[""], None, flags, cgroupns)
         return
-    with _opened(root_fd, dest, "dir") as target:
-        sc.mount("cgroup", fd_path(target), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+    with target() as fd:
+        sc.mount("cgroup", fd_path(fd), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                  labelled("mode=755", mount_label))
     with open("/proc/cgroups") as f:
         subsystems = {line.split()[0] for line in f if not line.startswith("#")}
@@ -281,8 +288,7 @@ def finalize(spec: Spec) -> None:
         sc.setdomainname(spec.domainname)
     for key, value in spec.linux.sysctl:
         try:
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-                f.write(value)
+            procfs.write("sys/" + key.replace(".", "/"), value)
         except OSError as e:
             raise RuntimeFailure("rootfs", f"linux.sysctl.{key}: {e.strerror}") from None
     root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -320,6 +326,13 @@ def _mask(root_fd: int, path: str, mount_label: str) -> None:
         if stat.S_ISDIR(os.stat(fd_path(fd)).st_mode):
             sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_RDONLY, labelled("size=0", mount_label))
         else:
-            sc.mount("/dev/null", fd_path(fd), None, sc.MS_BIND)
+            with _opened(root_fd, "/dev/null") as null:
+                # The image's own /dev (no /dev mount in the spec) could make it anything, even a link
+                # to a writable /proc file: runc refuses to mask with that, and so does railcar.
+                st = os.fstat(null)
+                if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
+                    raise RuntimeFailure("rootfs", f"linux.maskedPaths: cannot mask {path}: the container's "
+                                                   "/dev/null is not the null device")
+                sc.mount(fd_path(null), fd_path(fd), None, sc.MS_BIND)
     finally:
         os.close(fd)

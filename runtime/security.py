@@ -30,6 +30,7 @@ import functools
 import os
 from typing import Callable
 
+from . import procfs
 from .errors import RuntimeFailure, SpecError
 from .seccomp import SeccompProgram, compile_seccomp
 
@@ -162,23 +163,20 @@ class SecurityPlan:
     def _apply_lsm(self) -> None:
         """Labels take effect at the next execve (the /proc/self/attr/exec interface)."""
         if self.apparmor_profile:
-            attr = "/proc/thread-self/attr/apparmor/exec"
-            if not os.path.exists(attr):
-                attr = "/proc/thread-self/attr/exec"
+            attr = "thread-self/attr/apparmor/exec"
+            if not os.path.exists("/proc/" + attr):
+                attr = "thread-self/attr/exec"
             _write_attr(attr, f"exec {self.apparmor_profile}", "AppArmor profile")
         if self.selinux_label:
-            _write_attr("/proc/thread-self/attr/exec", self.selinux_label, "SELinux label")
+            _write_attr("thread-self/attr/exec", self.selinux_label, "SELinux label")
 
 
 def _write_attr(path: str, value: str, what: str) -> None:
+    """Through the container's procfs, checked (a label written elsewhere would leave it unconfined)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
+        procfs.write(path, value)
     except OSError as e:
-        raise RuntimeFailure("security", f"setting {what} {value!r} via {path}: {e.strerror}") from e
+        raise RuntimeFailure("security", f"setting {what} {value!r} via /proc/{path}: {e.strerror}") from e
 
 
 def _cap_set(caps: dict, name: str) -> frozenset[int]:

@@ -60,9 +60,13 @@ _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 
 # openat2 resolve flags (linux/openat2.h).
+RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
+
+PROC_SUPER_MAGIC = 0x9FA0
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
@@ -136,6 +140,13 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     return _check(_libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), os.fsencode(path),
                                 ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
                   f"open {path}", path)
+
+
+def fstatfs_type(fd: int) -> int:
+    """f_type of the filesystem `fd` (an O_PATH fd will do) is on: which filesystem it really is."""
+    buf = ctypes.create_string_buffer(128)   # struct statfs is 120 bytes on 64-bit Linux; f_type comes first
+    _check(_libc.fstatfs(ctypes.c_int(fd), buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value
 
 
 class _MountAttr(ctypes.Structure):

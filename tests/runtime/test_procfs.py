@@ -1,0 +1,107 @@
+"""The container's procfs stays its own: an image's symlinks and a spec's volumes cannot put files
+where the runtime writes (sysctls, the oom score, LSM labels), as runc's checkProcMount has it."""
+
+import errno
+import os
+
+import pytest
+
+from railcar.runtime import Container, RuntimeFailure
+from railcar.runtime import procfs
+from railcar.runtime import syscalls as sc
+from tests.runtime.conftest import (  # noqa: F401 - fixtures are used by name
+    busybox_base, container_cgroup_parent, make_bundle, no_leaks, run_container, state_root, subreaper)
+
+
+def _bind(source: str, destination: str) -> dict:
+    return {"destination": destination, "type": "bind", "source": source, "options": ["rbind", "rw"]}
+
+
+def _refused(bundle, state_root, match: str) -> None:
+    with pytest.raises(RuntimeFailure, match=match):
+        Container.create(bundle.id, bundle.path, root=state_root)
+    assert not os.listdir(state_root)   # nothing half-made is left
+
+
+@pytest.mark.parametrize("link, resolved, sysctl", [("proc/sys/kernel", "proc/sys/kernel", True),
+                                                    ("proc/self/oom_score_adj", "proc/1/oom_score_adj", False)])
+def test_a_volume_on_a_symlink_into_proc_is_refused_and_nothing_is_written(make_bundle, state_root, tmp_path,
+                                                                            link, resolved, sysctl) -> None:
+    """The image's /vol leads into /proc; the volume would hold the file the runtime writes next
+    (a sysctl of the pod author's choosing: a link there reached vm.drop_caches on the host)."""
+    volume = tmp_path / "volume"
+    if sysctl:
+        volume.mkdir()
+        (volume / "shm_rmid_forced").write_text("volume's own\n")
+        written = volume / "shm_rmid_forced"
+    else:
+        volume.write_text("volume's own\n")
+        written = volume
+
+    def edit(config: dict) -> None:
+        config["mounts"].append(_bind(str(volume), "/vol"))
+        if sysctl:
+            config["linux"]["sysctl"] = {"kernel.shm_rmid_forced": "1"}
+        else:
+            config["process"]["oomScoreAdj"] = 500
+
+    bundle = make_bundle(["true"], edit=edit)
+    os.symlink(f"/{link}", os.path.join(bundle.rootfs, "vol"))
+    _refused(bundle, state_root, rf"mounts\[7\] \(bind on /vol\): /{resolved} cannot be mounted on: it is inside /proc")
+    assert written.read_text() == "volume's own\n"
+
+
+def test_proc_goes_only_on_the_rootfs_own_directory_and_only_proc_covers_it(make_bundle, state_root,
+                                                                            tmp_path) -> None:
+    bundle = make_bundle(["true"])
+    os.rmdir(os.path.join(bundle.rootfs, "proc"))
+    os.symlink("/tmp", os.path.join(bundle.rootfs, "proc"))   # the image moves /proc
+    _refused(bundle, state_root, r"mounts\[0\] \(proc on /proc\): proc must be mounted on the rootfs's own /proc")
+    (tmp_path / "fake").mkdir()
+    bundle = make_bundle(["true"], edit=lambda c: c["mounts"].insert(1, _bind(str(tmp_path / "fake"), "/proc")))
+    _refused(bundle, state_root, r"mounts\[1\] \(bind on /proc\): only proc, or a bind of a procfs")
+
+
+def test_lxcfs_style_binds_on_proc_files_still_work(make_bundle, state_root, tmp_path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 42 kB\n")
+    bundle = make_bundle(["head", "-1", "/proc/meminfo"],
+                         edit=lambda c: c["mounts"].insert(1, _bind(str(meminfo), "/proc/meminfo")))
+    ran = run_container(bundle, state_root)
+    assert (ran.status, ran.output) == (0, "MemTotal: 42 kB\n"), ran
+
+
+def test_a_mask_is_made_only_with_the_null_device(make_bundle, state_root) -> None:
+    """Without a /dev mount the image's /dev/null is used; one that is a regular file (or a link to
+    a writable /proc file) would become every masked file's contents."""
+    def edit(config: dict) -> None:
+        config["mounts"] = [m for m in config["mounts"] if not m["destination"].startswith("/dev")]
+
+    bundle = make_bundle(["true"], edit=edit)
+    os.makedirs(os.path.join(bundle.rootfs, "dev"), exist_ok=True)
+    with open(os.path.join(bundle.rootfs, "dev", "null"), "w") as f:
+        f.write("image's content\n")
+    _refused(bundle, state_root, "cannot mask /proc/keys: the container's /dev/null is not the null device")
+
+
+def test_the_runtime_writes_proc_only_through_the_procfs_at_proc() -> None:
+    """In a mount namespace of its own, a tmpfs over /proc/sys/kernel (as a volume would be) makes
+    the write fail instead of landing in it."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            sc.mount("tmpfs", "/proc/sys/kernel", "tmpfs", 0)
+            with open("/proc/sys/kernel/shm_rmid_forced", "w") as f:
+                f.write("a tmpfs file\n")
+            try:
+                procfs.write("sys/kernel/shm_rmid_forced", "1")
+            except OSError as e:
+                with open("/proc/sys/kernel/shm_rmid_forced") as f:
+                    code = 0 if e.errno == errno.EXDEV and "leaves the container's procfs" in e.strerror \
+                        and f.read() == "a tmpfs file\n" else 2
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
