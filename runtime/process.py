@@ -262,6 +262,7 @@ def _run_child(ch: Channel, keep: set[int], body: Callable[..., None], *args: ob
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _close_fds_except(keep | {0, 1, 2})
+        _null_stdio(keep)
         body(ch, *args)
         code = 0
     except BaseException as e:
@@ -273,6 +274,18 @@ def _run_child(ch: Channel, keep: set[int], body: Callable[..., None], *args: ob
             pass
     finally:
         os._exit(code)
+
+
+def _null_stdio(keep: set[int]) -> None:
+    """A helper goes into the container's namespaces, where a process with CAP_SYS_PTRACE may open
+    its /proc/<pid>/fd: its 0-2 must not stay the daemon's, whose stderr is a FIFO on the host (in a
+    pool, the log of another container's bundle). It reports on its channel; its process's own
+    stdio comes in `keep`."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in {0, 1, 2} - keep - {null}:
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 def _close_fds_except(keep: set[int]) -> None:

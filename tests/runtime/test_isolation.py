@@ -486,3 +486,27 @@ def test_no_signal_stays_ignored(make_bundle, state_root) -> None:
         for sig in (32, 33):
             _signal_action(sig, 0)
     assert ran.output.split() == ["SigIgn:", "0000000000000000"]
+
+
+def test_a_helper_keeps_none_of_its_callers_stdio() -> None:
+    """A helper goes into the container's namespaces: its 0-2 are /dev/null, not the caller's (the
+    shim daemon's stderr is a FIFO on the host, another container's log in a pool)."""
+    from railcar.runtime import process
+    from railcar.runtime.channel import Channel, Failed
+
+    class NoFds:
+        def keep_fds(self) -> set[int]:
+            return set()
+
+    def body(ch: Channel, launch: object) -> None:
+        ch.send(Failed("probe", " ".join(os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2))))
+
+    parent, child = Channel.pair()
+    pid = process._fork_helper(parent, child, NoFds(), body)
+    try:
+        with pytest.raises(RuntimeFailure) as reported:
+            parent.recv("probe")
+    finally:
+        os.waitpid(pid, 0)
+        parent.close()
+    assert reported.value.message == "/dev/null /dev/null /dev/null"
