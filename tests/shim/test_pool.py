@@ -102,6 +102,15 @@ def _delete(bundle: Path, address: str, container_id: str) -> None:
     assert result.returncode == 0 and result.stderr == b"", result.stderr
 
 
+def _dissolve(socket_path: str) -> None:
+    """Remove a pool's members, socket and directory, whatever its daemon left."""
+    members = pool.Members(socket_path)
+    if members.exists():
+        for name in members.names():
+            members.remove(name)
+        members.dissolve()
+
+
 @pytest.fixture
 def pools(address: str) -> Iterator[list[int]]:
     """Daemon pids a test adds; afterwards each is killed if alive and every pool of `address` (and
@@ -113,11 +122,7 @@ def pools(address: str) -> Iterator[list[int]]:
             os.kill(pid, signal.SIGKILL)
             wait_gone(pid)
     for index in range(4):
-        members = pool.Members(paths.socket_path(address, "default", pool.group(index)))
-        if members.exists():
-            for name in members.names():
-                members.remove(name)
-            members.dissolve()
+        _dissolve(paths.socket_path(address, "default", pool.group(index)))
     for group in ("mine", "c1", "pod3"):
         try:
             os.unlink(paths.socket_path(address, "default", group))
@@ -168,19 +173,22 @@ async def test_after_an_upgrade_new_containers_fill_new_pools_and_a_pod_keeps_it
     sandbox = _start(_bundle(tmp_path, "pod1", _in_pod("pod1")), address, "pod1")  # pool 0, one place left
     pools.append(await _connect(sandbox, "pod1"))
     new = _start(_bundle(tmp_path, "c1", {}), address, "c1", env=upgraded)
-    pools.append(await _connect(new, "c1"))
-    assert new != sandbox and pools[1] != pools[0]
-    with open(f"/proc/{pools[1]}/environ", "rb") as f:
-        assert f"PYTHONPATH={copy}".encode() in f.read().split(b"\0")  # it runs the copy
-    assert _start(_bundle(tmp_path, "app", _in_pod("pod1")), address, "app", env=upgraded) == sandbox
-    for cid, env in (("c1", upgraded), ("app", LONG_GRACE), ("pod1", LONG_GRACE)):
-        result = run_shim(["-namespace", "default", "-address", address, "-id", cid, "-bundle", str(tmp_path / cid),
-                           "delete"], tmp_path / cid, env=env)
-        assert result.returncode == 0, result.stderr
-    for shim in (new, sandbox):
-        await _shutdown(shim)   # as containerd does after the last Delete
-    assert all(wait_gone(pid, timeout=5) for pid in pools)   # each left its pool, its last member gone
-    assert not os.path.exists(new.removeprefix("unix://")) and not os.path.exists(sandbox.removeprefix("unix://"))
+    try:
+        pools.append(await _connect(new, "c1"))
+        assert new != sandbox and pools[1] != pools[0]
+        with open(f"/proc/{pools[1]}/environ", "rb") as f:
+            assert f"PYTHONPATH={copy}".encode() in f.read().split(b"\0")  # it runs the copy
+        assert _start(_bundle(tmp_path, "app", _in_pod("pod1")), address, "app", env=upgraded) == sandbox
+        for cid, env in (("c1", upgraded), ("app", LONG_GRACE), ("pod1", LONG_GRACE)):
+            result = run_shim(["-namespace", "default", "-address", address, "-id", cid, "-bundle",
+                               str(tmp_path / cid), "delete"], tmp_path / cid, env=env)
+            assert result.returncode == 0, result.stderr
+        for shim in (new, sandbox):
+            await _shutdown(shim)   # as containerd does after the last Delete
+        assert all(wait_gone(pid, timeout=5) for pid in pools)   # each left its pool, its last member gone
+        assert not os.path.exists(new.removeprefix("unix://")) and not os.path.exists(sandbox.removeprefix("unix://"))
+    finally:
+        _dissolve(new.removeprefix("unix://"))   # the fixture knows this code's pools only
 
 
 def _in_pod(name: str) -> dict[str, str]:
