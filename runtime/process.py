@@ -212,7 +212,7 @@ def _fork_helper(parent: Channel, child: Channel, launch: Launch,
     keep = launch.keep_fds() | {child.fileno()}
     pid = os.fork()
     if pid == 0:
-        _run_child(child, keep, body, launch)
+        _run_child(child, keep, body, launch, null_stdio=True)
     child.close()
     return pid
 
@@ -257,12 +257,16 @@ def _write_id_maps(pid: int, spec: Spec) -> None:
 
 # --- helper side (forked; never returns into the caller's code) ----------------------------
 
-def _run_child(ch: Channel, keep: set[int], body: Callable[..., None], *args: object) -> NoReturn:
+def _run_child(ch: Channel, keep: set[int], body: Callable[..., None], *args: object,
+               null_stdio: bool = False) -> NoReturn:
+    """``null_stdio``: for a helper forked by the caller (see _null_stdio), still in its mount
+    namespace; what that helper forks in the container's inherits its /dev/null."""
     code = 1
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _close_fds_except(keep | {0, 1, 2})
-        _null_stdio(keep)
+        if null_stdio:
+            _null_stdio(keep)
         body(ch, *args)
         code = 0
     except BaseException as e:
@@ -280,7 +284,7 @@ def _null_stdio(keep: set[int]) -> None:
     """A helper goes into the container's namespaces, where a process with CAP_SYS_PTRACE may open
     its /proc/<pid>/fd: its 0-2 must not stay the daemon's, whose stderr is a FIFO on the host (in a
     pool, the log of another container's bundle). It reports on its channel; its process's own
-    stdio comes in `keep`."""
+    stdio comes in `keep`. The host's /dev/null: opened before any setns, never a container's path."""
     null = os.open(os.devnull, os.O_RDWR)
     for fd in {0, 1, 2} - keep - {null}:
         os.dup2(null, fd)

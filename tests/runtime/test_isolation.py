@@ -510,3 +510,18 @@ def test_a_helper_keeps_none_of_its_callers_stdio() -> None:
         os.waitpid(pid, 0)
         parent.close()
     assert reported.value.message == "/dev/null /dev/null /dev/null"
+
+
+def test_an_exec_works_whatever_the_container_did_to_its_dev_null(make_bundle, state_root) -> None:
+    """The helpers' /dev/null is the host's: a container that removed its own (or made it a
+    directory) still gets its execs, kubelet's exec probes among them."""
+    bundle = make_bundle(["sleep", "100"], edit=lambda c: c["root"].update(readonly=False))
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    try:
+        assert exec_captured(container, {"args": ["sh", "-c", "rm /dev/null && mkdir /dev/null"], "cwd": "/"}).status == 0
+        ran = exec_captured(container, {"args": ["echo", "hello"], "cwd": "/"})
+    finally:
+        container.kill(signal.SIGKILL)
+        finish(container, created)
+    assert (ran.status, ran.output) == (0, "hello\n"), ran
