@@ -93,12 +93,21 @@ def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns
         kind = "dir" if os.path.isdir(source) else "file"
     with _opened(root_fd, m.destination, kind) as target:
         procfs.check_mount_target(root_fd, target, m.type, source, where)
-        mount_first(source, fd_path(target), m.type, opts)
-    # The fd above names the covered directory; reopen to act on the new mount.
-    with _opened(root_fd, m.destination) as top:
+        if opts.is_bind:
+            # Its flags (ro...) go to the new mount's own fd: a second lookup of the destination could
+            # be sent elsewhere by another container swapping a shared volume's directory for a link.
+            top = sc.bind_onto(source, target, bool(opts.flags & sc.MS_REC))
+        else:
+            mount_first(source, fd_path(target), m.type, opts)
+            top = -1
+    if top < 0:   # a filesystem took its flags with it; propagation and recursive attributes are left
+        top = open_in_root(root_fd, m.destination)
+    try:
         apply_after(fd_path(top), opts)
         if mount_label and m.type == "mqueue":
             os.setxattr(fd_path(top), "security.selinux", mount_label.encode())
+    finally:
+        os.close(top)
 
 
 def _own_cgroups() -> dict[str, str]:
@@ -178,9 +187,11 @@ def _mount_view(opened: Callable[[], ContextManager[int]], fstype: str, own_dir:
         if cgroupns:
             sc.mount(fstype, fd_path(target), fstype, flags, hierarchy)
             return
-        sc.mount(own_dir, fd_path(target), None, sc.MS_BIND | sc.MS_REC)
-    with opened() as bound:   # looked up again: the new mount, not the covered dir
+        bound = sc.bind_onto(own_dir, target, recursive=True)
+    try:
         sc.mount(None, fd_path(bound), None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+    finally:
+        os.close(bound)
 
 
 @contextmanager

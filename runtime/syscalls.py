@@ -75,7 +75,12 @@ _SYS_RT_SIGACTION = 13
 _SYS_PIVOT_ROOT = 155
 _SYS_KEYCTL = 250
 _SYS_OPENAT2 = 437
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
 _SYS_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_MOVE_MOUNT_F_EMPTY_PATH = 0x04
+_MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 # keyctl(2) operations (linux/keyctl.h).
 _KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -152,6 +157,25 @@ def fstatfs_type(fd: int) -> int:
 class _MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
                 ("userns_fd", ctypes.c_uint64)]
+
+
+def bind_onto(source: str, target_fd: int, recursive: bool) -> int:
+    """Bind `source` onto what `target_fd` (O_PATH) is; return an O_PATH fd of the new mount.
+
+    open_tree(2) clones `source` as a detached mount and move_mount(2) attaches that very mount
+    where the fd is: no path is looked up twice, and the returned fd is the new mount itself, not
+    whatever a path names by the time its flags are set."""
+    tree = _check(_libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(_AT_FDCWD), os.fsencode(source),
+                                ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | (_AT_RECURSIVE if recursive else 0))),
+                  f"bind {source}", source)
+    try:
+        _check(_libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(tree), b"", ctypes.c_int(target_fd), b"",
+                             ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH)),
+               f"bind {source}", source)
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
 
 
 def mount_setattr_recursive(target: str, attr_set: int, attr_clr: int) -> None:

@@ -105,3 +105,37 @@ def test_the_runtime_writes_proc_only_through_the_procfs_at_proc() -> None:
         finally:
             os._exit(code)
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_a_read_only_volume_stays_read_only_when_its_path_changes_right_after_the_mount(
+        make_bundle, state_root, tmp_path, monkeypatch) -> None:
+    """A sidecar sharing /shared can swap a directory there for a link at any moment. Here it does so
+    right after the bind is made (deterministically: in the helper, after the mount call): the
+    volume's `ro` must still go to the volume, not to where the path leads by then."""
+    from railcar.runtime import rootfs
+
+    shared, readonly = tmp_path / "shared", tmp_path / "ro"
+    (shared / "a" / "b").mkdir(parents=True)
+    (shared / "evil").mkdir()
+    os.symlink("/dev/shm", shared / "evil" / "b")   # a mount: a remount sent there would succeed
+    readonly.mkdir()
+
+    def swap() -> None:
+        os.rename(shared / "a", shared / "a.moved")
+        os.symlink("/shared/evil", shared / "a")
+
+    def swapping_after(call):
+        def wrapper(*args, **kwargs):
+            result = call(*args, **kwargs)
+            if str(readonly) in map(str, args):
+                swap()
+            return result
+        return wrapper
+
+    monkeypatch.setattr(sc, "bind_onto", swapping_after(sc.bind_onto))
+    monkeypatch.setattr(rootfs, "mount_first", swapping_after(rootfs.mount_first))   # (what binds used before)
+    bundle = make_bundle(["sh", "-c", "touch /shared/a.moved/b/x; echo $?"], edit=lambda c: c["mounts"].extend(
+        [_bind(str(shared), "/shared"), {**_bind(str(readonly), "/cfg"), "options": ["rbind", "ro"]}]))
+    os.symlink("/shared/a/b", os.path.join(bundle.rootfs, "cfg"))
+    ran = run_container(bundle, state_root)
+    assert (ran.status, ran.output.split()[-1]) == (0, "1") and not (readonly / "x").exists(), ran
