@@ -422,11 +422,12 @@ def _init(ch: Channel, launch: Launch) -> None:
     ready = _prepare_process(launch, ch)
     _report_parked(ch, ready)
     ch.close()
-    # Blocks until `start` opens the FIFO for reading. /proc/self/fd works for ourselves even
-    # non-dumpable and after the user switch; the FIFO's path is not reachable from here (and
-    # the caller opened it: a user-namespaced init may not even traverse the state root).
+    # Blocks until `start` opens the FIFO for reading. Reopened through /proc/self/fd of the checked
+    # procfs, which works for ourselves even non-dumpable and after the user switch; the FIFO's path
+    # is not reachable from here (the caller opened it: a user-namespaced init may not even
+    # traverse the state root).
     try:
-        started = os.open(f"/proc/self/fd/{launch.exec_fifo}", os.O_WRONLY | os.O_CLOEXEC)
+        started = procfs.reopen(launch.exec_fifo, os.O_WRONLY)
         os.write(started, b"0")
         os.close(started)
         os.close(launch.exec_fifo)

@@ -92,7 +92,7 @@ def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns
         source = os.path.join(bundle, m.source)
         kind = "dir" if os.path.isdir(source) else "file"
     with _opened(root_fd, m.destination, kind) as target:
-        procfs.check_mount_target(root_fd, target, m.type, source, where)
+        procfs.check_mount_target(root_fd, target, m.type, opts.is_bind, source, m.destination, where)
         if opts.is_bind:
             # Its flags (ro...) go to the new mount's own fd: a second lookup of the destination could
             # be sent elsewhere by another container swapping a shared volume's directory for a link.
@@ -138,7 +138,7 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
     @contextmanager
     def target() -> Iterator[int]:
         with _opened(root_fd, dest, "dir") as fd:
-            procfs.check_mount_target(root_fd, fd, "cgroup", "cgroup", where)
+            procfs.check_mount_target(root_fd, fd, "cgroup", False, "cgroup", dest, where)
             yield fd
 
     if unified_root(mounts) is not None:
@@ -337,13 +337,25 @@ def _mask(root_fd: int, path: str, mount_label: str) -> None:
         if stat.S_ISDIR(os.stat(fd_path(fd)).st_mode):
             sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_RDONLY, labelled("size=0", mount_label))
         else:
-            with _opened(root_fd, "/dev/null") as null:
-                # The image's own /dev (no /dev mount in the spec) could make it anything, even a link
-                # to a writable /proc file: runc refuses to mask with that, and so does railcar.
-                st = os.fstat(null)
-                if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
-                    raise RuntimeFailure("rootfs", f"linux.maskedPaths: cannot mask {path}: the container's "
-                                                   "/dev/null is not the null device")
-                sc.mount(fd_path(null), fd_path(fd), None, sc.MS_BIND)
+            _mask_file(root_fd, fd, path)
     finally:
         os.close(fd)
+
+
+def _mask_file(root_fd: int, fd: int, path: str) -> None:
+    """Bind the container's /dev/null over the file ``fd``. The image's own /dev (no /dev mount in
+    the spec) could make it anything, even a link to a writable /proc file: runc refuses to mask
+    with that, and so does railcar."""
+    try:
+        null = open_in_root(root_fd, "/dev/null")
+    except OSError as e:
+        raise RuntimeFailure("rootfs", f"linux.maskedPaths: cannot mask {path}: the container's /dev/null: "
+                                       f"{os.strerror(e.errno)}") from None
+    try:
+        st = os.fstat(null)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != os.makedev(1, 3):
+            raise RuntimeFailure("rootfs", f"linux.maskedPaths: cannot mask {path}: the container's "
+                                           "/dev/null is not the null device")
+        sc.mount(fd_path(null), fd_path(fd), None, sc.MS_BIND)
+    finally:
+        os.close(null)

@@ -51,15 +51,37 @@ def test_a_volume_on_a_symlink_into_proc_is_refused_and_nothing_is_written(make_
     assert written.read_text() == "volume's own\n"
 
 
-def test_proc_goes_only_on_the_rootfs_own_directory_and_only_proc_covers_it(make_bundle, state_root,
-                                                                            tmp_path) -> None:
+def test_proc_goes_on_a_real_directory_and_only_proc_covers_it(make_bundle, state_root, tmp_path) -> None:
     bundle = make_bundle(["true"])
     os.rmdir(os.path.join(bundle.rootfs, "proc"))
     os.symlink("/tmp", os.path.join(bundle.rootfs, "proc"))   # the image moves /proc
-    _refused(bundle, state_root, r"mounts\[0\] \(proc on /proc\): proc must be mounted on the rootfs's own /proc")
+    _refused(bundle, state_root, r"mounts\[0\] \(proc on /proc\): proc must be mounted on a directory, not "
+                                 r"through a symlink \(it leads to /tmp\)")
     (tmp_path / "fake").mkdir()
     bundle = make_bundle(["true"], edit=lambda c: c["mounts"].insert(1, _bind(str(tmp_path / "fake"), "/proc")))
     _refused(bundle, state_root, r"mounts\[1\] \(bind on /proc\): only proc, or a bind of a procfs")
+    bundle = make_bundle(["true"], edit=lambda c: c["mounts"].insert(
+        1, {"destination": "/proc", "type": "tmpfs", "source": "/proc", "options": ["size=1k"]}))
+    _refused(bundle, state_root, r"mounts\[1\] \(tmpfs on /proc\): only proc, or a bind of a procfs")
+    # A second proc elsewhere is fine (as with runc): the runtime only ever uses /proc.
+    bundle = make_bundle(["sh", "-c", "test -e /proc2/self/status && echo procfs"],
+                         edit=lambda c: c["mounts"].append({"destination": "/proc2", "type": "proc", "source": "proc"}))
+    os.mkdir(os.path.join(bundle.rootfs, "proc2"))
+    ran = run_container(bundle, state_root)
+    assert (ran.status, ran.output) == (0, "procfs\n"), ran
+
+
+@pytest.mark.parametrize("destination, link", [("/vol", "/"), ("/proc/..", None)])
+def test_nothing_covers_the_root_which_would_bring_a_proc_of_its_own(make_bundle, state_root, tmp_path,
+                                                                   destination, link) -> None:
+    """A volume over the root would be the container's root, its /proc a directory of the author's
+    (a file at proc/self/fd/N there took the exec FIFO's write: the program ran before start)."""
+    (tmp_path / "volume").mkdir()
+    bundle = make_bundle(["true"], edit=lambda c: c["mounts"].append(_bind(str(tmp_path / "volume"), destination)))
+    if link:
+        os.symlink(link, os.path.join(bundle.rootfs, destination.lstrip("/")))
+    _refused(bundle, state_root, rf"mounts\[7\] \(bind on {destination}\): nothing may be mounted on the "
+                                 "container's root")
 
 
 def test_lxcfs_style_binds_on_proc_files_still_work(make_bundle, state_root, tmp_path) -> None:
@@ -82,6 +104,8 @@ def test_a_mask_is_made_only_with_the_null_device(make_bundle, state_root) -> No
     with open(os.path.join(bundle.rootfs, "dev", "null"), "w") as f:
         f.write("image's content\n")
     _refused(bundle, state_root, "cannot mask /proc/keys: the container's /dev/null is not the null device")
+    os.unlink(os.path.join(bundle.rootfs, "dev", "null"))
+    _refused(bundle, state_root, "linux.maskedPaths: cannot mask /proc/keys: the container's /dev/null: No such file")
 
 
 def test_the_runtime_writes_proc_only_through_the_procfs_at_proc() -> None:
@@ -105,6 +129,32 @@ def test_the_runtime_writes_proc_only_through_the_procfs_at_proc() -> None:
         finally:
             os._exit(code)
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_the_exec_fifo_is_reopened_only_through_a_procfs_at_proc(tmp_path) -> None:
+    """With something else at /proc (a private mount namespace, a tmpfs there), reopening an fd
+    through it is refused instead of opening a file of that filesystem."""
+    r, w = os.pipe()
+    os.write(w, b"x")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            assert os.read(procfs.reopen(r, os.O_RDONLY | os.O_NONBLOCK), 1) == b"x"   # the real /proc: the pipe
+            sc.mount("tmpfs", "/proc", "tmpfs", 0)
+            os.makedirs(f"/proc/self/fd/{r}".rsplit("/", 1)[0])
+            open(f"/proc/self/fd/{r}", "w").close()
+            try:
+                procfs.reopen(r, os.O_WRONLY)
+            except OSError as e:
+                code = 0 if e.errno == errno.EXDEV else 2
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    os.close(r)
+    os.close(w)
 
 
 def test_a_read_only_volume_stays_read_only_when_its_path_changes_right_after_the_mount(
