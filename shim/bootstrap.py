@@ -319,10 +319,12 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
     """Join the daemon serving pod `pod`, so that one daemon serves a pod, as with runc's shim:
     CRI names a pod's sandbox container after the pod, containerd keeps bundles side by side, and
     the sandbox's bundle names its daemon in its address file (containerd finds a sandbox's shim
-    the same way). A pool is joined whatever its size, while its daemon lives and still holds the
-    sandbox. A daemon of the pod's own (pools were off, or railcar was older when the pod started)
-    is used while it lives, and only on the pod's group socket. None if there is neither: the
-    container then joins the first pool with room, which works alike."""
+    the same way). A pool is joined whatever its size, while its daemon lives, still holds the
+    sandbox and runs this copy of railcar (after an upgrade a pod's new containers get the new
+    code: runc's old pod shim would run the new runc binary for them). A daemon of the pod's own
+    (pools were off when the pod started) is used while it lives, and only on the pod's group
+    socket. None if there is none of these: the container then joins the first pool with room,
+    which works alike."""
     try:
         with open(os.path.join(os.path.dirname(bundle), pod, paths.ADDRESS_FILE)) as f:
             address = f.read()
@@ -341,8 +343,8 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
     if lock is None:
         return None
     try:
-        if pool.probe(path) != "live" or not members.has(pod):
-            return None
+        if pool.probe(path) != "live" or not members.has(pod) or members.code() != paths.code_identity():
+            return None   # (another copy's daemon: after an upgrade a pod's new containers get the new code)
         return _as_member(members, flags.id, bundle, lambda: _use(bundle, path))
     finally:
         os.close(lock)
@@ -364,6 +366,7 @@ def _try_pool(flags: Flags, bundle: str, index: int, limit: int) -> str | None:
             listener = None if state == "live" else _listen(path)
             if listener is None:  # live, or a plain group that happens to have this name
                 return _use(bundle, path)
+            members.record_code()
             return _serve_new(flags, bundle, path, listener)
 
         return _as_member(members, flags.id, bundle, address)

@@ -75,11 +75,15 @@ def code_identity() -> str:
     """This interpreter and this exact copy of railcar's code, as 16 hex digits. An upgrade (or an
     edit) changes it, and with it the zygote and the pools new containers go to: they run the new
     code, as each new runc shim is the new binary, while old daemons serve their containers to the
-    end (and a pod's new containers its daemon, as runc's do). Worked out once per process."""
+    end. Besides railcar's files: the interpreter's binary (a Python security update replaces it)
+    and the directory railcar is installed in (pip adds and removes entries there when it upgrades
+    trio, protobuf or any other dependency). Worked out once per process."""
     global _identity
     if _identity is None:
         top = posixpath.dirname(posixpath.dirname(posixpath.abspath(__file__)))
-        key = f"{sys.executable}\0{top}\0{_code_stamp(top)}"
+        binary = os.stat(os.path.realpath(sys.executable))
+        installed = os.stat(posixpath.dirname(top)).st_mtime_ns
+        key = f"{sys.executable}\0{binary.st_ino}:{binary.st_mtime_ns}\0{top}\0{installed}\0{_code_stamp(top)}"
         _identity = sha256(key.encode()).hexdigest()[:16]
     return _identity
 

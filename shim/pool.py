@@ -4,16 +4,18 @@ A daemon is a Python process, and the part of it no other process shares stays a
 however little it does; a container it serves adds about 60 KiB. containerd's Go shim costs about
 3.4 MiB per container, or per pod. So by default a container whose config.json names no group
 annotation joins a pool: group `railcar-pool-<code>-<k>` of its containerd address and namespace
-(`<code>`: this copy of railcar's code), the first such pool with room. The containers of a pool have no more in common than that. A pod's
-containers join the pool of its sandbox container, whatever that pool's size, so that a pod is
-served by one daemon, as with containerd's runc shim (see `bootstrap._join_pod`). A container
+(`<code>`: this copy of railcar's code), the first such pool with room. The containers of a pool
+have no more in common than that. A pod's containers join the pool of its sandbox container,
+whatever that pool's size, so that a pod is served by one daemon, as with containerd's runc shim
+(see `bootstrap._join_pod`), while that daemon runs this copy of the code. A container
 that names a group of its own (`io.containerd.railcar.v2.group`) keeps a daemon of its own.
 `RAILCAR_POOL_SIZE` in containerd's environment sets how many containers one daemon takes (1: a
 daemon for each container, and for each pod, as runc's shim does): a pooled daemon that dies takes
 the control of all its containers with it, as a pod's shim does.
 
 A pool's members are files named after their container ids, in a directory named after the pool's
-socket under MEMBERS_ROOT, each holding the CLOCK_BOOTTIME of its join (the wall clock can step).
+socket under MEMBERS_ROOT, each holding the CLOCK_BOOTTIME of its join (the wall clock can step);
+CODE_FILE there names the code its daemon runs.
 `start` writes a member before it prints the pool's address; the daemon removes it at Delete, and
 `delete` after a daemon died. A daemon leaves its pool (removes its socket, the members and their
 directory) before it stops serving, and on Shutdown only when no member remains that a `start`
@@ -37,6 +39,7 @@ DEFAULT_SIZE = 16
 MEMBERS_ROOT = "/run/railcar/.pools"  # a containerd namespace name cannot start with a dot
 GROUP_PREFIX = "railcar-pool-"
 MARKER_FILE = "railcar-pool"  # in a pooled container's bundle, for `delete`
+CODE_FILE = ".code"  # in a pool's member directory (no container id starts with a dot)
 LOCK_WAIT = 2.0  # seconds `delete` waits for a pool's lock (containerd gives it 5 s in all)
 CONNECT_TIMEOUT = 0.1  # as containerd's own shims probe a socket
 _POLL = 0.01
@@ -135,9 +138,23 @@ class Members:
 
     def names(self) -> list[str]:
         try:
-            return os.listdir(self.dir)
+            return [name for name in os.listdir(self.dir) if name != CODE_FILE]
         except FileNotFoundError:
             return []
+
+    def code(self) -> str | None:
+        """The `paths.code_identity` of the code the pool's daemon runs (None: a railcar from before
+        pools recorded it)."""
+        try:
+            with open(os.path.join(self.dir, CODE_FILE)) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def record_code(self) -> None:
+        """Record that this code runs the pool's daemon (under the lock, as `start` makes one)."""
+        with open(os.path.join(self.dir, CODE_FILE), "w") as f:
+            f.write(paths.code_identity())
 
     def add(self, container_id: str) -> None:
         """Record `container_id` as a member joining now (under the lock)."""
@@ -201,7 +218,7 @@ class Members:
         or going. Nothing, if a newer daemon took the pool over."""
         if not self.is_ours():
             return
-        for name in self.names():
+        for name in (*self.names(), CODE_FILE):
             self.remove(name)
         # the socket first: one left without its directory could not be found by `delete`
         for remove, path in ((os.unlink, self.socket_path), (os.rmdir, self.dir)):

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -160,11 +161,33 @@ async def test_start_fills_a_pool_then_the_next_and_a_group_of_its_own_opts_out(
     assert wait_gone(pools[2], timeout=3)
 
 
-async def test_after_an_upgrade_new_containers_fill_new_pools_and_a_pod_keeps_its_daemon(
+def test_the_code_identity_follows_railcar_the_interpreter_and_the_installed_packages(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    site = tmp_path / "site-packages"
+    for package in ("shim", "runtime", "io", "ttrpc_proto"):
+        (site / "railcar" / package).mkdir(parents=True)
+        (site / "railcar" / package / "m.py").write_text("")
+    python = tmp_path / "python3"
+    python.write_text("")
+    monkeypatch.setattr(paths, "__file__", str(site / "railcar" / "shim" / "paths.py"))
+    monkeypatch.setattr(sys, "executable", str(python))
+
+    def identity() -> str:
+        monkeypatch.setattr(paths, "_identity", None)
+        return paths.code_identity()
+
+    seen = [identity()]
+    for changed in (site / "railcar" / "runtime" / "m.py", python, site):   # a file, the interpreter, pip
+        os.utime(changed, ns=(1, changed.stat().st_mtime_ns + 1_000_000_000))
+        seen.append(identity())
+    assert len(set(seen)) == 4 and identity() == seen[-1]
+
+
+async def test_after_an_upgrade_new_containers_fill_new_pools_those_of_running_pods_too(
         tmp_path: Path, address: str, pools: list[int]) -> None:
     """An upgrade changes the code new daemons run; a new container must not join a pool of the old
-    code's daemons (runc: each new shim is the new binary). A pod's new container still joins its
-    sandbox's daemon, as with runc's shim."""
+    code's daemons (runc: each new shim is the new binary), nor a running pod's (runc's old pod shim
+    runs the new runc binary for it)."""
     installed = Path(paths.__file__).resolve().parents[1]
     copy = tmp_path / "upgraded"
     for package in ("shim", "runtime", "io", "ttrpc_proto"):
@@ -178,8 +201,9 @@ async def test_after_an_upgrade_new_containers_fill_new_pools_and_a_pod_keeps_it
         assert new != sandbox and pools[1] != pools[0]
         with open(f"/proc/{pools[1]}/environ", "rb") as f:
             assert f"PYTHONPATH={copy}".encode() in f.read().split(b"\0")  # it runs the copy
-        assert _start(_bundle(tmp_path, "app", _in_pod("pod1")), address, "app", env=upgraded) == sandbox
-        for cid, env in (("c1", upgraded), ("app", LONG_GRACE), ("pod1", LONG_GRACE)):
+        assert _start(_bundle(tmp_path, "app", _in_pod("pod1")), address, "app", env=upgraded) == new
+        assert _start(_bundle(tmp_path, "old", _in_pod("pod1")), address, "old") == sandbox   # same code: joins
+        for cid, env in (("c1", upgraded), ("app", upgraded), ("old", LONG_GRACE), ("pod1", LONG_GRACE)):
             result = run_shim(["-namespace", "default", "-address", address, "-id", cid, "-bundle",
                                str(tmp_path / cid), "delete"], tmp_path / cid, env=env)
             assert result.returncode == 0, result.stderr
