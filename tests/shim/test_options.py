@@ -34,11 +34,20 @@ def test_a_table_from_containerd_1_7_may_hold_only_systemd_cgroup() -> None:
     def table(body: str) -> any_pb2.Any:
         return _any("type.googleapis.com/runtimeoptions.v1.Options", runtimeoptions_pb2.Options(config_body=body))
 
-    check(table("SystemdCgroup = true\n"))
+    check(table(b"SystemdCgroup = true\nIoUid = 100000\n"))
+    # `containerd config default`'s runc stanza, copied whole: every other key at its zero value
+    check(table(b'BinaryName = ""\nCriuImagePath = ""\nIoGid = 0\nNoNewKeyring = false\nRoot = ""\n'
+                b'ShimCgroup = ""\nSystemdCgroup = false\n'))
     with pytest.raises(OptionsError, match="BinaryName, Root: railcar has no such options"):
-        check(table('SystemdCgroup = true\nRoot = "/x"\nBinaryName = "/usr/bin/runc"\n'))
-    with pytest.raises(OptionsError, match="not TOML"):
-        check(table("SystemdCgroup = \n"))
+        check(table(b'SystemdCgroup = true\nRoot = "/x"\nBinaryName = "/usr/bin/runc"\nShimCgroup = ""\n'))
+    for body in (b"SystemdCgroup = \n", b"\xff = 1"):
+        with pytest.raises(OptionsError, match="not TOML"):
+            check(table(body))
+
+
+def test_options_that_do_not_decode_are_refused_as_such() -> None:
+    with pytest.raises(OptionsError, match="cannot decode them"):
+        check(any_pb2.Any(type_url="runtimeoptions.v1.Options", value=b"\x12\x05ab"))   # a string cut short
 
 
 def test_runc_options_and_unknown_types_are_refused_by_name() -> None:
