@@ -33,7 +33,7 @@ from . import log as shim_log
 from . import paths, pool
 from .events import Publisher
 from .flags import Flags, parse
-from .forker import Forker, ForkerError
+from .forker import Forker, ForkerError, preload
 from .reaper import Reaper
 from .service import TaskService
 
@@ -235,6 +235,7 @@ def _prepare() -> Forker:
     it can, with SIGPIPE already ignored (inherited, as for every child): each page the daemon
     writes before the fork and again afterwards leaves the forker the only holder of a copy."""
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    preload()   # (a no-op in a zygote's daemon: the zygote loaded it all)
     # Freeze before forking the forker, so that neither process's collector ever walks (and so
     # copies) the objects they share; a cold daemon's imports are frozen here too.
     gc.freeze()

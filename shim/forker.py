@@ -475,6 +475,15 @@ async def receive(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes
         return data, fds
 
 
+def preload() -> None:
+    """Import all the runtime code a worker runs, before the forker is forked. Every worker then
+    runs the code its daemon started with, never files an upgrade in place has replaced since (the
+    runtime package loads `container` on first use, and `container` its hooks), and none pays for
+    the imports itself."""
+    import railcar.runtime.container  # noqa: F401
+    import railcar.runtime.hooks  # noqa: F401
+
+
 class Forker:
     """The daemon's handle on the forker process: start it before trio, then `await call(...)`."""
 

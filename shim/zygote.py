@@ -204,12 +204,9 @@ def _load() -> None:
     import trio  # noqa: F401
 
     import railcar.io  # noqa: F401
-    import railcar.runtime.container  # noqa: F401
-    # Imported on first use by a library caller, but a daemon's code must all be of one copy: after
-    # an upgrade in place, a worker of an old daemon would otherwise run the new file.
-    import railcar.runtime.hooks  # noqa: F401
 
     from . import daemon, forker, service  # noqa: F401
+    forker.preload()
 
 
 def _warm_up() -> None:
