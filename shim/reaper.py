@@ -51,6 +51,16 @@ class Reaper:
             async for _ in signals:
                 self.reap()
 
+    def adopt(self, pid: int) -> None:
+        """`pid` is a new process of ours (a container's init or exec, a logger): forget an exit kept
+        for that number while the process is still there, alive or not yet reaped. That exit was
+        an earlier process's: an orphan nobody waited for (from a container in the host's pid
+        namespace, say), whose number the kernel has given again. Were it kept, the new process
+        would be reported exited at once. A new process that has already been reaped left no
+        /proc entry, and then the exit kept is its own: the latest for that number."""
+        if pid in self._exited and os.path.exists(f"/proc/{pid}"):
+            del self._exited[pid]
+
     def has_exited(self, pid: int) -> bool:
         """Whether `pid` was reaped and its status not yet claimed (so signalling it would hit a stranger)."""
         return pid in self._exited

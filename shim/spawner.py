@@ -15,7 +15,9 @@ class ReaperSpawner:
         self._reaper = reaper
 
     def spawn(self, argv: list[str], env: dict[str, str], fds: dict[int, int]) -> int:
-        return spawn_with_fds(argv, env, fds)
+        pid = spawn_with_fds(argv, env, fds)
+        self._reaper.adopt(pid)
+        return pid
 
     async def wait(self, pid: int) -> int:
         return os.waitstatus_to_exitcode(await self._reaper.wait(pid))

@@ -43,3 +43,27 @@ async def test_signal_deaths_are_128_plus_signal_and_waits_are_concurrent() -> N
                 os.kill(pid, sig)
         nursery.cancel_scope.cancel()
     assert [results[p] for p in pids] == [137, 143, 130]
+
+
+async def test_an_exit_kept_for_a_number_the_kernel_gave_again_is_not_the_new_process_s() -> None:
+    """An orphan's exit nobody claimed stays kept under its pid; when a new process of ours gets
+    that number, `adopt` drops it (else the new process would be reported exited at once, and a
+    Kill refused as "already finished"). An exit of the new process itself, reaped before it was
+    adopted, stays."""
+    reaper = Reaper()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reaper.run)
+        orphan, new = _spawn("exit 3"), _spawn("exec sleep 30")
+        while not reaper.has_exited(orphan):
+            await trio.sleep(0.01)
+        reaper._exited[new] = reaper._exited.pop(orphan)   # the number given again: the kernel's part
+        reaper.adopt(new)
+        assert not reaper.has_exited(new)
+        os.kill(new, signal.SIGTERM)
+        assert exit_status(await reaper.wait(new)) == 143
+        quick = _spawn("exit 5")
+        while not reaper.has_exited(quick):
+            await trio.sleep(0.01)
+        reaper.adopt(quick)   # reaped before it was adopted: its own exit
+        assert exit_status(await reaper.wait(quick)) == 5
+        nursery.cancel_scope.cancel()
