@@ -3,6 +3,7 @@ where the runtime writes (sysctls, the oom score, LSM labels), as runc's checkPr
 
 import errno
 import os
+from collections.abc import Callable
 
 import pytest
 
@@ -108,53 +109,59 @@ def test_a_mask_is_made_only_with_the_null_device(make_bundle, state_root) -> No
     _refused(bundle, state_root, "linux.maskedPaths: cannot mask /proc/keys: the container's /dev/null: No such file")
 
 
-def test_the_runtime_writes_proc_only_through_the_procfs_at_proc() -> None:
-    """In a mount namespace of its own, a tmpfs over /proc/sys/kernel (as a volume would be) makes
-    the write fail instead of landing in it."""
+def _in_a_mount_namespace_of_its_own(check: Callable[[], bool]) -> bool:
+    """Run `check` in a forked child with a private mount namespace (what it mounts goes with it)."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             sc.unshare(sc.CLONE_NEWNS)
             sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-            sc.mount("tmpfs", "/proc/sys/kernel", "tmpfs", 0)
-            with open("/proc/sys/kernel/shm_rmid_forced", "w") as f:
-                f.write("a tmpfs file\n")
-            try:
-                procfs.write("sys/kernel/shm_rmid_forced", "1")
-            except OSError as e:
-                with open("/proc/sys/kernel/shm_rmid_forced") as f:
-                    code = 0 if e.errno == errno.EXDEV and "leaves the container's procfs" in e.strerror \
-                        and f.read() == "a tmpfs file\n" else 2
+            code = 0 if check() else 2
         finally:
             os._exit(code)
-    assert os.waitpid(pid, 0)[1] == 0
+    return os.waitpid(pid, 0)[1] == 0
 
 
-def test_the_exec_fifo_is_reopened_only_through_a_procfs_at_proc(tmp_path) -> None:
-    """With something else at /proc (a private mount namespace, a tmpfs there), reopening an fd
-    through it is refused instead of opening a file of that filesystem."""
+def test_the_runtime_writes_proc_only_through_the_procfs_at_proc() -> None:
+    """A tmpfs over /proc/sys/kernel (as a volume would be) makes the write fail instead of landing in it."""
+    def check() -> bool:
+        sc.mount("tmpfs", "/proc/sys/kernel", "tmpfs", 0)
+        with open("/proc/sys/kernel/shm_rmid_forced", "w") as f:
+            f.write("a tmpfs file\n")
+        try:
+            procfs.write("sys/kernel/shm_rmid_forced", "1")
+        except OSError as e:
+            with open("/proc/sys/kernel/shm_rmid_forced") as f:
+                return e.errno == errno.EXDEV and "leaves the container's procfs" in e.strerror \
+                    and f.read() == "a tmpfs file\n"
+        return False
+
+    assert _in_a_mount_namespace_of_its_own(check)
+
+
+def test_the_exec_fifo_is_reopened_only_through_a_procfs_at_proc() -> None:
+    """With something else at /proc (a tmpfs), reopening an fd through it is refused instead of
+    opening a file of that filesystem."""
     r, w = os.pipe()
     os.write(w, b"x")
-    pid = os.fork()
-    if pid == 0:
-        code = 1
+
+    def check() -> bool:
+        assert os.read(procfs.reopen(r, os.O_RDONLY | os.O_NONBLOCK), 1) == b"x"   # the real /proc: the pipe
+        sc.mount("tmpfs", "/proc", "tmpfs", 0)
+        os.makedirs(f"/proc/self/fd/{r}".rsplit("/", 1)[0])
+        open(f"/proc/self/fd/{r}", "w").close()
         try:
-            sc.unshare(sc.CLONE_NEWNS)
-            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-            assert os.read(procfs.reopen(r, os.O_RDONLY | os.O_NONBLOCK), 1) == b"x"   # the real /proc: the pipe
-            sc.mount("tmpfs", "/proc", "tmpfs", 0)
-            os.makedirs(f"/proc/self/fd/{r}".rsplit("/", 1)[0])
-            open(f"/proc/self/fd/{r}", "w").close()
-            try:
-                procfs.reopen(r, os.O_WRONLY)
-            except OSError as e:
-                code = 0 if e.errno == errno.EXDEV else 2
-        finally:
-            os._exit(code)
-    assert os.waitpid(pid, 0)[1] == 0
-    os.close(r)
-    os.close(w)
+            procfs.reopen(r, os.O_WRONLY)
+        except OSError as e:
+            return e.errno == errno.EXDEV
+        return False
+
+    try:
+        assert _in_a_mount_namespace_of_its_own(check)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_a_read_only_volume_stays_read_only_when_its_path_changes_right_after_the_mount(

@@ -12,13 +12,18 @@ def _spawn(script: str) -> int:
     return os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script], os.environ)
 
 
+async def _reaped(reaper: Reaper, pid: int) -> None:
+    """Until the reaper has `pid`'s exit kept, nobody having asked for it."""
+    while not reaper.has_exited(pid):
+        await trio.sleep(0.01)
+
+
 async def test_exit_before_wait_is_kept_and_routed_by_pid() -> None:
     reaper = Reaper()
     async with trio.open_nursery() as nursery:
         await nursery.start(reaper.run)
         first, second = _spawn("exit 3"), _spawn("sleep 0.2; exit 4")
-        while not reaper.has_exited(first):
-            await trio.sleep(0.01)
+        await _reaped(reaper, first)
         assert exit_status(await reaper.wait(second)) == 4
         assert exit_status(await reaper.wait(first)) == 3
         assert not reaper.has_exited(first)  # each exit is claimed once
@@ -54,16 +59,14 @@ async def test_an_exit_kept_for_a_number_the_kernel_gave_again_is_not_the_new_pr
     async with trio.open_nursery() as nursery:
         await nursery.start(reaper.run)
         orphan, new = _spawn("exit 3"), _spawn("exec sleep 30")
-        while not reaper.has_exited(orphan):
-            await trio.sleep(0.01)
+        await _reaped(reaper, orphan)
         reaper._exited[new] = reaper._exited.pop(orphan)   # the number given again: the kernel's part
         reaper.adopt(new)
         assert not reaper.has_exited(new)
         os.kill(new, signal.SIGTERM)
         assert exit_status(await reaper.wait(new)) == 143
         quick = _spawn("exit 5")
-        while not reaper.has_exited(quick):
-            await trio.sleep(0.01)
+        await _reaped(reaper, quick)
         reaper.adopt(quick)   # reaped before it was adopted: its own exit
         assert exit_status(await reaper.wait(quick)) == 5
         nursery.cancel_scope.cancel()
