@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 class CreateResult:
     pid: int
     console_fd: int | None     # pty master; the caller owns it
+    started: int               # the process's start time (state.start_time): its identity beyond a pid
 
 
 @dataclass
@@ -155,7 +156,7 @@ class Container:
                 raise RuntimeFailure("cgroups", "the OOM killer killed the container while it was being "
                                                 f"set up: {cause}") from None
             raise
-        return container, CreateResult(spawned.pid, spawned.console_fd)
+        return container, CreateResult(spawned.pid, spawned.console_fd, spawned.started)
 
     @classmethod
     def load(cls, container_id: str, *, root: str = DEFAULT_ROOT) -> "Container":
@@ -329,7 +330,7 @@ class Container:
             os.close(pidfd)
             for fd, _ in ns_fds:
                 os.close(fd)
-        return CreateResult(spawned.pid, spawned.console_fd)
+        return CreateResult(spawned.pid, spawned.console_fd, spawned.started)
 
     def pause(self) -> None:
         self._require_cgroup("pause").freeze()

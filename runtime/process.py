@@ -34,6 +34,7 @@ from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped
 from .errors import RuntimeFailure
 from .mounts import open_in_root
 from .spec import RLIM_UNLIMITED, IdMapping, Namespace, Process, Spec
+from .state import start_time
 
 NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_NEWPID,
             "network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS,
@@ -75,6 +76,7 @@ class Launch:
 class Spawned:
     pid: int
     console_fd: int | None
+    started: int | None   # its start time (state.start_time); None: it was reaped already
 
 
 @contextmanager
@@ -116,7 +118,7 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], None]) -> Spawned:
                 parent.send(IdsMapped())
             elif isinstance(msg, InitForked):
                 pid = msg.pid
-                _own(owned, fds)
+                pidfd = _own(owned, fds)
             else:
                 mounted = True
         on_forked(pid)
@@ -125,7 +127,7 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], None]) -> Spawned:
         while True:
             msg, fds = parent.recv("process", Console, SeccompListener, Parked)
             if isinstance(msg, Parked):
-                return Spawned(pid, console)
+                return Spawned(pid, console, _started(pid, pidfd))
             if isinstance(msg, Console):
                 console = _own_console(owned, fds)
                 continue
@@ -147,7 +149,7 @@ def spawn_exec(launch: Launch) -> Spawned:
             msg, fds = parent.recv("process", ExecForked, Console, SeccompListener, Parked)
             if isinstance(msg, ExecForked):
                 pid = msg.pid
-                _own(owned, fds)
+                pidfd = _own(owned, fds)
             elif isinstance(msg, Console):
                 console = _own_console(owned, fds)
             elif isinstance(msg, SeccompListener):
@@ -159,7 +161,19 @@ def spawn_exec(launch: Launch) -> Spawned:
                 listener = None
                 parent.send(ListenerPassed())
         parent.wait_closed("exec")   # the channel is close-on-exec: EOF means execve worked
-        return Spawned(pid, console)
+        return Spawned(pid, console, _started(pid, pidfd))
+
+
+def _started(pid: int, pidfd: int) -> int | None:
+    """The start time of our new process `pid`, or None if it has been reaped already (a short exec
+    may have been, by the caller's subreaper). The pidfd, signalled after the read, tells whether
+    /proc/<pid> was still that process when it was read."""
+    started = start_time(pid, zombie=True)
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return None
+    return started
 
 
 def _closed_by(owned: ExitStack, fds: list[int]) -> list[int]:
@@ -176,10 +190,10 @@ def _pass_listener(launch: Launch, pid: int, fds: list[int]) -> None:
     launch.seccomp_listener(pid, fds[0])
 
 
-def _own(owned: ExitStack, fds: list[int]) -> None:
-    """Hold the pidfd of a half-made process that came with its report until ``owned`` unwinds;
-    if that is by an error, the process is killed and waited for first (through the pidfd: a
-    reused pid is never hit)."""
+def _own(owned: ExitStack, fds: list[int]) -> int:
+    """Hold the pidfd of a half-made process that came with its report until ``owned`` unwinds, and
+    return it; if that is by an error, the process is killed and waited for first (through the
+    pidfd: a reused pid is never hit)."""
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)
@@ -193,6 +207,7 @@ def _own(owned: ExitStack, fds: list[int]) -> None:
         finally:
             os.close(pidfd)
     owned.push(release)
+    return pidfd
 
 
 def _own_console(owned: ExitStack, fds: list[int]) -> int:

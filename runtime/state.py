@@ -58,10 +58,11 @@ def read_record(directory: str, container_id: str) -> Record:
         raise RuntimeFailure("state", f"{directory}/{STATE_FILE} is corrupt: {e}") from None
 
 
-def start_time(pid: int) -> int | None:
+def start_time(pid: int, *, zombie: bool = False) -> int | None:
     """Field 22 of /proc/PID/stat (clock ticks since boot), or None if the pid is gone or dead.
 
-    A zombie or dead process counts as gone: it will never run container code again.
+    A zombie or dead process counts as gone: it will never run container code again; with
+    `zombie`, a zombie counts (it has not been reaped: its pid is not free yet).
     """
     try:   # os.read, not open(): every verb asks, and a buffered file costs 4 more syscalls
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
@@ -75,7 +76,7 @@ def start_time(pid: int) -> int | None:
         os.close(fd)
     # The command name may contain spaces and parentheses: split after the last ')'.
     rest = stat[stat.rindex(b")") + 2:].split()
-    if rest[0] in (b"Z", b"X", b"x"):
+    if rest[0] in (b"X", b"x") or (rest[0] == b"Z" and not zombie):
         return None
     return int(rest[19])
 

@@ -117,7 +117,8 @@ def exec_process(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
 
 def _process_result(result: Any) -> tuple[Any, list[int]]:
     console = getattr(result, "console_fd", None)
-    return {"pid": result.pid, "console": console is not None}, ([console] if console is not None else [])
+    return ({"pid": result.pid, "started": result.started, "console": console is not None},
+            [console] if console is not None else [])
 
 
 def start(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:

@@ -10,6 +10,8 @@ import signal
 
 import trio
 
+from railcar.runtime.state import start_time
+
 _KEEP_UNCLAIMED = 4096
 
 
@@ -51,14 +53,16 @@ class Reaper:
             async for _ in signals:
                 self.reap()
 
-    def adopt(self, pid: int) -> None:
-        """`pid` is a new process of ours (a container's init or exec, a logger): forget an exit kept
-        for that number while the process is still there, alive or not yet reaped. That exit was
-        an earlier process's: an orphan nobody waited for (from a container in the host's pid
-        namespace, say), whose number the kernel has given again. Were it kept, the new process
-        would be reported exited at once. A new process that has already been reaped left no
-        /proc entry, and then the exit kept is its own: the latest for that number."""
-        if pid in self._exited and os.path.exists(f"/proc/{pid}"):
+    def adopt(self, pid: int, started: int | None) -> None:
+        """`pid` is a new process of ours (a container's init or exec, a logger) that started at
+        `started` (state.start_time; None: it had been reaped already when that was read): forget
+        an exit kept for that number if it is an earlier process's. An orphan nobody waited for
+        (from a container in the host's pid namespace, say) leaves its exit here, and the kernel
+        may give its number again; were it kept, the new process would be reported exited at once.
+        The exit kept is an earlier one only while the new process is still there, alive or a
+        zombie; otherwise it is the new process's own, the latest for that number, even if a
+        stranger has the number by now."""
+        if pid in self._exited and started is not None and start_time(pid, zombie=True) == started:
             del self._exited[pid]
 
     def has_exited(self, pid: int) -> bool:

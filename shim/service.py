@@ -125,7 +125,7 @@ class TaskService:
         if process.stdin_closed:
             pio.close_stdin()
         process.pid = result["pid"]
-        self._reaper.adopt(process.pid)
+        self._reaper.adopt(process.pid, result["started"])
         self._nursery.start_soon(self._guarded, pio.run, f"stdio of {process.id}")
         self._nursery.start_soon(self._guarded, self._watch, f"exit watch of {process.id}", process)
 

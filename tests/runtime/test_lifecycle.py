@@ -141,6 +141,7 @@ def test_an_exec_reaped_before_its_caller_looks_is_still_its_own(make_bundle, st
         container.kill(signal.SIGKILL)
         finish(container, created)
     assert result.pid in reaped
+    assert result.started is None   # it was reaped: its start time cannot be told (nor mistaken)
 
 
 def _children() -> list[int]:
