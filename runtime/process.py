@@ -434,6 +434,8 @@ def _init(ch: Channel, launch: Launch) -> None:
         rootfs.pivot(spec.root_path)
         _make_cwd(spec.process.cwd)  # before the root may turn read-only, as runc does
         rootfs.finalize(spec)
+    with stage("rootfs"):
+        proc = procfs.root()   # checked now, before a seccomp filter may go in
     ready = _prepare_process(launch, ch)
     _report_parked(ch, ready)
     ch.close()
@@ -442,10 +444,11 @@ def _init(ch: Channel, launch: Launch) -> None:
     # is not reachable from here (the caller opened it: a user-namespaced init may not even
     # traverse the state root).
     try:
-        started = procfs.reopen(launch.exec_fifo, os.O_WRONLY)
+        started = procfs.reopen(proc, launch.exec_fifo, os.O_WRONLY)
         os.write(started, b"0")
         os.close(started)
         os.close(launch.exec_fifo)
+        os.close(proc)
         _hooks(launch, "startContainer", {**hook_state, "status": "running"})
     except BaseException as e:
         _die(ready.stdio[2], f"railcar: before exec: {e}")

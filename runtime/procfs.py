@@ -20,9 +20,11 @@ from . import syscalls as sc
 from .errors import RuntimeFailure
 
 PROC_ROOT_INO = 1
-# The files lxcfs emulates, which its users bind over the container's own (runc lets them too).
+# The files lxcfs emulates, which its users bind over the container's own, and the FIPS switch
+# (runc lets them too).
 _LXCFS_FILES = frozenset(f"proc/{name}" for name in (
-    "cpuinfo", "diskstats", "meminfo", "stat", "swaps", "uptime", "loadavg", "slabinfo", "sys/kernel/ns_last_pid"))
+    "cpuinfo", "diskstats", "meminfo", "stat", "swaps", "uptime", "loadavg", "slabinfo", "sys/kernel/ns_last_pid",
+    "sys/crypto/fips_enabled"))
 
 
 def check_mount_target(root_fd: int, target: int, fstype: str, bind: bool, source: str, destination: str,
@@ -32,7 +34,7 @@ def check_mount_target(root_fd: int, target: int, fstype: str, bind: bool, sourc
     at = os.path.relpath(os.readlink(f"/proc/self/fd/{target}"), os.readlink(f"/proc/self/fd/{root_fd}"))
     if at == ".":
         raise RuntimeFailure("rootfs", f"{where}: nothing may be mounted on the container's root")
-    if fstype == "proc":
+    if fstype == "proc" and not bind:
         if at != os.path.normpath(destination).lstrip("/") or not stat.S_ISDIR(os.fstat(target).st_mode):
             raise RuntimeFailure("rootfs", f"{where}: proc must be mounted on a directory, not through a "
                                            f"symlink (it leads to /{at})")
@@ -55,7 +57,7 @@ def _is_procfs(path: str) -> bool:
         os.close(fd)
 
 
-def _root() -> int:
+def root() -> int:
     """An O_PATH fd of the procfs at /proc of our root, checked to be one (its root inode)."""
     proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     if sc.fstatfs_type(proc) != sc.PROC_SUPER_MAGIC or os.fstat(proc).st_ino != PROC_ROOT_INO:
@@ -64,13 +66,10 @@ def _root() -> int:
     return proc
 
 
-def reopen(fd: int, flags: int) -> int:
-    """Open what our `fd` is again, with `flags`, through /proc/self/fd of the checked procfs."""
-    proc = _root()
-    try:
-        return os.open(f"self/fd/{fd}", flags | os.O_CLOEXEC, dir_fd=proc)
-    finally:
-        os.close(proc)
+def reopen(proc: int, fd: int, flags: int) -> int:
+    """Open what our `fd` is again, with `flags`, through /proc/self/fd of `proc` (from `root()`,
+    taken earlier: after a seccomp filter went in, this is one openat, as runc's reopen is)."""
+    return os.open(f"self/fd/{fd}", flags | os.O_CLOEXEC, dir_fd=proc)
 
 
 def write(path: str, value: str) -> None:
@@ -78,7 +77,7 @@ def write(path: str, value: str) -> None:
     /proc of our root; an OSError names the file and says why when /proc or the way to it is not
     the container's own."""
     try:
-        proc = _root()
+        proc = root()
     except OSError as e:
         raise OSError(e.errno, f"/proc/{path}: {e.strerror}") from None
     try:

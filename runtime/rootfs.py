@@ -320,12 +320,13 @@ def _readonly(root_fd: int, path: str) -> None:
     except FileNotFoundError:
         return
     try:
-        sc.mount(fd_path(fd), fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
+        top = sc.bind_onto(fd_path(fd), fd, recursive=True)
     finally:
         os.close(fd)
-    with _opened(root_fd, path) as top:
-        sc.mount(None, fd_path(top), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY
-                 | locked_flags(fd_path(top)))
+    try:
+        sc.mount(None, fd_path(top), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | locked_flags(fd_path(top)))
+    finally:
+        os.close(top)
 
 
 def _mask(root_fd: int, path: str, mount_label: str) -> None:

@@ -185,6 +185,18 @@ def test_a_profile_that_denies_sendto_still_lets_the_process_report(make_bundle,
     assert (ran.status, ran.output.split()) == (0, ["Seccomp:", "2"]), ran
 
 
+def test_a_profile_that_denies_fstatfs_still_lets_the_init_start(make_bundle, state_root) -> None:
+    """The procfs the exec FIFO is reopened through is checked before the filter goes in (without
+    no_new_privs, before the user switch): after it, the reopen is one openat, as runc's is."""
+    def edit(config: dict) -> None:
+        config["process"]["noNewPrivileges"] = False
+        config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["fstatfs", "statfs"], "action": "SCMP_ACT_ERRNO"}]}
+
+    ran = run_container(make_bundle(["echo", "ran"], edit=edit), state_root)
+    assert (ran.status, ran.output.split()) == (0, ["ran"]), ran
+
+
 def test_a_terminal_reaches_the_caller_under_a_profile_that_denies_sendmsg(make_bundle, state_root) -> None:
     """The pty master goes to the caller before the filter (which without no_new_privs goes in
     before the user switch), as runc's console does: a profile without sendmsg still gets a terminal,
