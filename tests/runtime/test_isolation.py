@@ -519,7 +519,8 @@ def test_an_exec_works_whatever_the_container_did_to_its_dev_null(make_bundle, s
     container, created = create_captured(bundle, state_root)
     container.start()
     try:
-        assert exec_captured(container, {"args": ["sh", "-c", "rm /dev/null && mkdir /dev/null"], "cwd": "/"}).status == 0
+        removed = exec_captured(container, {"args": ["sh", "-c", "rm /dev/null && mkdir /dev/null"], "cwd": "/"})
+        assert removed.status == 0, removed
         ran = exec_captured(container, {"args": ["echo", "hello"], "cwd": "/"})
     finally:
         container.kill(signal.SIGKILL)
