@@ -26,7 +26,7 @@ import pytest
 from .conftest import (Leftovers, cgroups_of, cgroups_parents, devenv, eventually, mounts_under,
                        processes_named, start_containerd, stop_zygotes)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cgroup_v2]  # run again in the pure v2 guest
 grpc = pytest.importorskip("grpc")  # grpcio comes with the test extra's grpcio-tools
 
 HERE = Path(__file__).resolve().parent
