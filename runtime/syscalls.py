@@ -67,6 +67,7 @@ RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
 PROC_SUPER_MAGIC = 0x9FA0
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
@@ -78,6 +79,13 @@ _SYS_OPENAT2 = 437
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
 _SYS_MOUNT_SETATTR = 442
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
+_FSOPEN_CLOEXEC = 1
+_FSMOUNT_CLOEXEC = 1
 _OPEN_TREE_CLONE = 1
 _MOVE_MOUNT_F_EMPTY_PATH = 0x04
 _MOVE_MOUNT_T_EMPTY_PATH = 0x40
@@ -176,6 +184,27 @@ def bind_onto(source: str, target_fd: int, recursive: bool) -> int:
         os.close(tree)
         raise
     return tree
+
+
+def mount_detached(fstype: str, options: dict[str, str], attrs: int) -> int:
+    """A new `fstype` filesystem with string `options`, mounted with MOUNT_ATTR_* `attrs` but attached
+    nowhere (fsopen(2), fsconfig(2), fsmount(2)); returns an fd of its root. No path in any mount
+    namespace reaches it, so nothing can be mounted over it or remount it: only that fd, and the
+    files opened through it, do."""
+    context = _check(_libc.syscall(ctypes.c_long(_SYS_FSOPEN), os.fsencode(fstype), ctypes.c_uint(_FSOPEN_CLOEXEC)),
+                     f"fsopen {fstype}")
+    try:
+        for key, value in options.items():
+            _check(_libc.syscall(ctypes.c_long(_SYS_FSCONFIG), ctypes.c_int(context),
+                                 ctypes.c_uint(_FSCONFIG_SET_STRING), os.fsencode(key), os.fsencode(value),
+                                 ctypes.c_int(0)),
+                   f"{fstype} option {key}={value}")
+        _check(_libc.syscall(ctypes.c_long(_SYS_FSCONFIG), ctypes.c_int(context), ctypes.c_uint(_FSCONFIG_CMD_CREATE),
+                             None, None, ctypes.c_int(0)), f"create {fstype}")
+        return _check(_libc.syscall(ctypes.c_long(_SYS_FSMOUNT), ctypes.c_int(context), ctypes.c_uint(_FSMOUNT_CLOEXEC),
+                                    ctypes.c_uint(attrs)), f"fsmount {fstype}")
+    finally:
+        os.close(context)
 
 
 def mount_setattr_recursive(target: str, attr_set: int, attr_clr: int) -> None:

@@ -10,7 +10,7 @@ serve the runtime's forking calls), `reaper` (the one waitpid loop),
 `process` (lifecycle table), `service` (the 17 task methods), `events` (ordered publisher),
 `spawner` (binary:// loggers through the reaper), `log` (logrus lines on the bundle's log FIFO).
 
-The zygote and a cold daemon re-execute themselves from a sealed copy of the interpreter
+The zygote and a cold daemon re-execute themselves from a sealed view of the interpreter
 (`railcar.runtime.sealing`, CVE-2019-5736), so every daemon and forker a container is made from runs
 one; `start` and `delete` never enter a container and skip that cost.
 

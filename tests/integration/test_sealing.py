@@ -4,13 +4,11 @@ import os
 
 import pytest
 
+from tests.sealing import runs_sealed
+
 from .conftest import RUNTIME, remove_task, shim_pids
 
 pytestmark = pytest.mark.integration
-
-
-def _exe(pid: int) -> str:
-    return os.readlink(f"/proc/{pid}/exe")
 
 
 def _forker_of(pid: int) -> int:
@@ -35,7 +33,7 @@ def test_shim_daemons_and_forkers_run_a_sealed_interpreter(cd, image, cid) -> No
             shim = int((cd.bundle(name) / "shim.pid").read_text())
             assert shim in shim_pids()
             for pid in (shim, _forker_of(shim)):
-                assert _exe(pid).startswith("/memfd:railcar-sealed"), f"{pid} runs {_exe(pid)}"
+                assert runs_sealed(pid), f"{pid} runs {os.readlink(f'/proc/{pid}/exe')}"
     finally:
         for name in ids:
             remove_task(cd, name)

@@ -31,11 +31,6 @@ def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdi
                           capture_output=True, env=env, timeout=30)
 
 
-def runs_sealed(pid: int) -> bool:
-    """Whether `pid` runs from railcar's sealed memfd copy of the interpreter, not the host's binary."""
-    return os.readlink(f"/proc/{pid}/exe").startswith("/memfd:railcar-sealed")
-
-
 def children_named(pid: int, comm: str) -> list[int]:
     """The direct children of `pid` whose comm is `comm`."""
     found = []
