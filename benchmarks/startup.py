@@ -9,7 +9,9 @@ benchmarked command's exit status is checked: a failing create is fast and would
 railcar's first `start` launches its warm zygote (the first run is cold; medians absorb it); shims it
 forked are found through their bundles' shim.pid, and the zygote is stopped at the end. railcar's
 memory counts every process it keeps: each daemon with its forker and the forker's spare worker,
-and the zygote with its spare daemon (a per-node cost, shared by all containers); it is printed
+and the zygote with its spare daemon (a per-node cost, shared by all containers), plus any memfd
+copy of the interpreter they run from (railcar's fallback where it cannot seal through an
+overlayfs: most of such a copy is mapped by nobody, so in no PSS); it is printed
 right away, again once spare workers have been retired, and once more after the zygote was
 stopped, as it stops when no container started for RAILCAR_ZYGOTE_IDLE (10 minutes). The containerd
 gets a namespace of its own, whose runtime state directory is removed at the end.
@@ -192,20 +194,38 @@ def shim_pids(binary: str, namespace: str) -> list[int]:
 SETTLE = 3.0  # seconds: railcar retires a forker's spare worker after 2 s without requests
 
 
+def sealed_copies_kib(pids: list[int]) -> int:
+    """The memfd copies of the interpreter these processes run from: railcar's sealing where it cannot
+    make its private overlayfs. The pages of a copy that no process maps are memory in no PSS, so each
+    copy counts whole, once (its mapped pages are then counted twice: an overstatement)."""
+    copies = {}
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/exe").startswith("/memfd:"):
+                exe = os.stat(f"/proc/{pid}/exe")
+                copies[exe.st_dev, exe.st_ino] = exe.st_size
+        except OSError:
+            continue
+    return sum(copies.values()) // 1024
+
+
 def shim_memory(cd: devenv.Containerd, name: str, ids: list[str]) -> str:
     """Shim processes and PSS per container now, for `ids` of runtime `name`."""
     count = len(ids)
     split = ""
+    total = 0
     if name == "railcar":
         # The zygote is a per-node cost, but only railcar has one: its share is counted.
         daemons, forkers = railcar_shim_pids(cd, ids)
         zygotes = zygote_group(cd)
         pids = daemons + forkers + zygotes
-        split = "  (daemons {:.2f}, forkers and spare workers {:.2f}, zygote and spare daemon {:.2f})".format(
+        total = sealed_copies_kib(pids)
+        split = "  (daemons {:.2f}, forkers and spare workers {:.2f}, zygote and spare daemon {:.2f}".format(
             *(sum(map(pss_kib, group)) / count / 1024 for group in (daemons, forkers, zygotes)))
+        split += f", memfd copies {total / count / 1024:.2f})" if total else ")"
     else:
         pids = shim_pids(SHIM_BINARIES[name], cd.namespace)
-    total = sum(pss_kib(p) for p in pids)
+    total += sum(pss_kib(p) for p in pids)
     return f"{len(pids):2d} shim processes, {total / count / 1024:6.2f} MiB PSS per container{split}"
 
 
