@@ -75,6 +75,11 @@ class ExecForked:
 
 
 @dataclass(frozen=True)
+class Joined:
+    """Caller → exec intermediate: the exec process is in the container's cgroup; let it go on."""
+
+
+@dataclass(frozen=True)
 class Failed:
     """Any helper → caller: ``stage`` failed with ``cause``; the helper exits right after."""
     stage: str
@@ -82,7 +87,7 @@ class Failed:
 
 
 MESSAGES = {cls.__name__: cls for cls in (MapIds, IdsMapped, InitForked, RootfsReady, HooksDone, Console, Parked,
-                                           SeccompListener, ListenerPassed, ExecForked, Failed)}
+                                           SeccompListener, ListenerPassed, ExecForked, Joined, Failed)}
 _MAX = 65536
 
 

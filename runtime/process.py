@@ -4,10 +4,10 @@ Caller ── fork ──▶ intermediate: joins the cgroup, setns() into namesp
                    unshares the new ones (user first; the caller writes its id maps), then forks
   └────────────────────▶ init: pid 1 of the new pid namespace; rootfs, pivot_root, process setup,
                          then parks on the exec FIFO until ``start``, then execve.
-An exec's intermediate only opens the cgroup's files before its setns(); the exec process it forks
-moves itself in before its security set-up (see _exec_intermediate).
 The intermediate exits as soon as it reported the init's pid, so the init is re-parented to the
 caller's child subreaper; the caller only ever waits for the intermediate, never for the init.
+An exec's intermediate stays out of the container's cgroup: the caller moves the exec process in
+by its pid before it does anything (see _exec_intermediate).
 
 Every stage reports over one SOCK_SEQPACKET channel (``channel``); a failure anywhere comes back
 as ``RuntimeFailure(stage, cause)`` and the half-made init is killed (via a pidfd, so a reused
@@ -27,19 +27,16 @@ import struct
 import termios
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 from . import procfs, rootfs
 from . import syscalls as sc
-from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped, InitForked, MapIds, Parked,
-                      ListenerPassed, RootfsReady, SeccompListener)
+from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped, InitForked, Joined, MapIds,
+                      Parked, ListenerPassed, RootfsReady, SeccompListener)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
 from .spec import RLIM_UNLIMITED, IdMapping, Namespace, Process, Spec
 from .state import start_time
-
-if TYPE_CHECKING:
-    from .cgroups.interface import Entry
 
 NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_NEWPID,
             "network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS,
@@ -155,6 +152,10 @@ def spawn_exec(launch: Launch) -> Spawned:
             if isinstance(msg, ExecForked):
                 pid = msg.pid
                 pidfd = _own(owned, fds)
+                if launch.cgroup is not None:   # it waits for this, its pid held by its parent
+                    with stage("cgroups"):
+                        launch.cgroup.join(launch.init_pid, pid=pid)
+                parent.send(Joined())
             elif isinstance(msg, Console):
                 console = _own_console(owned, fds)
             elif isinstance(msg, SeccompListener):
@@ -326,22 +327,21 @@ def _join_cgroup(launch: Launch) -> None:
     processes must never run a line outside its cgroup."""
     if launch.cgroup is not None:
         with stage("cgroups"):
-            launch.cgroup.join()
+            launch.cgroup.join(launch.init_pid)
 
 
-def _fork_child(ch: Channel, launch: Launch, body: Callable[..., None], entry: "Entry | None" = None) -> int:
+def _fork_child(ch: Channel, launch: Launch, body: Callable[..., None], *args: object,
+                keep: frozenset[int] = frozenset()) -> int:
     """Fork the init or exec process from an intermediate; it keeps only the channel, ``launch``'s fds
-    and an exec's cgroup `entry`. An init's intermediate is in the container's cgroup by then, so
-    the init needs room for two processes under its pids limit for that moment."""
+    and `keep`. An init's intermediate is in the container's cgroup by then, so the init needs room
+    for two processes under its pids limit for that moment."""
     try:
         pid = os.fork()
     except BlockingIOError:
         raise RuntimeFailure("process", "cannot fork the process: a pids limit is reached (the container's "
                                         "linux.resources.pids.limit, or the host's)") from None
     if pid == 0:
-        if entry is None:
-            _run_child(ch, launch.keep_fds() | {ch.fileno()}, body, launch)
-        _run_child(ch, launch.keep_fds() | {ch.fileno()} | entry.fds(), body, launch, entry)
+        _run_child(ch, launch.keep_fds() | {ch.fileno()} | keep, body, launch, *args)
     return pid
 
 
@@ -463,19 +463,23 @@ def _init(ch: Channel, launch: Launch) -> None:
 
 
 def _exec_intermediate(ch: Channel, launch: Launch) -> None:
-    """Unlike an init's, stays out of the container's cgroup: the exec process joins it itself, once
-    it has forked and done most of its set-up (as runc's exec is moved in after it forked). So the
-    Python work of railcar's helpers is not charged to the container (measured per exec of
-    /bin/true: 246 page faults and 4.0 ms of CPU in its cgroup, against 874 and 9.1 when the
-    intermediate joined first; runc's, 140 and 5.3), and the fork is not refused at the container's
-    pids limit, which counts forks, not processes moved in (runc allows such an exec too)."""
-    entry = None
-    if launch.cgroup is not None:
-        with stage("cgroups"):
-            entry = launch.cgroup.entry(launch.init_pid)   # the host's files, from the host's mounts
+    """Unlike an init's, stays out of the container's cgroup: as runc's exec, the exec process is
+    moved in by its pid, by the caller (in the host's namespaces, with its credentials, which every
+    kernel accepts), before it does anything. It waits at a gate until then, and we hold its pid
+    meanwhile (our child, unreaped even if killed), so no other process can be moved in by that
+    number. So railcar's own Python work in this helper is not charged to the container, and the
+    fork is not refused at the container's pids limit, which counts forks, not processes moved in
+    (runc allows such an exec too). Per exec of /bin/true through ctr, the container's cgroup is
+    charged ~390 page faults and 4-5 ms of CPU, against 874 and 9.1 ms when this helper joined
+    first; runc's exec ~140 and 3.5-5 ms (benchmarks/startup.py)."""
     with stage("namespaces"):
         _setns_all(launch.ns_fds)
-    _report_forked(ch, ExecForked, _fork_child(ch, launch, _exec_process, entry))
+    gate, release = os.pipe2(os.O_CLOEXEC)
+    pid = _fork_child(ch, launch, _exec_process, gate, keep=frozenset({gate}))
+    os.close(gate)
+    _report_forked(ch, ExecForked, pid)
+    ch.recv("cgroups", Joined)
+    os.write(release, b"1")
 
 
 def _report_forked(ch: Channel, report: type, pid: int) -> None:
@@ -485,8 +489,14 @@ def _report_forked(ch: Channel, report: type, pid: int) -> None:
     ch.send(report(pid), [os.pidfd_open(pid)])
 
 
-def _exec_process(ch: Channel, launch: Launch, entry: "Entry | None") -> None:
-    ready = _prepare_process(launch, ch, entry)
+def _exec_process(ch: Channel, launch: Launch, gate: int) -> None:
+    """Waits at `gate` until it is in the container's cgroup, before it opens anything of the
+    container's: the cgroup's device rules and limits cover all of it. EOF instead means the
+    intermediate failed (the caller kills us too): we leave at once."""
+    if os.read(gate, 1) != b"1":
+        os._exit(1)
+    os.close(gate)
+    ready = _prepare_process(launch, ch)
     _report_parked(ch, ready)
     # The channel stays open (close-on-exec) so the caller sees EOF exactly when execve worked.
     _execve(ready, launch, ch)
@@ -504,11 +514,9 @@ class _Ready:
     env: dict[str, str]
 
 
-def _prepare_process(launch: Launch, ch: Channel, entry: "Entry | None" = None) -> _Ready:
+def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
     """Inside the container's root: stdio/pty, rlimits, oom score, user, cwd, executable; and a
-    seccomp filter with a listener. The pty master and the listener go to the caller on ``ch``.
-    An exec enters its cgroup (`entry`) before the security set-up: with every privilege it had, and
-    before any filter."""
+    seccomp filter with a listener. The pty master and the listener go to the caller on ``ch``."""
     proc = launch.process
     plan = launch.security
 
@@ -565,9 +573,6 @@ def _prepare_process(launch: Launch, ch: Channel, entry: "Entry | None" = None) 
     env = _environment(proc)  # as root, who may read the container's /etc/passwd
     if launch.session_keyring is not None:
         _join_session_keyring(launch)
-    if entry is not None:
-        with stage("cgroups"):
-            entry.enter()
     with stage("security"):
         if plan is not None:
             plan.before_user_switch(hand_over)

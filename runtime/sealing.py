@@ -10,7 +10,9 @@ can write through:
 - as runc 1.2 does: the binary seen through an overlayfs with only lower layers (its own directory
   over an empty one), made with fsopen(2) and attached nowhere. Such an overlay has no layer to
   write to, whatever its mount flags; no path reaches it, so nobody can mount over it either. Its
-  pages are the host binary's page cache, shared with every other Python process on the node;
+  pages are the host binary's page cache, shared with every other Python process on the node. It
+  holds the binary's directory while a process runs from it (a separate /usr cannot be unmounted
+  meanwhile), and is never looked into again after the exec;
 - where that fails (no overlayfs, no CAP_SYS_ADMIN, a binary deleted by an upgrade): a memfd copy
   of the binary with every write seal set. That copy is memory of its own, the size of the binary
   (6.5 MiB for Debian's statically linked python3.11), kept as long as a process runs from it: the
@@ -103,7 +105,10 @@ def sealed_copy(binary: str) -> int:
         size = os.fstat(src).st_size
         offset = 0
         while offset < size:
-            offset += os.sendfile(mem, src, offset, size - offset)
+            sent = os.sendfile(mem, src, offset, size - offset)
+            if not sent:
+                raise OSError(f"{binary} shrank to {offset} bytes while it was copied")
+            offset += sent
     finally:
         os.close(src)
     fcntl.fcntl(mem, fcntl.F_ADD_SEALS, _SEALS)

@@ -10,28 +10,23 @@ from .errors import CgroupError
 
 def write(path: str, value: str | int) -> None:
     """Write one value with a single write(2): control files act on each write, not on close."""
-    fd = open_to_write(path, value)
+    data = str(value).encode()
+    fd = _open_to_write(path, value)
     try:
-        write_fd(fd, path, value)
-    finally:
-        os.close(fd)
-
-
-def write_fd(fd: int, path: str, value: str | int) -> None:
-    """`write` to control file `path`, already open as `fd`."""
-    try:
-        os.write(fd, str(value).encode())
+        os.write(fd, data)
     except OSError as e:
         raise CgroupError(f"writing {value!r} to {path}: {e.strerror}", e.errno) from e
+    finally:
+        os.close(fd)
 
 
 def check_writable(path: str, value: str | int) -> None:
     """Fail as `write` would fail to open the file, writing nothing: a control file acts on a
     write, not on an open."""
-    os.close(open_to_write(path, value))
+    os.close(_open_to_write(path, value))
 
 
-def open_to_write(path: str, value: str | int) -> int:
+def _open_to_write(path: str, value: str | int) -> int:
     try:
         return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as e:

@@ -33,51 +33,6 @@ class OomWatcher(abc.ABC):
     def close(self) -> None: ...
 
 
-class Entry:
-    """The control files a process writes "0" to, to move itself into a cgroup, opened ahead.
-
-    An exec's helper opens them on the host, before it enters the container's namespaces (whose
-    mount namespace may not show the host's cgroup files), and the exec process it then forks moves
-    itself in only once most of its set-up is done (see runtime.process). The kernel judges the move
-    by the credentials the files were opened with (Linux 5.16+), so a process that has entered a
-    user namespace by then may still make it."""
-
-    def __init__(self, targets: list[tuple[str, int]], fallback: tuple[str, int] | None) -> None:
-        self._targets = targets
-        self._fallback = fallback
-
-    @classmethod
-    def open(cls, paths: list[str], fallback: str | None = None) -> "Entry":
-        """Open `paths` (each written in turn), and `fallback`, written instead if the kernel refuses
-        the first with EBUSY."""
-        opened: list[tuple[str, int]] = []
-        try:
-            for path in [*paths, *([fallback] if fallback else [])]:
-                opened.append((path, files.open_to_write(path, 0)))
-        except BaseException:
-            for _, fd in opened:
-                os.close(fd)
-            raise
-        return cls(opened[:len(paths)], opened[len(paths)] if fallback else None)
-
-    def fds(self) -> set[int]:
-        return {fd for _, fd in [*self._targets, *([self._fallback] if self._fallback else [])]}
-
-    def enter(self) -> None:
-        """Move the calling process in, then close the files."""
-        try:
-            try:
-                for path, fd in self._targets:
-                    files.write_fd(fd, path, 0)
-            except CgroupError as e:
-                if e.errno != errno.EBUSY or self._fallback is None:
-                    raise
-                files.write_fd(self._fallback[1], self._fallback[0], 0)
-        finally:
-            for fd in self.fds():
-                os.close(fd)
-
-
 class Cgroup(abc.ABC):
     """One container's cgroup, identified by an absolute path valid in every hierarchy."""
 
@@ -100,14 +55,11 @@ class Cgroup(abc.ABC):
     @abc.abstractmethod
     def add_process(self, pid: int) -> None: ...
 
-    @abc.abstractmethod
-    def entry(self, init_pid: int = 0) -> Entry:
-        """What moves a process with as many threads as the caller into the cgroup (`Entry`).
-        `init_pid`: an exec's, the container's init (see CgroupV2.entry)."""
-
-    def join(self, init_pid: int = 0) -> None:
-        """Move the calling process into the cgroup now."""
-        self.entry(init_pid).enter()
+    def join(self, init_pid: int = 0, pid: int = 0) -> None:
+        """Move process `pid` (0: the calling one) into the cgroup. Another process must be
+        single-threaded (a freshly forked helper is): a driver may move just its thread, which is
+        then the whole process. `init_pid`: an exec's, the container's init (see CgroupV2.join)."""
+        self.add_process(pid or os.getpid())
 
     @abc.abstractmethod
     def pids(self) -> list[int]:

@@ -8,7 +8,7 @@ import os
 from ..mountinfo import PROC_SELF, read
 from . import files, resources as res, stats_v1
 from .errors import CgroupError, ResourceError
-from .interface import Cgroup, Entry, OomWatcher, remove_tree, wait_until
+from .interface import Cgroup, OomWatcher, remove_tree, wait_until
 from .oom import EventfdOomWatcher, oom_kills
 
 # Hierarchies a container joins. name=systemd carries no limits but keeps `systemd-cgls` and
@@ -83,15 +83,18 @@ class CgroupV1(Cgroup):
         for d in self._dirs():
             files.write(f"{d}/cgroup.procs", pid)
 
-    def entry(self, init_pid: int = 0) -> Entry:
-        """Through `tasks` with "0": the kernel moves the calling thread without taking the global
+    def join(self, init_pid: int = 0, pid: int = 0) -> None:
+        """Through `tasks`: the kernel moves the thread without taking the global
         cgroup_threadgroup_rwsem for writing, which any write to cgroup.procs takes. Its first
         writer after a quiet spell waits out an RCU grace period (7-15 ms on the test VM: the
-        largest single cost of a create or exec); this move takes 0.1-0.3 ms. A process with
-        more threads joins through cgroup.procs, so that none is left outside. v1 has no
+        largest single cost of a create or exec); this move takes 0.1-0.3 ms. A calling process
+        with more threads joins through cgroup.procs, so that none is left outside. v1 has no
         no-internal-process rule: `init_pid` is not needed."""
-        name = "cgroup.procs" if len(os.listdir("/proc/self/task")) > 1 else "tasks"
-        return Entry.open([f"{d}/{name}" for d in self._dirs()])
+        if not pid and len(os.listdir("/proc/self/task")) > 1:
+            self.add_process(os.getpid())
+            return
+        for d in self._dirs():
+            files.write(f"{d}/tasks", pid)
 
     def pids(self) -> list[int]:
         root = self._primary()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -9,7 +10,7 @@ from . import files, resources as res, stats_v2
 from .devices_bpf import apply_device_rules
 from .errors import CgroupError, ResourceError
 from .host import CGROUP_ROOT
-from .interface import Cgroup, Entry, OomWatcher, remove_tree, wait_until
+from .interface import Cgroup, OomWatcher, remove_tree, wait_until
 from .oom import InotifyOomWatcher, oom_kills
 
 # Controllers delegated down to a container when the host offers them.
@@ -56,16 +57,23 @@ class CgroupV2(Cgroup):
     def add_process(self, pid: int) -> None:
         files.write(self._file("cgroup.procs"), pid)
 
-    def entry(self, init_pid: int = 0) -> Entry:
+    def join(self, init_pid: int = 0, pid: int = 0) -> None:
         """An init that moved itself into a child cgroup and enabled controllers for its children
         (docker-in-docker, kind nodes, systemd in a container do) leaves the container's cgroup
         refusing processes: v2's no-internal-process rule (EBUSY). An exec then joins the cgroup
         the init is in, as runc's does. runc does so on any error and wherever the init is (also
         when an init without a cgroup namespace moved itself out); railcar only on EBUSY and only
         into a cgroup inside the container's, so that no exec lands in an ancestor's limits."""
-        beside = _cgroup_of(init_pid) if init_pid else None
-        inside = beside is not None and beside.startswith(self.path + "/")
-        return Entry.open([self._file("cgroup.procs")], f"{self.root}{beside}/cgroup.procs" if inside else None)
+        pid = pid or os.getpid()
+        try:
+            self.add_process(pid)
+        except CgroupError as e:
+            if e.errno != errno.EBUSY or not init_pid:
+                raise
+            beside = _cgroup_of(init_pid)
+            if beside is None or not beside.startswith(self.path + "/"):
+                raise
+            files.write(f"{self.root}{beside}/cgroup.procs", pid)
 
     def pids(self) -> list[int]:
         if not os.path.isdir(self.dir):

@@ -11,6 +11,7 @@ import json
 import os
 import select
 import signal
+import stat
 
 import pytest
 from google.protobuf import json_format
@@ -303,23 +304,20 @@ def test_an_exec_at_the_pids_limit_runs_in_the_cgroup_as_with_runc(make_bundle, 
         finish(container, created)
 
 
-def test_an_exec_is_charged_for_little_of_railcars_own_work(make_bundle, state_root) -> None:
-    """The helpers' Python work happens outside the container's cgroup: an exec of `true` costs
-    it a few hundred page faults (runc's: ~140), not the ~900 it cost when the helper joined before
-    forking. v1's memory.stat and v2's memory.stat both count them as pgfault."""
+def test_an_exec_opens_nothing_of_the_containers_before_its_device_rules_apply(make_bundle, state_root) -> None:
+    """The exec process is in the container's cgroup before it opens anything there: a device node the
+    container planted where the exec looks (here its /dev/null, which an exec without stdio opens)
+    is refused by the container's device rules, as runc's exec is. /dev/kmsg (1:11) is not allowed."""
     bundle = make_bundle(["sleep", "100"])
     container, created = create_captured(bundle, state_root)
     try:
         container.start()
-
-        def faults() -> int:
-            stat = cgroup_file(bundle, ("memory", "memory.stat"), "memory.stat")
-            return next(int(line.split()[1]) for line in stat.splitlines() if line.startswith("pgfault "))
-
-        before = faults()
-        for _ in range(5):
-            assert exec_captured(container, {"args": ["true"], "cwd": "/"}).status == 0
-        assert (faults() - before) / 5 < 500
+        null = f"/proc/{created.result.pid}/root/dev/null"
+        os.unlink(null)
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 11))
+        with pytest.raises(RuntimeFailure) as refused:
+            container.exec({"args": ["true"], "cwd": "/"})
+        assert "Operation not permitted" in str(refused.value) and "/dev/null" in str(refused.value)
     finally:
         container.kill(signal.SIGKILL)
         finish(container, created)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from railcar.runtime.cgroups import Cgroup, CgroupError, files, open_cgroup, v2
+from railcar.runtime.cgroups import Cgroup, CgroupError, open_cgroup, v2
 from railcar.runtime.cgroups.v1 import CgroupV1
 
 pytestmark = pytest.mark.cgroup_v2  # runs on this v1 host and again on the pure v2 kernel
@@ -88,20 +88,16 @@ def test_an_exec_refused_by_the_container_cgroup_joins_only_the_inits_inside_it(
     never an ancestor, a sibling sharing its name's prefix, or none (runc joins wherever the init is)."""
     cg = v2.CgroupV2("/pod/c1", root=str(tmp_path))
     (tmp_path / "pod/c1/init").mkdir(parents=True)
-    (tmp_path / "pod/c1/cgroup.procs").write_text("")
     (tmp_path / "pod/c1/init/cgroup.procs").write_text("")
-    write_fd = files.write_fd
 
-    def busy(fd: int, path: str, value: str | int) -> None:
-        if path == f"{tmp_path}/pod/c1/cgroup.procs":
-            raise CgroupError("writing: Device or resource busy", errno.EBUSY)
-        write_fd(fd, path, value)
+    def busy(pid: int) -> None:
+        raise CgroupError("writing: Device or resource busy", errno.EBUSY)
 
-    monkeypatch.setattr(files, "write_fd", busy)
+    monkeypatch.setattr(cg, "add_process", busy)
     monkeypatch.setattr(v2, "_cgroup_of", lambda pid: init_cgroup)
     if init_cgroup == "/pod/c1/init":
         cg.join(init_pid=1234)
-        assert (tmp_path / "pod/c1/init/cgroup.procs").read_text() == "0"   # the writer itself
+        assert (tmp_path / "pod/c1/init/cgroup.procs").read_text() == str(os.getpid())
     else:
         with pytest.raises(CgroupError) as refused:
             cg.join(init_pid=1234)

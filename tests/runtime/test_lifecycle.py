@@ -104,7 +104,8 @@ def test_exec_sees_same_pid_namespace(make_bundle, state_root) -> None:
 
 def test_an_exec_reaped_before_its_caller_looks_is_still_its_own(make_bundle, state_root, monkeypatch) -> None:
     """A short exec can exit, and be reaped by the subreaper (the shim's reaper, here a thread), before
-    the caller has read its pid: the caller holds it by the pidfd its intermediate opened."""
+    the caller has looked at it again once it moved it into its cgroup: the caller holds it by the
+    pidfd its intermediate opened."""
     from railcar.runtime import channel
 
     bundle = make_bundle(["sleep", "100"])
@@ -122,11 +123,14 @@ def test_an_exec_reaped_before_its_caller_looks_is_still_its_own(make_bundle, st
             time.sleep(0.005)
 
     recv = channel.Channel.recv
+    forked: list[int] = []
 
-    def late(self, stage, *expected):   # the caller is slow to look at the exec's report
+    def late(self, stage, *expected):   # the caller is slow to go on once the exec has its cgroup
         msg, fds = recv(self, stage, *expected)
         if isinstance(msg, channel.ExecForked):
-            eventually(lambda: msg.pid in reaped, timeout=10)
+            forked.append(msg.pid)
+        elif isinstance(msg, channel.Parked):
+            assert eventually(lambda: forked[0] in reaped, timeout=10)
         return msg, fds
 
     monkeypatch.setattr(channel.Channel, "recv", late)
