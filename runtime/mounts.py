@@ -49,8 +49,9 @@ _RECURSIVE_WORDS: dict[str, tuple[int, bool]] = {
 _RECURSIVE_ATIME = {"rrelatime": sc.MOUNT_ATTR_RELATIME, "rnoatime": sc.MOUNT_ATTR_NOATIME,
                     "rstrictatime": sc.MOUNT_ATTR_STRICTATIME, "ratime": sc.MOUNT_ATTR_RELATIME,
                     "rnostrictatime": sc.MOUNT_ATTR_RELATIME, "rnorelatime": sc.MOUNT_ATTR_RELATIME}
+IDMAP_WORDS = ("idmap", "ridmap")
 # Every option word a mount in config.json may carry (what `features` reports).
-MOUNT_OPTIONS = (*_FLAG_WORDS, *PROPAGATION_FLAGS, *_RECURSIVE_WORDS, *_RECURSIVE_ATIME)
+MOUNT_OPTIONS = (*_FLAG_WORDS, *PROPAGATION_FLAGS, *_RECURSIVE_WORDS, *_RECURSIVE_ATIME, *IDMAP_WORDS)
 # Flags a read-only bind remount must keep, or the kernel refuses to drop them (EPERM).
 _LOCKED = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME | sc.MS_NODIRATIME \
     | sc.MS_RELATIME | sc.MS_STRICTATIME
@@ -88,6 +89,8 @@ def parse_options(options: list[str] | tuple[str, ...], where: str = "options") 
             rec_clear |= sc.MOUNT_ATTR__ATIME
         elif word == "loop":
             raise RuntimeFailure("rootfs", f"{where}: loop devices are not supported")
+        elif word in IDMAP_WORDS:
+            continue   # the caller idmaps the bind (spec.Mount.uid_mappings): nothing to mount(2)
         else:
             data.append(word)
     return MountOptions(flags, tuple(propagation), ",".join(data), (rec_set, rec_clear))

@@ -66,11 +66,12 @@ class Launch:
     ns_fds: list[tuple[int, int]] = field(default_factory=list)   # exec only: (fd, nstype)
     init_pid: int = 0                   # exec only: the container's init (its cgroup may be the one to join)
     session_keyring: str | None = None  # the container's own session keyring ("_ses.<id>", as runc names it)
+    mount_trees: dict[int, int] = field(default_factory=dict)   # init only: spec.mounts index -> idmapped bind
     # With SCMP_ACT_NOTIFY rules: (pid, listener fd) -> sends it to the agent, in the caller.
     seccomp_listener: Callable[[int, int], None] | None = None
 
     def keep_fds(self) -> set[int]:
-        fds = {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds)}
+        fds = {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds), *self.mount_trees.values()}
         return fds | {self.exec_fifo} if self.exec_fifo >= 0 else fds
 
 
@@ -116,7 +117,7 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], None]) -> Spawned:
             msg, fds = parent.recv("rootfs" if pid else "namespaces", MapIds, InitForked, RootfsReady)
             if isinstance(msg, MapIds):
                 with stage("namespaces"):
-                    _write_id_maps(msg.pid, launch.spec)
+                    _write_id_maps(msg.pid, launch.spec.linux.uid_mappings, launch.spec.linux.gid_mappings)
                 parent.send(IdsMapped())
             elif isinstance(msg, InitForked):
                 pid = msg.pid
@@ -259,21 +260,52 @@ def kill_and_wait(pidfd: int) -> None:
     select.select([pidfd], [], [])
 
 
-def _write_id_maps(pid: int, spec: Spec) -> None:
+def _write_id_maps(pid: int, uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMapping, ...],
+                   where: str = "linux") -> None:
+    """The id maps of `pid`'s new user namespace; `where` names the spec object they come from."""
     def fmt(maps: tuple[IdMapping, ...]) -> bytes:
         return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps).encode()
 
-    for name, field, maps in (("uid_map", "uidMappings", spec.linux.uid_mappings),
-                              ("gid_map", "gidMappings", spec.linux.gid_mappings)):
+    for name, field, maps in (("uid_map", "uidMappings", uid_maps), ("gid_map", "gidMappings", gid_maps)):
         fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, fmt(maps))
         except OSError as e:
-            raise RuntimeFailure("namespaces", f"linux.{field}: the kernel refused them ({e.strerror}): "
+            raise RuntimeFailure("namespaces", f"{where}.{field}: the kernel refused them ({e.strerror}): "
                                                "ranges that overlap, more than 340 of them, or host ids "
                                                "this runtime may not map?") from None
         finally:
             os.close(fd)
+
+
+def mapping_userns(uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMapping, ...], where: str) -> int:
+    """An fd of a new user namespace with these mappings, which only that fd holds: an idmapped
+    mount's. A child unshares it and waits while we write its maps and open it."""
+    ready, unshared = os.pipe2(os.O_CLOEXEC)
+    hold, release = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready)
+            os.close(release)
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.write(unshared, b"1")
+            os.read(hold, 1)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(unshared)
+    os.close(hold)
+    try:
+        if os.read(ready, 1) != b"1":
+            raise RuntimeFailure("namespaces", f"{where}: cannot make a user namespace for its mappings")
+        _write_id_maps(pid, uid_maps, gid_maps, where)
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready)
+        os.close(release)
+        os.waitpid(pid, 0)
 
 
 # --- helper side (forked; never returns into the caller's code) ----------------------------
@@ -430,7 +462,7 @@ def _init(ch: Channel, launch: Launch) -> None:
     # The mounts go up first; then the caller records our pid and runs the prestart and
     # createRuntime hooks (which may look at them), as runtime-spec and runc order it.
     with stage("rootfs"):
-        rootfs.prepare(spec, userns)
+        rootfs.prepare(spec, userns, launch.mount_trees)
     ch.send(RootfsReady())
     hooks_done, _ = ch.recv("rootfs", HooksDone)
     hook_state = {**(launch.hook_state or {}), "pid": hooks_done.pid}

@@ -35,8 +35,9 @@ def _opened(root_fd: int, path: str, create: str | None = None) -> Iterator[int]
         os.close(fd)
 
 
-def prepare(spec: Spec, userns: bool) -> None:
-    """Everything before pivot_root: the rootfs bind, the spec's mounts, /dev and devices."""
+def prepare(spec: Spec, userns: bool, trees: dict[int, int]) -> None:
+    """Everything before pivot_root: the rootfs bind, the spec's mounts, /dev and devices. `trees`:
+    the idmapped binds the caller made, by index in spec.mounts (each is closed once attached)."""
     root = spec.root_path
     propagation = PROPAGATION_FLAGS.get(spec.linux.rootfs_propagation, sc.MS_SLAVE | sc.MS_REC)
     sc.mount(None, "/", None, propagation)
@@ -53,7 +54,7 @@ def prepare(spec: Spec, userns: bool) -> None:
             where = f"mounts[{i}] ({m.type or 'bind'} on {m.destination})"
             try:
                 _mount_entry(root_fd, m, spec.bundle, spec.linux.mount_label,
-                             spec.linux.namespace("cgroup") is not None, where)
+                             spec.linux.namespace("cgroup") is not None, where, trees.pop(i, -1))
             except OSError as e:
                 refused = f" (options: {','.join(m.options)})" if e.errno == errno.EINVAL and m.options else ""
                 raise RuntimeFailure("rootfs", f"{where}: {e.strerror}{refused}") from None
@@ -78,7 +79,8 @@ def _mount_of(path: str) -> tuple[str, bool]:
     return found
 
 
-def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns: bool, where: str) -> None:
+def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns: bool, where: str,
+                 tree: int) -> None:
     opts = with_mount_label(parse_options(m.options, m.destination), m.type, mount_label)
     if m.type == "cgroup":
         readonly = bool(opts.flags & sc.MS_RDONLY or opts.recursive[0] & sc.MOUNT_ATTR_RDONLY)
@@ -93,7 +95,10 @@ def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns
         kind = "dir" if os.path.isdir(source) else "file"
     with _opened(root_fd, m.destination, kind) as target:
         procfs.check_mount_target(root_fd, target, m.type, opts.is_bind, source, m.destination, where)
-        if opts.is_bind:
+        if tree >= 0:   # made by the caller, outside our user namespace (idmapping needs that)
+            sc.attach(tree, target, source)
+            top = tree
+        elif opts.is_bind:
             # Its flags (ro...) go to the new mount's own fd: a second lookup of the destination could
             # be sent elsewhere by another container swapping a shared volume's directory for a link.
             top = sc.bind_onto(source, target, bool(opts.flags & sc.MS_REC))

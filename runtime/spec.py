@@ -8,7 +8,7 @@ other modules interpret (``linux.resources`` for cgroups, capabilities and secco
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import SpecError
@@ -56,6 +56,15 @@ class Mount:
     type: str = ""
     source: str = ""
     options: tuple[str, ...] = ()
+    # An idmapped bind (mount_setattr MOUNT_ATTR_IDMAP): the file system's ids as these mappings turn
+    # them, in a user namespace the caller makes; `idmap_recursive` for `ridmap`.
+    uid_mappings: tuple["IdMapping", ...] = ()
+    gid_mappings: tuple["IdMapping", ...] = ()
+    idmap_recursive: bool = False
+
+    @property
+    def idmapped(self) -> bool:
+        return bool(self.uid_mappings)
 
 
 @dataclass(frozen=True)
@@ -149,8 +158,7 @@ def parse_spec(doc: Any, bundle: str) -> Spec:
     if not root_path:
         raise SpecError("root.path", "must not be empty")
     process = _process(top.get("process"), "process") if "process" in top else None
-    mounts = tuple(_mount(m, f"mounts[{i}]")
-                   for i, m in enumerate(_list(top.get("mounts"), "mounts")))
+    mounts = [_mount(m, f"mounts[{i}]") for i, m in enumerate(_list(top.get("mounts"), "mounts"))]
     hooks = _obj(top.get("hooks"), "hooks")
     for kind, entries in hooks.items():
         for i, hook in enumerate(_list(entries, f"hooks.{kind}")):
@@ -161,6 +169,13 @@ def parse_spec(doc: Any, bundle: str) -> Spec:
         if not isinstance(value, str):
             raise SpecError(f"annotations.{key}", "must be a string")
     linux = _linux(top.get("linux"), "linux")
+    for i, m in enumerate(mounts):
+        words = {"idmap", "ridmap"} & set(m.options)
+        if not m.idmapped and words:   # the container's own mappings, as runc takes them
+            if not linux.uid_mappings:
+                raise SpecError(f"mounts[{i}].options", f"{sorted(words)[0]} without uidMappings and gidMappings "
+                                                        "needs a user namespace of the container's own, with mappings")
+            mounts[i] = replace(m, uid_mappings=linux.uid_mappings, gid_mappings=linux.gid_mappings)
     hostname = _opt_str(top, "hostname", "hostname")
     domainname = _opt_str(top, "domainname", "domainname")
     uts = linux.namespace("uts")
@@ -184,7 +199,7 @@ def parse_spec(doc: Any, bundle: str) -> Spec:
         process=process,
         hostname=hostname,
         domainname=domainname,
-        mounts=mounts,
+        mounts=tuple(mounts),
         linux=linux,
         hooks=hooks,
         annotations=annotations,
@@ -201,7 +216,6 @@ def parse_process(doc: Any, path: str = "process") -> Process:
 # so a container never runs without a setting it asked for.
 UNSUPPORTED_PROCESS = ("scheduler", "ioPriority", "execCPUAffinity")
 UNSUPPORTED_LINUX = ("personality", "intelRdt", "memoryPolicy", "netDevices")
-UNSUPPORTED_MOUNT = ("uidMappings", "gidMappings")  # idmapped mounts
 
 
 def _refuse(doc: dict, keys: tuple[str, ...], path: str) -> None:
@@ -274,13 +288,18 @@ def _mount(doc: Any, path: str) -> Mount:
     dest = _str(m, "destination", f"{path}.destination", required=True)
     if not os.path.isabs(dest):
         raise SpecError(f"{path}.destination", f"must be an absolute path, got {dest!r}")
-    _refuse(m, UNSUPPORTED_MOUNT, path)
     options = tuple(_str_list(m.get("options"), f"{path}.options"))
-    for i, word in enumerate(options):
-        if word in ("idmap", "ridmap"):
-            raise SpecError(f"{path}.options[{i}]", "idmapped mounts are not supported by railcar")
-    return Mount(destination=dest, type=_str(m, "type", f"{path}.type"),
-                 source=_str(m, "source", f"{path}.source"), options=options)
+    kind = _str(m, "type", f"{path}.type")
+    uid_maps = _id_mappings(m.get("uidMappings"), f"{path}.uidMappings")
+    gid_maps = _id_mappings(m.get("gidMappings"), f"{path}.gidMappings")
+    if bool(uid_maps) != bool(gid_maps):
+        raise SpecError(f"{path}.{'gidMappings' if uid_maps else 'uidMappings'}",
+                        "idmapped mounts need both uidMappings and gidMappings")
+    if (uid_maps or {"idmap", "ridmap"} & set(options)) and kind != "bind" \
+            and not {"bind", "rbind"} & set(options):
+        raise SpecError(f"{path}.type", "only bind mounts can be idmapped")
+    return Mount(destination=dest, type=kind, source=_str(m, "source", f"{path}.source"), options=options,
+                 uid_mappings=uid_maps, gid_mappings=gid_maps, idmap_recursive="ridmap" in options)
 
 
 def _linux(doc: Any, path: str) -> Linux:

@@ -56,6 +56,8 @@ MOUNT_ATTR_NOATIME = 0x10
 MOUNT_ATTR_STRICTATIME = 0x20
 MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+MOUNT_ATTR_IDMAP = 0x100000
+_AT_EMPTY_PATH = 0x1000
 _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 
@@ -173,17 +175,37 @@ def bind_onto(source: str, target_fd: int, recursive: bool) -> int:
     open_tree(2) clones `source` as a detached mount and move_mount(2) attaches that very mount
     where the fd is: no path is looked up twice, and the returned fd is the new mount itself, not
     whatever a path names by the time its flags are set."""
-    tree = _check(_libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(_AT_FDCWD), os.fsencode(source),
-                                ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | (_AT_RECURSIVE if recursive else 0))),
-                  f"bind {source}", source)
+    tree = clone_tree(source, recursive)
     try:
-        _check(_libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(tree), b"", ctypes.c_int(target_fd), b"",
-                             ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH)),
-               f"bind {source}", source)
+        attach(tree, target_fd, source)
     except BaseException:
         os.close(tree)
         raise
     return tree
+
+
+def clone_tree(source: str, recursive: bool) -> int:
+    """open_tree(2) OPEN_TREE_CLONE: a detached copy of the mount at `source` (and those below it)."""
+    return _check(_libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(_AT_FDCWD), os.fsencode(source),
+                                ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | (_AT_RECURSIVE if recursive else 0))),
+                  f"bind {source}", source)
+
+
+def attach(tree: int, target_fd: int, source: str) -> None:
+    """move_mount(2) the detached mount `tree` (of `source`) onto what `target_fd` is."""
+    _check(_libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(tree), b"", ctypes.c_int(target_fd), b"",
+                         ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH)),
+           f"bind {source}", source)
+
+
+def idmap_tree(tree: int, userns_fd: int, recursive: bool, source: str) -> None:
+    """mount_setattr(2) MOUNT_ATTR_IDMAP on the detached mount `tree`: its files' ids as the user
+    namespace `userns_fd` maps them (and on the mounts below it if `recursive`)."""
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    _check(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(tree), b"",
+                         ctypes.c_uint(_AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)), ctypes.byref(attr),
+                         ctypes.c_size_t(ctypes.sizeof(attr))),
+           f"idmap {source}", source)
 
 
 def mount_detached(fstype: str, options: dict[str, str], attrs: int) -> int:

@@ -50,6 +50,7 @@ def features() -> dict:
                 "supportedFlags": sorted(seccomp.FLAGS),  # WAIT_KILLABLE_RECV with NOTIFY rules
             },
             # Applied where the host has them (the profile or label is refused where it does not).
+            "mountExtensions": {"idmap": {"enabled": True}},
             "apparmor": {"enabled": True},
             "selinux": {"enabled": True},
             "intelRdt": {"enabled": False},

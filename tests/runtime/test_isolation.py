@@ -526,3 +526,62 @@ def test_an_exec_works_whatever_the_container_did_to_its_dev_null(make_bundle, s
         container.kill(signal.SIGKILL)
         finish(container, created)
     assert (ran.status, ran.output) == (0, "hello\n"), ran
+
+
+def _volume(tmp_path) -> str:
+    """A directory with a file owned by root and one by 5:5 on disk."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "root-owned").write_text("r")
+    (volume / "five").write_text("5")
+    os.chown(volume / "five", 5, 5)
+    os.chmod(volume, 0o755)
+    return str(volume)
+
+
+def test_an_idmapped_bind_shows_its_files_ids_through_its_own_mappings(make_bundle, state_root, tmp_path) -> None:
+    """mounts[].uidMappings/gidMappings (runtime-spec 1.1, runc 1.2): ids on disk 0-9 show as 1000-1009
+    in the container; what the mapping leaves out shows as the overflow id."""
+    maps = [{"containerID": 0, "hostID": 1000, "size": 10}]
+    volume = _volume(tmp_path)
+
+    def edit(c: dict) -> None:
+        c["mounts"].append({"destination": "/vol", "type": "bind", "source": volume, "options": ["rbind", "idmap"],
+                            "uidMappings": maps, "gidMappings": maps})
+        c["mounts"].append({"destination": "/plain", "type": "bind", "source": volume, "options": ["rbind"]})
+
+    ran = run_container(make_bundle(["stat", "-c", "%n %u:%g", "/vol/root-owned", "/vol/five", "/plain/five"],
+                                    edit=edit), state_root)
+    assert (ran.status, ran.output.splitlines()) == (0, ["/vol/root-owned 1000:1000", "/vol/five 1005:1005",
+                                                         "/plain/five 5:5"]), ran
+    assert not [p for p in open("/proc/self/mountinfo").read().split() if p.startswith(volume)]
+
+
+def test_idmap_without_mappings_takes_the_containers_user_namespace_ones(make_bundle, state_root, tmp_path) -> None:
+    """As runc: in a user-namespaced container, an `idmap` bind of a volume owned by the host's root
+    shows it owned by the container's root, and what the container writes there is the host root's."""
+    volume = _volume(tmp_path)
+
+    def edit(c: dict) -> None:
+        _user_namespaced(c)
+        c["mounts"].append({"destination": "/vol", "type": "bind", "source": volume, "options": ["rbind", "idmap"]})
+        c["mounts"].append({"destination": "/plain", "type": "bind", "source": volume, "options": ["rbind"]})
+
+    bundle = make_bundle(["sh", "-c", "stat -c '%n %u:%g' /vol/root-owned /plain/root-owned && echo w > /vol/new"],
+                         edit=edit, copy_binary=True)
+    _give_rootfs_to(bundle, 100000)
+    ran = run_container(bundle, state_root)
+    assert (ran.status, ran.output.splitlines()) == (0, ["/vol/root-owned 0:0", "/plain/root-owned 65534:65534"]), ran
+    assert (os.stat(os.path.join(volume, "new")).st_uid, os.stat(os.path.join(volume, "new")).st_gid) == (0, 0)
+
+
+def test_an_idmapped_bind_on_a_file_system_without_idmapping_is_refused_by_name(make_bundle, state_root) -> None:
+    maps = [{"containerID": 0, "hostID": 1000, "size": 10}]
+
+    def edit(c: dict) -> None:
+        c["mounts"].append({"destination": "/p", "type": "bind", "source": "/proc", "options": ["bind", "idmap"],
+                            "uidMappings": maps, "gidMappings": maps})
+
+    with pytest.raises(RuntimeFailure) as refused:
+        run_container(make_bundle(["true"], edit=edit), state_root)
+    assert "mounts[" in str(refused.value) and "cannot idmap" in str(refused.value), refused.value
