@@ -155,6 +155,9 @@ def spawn_exec(launch: Launch) -> Spawned:
                 pidfd = _own(owned, fds)
                 if launch.cgroup is not None:   # it waits for this, its pid held by its parent
                     with stage("cgroups"):
+                        if os.waitid(os.P_PID, helper, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                            raise RuntimeFailure("cgroups", "the exec's helper died before the process "
+                                                            "was moved into the container's cgroup")
                         launch.cgroup.join(launch.init_pid, pid=pid)
                 parent.send(Joined())
             elif isinstance(msg, Console):
@@ -498,14 +501,15 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     """Unlike an init's, stays out of the container's cgroup: as runc's exec, the exec process is
     moved in by its pid, by the caller (in the host's namespaces, with its credentials, which every
     kernel accepts), before it does anything. It waits at a gate until then, and we hold its pid
-    meanwhile (our child, unreaped even if killed), so no other process can be moved in by that
-    number. So railcar's own Python work in this helper is not charged to the container, and the
-    fork is not refused at the container's pids limit, which counts forks, not processes moved in
-    (runc allows such an exec too). Per exec of /bin/true through ctr, the container's cgroup is
-    charged ~390 page faults and 4-5 ms of CPU, against 874 and 9.1 ms when this helper joined
-    first; runc's exec ~140 and 3.5-5 ms (benchmarks/startup.py)."""
+    meanwhile (our child, unreaped even if killed; the caller checks that we still live), so no
+    other process can be moved in by that number. So railcar's own Python work in this helper is
+    not charged to the container, and the fork is not refused at the container's pids limit, which
+    counts forks, not processes moved in (runc allows such an exec too). Per exec of /bin/true
+    through ctr, the container's cgroup is charged ~390 page faults and 4-5 ms of CPU, against 874
+    and 9.1 ms when this helper joined first; runc's exec ~140 and 3.5-5 ms (benchmarks/startup.py)."""
     with stage("namespaces"):
         _setns_all(launch.ns_fds)
+    launch.ns_fds = []   # closed: their numbers may be the gate's now, which the exec process must not hold
     gate, release = os.pipe2(os.O_CLOEXEC)
     pid = _fork_child(ch, launch, _exec_process, gate, keep=frozenset({gate}))
     os.close(gate)

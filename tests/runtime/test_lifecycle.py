@@ -502,3 +502,38 @@ def test_failure_after_the_init_is_parked_leaves_nothing(make_bundle, state_root
     with pytest.raises(OSError, match="No space"):
         Container.create(bundle.id, bundle.path, root=state_root, terminal=True)
     assert not os.path.exists(os.path.join(state_root, bundle.id))
+
+
+def test_an_exec_whose_helper_dies_before_the_move_fails_and_holds_only_its_gate(make_bundle, state_root,
+                                                                                  monkeypatch) -> None:
+    """The exec process waits at its gate holding only the gate's read end (so its helper's death is
+    EOF there), and the caller does not move a pid whose helper, its holder, is gone."""
+    from railcar.runtime import channel
+
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    recv = channel.Channel.recv
+    pipes: list[list[str]] = []
+
+    def kill_helper(self, stage, *expected):
+        msg, fds = recv(self, stage, *expected)
+        if isinstance(msg, channel.ExecForked):
+            fd_dir = f"/proc/{msg.pid}/fd"
+            targets = [os.readlink(f"{fd_dir}/{n}") for n in os.listdir(fd_dir)]
+            pipes.append([t for t in targets if t.startswith("pipe:")])
+            with open(f"/proc/{msg.pid}/stat") as f:
+                helper = int(f.read().rpartition(")")[2].split()[1])
+            os.kill(helper, signal.SIGKILL)
+            os.waitid(os.P_PID, helper, os.WEXITED | os.WNOWAIT)
+        return msg, fds
+
+    monkeypatch.setattr(channel.Channel, "recv", kill_helper)
+    try:
+        with pytest.raises(RuntimeFailure, match="helper died"):
+            container.exec({"args": ["true"], "cwd": "/"})
+    finally:
+        monkeypatch.undo()
+        container.kill(signal.SIGKILL)
+        finish(container, created)
+    assert len(pipes[0]) == len(set(pipes[0])), pipes   # never both ends of one pipe
