@@ -519,7 +519,8 @@ def test_an_exec_whose_helper_dies_before_the_move_fails_and_holds_only_its_gate
     def kill_helper(self, stage, *expected):
         msg, fds = recv(self, stage, *expected)
         if isinstance(msg, channel.ExecForked):
-            fd_dir = f"/proc/{msg.pid}/fd"
+            fd_dir = f"/proc/{msg.pid}/fd"   # once it waits at its gate (it closes what it inherited first)
+            assert eventually(lambda: "pipe_read" in open(f"/proc/{msg.pid}/wchan").read(), timeout=10)
             targets = [os.readlink(f"{fd_dir}/{n}") for n in os.listdir(fd_dir)]
             pipes.append([t for t in targets if t.startswith("pipe:")])
             with open(f"/proc/{msg.pid}/stat") as f:
