@@ -75,6 +75,17 @@ class ExecForked:
 
 
 @dataclass(frozen=True)
+class MountSource:
+    """Init → caller: make the idmapped bind of spec.mounts[index], from our mount namespace as it is now."""
+    index: int
+
+
+@dataclass(frozen=True)
+class MountTree:
+    """Caller → init: that bind, as a detached mount (the fd comes with it)."""
+
+
+@dataclass(frozen=True)
 class Joined:
     """Caller → exec intermediate: the exec process is in the container's cgroup; let it go on."""
 
@@ -87,7 +98,8 @@ class Failed:
 
 
 MESSAGES = {cls.__name__: cls for cls in (MapIds, IdsMapped, InitForked, RootfsReady, HooksDone, Console, Parked,
-                                           SeccompListener, ListenerPassed, ExecForked, Joined, Failed)}
+                                           SeccompListener, ListenerPassed, ExecForked, Joined, MountSource, MountTree,
+                                           Failed)}
 _MAX = 65536
 
 

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import security
-from . import syscalls as sc
 from .cgroups import Cgroup, open_cgroup
 from .channel import PeerGone
 from .errors import ContainerExists, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
-from .process import PROC_NS, Launch, Spawned, kill_and_wait, mapping_userns, spawn_exec, spawn_init
+from .process import PROC_NS, Launch, Spawned, kill_and_wait, spawn_exec, spawn_init
 from .seccomp import send_listener
 from .spec import Spec, load_spec, parse_process, shares_pid_namespace
 from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, is_alive,
@@ -128,20 +127,16 @@ class Container:
 
             _give_stdio(stdio, spec.linux.raw, spec.process.user.uid)
             fifo = os.open(os.path.join(directory, EXEC_FIFO), os.O_PATH | os.O_CLOEXEC)
-            trees: dict[int, int] = {}
             try:
-                _idmapped_trees(spec, trees)
                 launch = Launch(spec=spec, process=spec.process, stdio=stdio,
                                 terminal=spec.process.terminal if terminal is None else terminal,
                                 cgroup=cgroup, security=plan, run_hooks=_in_container_hooks(spec),
                                 hook_state=container._hook_state("creating"),
                                 exec_fifo=fifo, session_keyring=_session_keyring(container_id),
-                                seccomp_listener=container._listener_to_agent(plan, "creating"), mount_trees=trees)
+                                seccomp_listener=container._listener_to_agent(plan, "creating"))
                 spawned = spawn_init(launch, on_forked)
             finally:
                 os.close(fifo)
-                for tree in trees.values():
-                    os.close(tree)
             record.created = True
             write_record(directory, record)
         except BaseException as e:
@@ -465,34 +460,6 @@ def _make_exec_fifo(path: str, spec: Spec) -> None:
     gid = _host_id(spec.linux.raw.get("gidMappings"), 0) or 0
     if uid or gid:
         os.chown(path, uid, gid)
-
-
-def _idmapped_trees(spec: Spec, trees: dict[int, int]) -> None:
-    """Into `trees`, by index in spec.mounts: each idmapped bind as a detached mount, made here, in
-    the host's user namespace: mount_setattr(MOUNT_ATTR_IDMAP) needs privilege over the file system
-    and the mapping's user namespace, which the init, in the container's, lacks (runc's parent
-    makes them too). The init attaches them where they go. One user namespace per mapping."""
-    namespaces: dict[tuple, int] = {}
-    try:
-        for i, m in enumerate(spec.mounts):
-            if not m.idmapped:
-                continue
-            where = f"mounts[{i}]"
-            source = os.path.join(spec.bundle, m.source)
-            recursive = "rbind" in m.options or "bind" not in m.options   # type "bind" alone is rbind
-            key = (m.uid_mappings, m.gid_mappings)
-            if key not in namespaces:
-                namespaces[key] = mapping_userns(m.uid_mappings, m.gid_mappings, where)
-            try:
-                trees[i] = sc.clone_tree(source, recursive)
-                sc.idmap_tree(trees[i], namespaces[key], m.idmap_recursive, source)
-            except OSError as e:
-                hint = " (a file system without idmapped mounts on this kernel?)" if e.errno == errno.EINVAL else ""
-                raise RuntimeFailure("rootfs", f"{where} ({source} on {m.destination}): cannot idmap it: "
-                                               f"{e.strerror}{hint}") from None
-    finally:
-        for fd in namespaces.values():
-            os.close(fd)
 
 
 def _give_stdio(stdio: tuple[int, int, int] | None, linux: dict, uid: int) -> None:

@@ -32,10 +32,10 @@ from typing import Callable, Iterator, NoReturn
 from . import procfs, rootfs
 from . import syscalls as sc
 from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped, InitForked, Joined, MapIds,
-                      Parked, ListenerPassed, RootfsReady, SeccompListener)
+                      MountSource, MountTree, Parked, ListenerPassed, RootfsReady, SeccompListener)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
-from .spec import RLIM_UNLIMITED, IdMapping, Namespace, Process, Spec
+from .spec import RLIM_UNLIMITED, IdMapping, Mount, Namespace, Process, Spec
 from .state import start_time
 
 NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_NEWPID,
@@ -66,12 +66,11 @@ class Launch:
     ns_fds: list[tuple[int, int]] = field(default_factory=list)   # exec only: (fd, nstype)
     init_pid: int = 0                   # exec only: the container's init (its cgroup may be the one to join)
     session_keyring: str | None = None  # the container's own session keyring ("_ses.<id>", as runc names it)
-    mount_trees: dict[int, int] = field(default_factory=dict)   # init only: spec.mounts index -> idmapped bind
     # With SCMP_ACT_NOTIFY rules: (pid, listener fd) -> sends it to the agent, in the caller.
     seccomp_listener: Callable[[int, int], None] | None = None
 
     def keep_fds(self) -> set[int]:
-        fds = {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds), *self.mount_trees.values()}
+        fds = {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds)}
         return fds | {self.exec_fifo} if self.exec_fifo >= 0 else fds
 
 
@@ -112,9 +111,12 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], None]) -> Spawned:
         owned.callback(parent.close)
         # Reaped only at the end: its exit overlaps with our work and the init's.
         owned.enter_context(_reaping(helper))
+        namespaces: dict[tuple, int] = {}   # the idmapped binds' user namespaces, one per mapping
+        owned.callback(lambda: [os.close(fd) for fd in namespaces.values()])
         pid, mounted = 0, False
+        asked: list[int] = []   # idmapped binds the init asked for before we knew its pid
         while not (pid and mounted):
-            msg, fds = parent.recv("rootfs" if pid else "namespaces", MapIds, InitForked, RootfsReady)
+            msg, fds = parent.recv("rootfs" if pid else "namespaces", MapIds, InitForked, MountSource, RootfsReady)
             if isinstance(msg, MapIds):
                 with stage("namespaces"):
                     _write_id_maps(msg.pid, launch.spec.linux.uid_mappings, launch.spec.linux.gid_mappings)
@@ -122,8 +124,16 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], None]) -> Spawned:
             elif isinstance(msg, InitForked):
                 pid = msg.pid
                 pidfd = _own(owned, fds)
+            elif isinstance(msg, MountSource):
+                asked.append(msg.index)
             else:
                 mounted = True
+            while pid and asked:
+                tree = _idmapped_tree(launch.spec, asked.pop(0), pid, pidfd, namespaces)
+                try:
+                    parent.send(MountTree(), [tree])
+                finally:
+                    os.close(tree)
         on_forked(pid)
         parent.send(HooksDone(pid))
         console = None
@@ -279,6 +289,64 @@ def _write_id_maps(pid: int, uid_maps: tuple[IdMapping, ...], gid_maps: tuple[Id
                                                "this runtime may not map?") from None
         finally:
             os.close(fd)
+
+
+def _idmapped_tree(spec: Spec, index: int, init: int, pidfd: int, namespaces: dict[tuple, int]) -> int:
+    """spec.mounts[index] as an idmapped detached mount, made as runc 1.2 makes it: by a child of
+    ours that keeps our user namespace (mount_setattr MOUNT_ATTR_IDMAP needs privilege over the
+    file system and the mapping, which the init, in the container's, lacks) but joins the init's
+    mount namespace. There the source is what the init would bind at this point of its mounts, and
+    the clone keeps the locks the kernel put on the mounts copied into a less privileged namespace
+    (a clone made in ours would let the container unmount what hides host files below a submount,
+    or make a read-only mount writable)."""
+    m = spec.mounts[index]
+    where = f"mounts[{index}] ({m.source} on {m.destination})"
+    with stage("rootfs"):
+        if m.idmap_userns_path:
+            userns = os.open(m.idmap_userns_path, os.O_RDONLY | os.O_CLOEXEC)
+            namespaces[(m.idmap_userns_path, index)] = userns
+        else:
+            key = (m.uid_mappings, m.gid_mappings)
+            if key not in namespaces:
+                namespaces[key] = mapping_userns(m.uid_mappings, m.gid_mappings, f"mounts[{index}]")
+            userns = namespaces[key]
+        mnt = os.open(f"/proc/{init}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if select.select([pidfd], [], [], 0)[0]:   # the pid was the init's when we opened it
+            raise RuntimeFailure("rootfs", "the container init died while it was being set up")
+        ours, theirs = Channel.pair()
+        pid = os.fork()
+        if pid == 0:
+            _run_child(theirs, {theirs.fileno(), mnt, userns}, _make_idmapped_tree, mnt, userns, m,
+                       os.path.join(spec.bundle, m.source), where)
+        theirs.close()
+        try:
+            _, fds = ours.recv("rootfs", MountTree)
+        finally:
+            ours.close()
+            os.waitpid(pid, 0)
+    finally:
+        os.close(mnt)
+    return fds[0]
+
+
+def _make_idmapped_tree(ch: Channel, mnt: int, userns: int, m: Mount, source: str, where: str) -> None:
+    sc.setns(mnt, sc.CLONE_NEWNS)
+    recursive = "rbind" in m.options or "bind" not in m.options   # type "bind" alone is rbind
+    try:
+        tree = sc.clone_tree(source, recursive)
+        sc.idmap_tree(tree, userns, m.idmap_recursive, source)
+    except OSError as e:
+        hint = " (a file system without idmapped mounts on this kernel?)" if e.errno == errno.EINVAL else ""
+        raise RuntimeFailure("rootfs", f"{where}: cannot idmap it: {e.strerror}{hint}") from None
+    ch.send(MountTree(), [tree])
+
+
+def _idmapped_tree_of(ch: Channel, index: int) -> int:
+    """In the init: ask the caller for spec.mounts[index], idmapped (see _idmapped_tree)."""
+    ch.send(MountSource(index))
+    _, fds = ch.recv("rootfs", MountTree)
+    return fds[0]
 
 
 def mapping_userns(uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMapping, ...], where: str) -> int:
@@ -465,7 +533,7 @@ def _init(ch: Channel, launch: Launch) -> None:
     # The mounts go up first; then the caller records our pid and runs the prestart and
     # createRuntime hooks (which may look at them), as runtime-spec and runc order it.
     with stage("rootfs"):
-        rootfs.prepare(spec, userns, launch.mount_trees)
+        rootfs.prepare(spec, userns, lambda index: _idmapped_tree_of(ch, index))
     ch.send(RootfsReady())
     hooks_done, _ = ch.recv("rootfs", HooksDone)
     hook_state = {**(launch.hook_state or {}), "pid": hooks_done.pid}

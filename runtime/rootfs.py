@@ -35,9 +35,10 @@ def _opened(root_fd: int, path: str, create: str | None = None) -> Iterator[int]
         os.close(fd)
 
 
-def prepare(spec: Spec, userns: bool, trees: dict[int, int]) -> None:
-    """Everything before pivot_root: the rootfs bind, the spec's mounts, /dev and devices. `trees`:
-    the idmapped binds the caller made, by index in spec.mounts (each is closed once attached)."""
+def prepare(spec: Spec, userns: bool, idmapped_tree: Callable[[int], int]) -> None:
+    """Everything before pivot_root: the rootfs bind, the spec's mounts, /dev and devices.
+    `idmapped_tree(index)`: spec.mounts[index] as an idmapped detached mount, which the caller
+    makes (our user namespace may not)."""
     root = spec.root_path
     propagation = PROPAGATION_FLAGS.get(spec.linux.rootfs_propagation, sc.MS_SLAVE | sc.MS_REC)
     sc.mount(None, "/", None, propagation)
@@ -54,7 +55,8 @@ def prepare(spec: Spec, userns: bool, trees: dict[int, int]) -> None:
             where = f"mounts[{i}] ({m.type or 'bind'} on {m.destination})"
             try:
                 _mount_entry(root_fd, m, spec.bundle, spec.linux.mount_label,
-                             spec.linux.namespace("cgroup") is not None, where, trees.pop(i, -1))
+                             spec.linux.namespace("cgroup") is not None, where,
+                             idmapped_tree(i) if m.idmapped else -1)
             except OSError as e:
                 refused = f" (options: {','.join(m.options)})" if e.errno == errno.EINVAL and m.options else ""
                 raise RuntimeFailure("rootfs", f"{where}: {e.strerror}{refused}") from None

@@ -57,14 +57,16 @@ class Mount:
     source: str = ""
     options: tuple[str, ...] = ()
     # An idmapped bind (mount_setattr MOUNT_ATTR_IDMAP): the file system's ids as these mappings turn
-    # them, in a user namespace the caller makes; `idmap_recursive` for `ridmap`.
+    # them, in a user namespace the caller makes, or as the user namespace at `idmap_userns_path`
+    # (the one the container joins) does; `idmap_recursive` for `ridmap`.
     uid_mappings: tuple["IdMapping", ...] = ()
     gid_mappings: tuple["IdMapping", ...] = ()
+    idmap_userns_path: str = ""
     idmap_recursive: bool = False
 
     @property
     def idmapped(self) -> bool:
-        return bool(self.uid_mappings)
+        return bool(self.uid_mappings or self.idmap_userns_path)
 
 
 @dataclass(frozen=True)
@@ -171,11 +173,15 @@ def parse_spec(doc: Any, bundle: str) -> Spec:
     linux = _linux(top.get("linux"), "linux")
     for i, m in enumerate(mounts):
         words = {"idmap", "ridmap"} & set(m.options)
-        if not m.idmapped and words:   # the container's own mappings, as runc takes them
-            if not linux.uid_mappings:
+        if not m.idmapped and words:   # the container's user namespace's mappings, as runc takes them
+            user_ns = linux.namespace("user")
+            if linux.uid_mappings:
+                mounts[i] = replace(m, uid_mappings=linux.uid_mappings, gid_mappings=linux.gid_mappings)
+            elif user_ns is not None and user_ns.path:
+                mounts[i] = replace(m, idmap_userns_path=user_ns.path)
+            else:
                 raise SpecError(f"mounts[{i}].options", f"{sorted(words)[0]} without uidMappings and gidMappings "
-                                                        "needs a user namespace of the container's own, with mappings")
-            mounts[i] = replace(m, uid_mappings=linux.uid_mappings, gid_mappings=linux.gid_mappings)
+                                                        "needs the container to have a user namespace")
     hostname = _opt_str(top, "hostname", "hostname")
     domainname = _opt_str(top, "domainname", "domainname")
     uts = linux.namespace("uts")
@@ -292,9 +298,9 @@ def _mount(doc: Any, path: str) -> Mount:
     kind = _str(m, "type", f"{path}.type")
     uid_maps = _id_mappings(m.get("uidMappings"), f"{path}.uidMappings")
     gid_maps = _id_mappings(m.get("gidMappings"), f"{path}.gidMappings")
-    if bool(uid_maps) != bool(gid_maps):
+    if (m.get("uidMappings") is not None or m.get("gidMappings") is not None) and not (uid_maps and gid_maps):
         raise SpecError(f"{path}.{'gidMappings' if uid_maps else 'uidMappings'}",
-                        "idmapped mounts need both uidMappings and gidMappings")
+                        "idmapped mounts need both uidMappings and gidMappings, neither empty")
     if (uid_maps or {"idmap", "ridmap"} & set(options)) and kind != "bind" \
             and not {"bind", "rbind"} & set(options):
         raise SpecError(f"{path}.type", "only bind mounts can be idmapped")

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from railcar.runtime import Container, RuntimeFailure
+from railcar.runtime import syscalls as sc
 
 from .conftest import create_captured, exec_captured, finish, read_console, run_container, wait_for
 
@@ -585,3 +586,32 @@ def test_an_idmapped_bind_on_a_file_system_without_idmapping_is_refused_by_name(
     with pytest.raises(RuntimeFailure) as refused:
         run_container(make_bundle(["true"], edit=edit), state_root)
     assert "mounts[" in str(refused.value) and "cannot idmap" in str(refused.value), refused.value
+
+
+def test_an_idmapped_bind_keeps_the_locks_of_the_containers_mount_namespace(make_bundle, state_root,
+                                                                            tmp_path) -> None:
+    """The bind is cloned inside the init's mount namespace, whose copies of the host's mounts the
+    kernel locked: a container root with CAP_SYS_ADMIN in its user namespace cannot unmount the
+    submount that hides a host file below it (as with a plain rbind)."""
+    volume = _volume(tmp_path)
+    os.mkdir(os.path.join(volume, "sub"))
+    with open(os.path.join(volume, "sub", "hidden"), "w") as f:
+        f.write("host secret\n")
+    sc.mount("tmpfs", os.path.join(volume, "sub"), "tmpfs", 0, "size=64k")
+    try:
+        def edit(c: dict) -> None:
+            _user_namespaced(c)
+            caps = c["process"]["capabilities"]
+            for kind in ("bounding", "effective", "permitted"):
+                caps[kind] = [*caps[kind], "CAP_SYS_ADMIN"]
+            c["mounts"].append({"destination": "/vol", "type": "bind", "source": volume,
+                                "options": ["rbind", "idmap"]})
+
+        script = ("umount /vol/sub 2>/dev/null || umount -l /vol/sub 2>/dev/null; "
+                  "cat /vol/sub/hidden 2>/dev/null || echo hidden")
+        bundle = make_bundle(["sh", "-c", script], edit=edit, copy_binary=True)
+        _give_rootfs_to(bundle, 100000)
+        ran = run_container(bundle, state_root)
+    finally:
+        sc.umount2(os.path.join(volume, "sub"))
+    assert (ran.status, ran.output) == (0, "hidden\n"), ran
