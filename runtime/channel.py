@@ -107,6 +107,10 @@ class PeerGone(RuntimeFailure):
     """The other end closed without sending the expected message."""
 
 
+class PeerReset(PeerGone):
+    """The other end died with a message of ours unread (ECONNRESET): not a clean close."""
+
+
 class Channel:
     """One end of a helper socketpair."""
 
@@ -126,17 +130,23 @@ class Channel:
 
     def send(self, msg: object, fds: list[int] | tuple[int, ...] = ()) -> None:
         data = json.dumps({"kind": type(msg).__name__, **asdict(msg)}).encode()
-        if fds:
-            socket.send_fds(self.sock, [data], list(fds))
-        else:
-            # write(2), not send(2): a process may report after its seccomp filter went in (without
-            # no_new_privs it goes in before the user switch), and a profile made for runc allows
-            # the write runc reports with, not necessarily sendto.
-            os.write(self.sock.fileno(), data)
+        try:
+            if fds:
+                socket.send_fds(self.sock, [data], list(fds))
+            else:
+                # write(2), not send(2): a process may report after its seccomp filter went in (without
+                # no_new_privs it goes in before the user switch), and a profile made for runc allows
+                # the write runc reports with, not necessarily sendto.
+                os.write(self.sock.fileno(), data)
+        except (BrokenPipeError, ConnectionResetError):
+            raise PeerGone("helper", f"the helper died before it got {type(msg).__name__}") from None
 
     def recv(self, stage: str, *expected: type) -> tuple[object, list[int]]:
         """Receive one message of one of the ``expected`` kinds (or ``Failed``, raised)."""
-        data, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX, 4, socket.MSG_CMSG_CLOEXEC)
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, _MAX, 4, socket.MSG_CMSG_CLOEXEC)
+        except ConnectionResetError:
+            raise PeerReset(stage, "helper died without reporting") from None
         if not data:
             raise PeerGone(stage, "helper exited without reporting")
         try:
@@ -160,6 +170,8 @@ class Channel:
         """Expect the peer to close without a word (it execve'd); a ``Failed`` is raised."""
         try:
             msg, fds = self.recv(stage)
+        except PeerReset:
+            raise
         except PeerGone:
             return
         raise RuntimeFailure(stage, f"unexpected helper message {type(msg).__name__}")

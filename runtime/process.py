@@ -32,7 +32,7 @@ from typing import Callable, Iterator, NoReturn
 from . import procfs, rootfs
 from . import syscalls as sc
 from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped, InitForked, Joined, MapIds,
-                      MountSource, MountTree, Parked, ListenerPassed, RootfsReady, SeccompListener)
+                      MountSource, MountTree, Parked, PeerGone, ListenerPassed, RootfsReady, SeccompListener)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
 from .spec import RLIM_UNLIMITED, IdMapping, Mount, Namespace, Process, Spec
@@ -302,23 +302,26 @@ def _idmapped_tree(spec: Spec, index: int, init: int, pidfd: int, namespaces: di
     m = spec.mounts[index]
     where = f"mounts[{index}] ({m.source} on {m.destination})"
     with stage("rootfs"):
-        if m.idmap_userns_path:
-            userns = os.open(m.idmap_userns_path, os.O_RDONLY | os.O_CLOEXEC)
+        if m.idmap_userns_path:   # the one the init joined, through the init: the pidfd check covers it
+            userns = os.open(f"/proc/{init}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
             namespaces[(m.idmap_userns_path, index)] = userns
         else:
             key = (m.uid_mappings, m.gid_mappings)
             if key not in namespaces:
                 namespaces[key] = mapping_userns(m.uid_mappings, m.gid_mappings, f"mounts[{index}]")
             userns = namespaces[key]
-        mnt = os.open(f"/proc/{init}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            mnt = os.open(f"/proc/{init}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            mnt = -1
     try:
-        if select.select([pidfd], [], [], 0)[0]:   # the pid was the init's when we opened it
-            raise RuntimeFailure("rootfs", "the container init died while it was being set up")
+        if mnt < 0 or select.select([pidfd], [], [], 0)[0]:   # the pid was the init's when we opened it
+            raise PeerGone("rootfs", "the container init died while it was being set up")
         ours, theirs = Channel.pair()
         pid = os.fork()
         if pid == 0:
             _run_child(theirs, {theirs.fileno(), mnt, userns}, _make_idmapped_tree, mnt, userns, m,
-                       os.path.join(spec.bundle, m.source), where)
+                       os.path.join(spec.bundle, m.source), where, null_stdio=True)
         theirs.close()
         try:
             _, fds = ours.recv("rootfs", MountTree)
@@ -326,7 +329,8 @@ def _idmapped_tree(spec: Spec, index: int, init: int, pidfd: int, namespaces: di
             ours.close()
             os.waitpid(pid, 0)
     finally:
-        os.close(mnt)
+        if mnt >= 0:
+            os.close(mnt)
     return fds[0]
 
 
@@ -335,6 +339,9 @@ def _make_idmapped_tree(ch: Channel, mnt: int, userns: int, m: Mount, source: st
     recursive = "rbind" in m.options or "bind" not in m.options   # type "bind" alone is rbind
     try:
         tree = sc.clone_tree(source, recursive)
+    except OSError as e:
+        raise RuntimeFailure("rootfs", f"{where}: cannot bind it: {e.strerror}") from None
+    try:
         sc.idmap_tree(tree, userns, m.idmap_recursive, source)
     except OSError as e:
         hint = " (a file system without idmapped mounts on this kernel?)" if e.errno == errno.EINVAL else ""

@@ -94,7 +94,8 @@ def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns
         if not opts.is_bind:
             opts = parse_options(("rbind", *m.options), m.destination)
         source = os.path.join(bundle, m.source)
-        kind = "dir" if os.path.isdir(source) else "file"
+        # An idmapped tree tells itself: its source may be beyond what our user namespace may stat.
+        kind = "dir" if (stat.S_ISDIR(os.fstat(tree).st_mode) if tree >= 0 else os.path.isdir(source)) else "file"
     with _opened(root_fd, m.destination, kind) as target:
         procfs.check_mount_target(root_fd, target, m.type, opts.is_bind, source, m.destination, where)
         if tree >= 0:   # made by the caller, outside our user namespace (idmapping needs that)

@@ -4,6 +4,7 @@ import ctypes
 import json
 import os
 import shutil
+import select
 import signal
 import subprocess
 import sys
@@ -615,3 +616,45 @@ def test_an_idmapped_bind_keeps_the_locks_of_the_containers_mount_namespace(make
     finally:
         sc.umount2(os.path.join(volume, "sub"))
     assert (ran.status, ran.output) == (0, "hidden\n"), ran
+
+
+def test_an_idmapped_source_the_container_may_not_reach_is_bound_as_runc_binds_it(make_bundle, state_root,
+                                                                                   tmp_path) -> None:
+    """A volume below a directory only the host's root may enter (as kubelet's are): the tree is made
+    by the caller, so the init tells a directory from a file by the tree, not by its own stat."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    volume = _volume(private)
+
+    def edit(c: dict) -> None:
+        _user_namespaced(c)
+        c["mounts"].append({"destination": "/vol", "type": "bind", "source": volume, "options": ["rbind", "idmap"]})
+
+    bundle = make_bundle(["stat", "-c", "%n %u:%g", "/vol/root-owned"], edit=edit, copy_binary=True)
+    _give_rootfs_to(bundle, 100000)
+    ran = run_container(bundle, state_root)
+    assert (ran.status, ran.output) == (0, "/vol/root-owned 0:0\n"), ran
+
+
+def test_an_init_dying_while_its_idmapped_bind_is_made_fails_the_create_as_a_helper_gone(
+        make_bundle, state_root, tmp_path, monkeypatch) -> None:
+    from railcar.runtime import process
+    from railcar.runtime.channel import PeerGone
+
+    maps = [{"containerID": 0, "hostID": 1000, "size": 10}]
+    volume = _volume(tmp_path)
+    make_tree = process._idmapped_tree
+
+    def killed_first(spec, index, init, pidfd, namespaces):
+        os.kill(init, signal.SIGKILL)
+        select.select([pidfd], [], [], 10)
+        return make_tree(spec, index, init, pidfd, namespaces)
+
+    monkeypatch.setattr(process, "_idmapped_tree", killed_first)
+
+    def edit(c: dict) -> None:
+        c["mounts"].append({"destination": "/vol", "type": "bind", "source": volume, "options": ["rbind", "idmap"],
+                            "uidMappings": maps, "gidMappings": maps})
+
+    with pytest.raises(PeerGone, match="died"):
+        run_container(make_bundle(["true"], edit=edit), state_root)
