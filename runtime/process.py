@@ -163,7 +163,7 @@ def spawn_exec(launch: Launch) -> Spawned:
             if isinstance(msg, ExecForked):
                 pid = msg.pid
                 pidfd = _own(owned, fds)
-                if launch.cgroup is not None:   # it waits for this, its pid held by its parent
+                if launch.cgroup is not None and launch.cgroup.version == 2:   # it waits, its pid held by its parent
                     with stage("cgroups"):
                         if os.waitid(os.P_PID, helper, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                             raise RuntimeFailure("cgroups", "the exec's helper died before the process "
@@ -573,21 +573,30 @@ def _init(ch: Channel, launch: Launch) -> None:
 
 
 def _exec_intermediate(ch: Channel, launch: Launch) -> None:
-    """Unlike an init's, stays out of the container's cgroup: as runc's exec, the exec process is
-    moved in by its pid, by the caller (in the host's namespaces, with its credentials, which every
-    kernel accepts), before it does anything. It waits at a gate until then, and we hold its pid
+    """Unlike an init's, stays out of the container's cgroup: its exec process is moved in before it
+    does anything, as runc's is. On v1 the process moves itself, first thing, writing "0" to the
+    `tasks` files we open here on the host: a move of oneself skips the global lock that moving
+    another process takes (which costs an RCU grace period, 7-15 ms, whoever makes it). On v2,
+    where every move takes that lock, the caller moves it by its pid, in the host's namespaces and
+    with its credentials (which every kernel accepts), while it waits at a gate; we hold its pid
     meanwhile (our child, unreaped even if killed; the caller checks that we still live), so no
     other process can be moved in by that number. So railcar's own Python work in this helper is
     not charged to the container, and the fork is not refused at the container's pids limit, which
     counts forks, not processes moved in (runc allows such an exec too). Per exec of /bin/true
     through ctr, the container's cgroup is charged ~390 page faults and 4-5 ms of CPU, against 874
     and 9.1 ms when this helper joined first; runc's exec ~140 and 3.5-5 ms (benchmarks/startup.py)."""
+    tasks: list[tuple[str, int]] = []
+    if launch.cgroup is not None and launch.cgroup.version == 1:
+        with stage("cgroups"):
+            tasks = launch.cgroup.open_tasks()   # the host's files, from the host's mounts
     with stage("namespaces"):
         _setns_all(launch.ns_fds)
     launch.ns_fds = []   # closed: their numbers may be the gate's now, which the exec process must not hold
     gate, release = os.pipe2(os.O_CLOEXEC)
-    pid = _fork_child(ch, launch, _exec_process, gate, keep=frozenset({gate}))
+    pid = _fork_child(ch, launch, _exec_process, gate, tasks, keep=frozenset({gate, *(fd for _, fd in tasks)}))
     os.close(gate)
+    for _, fd in tasks:
+        os.close(fd)
     _report_forked(ch, ExecForked, pid)
     ch.recv("cgroups", Joined)
     os.write(release, b"1")
@@ -600,10 +609,18 @@ def _report_forked(ch: Channel, report: type, pid: int) -> None:
     ch.send(report(pid), [os.pidfd_open(pid)])
 
 
-def _exec_process(ch: Channel, launch: Launch, gate: int) -> None:
-    """Waits at `gate` until it is in the container's cgroup, before it opens anything of the
-    container's: the cgroup's device rules and limits cover all of it. EOF instead means the
-    intermediate failed (the caller kills us too): we leave at once."""
+def _exec_process(ch: Channel, launch: Launch, gate: int, tasks: list[tuple[str, int]]) -> None:
+    """Is in the container's cgroup before it opens anything of the container's: the cgroup's device
+    rules and limits cover all of it. On v1 it moves itself first thing, writing "0" to the `tasks`
+    files its intermediate opened; on v2 it waits at `gate` while the caller moves it. EOF at the
+    gate means the intermediate failed (the caller kills us too): we leave at once."""
+    with stage("cgroups"):
+        for path, fd in tasks:
+            try:
+                os.write(fd, b"0")
+            except OSError as e:
+                raise RuntimeFailure("cgroups", f"writing '0' to {path}: {e.strerror}") from None
+            os.close(fd)
     if os.read(gate, 1) != b"1":
         os._exit(1)
     os.close(gate)

@@ -11,7 +11,7 @@ from .errors import CgroupError
 def write(path: str, value: str | int) -> None:
     """Write one value with a single write(2): control files act on each write, not on close."""
     data = str(value).encode()
-    fd = _open_to_write(path, value)
+    fd = open_to_write(path, value)
     try:
         os.write(fd, data)
     except OSError as e:
@@ -23,10 +23,10 @@ def write(path: str, value: str | int) -> None:
 def check_writable(path: str, value: str | int) -> None:
     """Fail as `write` would fail to open the file, writing nothing: a control file acts on a
     write, not on an open."""
-    os.close(_open_to_write(path, value))
+    os.close(open_to_write(path, value))
 
 
-def _open_to_write(path: str, value: str | int) -> int:
+def open_to_write(path: str, value: str | int) -> int:
     try:
         return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as e:

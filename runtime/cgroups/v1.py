@@ -96,6 +96,20 @@ class CgroupV1(Cgroup):
         for d in self._dirs():
             files.write(f"{d}/tasks", pid)
 
+    def open_tasks(self) -> list[tuple[str, int]]:
+        """Each hierarchy's `tasks`, opened for a single-threaded process to write "0" to later: the
+        move `join` makes for the caller, without the global lock (see there), for a process that
+        cannot open them itself (an exec's, in the container's mount namespace)."""
+        opened: list[tuple[str, int]] = []
+        try:
+            for d in self._dirs():
+                opened.append((f"{d}/tasks", files.open_to_write(f"{d}/tasks", 0)))
+        except BaseException:
+            for _, fd in opened:
+                os.close(fd)
+            raise
+        return opened
+
     def pids(self) -> list[int]:
         root = self._primary()
         if not os.path.isdir(root):
