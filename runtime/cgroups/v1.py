@@ -84,12 +84,12 @@ class CgroupV1(Cgroup):
             files.write(f"{d}/cgroup.procs", pid)
 
     def join(self, init_pid: int = 0, pid: int = 0) -> None:
-        """Through `tasks`: the kernel moves the thread without taking the global
-        cgroup_threadgroup_rwsem for writing, which any write to cgroup.procs takes. Its first
-        writer after a quiet spell waits out an RCU grace period (7-15 ms on the test VM: the
-        largest single cost of a create or exec); this move takes 0.1-0.3 ms. A calling process
-        with more threads joins through cgroup.procs, so that none is left outside. v1 has no
-        no-internal-process rule: `init_pid` is not needed."""
+        """Through `tasks`. A thread moving itself ("0") skips the global cgroup_threadgroup_rwsem,
+        which any write to cgroup.procs, and any move of another process (`pid`), takes for writing.
+        Its first writer after a quiet spell waits out an RCU grace period (7-15 ms on the test VM:
+        the largest single cost of a create or exec); a move of oneself takes 0.1-0.3 ms. A calling
+        process with more threads joins through cgroup.procs, so that none is left outside. v1 has
+        no no-internal-process rule: `init_pid` is not needed."""
         if not pid and len(os.listdir("/proc/self/task")) > 1:
             self.add_process(os.getpid())
             return
