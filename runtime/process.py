@@ -6,8 +6,8 @@ Caller ── fork ──▶ intermediate: joins the cgroup, setns() into namesp
                          then parks on the exec FIFO until ``start``, then execve.
 The intermediate exits as soon as it reported the init's pid, so the init is re-parented to the
 caller's child subreaper; the caller only ever waits for the intermediate, never for the init.
-An exec's intermediate stays out of the container's cgroup: the caller moves the exec process in
-by its pid before it does anything (see _exec_intermediate).
+An exec's intermediate stays out of the container's cgroup: the exec process is in it before it
+does anything (on v1 it moves itself first thing, on v2 the caller moves it; see _exec_intermediate).
 
 Every stage reports over one SOCK_SEQPACKET channel (``channel``); a failure anywhere comes back
 as ``RuntimeFailure(stage, cause)`` and the half-made init is killed (via a pidfd, so a reused
@@ -308,7 +308,7 @@ def _idmapped_tree(spec: Spec, index: int, init: int, pidfd: int, namespaces: di
         else:
             key = (m.uid_mappings, m.gid_mappings)
             if key not in namespaces:
-                namespaces[key] = mapping_userns(m.uid_mappings, m.gid_mappings, f"mounts[{index}]")
+                namespaces[key] = _mapping_userns(m.uid_mappings, m.gid_mappings, f"mounts[{index}]")
             userns = namespaces[key]
         try:
             mnt = os.open(f"/proc/{init}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -356,7 +356,7 @@ def _idmapped_tree_of(ch: Channel, index: int) -> int:
     return fds[0]
 
 
-def mapping_userns(uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMapping, ...], where: str) -> int:
+def _mapping_userns(uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMapping, ...], where: str) -> int:
     """An fd of a new user namespace with these mappings, which only that fd holds: an idmapped
     mount's. A child unshares it and waits while we write its maps and open it."""
     ready, unshared = os.pipe2(os.O_CLOEXEC)
