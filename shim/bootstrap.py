@@ -18,7 +18,7 @@ import time
 from _collections_abc import Callable  # loaded at startup; collections.abc costs ~2 ms a `start`
 from _socket import AF_UNIX, SCM_RIGHTS, SOCK_CLOEXEC, SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, socket
 
-from . import paths, pool
+from . import oomscore, paths, pool
 from .flags import Flags
 
 GROUP_ANNOTATION = "io.containerd.railcar.v2.group"
@@ -228,8 +228,8 @@ def _try_lock(fd: int) -> bool:
 
 
 def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket,
-                      env: dict[str, str]) -> int | None:
-    """Ask a running zygote to fork the daemon; None when there is none (or it failed).
+                      env: dict[str, str], oom_score: int | None) -> int | None:
+    """Ask a running zygote to fork the daemon, to run at `oom_score`; None when there is none (or it failed).
 
     A zygote that took the request and the listener but gave no answer (it was stopped meanwhile,
     or is stuck) may have passed the listener on to a spare: a second daemon on the same listener
@@ -239,7 +239,7 @@ def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket,
     try:
         try:
             conn.connect(paths.zygote_socket())
-            request = {"flags": daemon_flags, "env": env, "cwd": bundle}
+            request = {"flags": daemon_flags, "env": env, "cwd": bundle, "oom_score_adj": oom_score}
             conn.sendmsg([marshal.dumps(request)], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("i", listener.fileno()))])
         except OSError:
             return None
@@ -253,17 +253,6 @@ def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket,
         conn.close()
     pid = reply.get("pid") if isinstance(reply, dict) else None
     return pid if isinstance(pid, int) and pid > 0 else None
-
-
-def _adjust_oom_score(pid: int) -> None:
-    """Make the daemon slightly more killable than containerd (containerd's oom_score_adj + 1)."""
-    try:
-        with open(f"/proc/{os.getppid()}/oom_score_adj") as f:
-            score = int(f.read())
-        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-            f.write(str(min(score + 1, 1000)))
-    except (OSError, ValueError):
-        pass
 
 
 def _drain_stdin() -> None:
@@ -416,6 +405,8 @@ def _serve_new(flags: Flags, bundle: str, path: str, listener: socket) -> str:
     """Have a daemon serve `listener` (forked by the zygote, else spawned); the address. The daemon
     learns which socket file it was given (SOCKET_ID_ENV): by the time it looks, `start` may have
     given up on it and another daemon may own the path."""
+    score = oomscore.for_shim()
+    oomscore.take(score)  # before a zygote or daemon is spawned: they inherit it
     try:
         address = _use(bundle, path)
         daemon_flags = _daemon_flags(flags, bundle)
@@ -424,14 +415,14 @@ def _serve_new(flags: Flags, bundle: str, path: str, listener: socket) -> str:
             raise StartError(f"{path} is gone right after it was bound")
         env = {**os.environ, paths.SOCKET_ID_ENV: socket_id}
         use_zygote = os.environ.get(ZYGOTE_ENV) != "0"
-        pid = _fork_from_zygote(daemon_flags, bundle, listener, env) if use_zygote else None
+        pid = _fork_from_zygote(daemon_flags, bundle, listener, env, score) if use_zygote else None
         if pid is None and use_zygote:
             # The first container (or the first after the zygote idled out) waits for a zygote too:
             # a daemon spawned cold shares no page with any other, for as long as its container
             # runs (17 MiB of PSS and its forker 14, against 7.4 and 3.8 forked; the latency is
             # about the same, as a cold daemon imports as much before it can answer Create).
             if _start_zygote():
-                pid = _fork_from_zygote(daemon_flags, bundle, listener, env)
+                pid = _fork_from_zygote(daemon_flags, bundle, listener, env, score)
         if pid is None:
             pid = _spawn_daemon(daemon_flags, listener, env)
     except BaseException:
@@ -439,5 +430,4 @@ def _serve_new(flags: Flags, bundle: str, path: str, listener: socket) -> str:
         raise
     finally:
         listener.close()
-    _adjust_oom_score(pid)
     return address

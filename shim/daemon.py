@@ -30,7 +30,7 @@ from railcar.ttrpc_proto.api import task_v2_pb2, task_v3_pb2
 from railcar.ttrpc_proto.server import Server
 
 from . import log as shim_log
-from . import paths, pool
+from . import oomscore, paths, pool
 from .events import Publisher
 from .flags import Flags, parse
 from .forker import Forker, ForkerError, preload
@@ -297,6 +297,7 @@ def _assigned(conn: socket.socket, forker: Forker, holds_fd3: bool) -> Assignmen
         return None
     prctl.set_name(PROCESS_NAME)
     request = marshal.loads(data)  # from our parent, the zygote, which checked it
+    oomscore.take(request.get("oom_score_adj"))
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
@@ -310,7 +311,7 @@ def _assigned(conn: socket.socket, forker: Forker, holds_fd3: bool) -> Assignmen
     assignment = Assignment(flags, bundle, socket.socket(fileno=listener_fd),
                             shim_log.setup(bundle, flags.namespace, flags.debug))
     try:
-        forker.adopt(dict(os.environ), os.getcwd(), flags.namespace, flags.debug)
+        forker.adopt(dict(os.environ), os.getcwd(), flags.namespace, flags.debug, request.get("oom_score_adj"))
     except ForkerError as e:  # its workers keep the zygote's environment and working directory
         assignment.logger.warning("%s", e)
     return assignment

@@ -34,6 +34,7 @@ from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
 from railcar.runtime.syscalls import bare_fork
 
 from . import log as shim_log
+from . import oomscore
 
 PROCESS_NAME = "railcar-forker"
 WORKER_NAME = "railcar-worker"
@@ -237,9 +238,10 @@ def _send(sock: socket.socket, reply: dict[str, Any], fds: list[int]) -> bool:
 
 
 def _adopt(context: dict[str, Any]) -> None:
-    """Take the daemon's environment, working directory and log settings: a spare daemon's forker
-    was forked before its container was known (see `Forker.adopt`). If that directory is gone (the
-    bundle of a grouped daemon's first container), the worker works in /."""
+    """Take the daemon's environment, working directory, log settings and OOM score: a spare
+    daemon's forker was forked before its container was known (see `Forker.adopt`). If that
+    directory is gone (the bundle of a grouped daemon's first container), the worker works in /."""
+    oomscore.take(context.get("oom_score_adj"))
     os.environ.clear()
     os.environ.update(context["env"])
     shim_log.configure(context["namespace"], context["debug"])
@@ -503,12 +505,13 @@ class Forker:
         self._max_request = _MAX_MESSAGE
         self.pid = 0
 
-    def adopt(self, env: dict[str, str], cwd: str, namespace: str, debug: bool) -> None:
+    def adopt(self, env: dict[str, str], cwd: str, namespace: str, debug: bool, oom_score: int | None) -> None:
         """A spare daemon's forker was forked before its container was known: from now on every
         worker takes on first what a spawned daemon's forker would have inherited (environment,
-        working directory, log settings). It is written once, to the pages shared with the forker
-        and its workers, rather than sent again with every request."""
-        context = json.dumps({"env": env, "cwd": cwd, "namespace": namespace, "debug": debug}).encode()
+        working directory, log settings, OOM score). It is written once, to the pages shared with
+        the forker and its workers, rather than sent again with every request."""
+        context = json.dumps({"env": env, "cwd": cwd, "namespace": namespace, "debug": debug,
+                              "oom_score_adj": oom_score}).encode()
         if len(context) > _CONTEXT_SPACE:
             raise ForkerError("internal", f"the daemon's context takes {len(context)} bytes, over {_CONTEXT_SPACE}")
         start = _CONTEXT_AT + _SEQ.size

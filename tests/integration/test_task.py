@@ -56,6 +56,23 @@ def test_metrics(cd, detached) -> None:
     assert {"pids", "cpu", "memory"} <= parts and ("blkio" in parts or "io" in parts), parts
 
 
+def test_what_sets_no_oom_score_runs_at_containerds_plus_one(cd, detached) -> None:
+    """As under runc's shim: the daemon, an init whose spec sets no oomScoreAdj (ctr's) and an exec
+    into it are a little more killable than containerd, whether the daemon came from a zygote's
+    spare (forked before its `start`) or was spawned."""
+    def score(pid: int | str) -> int:
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            return int(f.read())
+
+    expected = min(score(cd.pid) + 1, 1000)
+    [init] = [line.split()[1] for line in cd.ctr("task", "ls").stdout.decode().splitlines()[1:]
+              if line.split()[0] == detached]
+    daemon = (cd.bundle(detached) / "shim.pid").read_text()
+    exec_score = cd.ctr("task", "exec", "--exec-id", "oom", detached, "cat", "/proc/self/oom_score_adj")
+    assert exec_score.returncode == 0, exec_score.stderr
+    assert (score(daemon), score(init), int(exec_score.stdout)) == (expected, expected, expected)
+
+
 def test_pause_resume(cd, detached) -> None:
     assert cd.ctr("task", "pause", detached).returncode == 0
     assert task_status(cd, detached) == "PAUSED"

@@ -381,7 +381,7 @@ def test_a_zygote_that_takes_the_listener_without_answering_fails_the_start(tmp_
     listener = socket.socket(socket.AF_UNIX)
 
     def fork() -> int | None:
-        return bootstrap._fork_from_zygote(["-id", "c1"], str(tmp_path), listener, {})
+        return bootstrap._fork_from_zygote(["-id", "c1"], str(tmp_path), listener, {}, None)
 
     assert fork() is None  # no zygote
     server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -446,7 +446,9 @@ async def test_when_no_worker_can_be_forked_the_request_fails_and_the_forker_goe
 
 
 def _where(args: dict, fds: list[int]) -> tuple[object, list[int]]:
-    return {"pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get("RAILCAR_TEST_ASSIGNED")}, []
+    with open("/proc/self/oom_score_adj") as f:
+        score = int(f.read())
+    return {"pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get("RAILCAR_TEST_ASSIGNED"), "oom": score}, []
 
 
 def _env_size(args: dict, fds: list[int]) -> tuple[object, list[int]]:
@@ -468,22 +470,25 @@ def spare_first():
 
 async def test_a_worker_forked_before_the_daemon_adopted_its_container_serves_with_it(spare_first,
                                                                                     tmp_path: Path) -> None:
-    """A spare daemon's forker was forked with the zygote's environment and working directory; once
-    the daemon has its container's, every worker takes them on, the spare forked before included."""
+    """A spare daemon's forker was forked with the zygote's environment, working directory and OOM
+    score; once the daemon has its container's, every worker takes them on, the spare forked before
+    included (what it forks, a container without an oomScoreAdj of its own, inherits the score)."""
     forker, ready = spare_first
-    forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path), "t", False)
+    with open("/proc/self/oom_score_adj") as f:
+        score = min(int(f.read()) + 3, 1000)  # raising it needs no privilege
+    forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path), "t", False, score)
     first, _ = await forker.call("where", {})
-    assert first == {"pid": ready, "cwd": str(tmp_path), "env": "yes"}
+    assert first == {"pid": ready, "cwd": str(tmp_path), "env": "yes", "oom": score}
     second, _ = await forker.call("where", {})
     assert second["pid"] not in (ready, forker.pid)
-    assert (second["cwd"], second["env"]) == (str(tmp_path), "yes")
+    assert (second["cwd"], second["env"], second["oom"]) == (str(tmp_path), "yes", score)
     assert os.readlink(f"/proc/{forker.pid}/cwd") != str(tmp_path)  # the forker itself stays as forked
 
 
 async def test_a_working_directory_that_is_gone_is_replaced_by_the_root(spare_first, tmp_path: Path) -> None:
     """(The bundle of a grouped daemon's first container, deleted.) The request is still served."""
     forker, _ = spare_first
-    forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path / "gone"), "t", False)
+    forker.adopt({"RAILCAR_TEST_ASSIGNED": "yes"}, str(tmp_path / "gone"), "t", False, None)
     served, _ = await forker.call("where", {})
     assert (served["cwd"], served["env"]) == ("/", "yes")
 
@@ -491,7 +496,7 @@ async def test_a_working_directory_that_is_gone_is_replaced_by_the_root(spare_fi
 async def test_a_context_too_big_for_the_shared_pages_is_refused(spare_first, tmp_path: Path) -> None:
     forker, _ = spare_first
     with pytest.raises(ForkerError, match="context takes"):
-        forker.adopt({"RAILCAR_TEST_BIG": "x" * (1 << 20)}, str(tmp_path), "t", False)
-    forker.adopt({"RAILCAR_TEST_BIG": "x" * (600 << 10)}, str(tmp_path), "t", False)
+        forker.adopt({"RAILCAR_TEST_BIG": "x" * (1 << 20)}, str(tmp_path), "t", False, None)
+    forker.adopt({"RAILCAR_TEST_BIG": "x" * (600 << 10)}, str(tmp_path), "t", False, None)
     for _ in range(2):
         assert (await forker.call("env_size", {}))[0] == 600 << 10
