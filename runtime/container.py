@@ -23,7 +23,7 @@ from .channel import PeerGone
 from .errors import ContainerExists, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
 from .process import PROC_NS, Launch, Spawned, kill_and_wait, spawn_exec, spawn_init
 from .seccomp import send_listener
-from .spec import Spec, load_spec, parse_process, shares_pid_namespace
+from .spec import Spec, load_spec, parse_process, personality_of, shares_pid_namespace
 from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, is_alive,
                     read_record, start_time, write_record)
 
@@ -133,6 +133,7 @@ class Container:
                                 cgroup=cgroup, security=plan, run_hooks=_in_container_hooks(spec),
                                 hook_state=container._hook_state("creating"),
                                 exec_fifo=fifo, session_keyring=_session_keyring(container_id),
+                                personality=spec.linux.personality,
                                 seccomp_listener=container._listener_to_agent(plan, "creating"))
                 spawned = spawn_init(launch, on_forked)
             finally:
@@ -324,7 +325,7 @@ class Container:
                 raise InvalidState("exec", "stopped")
             spawned = spawn_exec(Launch(spec=None, process=proc, stdio=stdio, terminal=terminal,
                                         cgroup=self._cgroup(), security=plan, ns_fds=ns_fds, init_pid=self.init_pid,
-                                        session_keyring=_session_keyring(self.id),
+                                        session_keyring=_session_keyring(self.id), personality=personality_of(linux),
                                         seccomp_listener=self._listener_to_agent(plan, "running")))
         finally:
             os.close(pidfd)

@@ -35,7 +35,7 @@ from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped
                       MountSource, MountTree, Parked, PeerGone, ListenerPassed, RootfsReady, SeccompListener)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
-from .spec import RLIM_UNLIMITED, IdMapping, Mount, Namespace, Process, Spec
+from .spec import MAX_CPU, RLIM_UNLIMITED, IdMapping, Mount, Namespace, Process, Spec
 from .state import start_time
 
 NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_NEWPID,
@@ -66,6 +66,7 @@ class Launch:
     ns_fds: list[tuple[int, int]] = field(default_factory=list)   # exec only: (fd, nstype)
     init_pid: int = 0                   # exec only: the container's init (its cgroup may be the one to join)
     session_keyring: str | None = None  # the container's own session keyring ("_ses.<id>", as runc names it)
+    personality: int | None = None      # linux.personality's domain, for the init and every exec
     # With SCMP_ACT_NOTIFY rules: (pid, listener fd) -> sends it to the agent, in the caller.
     seccomp_listener: Callable[[int, int], None] | None = None
 
@@ -585,6 +586,9 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     counts forks, not processes moved in (runc allows such an exec too). Per exec of /bin/true
     through ctr, the container's cgroup is charged ~390 page faults and 4-5 ms of CPU, against 874
     and 9.1 ms when this helper joined first; runc's exec ~140 and 3.5-5 ms (benchmarks/startup.py)."""
+    affinity = launch.process.exec_cpu_affinity
+    if affinity is not None and affinity.initial:   # first: this helper's work runs there too
+        _set_affinity(affinity.initial, "process.execCPUAffinity.initial")
     tasks: list[tuple[str, int]] = []
     if launch.cgroup is not None and launch.cgroup.version == 1:
         with stage("cgroups"):
@@ -691,6 +695,7 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
                 raise RuntimeFailure("process", f"process.oomScoreAdj: cannot set {proc.oom_score_adj}: "
                                                 f"{e.strerror} (lowering it needs CAP_SYS_RESOURCE; containerd's "
                                                 "CRI clamps it with restrict_oom_score_adj)") from None
+        _schedule(launch)
         root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             cwd = open_in_root(root, proc.cwd)  # an exec's must exist: a typo must make nothing
@@ -726,6 +731,61 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
         if plan is not None:
             plan.before_report(hand_over)
     return _Ready(path, stdio, env)
+
+
+# Every CPU number a mask can hold (the kernel's NR_CPUS is at most 8192): the kernel keeps a
+# process within its cgroup's cpuset and the CPUs that exist, whatever else the mask names.
+_ALL_CPUS = range(MAX_CPU + 1)
+
+
+def _schedule(launch: Launch) -> None:
+    """Scheduling as runc sets it, with the privileges the process has before its user switch:
+    process.scheduler, process.ioPriority and linux.personality, then the CPU affinity. An exec
+    with execCPUAffinity.final takes that; one with only `initial` (which its intermediate took)
+    keeps what the kernel made of it on entering the cgroup; any other process gets every CPU its
+    cgroup allows, so that it does not inherit the pinning of containerd, which railcar's processes
+    inherit (runc resets it likewise)."""
+    proc = launch.process
+    if proc.scheduler is not None:
+        s = proc.scheduler
+        try:
+            sc.sched_setattr(s.policy, nice=s.nice, priority=s.priority, flags=s.flags, runtime=s.runtime,
+                             deadline=s.deadline, period=s.period)
+        except OSError as e:
+            hint = (" (a real-time policy needs CAP_SYS_NICE, and cpu.rt_runtime_us in the container's cgroup "
+                    "where the kernel schedules real-time tasks by group)") if e.errno == errno.EPERM else ""
+            raise RuntimeFailure("process", f"process.scheduler: cannot set it: {e.strerror}{hint}") from None
+    if proc.io_priority is not None:
+        try:
+            sc.ioprio_set(proc.io_priority)
+        except OSError as e:
+            hint = " (IOPRIO_CLASS_RT needs CAP_SYS_ADMIN)" if e.errno == errno.EPERM else ""
+            raise RuntimeFailure("process", f"process.ioPriority: cannot set it: {e.strerror}{hint}") from None
+    if launch.personality is not None:
+        try:
+            sc.personality(launch.personality)
+        except OSError as e:
+            raise RuntimeFailure("process", f"linux.personality: cannot set it: {e.strerror}") from None
+    affinity = proc.exec_cpu_affinity if launch.spec is None else None
+    if affinity is not None and affinity.final:
+        _set_affinity(affinity.final, "process.execCPUAffinity.final")
+    elif affinity is None or not affinity.initial:
+        try:
+            os.sched_setaffinity(0, _ALL_CPUS)
+        except OSError:
+            pass   # as runc: it only warns; the process keeps the CPUs it inherited
+
+
+def _set_affinity(cpus: frozenset[int], where: str) -> None:
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as e:
+        raise RuntimeFailure("process", f"{where}: cannot run on CPUs {_cpu_text(cpus)}: {e.strerror} (none of "
+                                        "them is online, or in the container's cpuset)") from None
+
+
+def _cpu_text(cpus: frozenset[int]) -> str:
+    return ",".join(map(str, sorted(cpus))) if len(cpus) <= 16 else f"{min(cpus)}..{max(cpus)} ({len(cpus)} CPUs)"
 
 
 def _join_session_keyring(launch: Launch) -> None:

@@ -37,6 +37,26 @@ class Rlimit:
 
 
 @dataclass(frozen=True)
+class Scheduler:
+    """process.scheduler, as sched_setattr(2) takes it (the policy and flags as numbers)."""
+    policy: int
+    nice: int = 0
+    priority: int = 0
+    flags: int = 0
+    runtime: int = 0   # SCHED_DEADLINE's three, in nanoseconds
+    deadline: int = 0
+    period: int = 0
+
+
+@dataclass(frozen=True)
+class CpuAffinity:
+    """process.execCPUAffinity: the CPUs an exec's helpers run on before it is in the container's
+    cgroup (`initial`), and the ones it runs on after (`final`); None leaves that step alone."""
+    initial: frozenset[int] | None = None
+    final: frozenset[int] | None = None
+
+
+@dataclass(frozen=True)
 class Process:
     args: tuple[str, ...]
     cwd: str
@@ -47,6 +67,9 @@ class Process:
     oom_score_adj: int | None = None
     no_new_privileges: bool = False
     console_size: tuple[int, int] | None = None   # (height, width) of the pty, terminal only
+    scheduler: Scheduler | None = None
+    io_priority: int | None = None   # the ioprio_set(2) value: class << 13 | level
+    exec_cpu_affinity: CpuAffinity | None = None   # an exec's only: the init ignores it, as runc does
     raw: dict = field(default_factory=dict, compare=False)
 
 
@@ -107,6 +130,7 @@ class Linux:
     sysctl: tuple[tuple[str, str], ...] = ()
     time_offsets: tuple[tuple[str, int, int], ...] = ()
     mount_label: str = ""  # SELinux context for the filesystems the container mounts
+    personality: int | None = None  # the personality(2) domain its processes run with
     raw: dict = field(default_factory=dict, compare=False)
 
     def namespace(self, ns_type: str) -> Namespace | None:
@@ -220,8 +244,17 @@ def parse_process(doc: Any, path: str = "process") -> Process:
 
 # runtime-spec fields railcar does not implement: refused with a clear error rather than ignored,
 # so a container never runs without a setting it asked for.
-UNSUPPORTED_PROCESS = ("scheduler", "ioPriority", "execCPUAffinity")
-UNSUPPORTED_LINUX = ("personality", "intelRdt", "memoryPolicy", "netDevices")
+UNSUPPORTED_LINUX = ("intelRdt", "memoryPolicy", "netDevices")
+
+# sched_setattr(2)'s policies and flags, by their runtime-spec names.
+SCHED_POLICIES = {"SCHED_OTHER": 0, "SCHED_FIFO": 1, "SCHED_RR": 2, "SCHED_BATCH": 3, "SCHED_ISO": 4,
+                  "SCHED_IDLE": 5, "SCHED_DEADLINE": 6}
+SCHED_FLAGS = {"SCHED_FLAG_RESET_ON_FORK": 0x01, "SCHED_FLAG_RECLAIM": 0x02, "SCHED_FLAG_DL_OVERRUN": 0x04,
+               "SCHED_FLAG_KEEP_POLICY": 0x08, "SCHED_FLAG_KEEP_PARAMS": 0x10, "SCHED_FLAG_UTIL_CLAMP_MIN": 0x20,
+               "SCHED_FLAG_UTIL_CLAMP_MAX": 0x40}
+IOPRIO_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
+PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}
+MAX_CPU = 8191   # the highest CPU number a cpu list may name (the kernel's NR_CPUS at most)
 
 
 def _refuse(doc: dict, keys: tuple[str, ...], path: str) -> None:
@@ -232,7 +265,6 @@ def _refuse(doc: dict, keys: tuple[str, ...], path: str) -> None:
 
 def _process(doc: Any, path: str) -> Process:
     p = _obj(doc, path, required=True)
-    _refuse(p, UNSUPPORTED_PROCESS, path)
     args = _str_list(p.get("args"), f"{path}.args")
     if not args:
         raise SpecError(f"{path}.args", "must be a non-empty list")
@@ -286,7 +318,78 @@ def _process(doc: Any, path: str) -> Process:
                    terminal=_bool(p, "terminal", f"{path}.terminal"), user=user,
                    rlimits=tuple(rlimits), oom_score_adj=oom,
                    no_new_privileges=_bool(p, "noNewPrivileges", f"{path}.noNewPrivileges"),
-                   console_size=console_size, raw=p)
+                   console_size=console_size, scheduler=_scheduler(p.get("scheduler"), f"{path}.scheduler"),
+                   io_priority=_io_priority(p.get("ioPriority"), f"{path}.ioPriority"),
+                   exec_cpu_affinity=_cpu_affinity(p.get("execCPUAffinity"), f"{path}.execCPUAffinity"), raw=p)
+
+
+def _scheduler(doc: Any, path: str) -> Scheduler | None:
+    """The same rules as runc's: a policy is required, nice is -20..19 (for the policies that use it),
+    a priority is for the real-time policies and runtime/deadline/period for SCHED_DEADLINE only."""
+    if doc is None:
+        return None
+    d = _obj(doc, path)
+    name = _str(d, "policy", f"{path}.policy", required=True)
+    if name not in SCHED_POLICIES:
+        raise SpecError(f"{path}.policy", f"unknown policy {name!r} (one of {', '.join(SCHED_POLICIES)})")
+    nice = _int(d, "nice", f"{path}.nice")
+    if name in ("SCHED_OTHER", "SCHED_BATCH") and not -20 <= nice <= 19:   # (the kernel clamps the others')
+        raise SpecError(f"{path}.nice", f"must be between -20 and 19, got {nice}")
+    priority = _uint(d, "priority", f"{path}.priority")
+    if priority and name not in ("SCHED_FIFO", "SCHED_RR"):
+        raise SpecError(f"{path}.priority", "is only for SCHED_FIFO and SCHED_RR")
+    flags = 0
+    for i, flag in enumerate(_str_list(d.get("flags"), f"{path}.flags")):
+        if flag not in SCHED_FLAGS:
+            raise SpecError(f"{path}.flags[{i}]", f"unknown flag {flag!r}")
+        flags |= SCHED_FLAGS[flag]
+    times = {key: _uint(d, key, f"{path}.{key}") for key in ("runtime", "deadline", "period")}
+    if name != "SCHED_DEADLINE" and any(times.values()):
+        raise SpecError(path, "runtime, deadline and period are only for SCHED_DEADLINE")
+    return Scheduler(SCHED_POLICIES[name], nice, priority, flags, **times)
+
+
+def _io_priority(doc: Any, path: str) -> int | None:
+    if doc is None:
+        return None
+    d = _obj(doc, path)
+    name = _str(d, "class", f"{path}.class", required=True)
+    if name not in IOPRIO_CLASSES:
+        raise SpecError(f"{path}.class", f"unknown class {name!r} (one of {', '.join(IOPRIO_CLASSES)})")
+    level = _uint(d, "priority", f"{path}.priority")
+    if level > 7:
+        raise SpecError(f"{path}.priority", f"must be between 0 and 7, got {level}")
+    return IOPRIO_CLASSES[name] << 13 | level
+
+
+def _cpu_affinity(doc: Any, path: str) -> CpuAffinity | None:
+    if doc is None:
+        return None
+    d = _obj(doc, path)
+    return CpuAffinity(*(cpu_list(_str(d, key, f"{path}.{key}"), f"{path}.{key}") for key in ("initial", "final")))
+
+
+def cpu_list(text: str, path: str) -> frozenset[int] | None:
+    """A list such as "0-3,7" (spaces and empty items allowed, as runc reads it); None if empty."""
+    cpus: set[int] = set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        first, dash, last = item.partition("-")
+        try:
+            low = int(first, 10)
+            high = int(last, 10) if dash else low
+        except ValueError:
+            raise SpecError(path, f"{item!r} is not a CPU number or range") from None
+        if not 0 <= low <= high:
+            raise SpecError(path, f"{item!r} is not a CPU range")
+        if high > MAX_CPU:
+            raise SpecError(path, f"CPU {high} is above {MAX_CPU}")
+        cpus.update(range(low, high + 1))
+    if text and not cpus:
+        raise SpecError(path, f"{text!r} names no CPU")
+    return frozenset(cpus) or None
 
 
 def _mount(doc: Any, path: str) -> Mount:
@@ -379,7 +482,27 @@ def _linux(doc: Any, path: str) -> Linux:
         masked_paths=tuple(_abs_list(lx.get("maskedPaths"), f"{path}.maskedPaths")),
         readonly_paths=tuple(_abs_list(lx.get("readonlyPaths"), f"{path}.readonlyPaths")),
         sysctl=tuple(sysctl.items()), time_offsets=tuple(offsets),
-        mount_label=_str(lx, "mountLabel", f"{path}.mountLabel"), raw=lx)
+        mount_label=_str(lx, "mountLabel", f"{path}.mountLabel"),
+        personality=_personality(lx.get("personality"), f"{path}.personality"), raw=lx)
+
+
+def personality_of(linux: dict) -> int | None:
+    """The personality domain of a stored config's `linux` (validated when the container was made)."""
+    return _personality(linux.get("personality"), "linux.personality")
+
+
+def _personality(doc: Any, path: str) -> int | None:
+    """The execution domain; its flags are refused (runc warns and ignores them: railcar never
+    runs a container without a setting it asked for)."""
+    if doc is None:
+        return None
+    d = _obj(doc, path)
+    domain = _str(d, "domain", f"{path}.domain", required=True)
+    if domain not in PERSONALITIES:
+        raise SpecError(f"{path}.domain", f"unknown domain {domain!r} (one of {', '.join(PERSONALITIES)})")
+    if _str_list(d.get("flags"), f"{path}.flags"):
+        raise SpecError(f"{path}.flags", "personality flags are not supported by railcar")
+    return PERSONALITIES[domain]
 
 
 # The sysctls that belong to an IPC namespace (besides fs.mqueue.*), as the kernel (and runc) has them.

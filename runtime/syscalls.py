@@ -77,6 +77,8 @@ PR_SET_CHILD_SUBREAPER = 36
 _SYS_RT_SIGACTION = 13
 _SYS_PIVOT_ROOT = 155
 _SYS_KEYCTL = 250
+_SYS_IOPRIO_SET = 251
+_SYS_SCHED_SETATTR = 314
 _SYS_OPENAT2 = 437
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
@@ -263,6 +265,34 @@ def setdomainname(name: str) -> None:
 def prctl(option: int, arg: int = 0) -> None:
     _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
                        ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl({option})")
+
+
+class _SchedAttr(ctypes.Structure):
+    """struct sched_attr, its first version (SCHED_ATTR_SIZE_VER0, 48 bytes)."""
+    _fields_ = [("size", ctypes.c_uint32), ("policy", ctypes.c_uint32), ("flags", ctypes.c_uint64),
+                ("nice", ctypes.c_int32), ("priority", ctypes.c_uint32), ("runtime", ctypes.c_uint64),
+                ("deadline", ctypes.c_uint64), ("period", ctypes.c_uint64)]
+
+
+def sched_setattr(policy: int, *, nice: int = 0, priority: int = 0, flags: int = 0, runtime: int = 0,
+                  deadline: int = 0, period: int = 0) -> None:
+    """sched_setattr(2) of the calling thread."""
+    attr = _SchedAttr(ctypes.sizeof(_SchedAttr), policy, flags, nice, priority, runtime, deadline, period)
+    _check(_libc.syscall(ctypes.c_long(_SYS_SCHED_SETATTR), ctypes.c_int(0), ctypes.byref(attr), ctypes.c_uint(0)),
+           "sched_setattr")
+
+
+_IOPRIO_WHO_PROCESS = 1
+
+
+def ioprio_set(value: int) -> None:
+    """ioprio_set(2) of the calling process: `value` is class << 13 | level."""
+    _check(_libc.syscall(ctypes.c_long(_SYS_IOPRIO_SET), ctypes.c_int(_IOPRIO_WHO_PROCESS), ctypes.c_int(0),
+                         ctypes.c_int(value)), "ioprio_set")
+
+
+def personality(domain: int) -> None:
+    _check(_libc.personality(ctypes.c_ulong(domain)), "personality")
 
 
 def join_session_keyring(name: str) -> int:

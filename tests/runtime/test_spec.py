@@ -6,7 +6,7 @@ import os
 import pytest
 
 from railcar.runtime import Container, SpecError
-from railcar.runtime.spec import load_spec, parse_spec
+from railcar.runtime.spec import CpuAffinity, Scheduler, load_spec, parse_spec
 
 from .conftest import CGROUP_PARENT, CGROUP_ROOT, default_config
 
@@ -32,10 +32,33 @@ def _with(edit) -> dict:
     (lambda c: c["process"].update(consoleSize={"height": 24}), "process.consoleSize.width", "is required"),
     (lambda c: c["process"].update(consoleSize={"height": 1 << 16, "width": 80}), "process.consoleSize",
      "at most 65535"),
-    (lambda c: c["process"].update(scheduler={"policy": "SCHED_FIFO"}), "process.scheduler", "not supported"),
-    (lambda c: c["process"].update(ioPriority={"class": "IOPRIO_CLASS_IDLE"}), "process.ioPriority",
-     "not supported"),
-    (lambda c: c["linux"].update(personality={"domain": "LINUX32"}), "linux.personality", "not supported"),
+    (lambda c: c["process"].update(scheduler={"nice": 1}), "process.scheduler.policy", "is required"),
+    (lambda c: c["process"].update(scheduler={"policy": "SCHED_FAST"}), "process.scheduler.policy",
+     "unknown policy 'SCHED_FAST'"),
+    (lambda c: c["process"].update(scheduler={"policy": "SCHED_BATCH", "nice": 20}), "process.scheduler.nice",
+     "between -20 and 19"),
+    (lambda c: c["process"].update(scheduler={"policy": "SCHED_OTHER", "priority": 5}),
+     "process.scheduler.priority", "only for SCHED_FIFO and SCHED_RR"),
+    (lambda c: c["process"].update(scheduler={"policy": "SCHED_RR", "priority": 5, "deadline": 10}),
+     "process.scheduler", "only for SCHED_DEADLINE"),
+    (lambda c: c["process"].update(scheduler={"policy": "SCHED_RR", "flags": ["SCHED_FLAG_FAST"]}),
+     "process.scheduler.flags[0]", "unknown flag"),
+    (lambda c: c["process"].update(ioPriority={"class": "IOPRIO_CLASS_FAST"}), "process.ioPriority.class",
+     "unknown class"),
+    (lambda c: c["process"].update(ioPriority={"class": "IOPRIO_CLASS_BE", "priority": 8}),
+     "process.ioPriority.priority", "between 0 and 7"),
+    (lambda c: c["process"].update(execCPUAffinity={"initial": "0-x"}), "process.execCPUAffinity.initial",
+     "'0-x' is not a CPU number or range"),
+    (lambda c: c["process"].update(execCPUAffinity={"final": "3-1"}), "process.execCPUAffinity.final",
+     "'3-1' is not a CPU range"),
+    (lambda c: c["process"].update(execCPUAffinity={"final": "8192"}), "process.execCPUAffinity.final",
+     "above 8191"),
+    (lambda c: c["process"].update(execCPUAffinity={"final": " , "}), "process.execCPUAffinity.final",
+     "names no CPU"),
+    (lambda c: c["linux"].update(personality={"domain": "LINUX64"}), "linux.personality.domain",
+     "unknown domain"),
+    (lambda c: c["linux"].update(personality={"domain": "LINUX", "flags": ["ADDR_NO_RANDOMIZE"]}),
+     "linux.personality.flags", "not supported"),
     (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt", "not supported"),
     (lambda c: c["mounts"][0].update(type="bind", uidMappings=[{"containerID": 0, "hostID": 1000, "size": 1}]),
      "mounts[0].gidMappings", "both uidMappings and gidMappings"),
@@ -156,6 +179,21 @@ def test_failure_in_the_init_creates_nothing(make_bundle, state_root) -> None:
     assert info.value.stage == "process"
     assert not os.path.exists(os.path.join(state_root, bundle.id))
     assert json.load(open(os.path.join(bundle.path, "config.json")))  # bundle untouched
+
+
+def test_scheduling_settings_as_the_kernel_takes_them() -> None:
+    config = default_config("c")
+    config["process"].update(scheduler={"policy": "SCHED_DEADLINE", "flags": ["SCHED_FLAG_RESET_ON_FORK",
+                                                                              "SCHED_FLAG_RECLAIM"],
+                                        "runtime": 1, "deadline": 2, "period": 3},
+                             ioPriority={"class": "IOPRIO_CLASS_BE", "priority": 6},
+                             execCPUAffinity={"initial": " 0-1, 3,,5 ", "final": ""})
+    config["linux"]["personality"] = {"domain": "LINUX32", "flags": []}
+    spec = parse_spec(config, "/b")
+    assert spec.process.scheduler == Scheduler(policy=6, flags=0x03, runtime=1, deadline=2, period=3)
+    assert spec.process.io_priority == 2 << 13 | 6
+    assert spec.process.exec_cpu_affinity == CpuAffinity(initial=frozenset({0, 1, 3, 5}), final=None)
+    assert spec.linux.personality == 8
 
 
 def test_null_means_absent_as_in_go() -> None:
