@@ -281,6 +281,9 @@ def main() -> int:
 
     prctl.set_name("railcar-zygote")
     _load()
+    from railcar.runtime.process import raise_fd_limit  # (loaded by `_load`)
+
+    raise_fd_limit()   # every daemon forked from here serves with it
     try:
         _warm_up()
     except Exception:  # only an optimisation: serve on without it

@@ -4,6 +4,7 @@ import fcntl
 import json
 import marshal
 import os
+import resource
 import signal
 import socket
 import stat
@@ -77,8 +78,10 @@ async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle
     os.mkfifo(bundle / "log", 0o700)
     log_reader = os.open(bundle / "log", os.O_RDWR | os.O_NONBLOCK)  # as containerd holds it
     (bundle / "config.json").write_text(json.dumps({"annotations": {"io.kubernetes.cri.sandbox-id": "pod1"}}))
+    # containerd built with Go 1.21+ gives its children back the soft fd limit systemd gave it (1024).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     result = run_shim(["-namespace", "default", "-address", address, "-id", "c1", "start"], bundle,
-                      stdin=b"\x0a\x00")
+                      stdin=b"\x0a\x00", prefix=["prlimit", f"--nofile=256:{hard}"])
     assert result.returncode == 0 and result.stderr == b""
     shim_address = result.stdout.decode()
     assert shim_address == "unix://" + paths.socket_path(address, "default", "pod1")
@@ -95,6 +98,8 @@ async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle
         # A cold daemon re-executed itself from a sealed interpreter; its forker inherits that.
         assert eventually(lambda: len(children_named(pid, "railcar-forker")) == 1)
         assert runs_sealed(pid) and runs_sealed(children_named(pid, "railcar-forker")[0])
+        # It serves with its hard fd limit, as a Go shim raises its own; its forker inherits that.
+        assert _fd_limits(pid) == _fd_limits(children_named(pid, "railcar-forker")[0]) == (hard, hard)
 
         other = tmp_path / "other"
         other.mkdir()
@@ -111,6 +116,11 @@ async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle
     logged = os.read(log_reader, 65536).decode()
     os.close(log_reader)
     assert 'level=info msg="railcar shim serving' in logged and "runtime=io.containerd.railcar.v2" in logged
+
+
+def _fd_limits(pid: int) -> tuple[int, int]:
+    """The soft and hard RLIMIT_NOFILE of `pid`."""
+    return resource.prlimit(pid, resource.RLIMIT_NOFILE)
 
 
 def _blocked_on_a_lock(pid: int) -> bool:
