@@ -256,7 +256,9 @@ def _fork_from_zygote(daemon_flags: list[str], bundle: str, listener: socket,
 
 
 def _drain_stdin() -> None:
-    """Consume the runtime options Any containerd may write on stdin; railcar has no options yet."""
+    """Consume the options Any containerd may write on stdin: the same it sends with Create (the task
+    options, else the runtime options: measured with `ctr run --runtime-config-path --uidmap`, whose
+    ConfigPath containerd 1.6 then hands to neither), which Create checks (options.py)."""
     if os.isatty(0):
         return
     try:
