@@ -35,7 +35,7 @@ from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped
                       MountSource, MountTree, Parked, PeerGone, ListenerPassed, RootfsReady, SeccompListener)
 from .errors import RuntimeFailure
 from .mounts import open_in_root
-from .spec import MAX_CPU, RLIM_UNLIMITED, IdMapping, Mount, Namespace, Process, Spec
+from .spec import MAX_CPU, RLIM_UNLIMITED, SCHED_POLICIES, IdMapping, Mount, Namespace, Process, Spec
 from .state import start_time
 
 NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_NEWPID,
@@ -481,6 +481,7 @@ def _fork_child(ch: Channel, launch: Launch, body: Callable[..., None], *args: o
 def _intermediate(ch: Channel, launch: Launch) -> None:
     linux = launch.spec.linux
     _join_cgroup(launch)
+    _set_oom_score(launch.process)
     with stage("namespaces"):
         joins = sorted(((i, ns) for i, ns in enumerate(linux.namespaces) if ns.path),
                        key=lambda pair: pair[1].type != "user")
@@ -503,6 +504,21 @@ def _intermediate(ch: Channel, launch: Launch) -> None:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write("".join(f"{c} {s} {n}\n" for c, s, n in linux.time_offsets))
     _report_forked(ch, InitForked, _fork_child(ch, launch, _init))
+
+
+def _set_oom_score(proc: Process) -> None:
+    """process.oomScoreAdj, written as runc writes it: by a helper still in the host's user
+    namespace, which the container's processes inherit it from. Inside a user namespace a process
+    cannot go below the floor its ancestors set with CAP_SYS_RESOURCE (the kernel checks that
+    capability in the host's namespace): every railcar process runs at containerd's score + 1."""
+    if proc.oom_score_adj is None:
+        return
+    try:
+        procfs.write("self/oom_score_adj", str(proc.oom_score_adj))
+    except OSError as e:
+        raise RuntimeFailure("process", f"process.oomScoreAdj: cannot set {proc.oom_score_adj}: "
+                                        f"{e.strerror} (lowering it needs CAP_SYS_RESOURCE; containerd's "
+                                        "CRI clamps it with restrict_oom_score_adj)") from None
 
 
 def _loopback_up() -> None:
@@ -615,6 +631,7 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     if launch.cgroup is not None and launch.cgroup.version == 1:
         with stage("cgroups"):
             tasks = launch.cgroup.open_tasks()   # the host's files, from the host's mounts
+    _set_oom_score(launch.process)
     with stage("namespaces"):
         _setns_all(launch.ns_fds)
     launch.ns_fds = []   # closed: their numbers may be the gate's now, which the exec process must not hold
@@ -669,7 +686,7 @@ class _Ready:
 
 
 def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
-    """Inside the container's root: stdio/pty, rlimits, oom score, user, cwd, executable; and a
+    """Inside the container's root: scheduling, stdio/pty, rlimits, user, cwd, executable; and a
     seccomp filter with a listener. The pty master and the listener go to the caller on ``ch``."""
     proc = launch.process
     plan = launch.security
@@ -680,6 +697,7 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
         ch.send(SeccompListener(), [listener])
         ch.recv("seccomp", ListenerPassed)
     with stage("process"):
+        _schedule(launch)   # first: an exec's `final` CPUs as soon as it is in its cgroup
         os.setsid()
         if launch.terminal:
             console, slave = os.openpty()   # /dev/ptmx of the container's devpts
@@ -712,14 +730,6 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
                                                 f"{rl.hard}: {e} (raising a hard limit needs "
                                                 "CAP_SYS_RESOURCE, and RLIMIT_NOFILE stays under "
                                                 "fs.nr_open)") from None
-        if proc.oom_score_adj is not None:
-            try:
-                procfs.write("self/oom_score_adj", str(proc.oom_score_adj))
-            except OSError as e:
-                raise RuntimeFailure("process", f"process.oomScoreAdj: cannot set {proc.oom_score_adj}: "
-                                                f"{e.strerror} (lowering it needs CAP_SYS_RESOURCE; containerd's "
-                                                "CRI clamps it with restrict_oom_score_adj)") from None
-        _schedule(launch)
         root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             cwd = open_in_root(root, proc.cwd)  # an exec's must exist: a typo must make nothing
@@ -763,33 +773,14 @@ _ALL_CPUS = range(MAX_CPU + 1)
 
 
 def _schedule(launch: Launch) -> None:
-    """Scheduling as runc sets it, with the privileges the process has before its user switch:
-    process.scheduler, process.ioPriority and linux.personality, then the CPU affinity. An exec
-    with execCPUAffinity.final takes that; one with only `initial` (which its intermediate took)
-    keeps what the kernel made of it on entering the cgroup; any other process gets every CPU its
-    cgroup allows, so that it does not inherit the pinning of containerd, which railcar's processes
-    inherit (runc resets it likewise)."""
+    """Scheduling as runc sets it, with the privileges the process has before its user switch. The
+    CPU affinity comes first, as runc sets it from outside before its init goes on: an exec with
+    execCPUAffinity.final takes that; one with only `initial` (which its intermediate took) keeps
+    what the kernel made of it on entering the cgroup; any other process gets every CPU its cgroup
+    allows, so that it does not inherit the pinning of containerd, which railcar's processes
+    inherit (runc resets it likewise; SCHED_DEADLINE is refused to a process pinned narrower than
+    its root domain). Then process.scheduler, process.ioPriority and linux.personality."""
     proc = launch.process
-    if proc.scheduler is not None:
-        s = proc.scheduler
-        try:
-            sc.sched_setattr(s.policy, nice=s.nice, priority=s.priority, flags=s.flags, runtime=s.runtime,
-                             deadline=s.deadline, period=s.period)
-        except OSError as e:
-            hint = (" (a real-time policy needs CAP_SYS_NICE, and cpu.rt_runtime_us in the container's cgroup "
-                    "where the kernel schedules real-time tasks by group)") if e.errno == errno.EPERM else ""
-            raise RuntimeFailure("process", f"process.scheduler: cannot set it: {e.strerror}{hint}") from None
-    if proc.io_priority is not None:
-        try:
-            sc.ioprio_set(proc.io_priority)
-        except OSError as e:
-            hint = " (IOPRIO_CLASS_RT needs CAP_SYS_ADMIN)" if e.errno == errno.EPERM else ""
-            raise RuntimeFailure("process", f"process.ioPriority: cannot set it: {e.strerror}{hint}") from None
-    if launch.personality is not None:
-        try:
-            sc.personality(launch.personality)
-        except OSError as e:
-            raise RuntimeFailure("process", f"linux.personality: cannot set it: {e.strerror}") from None
     affinity = proc.exec_cpu_affinity if launch.spec is None else None
     if affinity is not None and affinity.final:
         _set_affinity(affinity.final, "process.execCPUAffinity.final")
@@ -798,6 +789,36 @@ def _schedule(launch: Launch) -> None:
             os.sched_setaffinity(0, _ALL_CPUS)
         except OSError:
             pass   # as runc: it only warns; the process keeps the CPUs it inherited
+    if proc.scheduler is not None:
+        s = proc.scheduler
+        try:
+            sc.sched_setattr(s.policy, nice=s.nice, priority=s.priority, flags=s.flags, runtime=s.runtime,
+                             deadline=s.deadline, period=s.period)
+        except OSError as e:
+            hint = f" ({_SCHED_EPERM.get(s.policy, _NICE_EPERM)})" if e.errno == errno.EPERM else ""
+            raise RuntimeFailure("process", f"process.scheduler: cannot set it: {e.strerror}{hint}") from None
+    if proc.io_priority is not None:
+        try:
+            sc.ioprio_set(proc.io_priority)
+        except OSError as e:
+            hint = (" (IOPRIO_CLASS_RT needs CAP_SYS_ADMIN or CAP_SYS_NICE, in the host's user namespace)"
+                    if e.errno == errno.EPERM else "")
+            raise RuntimeFailure("process", f"process.ioPriority: cannot set it: {e.strerror}{hint}") from None
+    if launch.personality is not None:
+        try:
+            sc.personality(launch.personality)
+        except OSError as e:
+            raise RuntimeFailure("process", f"linux.personality: cannot set it: {e.strerror}") from None
+
+
+# Why sched_setattr(2) says EPERM, by policy (the others: a negative nice).
+_RT_EPERM = ("a real-time policy needs CAP_SYS_NICE in the host's user namespace, and cpu.rt_runtime_us in "
+             "the container's cgroup where the kernel schedules real-time tasks by group")
+_SCHED_EPERM = {SCHED_POLICIES["SCHED_FIFO"]: _RT_EPERM, SCHED_POLICIES["SCHED_RR"]: _RT_EPERM,
+                SCHED_POLICIES["SCHED_DEADLINE"]: "SCHED_DEADLINE needs CAP_SYS_NICE in the host's user namespace, "
+                                                  "and CPUs (its cpuset, execCPUAffinity.final) that cover its "
+                                                  "root domain"}
+_NICE_EPERM = "a negative nice needs CAP_SYS_NICE in the host's user namespace, or RLIMIT_NICE"
 
 
 def _set_affinity(cpus: frozenset[int], where: str) -> None:

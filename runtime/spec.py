@@ -8,6 +8,7 @@ other modules interpret (``linux.resources`` for cgroups, capabilities and secco
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -255,6 +256,8 @@ SCHED_FLAGS = {"SCHED_FLAG_RESET_ON_FORK": 0x01, "SCHED_FLAG_RECLAIM": 0x02, "SC
 IOPRIO_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
 PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}
 MAX_CPU = 8191   # the highest CPU number a cpu list may name (the kernel's NR_CPUS at most)
+_CPU_ITEM = re.compile(r"([0-9]+)(?:-([0-9]+))?", re.ASCII)   # as runc reads one: no sign, space or "_"
+_INT32 = 1 << 31
 
 
 def _refuse(doc: dict, keys: tuple[str, ...], path: str) -> None:
@@ -335,15 +338,22 @@ def _scheduler(doc: Any, path: str) -> Scheduler | None:
     nice = _int(d, "nice", f"{path}.nice")
     if name in ("SCHED_OTHER", "SCHED_BATCH") and not -20 <= nice <= 19:   # (the kernel clamps the others')
         raise SpecError(f"{path}.nice", f"must be between -20 and 19, got {nice}")
+    if not -_INT32 <= nice < _INT32:
+        raise SpecError(f"{path}.nice", f"{nice} is not a 32-bit integer")
     priority = _uint(d, "priority", f"{path}.priority")
     if priority and name not in ("SCHED_FIFO", "SCHED_RR"):
         raise SpecError(f"{path}.priority", "is only for SCHED_FIFO and SCHED_RR")
+    if priority >= _INT32:
+        raise SpecError(f"{path}.priority", f"{priority} is not a 32-bit integer")
     flags = 0
     for i, flag in enumerate(_str_list(d.get("flags"), f"{path}.flags")):
         if flag not in SCHED_FLAGS:
             raise SpecError(f"{path}.flags[{i}]", f"unknown flag {flag!r}")
         flags |= SCHED_FLAGS[flag]
     times = {key: _uint(d, key, f"{path}.{key}") for key in ("runtime", "deadline", "period")}
+    for key, value in times.items():
+        if value >= 1 << 64:
+            raise SpecError(f"{path}.{key}", f"{value} is not a 64-bit unsigned integer")
     if name != "SCHED_DEADLINE" and any(times.values()):
         raise SpecError(path, "runtime, deadline and period are only for SCHED_DEADLINE")
     return Scheduler(SCHED_POLICIES[name], nice, priority, flags, **times)
@@ -366,23 +376,22 @@ def _cpu_affinity(doc: Any, path: str) -> CpuAffinity | None:
     if doc is None:
         return None
     d = _obj(doc, path)
-    return CpuAffinity(*(cpu_list(_str(d, key, f"{path}.{key}"), f"{path}.{key}") for key in ("initial", "final")))
+    return CpuAffinity(*(_cpu_list(_str(d, key, f"{path}.{key}"), f"{path}.{key}") for key in ("initial", "final")))
 
 
-def cpu_list(text: str, path: str) -> frozenset[int] | None:
+def _cpu_list(text: str, path: str) -> frozenset[int] | None:
     """A list such as "0-3,7" (spaces and empty items allowed, as runc reads it); None if empty."""
     cpus: set[int] = set()
     for item in text.split(","):
         item = item.strip()
         if not item:
             continue
-        first, dash, last = item.partition("-")
-        try:
-            low = int(first, 10)
-            high = int(last, 10) if dash else low
-        except ValueError:
-            raise SpecError(path, f"{item!r} is not a CPU number or range") from None
-        if not 0 <= low <= high:
+        match = _CPU_ITEM.fullmatch(item)
+        if match is None:
+            raise SpecError(path, f"{item!r} is not a CPU number or range")
+        low = int(match[1])
+        high = int(match[2]) if match[2] else low
+        if low > high:
             raise SpecError(path, f"{item!r} is not a CPU range")
         if high > MAX_CPU:
             raise SpecError(path, f"CPU {high} is above {MAX_CPU}")

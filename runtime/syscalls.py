@@ -268,10 +268,13 @@ def prctl(option: int, arg: int = 0) -> None:
 
 
 class _SchedAttr(ctypes.Structure):
-    """struct sched_attr, its first version (SCHED_ATTR_SIZE_VER0, 48 bytes)."""
+    """struct sched_attr with the utilization clamps (SCHED_ATTR_SIZE_VER1, 56 bytes), as runc passes
+    it: the kernel refuses SCHED_FLAG_UTIL_CLAMP_* with the shorter first version. The spec has no
+    clamp values, so they are 0, as runc's."""
     _fields_ = [("size", ctypes.c_uint32), ("policy", ctypes.c_uint32), ("flags", ctypes.c_uint64),
                 ("nice", ctypes.c_int32), ("priority", ctypes.c_uint32), ("runtime", ctypes.c_uint64),
-                ("deadline", ctypes.c_uint64), ("period", ctypes.c_uint64)]
+                ("deadline", ctypes.c_uint64), ("period", ctypes.c_uint64), ("util_min", ctypes.c_uint32),
+                ("util_max", ctypes.c_uint32)]
 
 
 def sched_setattr(policy: int, *, nice: int = 0, priority: int = 0, flags: int = 0, runtime: int = 0,

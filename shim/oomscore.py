@@ -5,7 +5,13 @@ a container whose spec sets no `process.oomScoreAdj` (`ctr run`, nerdctl) and ea
 run at containerd's score + 1. railcar's processes come from three places, so the score is set in
 each: `start` takes it first (a zygote or cold daemon it spawns inherits it); a zygote's spare
 daemon was forked before any `start` asked, so it takes the score its `start` sends, and so does
-each forker worker (they fork the containers) before it serves a request.
+each forker worker (they fork the containers) before it serves a request. The zygote and a spare's
+forker process, which make no container themselves, keep the score of the `start` that started
+the zygote: the same unless containerd's own score changed meanwhile.
+
+Written with CAP_SYS_RESOURCE, a score is also the floor of the writer and its children, which
+only that capability in the host's user namespace goes below: the runtime writes a container's
+own `oomScoreAdj` before it enters a user namespace, as runc does.
 """
 
 import os

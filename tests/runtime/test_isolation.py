@@ -223,6 +223,34 @@ def test_a_container_starts_from_the_fd_limit_its_caller_had_before_raising_it(m
     assert run_container(limited, state_root).output.split() == ["1024"]
 
 
+@pytest.mark.cgroup_v2   # also in the v2 guest, whose root holds CAP_SYS_RESOURCE
+@pytest.mark.skipif(not _bounded_by_cap_sys_resource(), reason="needs CAP_SYS_RESOURCE (the v2 guest has it)")
+def test_a_user_namespaced_container_may_ask_for_an_oom_score_below_its_callers(make_bundle, state_root) -> None:
+    """A score written with CAP_SYS_RESOURCE is also the floor of the writer and its children, and
+    only that capability in the host's user namespace goes below it: a shim daemon's processes run
+    at containerd's score + 1, and a user-namespaced pod's sandbox asks for CRI's -998. So the score
+    is written before the user namespace, as runc writes it."""
+    with open("/proc/self/oom_score_adj") as f:
+        own = int(f.read())
+    if own >= 1000:
+        pytest.skip("this process's OOM score cannot be raised")
+
+    def edit(c: dict) -> None:
+        _user_namespaced(c)
+        c["process"]["oomScoreAdj"] = own
+
+    bundle = make_bundle(["cat", "/proc/self/oom_score_adj"], edit=edit, copy_binary=True)
+    _give_rootfs_to(bundle, 100000)
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write(str(own + 1))   # our floor too, now
+    try:
+        ran = run_container(bundle, state_root)
+    finally:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(own))
+    assert (ran.status, ran.output.split()) == (0, [str(own)]), ran.output
+
+
 def test_an_unlimited_rlimit_as_configs_write_it(make_bundle, state_root) -> None:
     unlimited = 2**64 - 1  # RLIM_INFINITY in config.json (docker --ulimit core=-1)
     rlimit = {"type": "RLIMIT_CORE", "soft": unlimited, "hard": unlimited}

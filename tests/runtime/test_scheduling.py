@@ -62,6 +62,33 @@ def _allowed(status: str) -> str:
     return next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
 
 
+def _policy(stat: str) -> int:
+    return int(stat.rsplit(")", 1)[1].split()[38])   # field 41 of /proc/<pid>/stat
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin the caller to fewer")
+def test_sched_deadline_works_for_a_caller_pinned_to_fewer_cpus(make_bundle, state_root) -> None:
+    """The kernel refuses SCHED_DEADLINE to a process whose CPUs do not cover its root domain: the
+    affinity the caller's pinning left is reset before the scheduler is set, as runc orders it.
+    (A deadline task cannot fork: the init and the exec run `cat` alone.)"""
+    deadline = {"policy": "SCHED_DEADLINE", "runtime": 1_000_000, "deadline": 10_000_000, "period": 10_000_000}
+    bundle = make_bundle(["cat", "/proc/self/stat"], edit=lambda c: c["process"].update(scheduler=deadline))
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(saved)})
+    try:
+        container, created = create_captured(bundle, state_root)
+        try:
+            ran = exec_captured(container, {"args": ["cat", "/proc/self/stat"], "cwd": "/",
+                                            "user": {"uid": 0, "gid": 0}, "scheduler": deadline})
+            container.start()
+        finally:
+            init = finish(container, created)
+    finally:
+        os.sched_setaffinity(0, saved)
+    assert (init.status, ran.status) == (0, 0), (init.output, ran.output)
+    assert (_policy(init.output), _policy(ran.output)) == (6, 6)
+
+
 @pytest.mark.cgroup_v2   # also in the v2 guest: there only a cpuset the cgroup enables resets an affinity
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell affinities apart")
 def test_an_exec_runs_on_its_final_cpus_and_nothing_inherits_its_callers_pinning(make_bundle, state_root) -> None:
