@@ -19,7 +19,6 @@ import errno
 import fcntl
 import os
 import resource
-import select
 import signal
 import socket
 import stat
@@ -293,7 +292,7 @@ def kill_and_wait(pidfd: int) -> None:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except ProcessLookupError:
         return
-    select.select([pidfd], [], [])
+    sc.readable(pidfd)
 
 
 def _write_id_maps(pid: int, uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMapping, ...],
@@ -338,7 +337,7 @@ def _idmapped_tree(spec: Spec, index: int, init: int, pidfd: int, namespaces: di
         except FileNotFoundError:
             mnt = -1
     try:
-        if mnt < 0 or select.select([pidfd], [], [], 0)[0]:   # the pid was the init's when we opened it
+        if mnt < 0 or sc.readable(pidfd, 0):   # the pid was the init's when we opened it
             raise PeerGone("rootfs", "the container init died while it was being set up")
         ours, theirs = Channel.pair()
         pid = os.fork()

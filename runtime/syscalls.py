@@ -7,6 +7,7 @@ wrap failures with their stage. Only libc is loaded; importing this module is ch
 import ctypes
 import errno
 import os
+import select
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -105,6 +106,15 @@ def _check(result: int, what: str, *names: str) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}", *names[:1])
     return result
+
+
+def readable(fd: int, timeout: float | None = None) -> bool:
+    """Whether `fd` becomes readable within `timeout` seconds (None: wait as long as it takes).
+    poll(2), not select(2): select cannot take an fd numbered 1024 or above, which a process whose
+    soft fd limit was raised (process.raise_fd_limit) may hold."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 def bare_fork() -> int:

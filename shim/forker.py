@@ -31,7 +31,7 @@ import trio
 # mounts, cgroups) on first use, in the forker, or earlier when a zygote warmed it up.
 from railcar import runtime
 from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
-from railcar.runtime.syscalls import bare_fork
+from railcar.runtime.syscalls import bare_fork, readable
 
 from . import log as shim_log
 from . import oomscore
@@ -272,7 +272,7 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
     it has it, serve it with the daemon's fd 2 (the message's first fd) and context, and answer the
     daemon directly. Returns the exit status."""
     prctl.set_name(WORKER_NAME)
-    if idle is not None and not select.select([sock], [], [], idle)[0]:
+    if idle is not None and not readable(sock.fileno(), idle):
         return _RETIRED
     head = sock.recv(_SEQ.size, socket.MSG_PEEK)  # (an error: exit 1, nothing taken)
     if not head:
