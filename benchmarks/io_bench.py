@@ -8,7 +8,9 @@ hop is what differs between rows:
   railcar copy      railcar.io's pump forced onto read/write (what non-pipe targets use)
   ProcessIO         the public API end to end (picks splice for a FIFO target)
 
-Every pipe and FIFO is widened as ProcessIO widens them, so all rows share the same plumbing. Each row runs --rounds times, interleaved; the median is printed in MiB/s.
+Every pipe and FIFO keeps the kernel's capacity, as ProcessIO leaves them (so that a process waits
+for its reader, as under runc), so all rows share the same plumbing. Each row runs --rounds times,
+interleaved; the median is printed in MiB/s.
 
     .venv/bin/python benchmarks/io_bench.py [--mib 512] [--rounds 3]
 """
@@ -27,7 +29,7 @@ import trio
 
 from railcar.io import ProcessIO
 from railcar.io.fds import FdSet
-from railcar.io.pump import pump, widen
+from railcar.io.pump import pump
 from railcar.io.targets import open_output_path
 
 
@@ -49,10 +51,8 @@ async def finished(*processes: subprocess.Popen[bytes]) -> None:
 async def via_cat(size: int, fifo: str) -> None:
     consumer = reader(fifo)
     read_end, write_end = os.pipe()
-    widen(read_end)
     head = producer(size, write_end)
     with open(fifo, "wb") as fifo_writer:
-        widen(fifo_writer.fileno())
         cat = subprocess.Popen(["cat"], stdin=read_end, stdout=fifo_writer)
     os.close(read_end)
     os.close(write_end)
@@ -65,7 +65,6 @@ async def via_pump(size: int, fifo: str, *, splice: bool) -> None:
     consumer = reader(fifo)
     read_end, write_end = fds.pipe()
     os.set_blocking(read_end, False)
-    widen(read_end)
     head = producer(size, write_end)
     fds.close(write_end)
     await pump(read_end, sink.fd, label="bench", splice=splice)

@@ -5,13 +5,14 @@ import logging
 import os
 import struct
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from .binary_logger import BinaryLogger
 from .fds import FdSet
-from .pump import pump, widen
+from .pump import pending, pump
 from .spawner import DefaultSpawner, Spawner
 from .targets import (
     Mode,
@@ -47,7 +48,8 @@ class ProcessIO:
       pio.close_container_side()             once the process exists
       nursery.start_soon(pio.run)            copy loops, until EOF everywhere
       await pio.drained()                    before publishing the exit
-      await pio.aclose()                     on Delete
+      await pio.flush()                      on Delete, then
+      await pio.aclose()
     """
 
     logger_stop_timeout: float = 12.0
@@ -120,7 +122,6 @@ class ProcessIO:
             theirs, ours = (read_end, write_end) if process_reads else (write_end, read_end)
             os.fchown(theirs, uid, gid)
             os.set_blocking(ours, False)
-            widen(ours)
             return theirs, ours
 
         if self.stdin_path:
@@ -279,10 +280,34 @@ class ProcessIO:
                 await self._forwarded(output)
             sinks = {id(o.sink): o.sink for o in self._outputs if o.sink.unread()}.values()
             read = [sink for sink in sinks if sink.read_by_others(self._fds)]
-            delay = 0.0005
-            while not self._closed and any(sink.unread() for sink in read):
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.01)
+            await self._while(lambda: any(sink.unread() for sink in read))
+
+    async def flush(self, timeout: float = 2.0) -> None:
+        """Before Delete closes everything, as runc's shim waits (up to 2 s) for its copies: until
+        what is left in our pipes went on to its FIFO and a client reading that FIFO has read it,
+        at most `timeout` seconds. An exit published after `drained` gave up (a client that paused
+        longer) would otherwise lose that rest. Nothing is waited for that cannot move: output
+        nobody reads, or a pipe a background child holds open without writing."""
+        if self._closed:
+            return
+        read = [output for output in self._outputs if output.sink.read_by_others(self._fds)]
+        with trio.move_on_after(timeout):
+            await self._while(lambda: any(self._on_its_way(output) for output in read))
+
+    @staticmethod
+    def _on_its_way(output: "_Output") -> bool:
+        """Whether `output` has bytes in our pipe (or pty) or in its FIFO that its client has not read."""
+        if not output.done.is_set() and output.src is not None and pending(output.src):
+            return True
+        return bool(output.sink.unread())
+
+    async def _while(self, busy: Callable[[], bool]) -> None:
+        """Poll until `busy()` is false (pipes and FIFOs give no "emptied" event), every 0.5 ms at
+        first, backing off to every 10 ms; or until aclose."""
+        delay = 0.0005
+        while not self._closed and busy():
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.01)
 
     async def _forwarded(self, output: "_Output") -> None:
         """Until `output` reached EOF with every byte written, unless it cannot: its FIFO holds

@@ -13,7 +13,7 @@ from enum import Enum
 
 from .errors import StdioError
 from .fds import FdSet
-from .pump import pending, widen
+from .pump import pending
 
 
 class Mode(Enum):
@@ -127,7 +127,6 @@ def open_output_path(path: str, fds: FdSet) -> Sink:
         if stat.S_ISFIFO(mode):
             reader = fds.adopt(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
             writer = fds.adopt(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            widen(writer)
             return Sink(path, writer, reader)
         if stat.S_ISREG(mode):
             return Sink(path, fds.adopt(os.open(path, os.O_WRONLY | os.O_APPEND)))

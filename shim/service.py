@@ -389,6 +389,8 @@ class TaskService:
                     await process.exited.wait()
                 if not process.exited.is_set():
                     raise TtrpcError(Code.UNKNOWN, f"process {process.id} did not exit after SIGKILL")
+            if process.io is not None:
+                await process.io.flush(DRAIN_TIMEOUT)   # what a paused client has yet to read
             with trio.CancelScope(shield=True):
                 process.apply("delete")
                 if process.io is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RUNTIME, devenv, eventually, run
+from .conftest import RUNTIME, devenv, eventually, remove_task, run
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,29 @@ def test_50_mb_byte_exact(cd, image, cid) -> None:
     expected = (line * (size // len(line) + 1))[:size]
     assert len(result.stdout) == size
     assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(expected).digest()
+
+
+@pytest.mark.parametrize("how", ["run", "exec"])
+def test_a_reader_that_pauses_longer_than_the_drain_loses_nothing(cd, image, cid, how) -> None:
+    """The client's reader pauses for longer than the shim waits for it at the exit (2 s) while the
+    process writes 1.5 MB and exits: everything arrives, as with runc, whose process waits for
+    its reader behind 64 KiB pipes (1 MiB ones let it exit, and the tail was lost)."""
+    size = 1_500_000
+    script = f"yes 0123456789abcdef | head -c {size}; exit 5"
+    ctr = ["ctr", "--address", cd.address, "--namespace", cd.namespace]
+    if how == "run":
+        command = [*ctr, "run", "--rm", "--runtime", RUNTIME, image, cid, "sh", "-c", script]
+    else:
+        started = cd.ctr("run", "-d", "--runtime", RUNTIME, image, cid, "sleep", "1000")
+        assert started.returncode == 0, started.stderr
+        command = [*ctr, "task", "exec", "--exec-id", "paused", cid, "sh", "-c", script]
+    try:
+        result = subprocess.run(["bash", "-c", f"{shlex.join(command)} | (sleep 2.5; wc -c); echo ${{PIPESTATUS[0]}}"],
+                                capture_output=True, env=cd.env, timeout=60)
+    finally:
+        if how == "exec":
+            remove_task(cd, cid)
+    assert result.stdout.split() == [str(size).encode(), b"5"], result.stderr
 
 
 def test_100_quick_containers_lose_nothing(cd, image, cid) -> None:

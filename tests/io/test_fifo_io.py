@@ -13,11 +13,12 @@ from pathlib import Path
 import trio
 
 from railcar.io import ProcessIO
-from railcar.io.pump import PIPE_SIZE, pending
+from railcar.io.pump import pending
 
 from .clients import container, open_reader, read_to_eof, run_and_read, wait
 
 MB = 1 << 20
+DEFAULT_PIPE_SIZE = 16 * os.sysconf("SC_PAGE_SIZE")   # the kernel's capacity for a new pipe
 
 
 async def test_100_mb_arrive_byte_exact(fifo: Callable[[str], str], tmp_path: Path) -> None:
@@ -112,9 +113,10 @@ async def test_drained_returns_after_eof_or_timeout(fifo: Callable[[str], str]) 
 @asynccontextmanager
 async def exited_with_output(fifo: Callable[[str], str], size: int, *,
                              client: bool) -> AsyncIterator[tuple[ProcessIO, str, int]]:
-    """ProcessIO forwarding a process that wrote `size` bytes to stdout and exited: all of it is
-    in the FIFO (widened to 1 MiB) by the time the block runs. The client's reader is open, or
-    with `client=False` was open at Create and has left (-1)."""
+    """ProcessIO forwarding a process that wrote `size` bytes to stdout and exited (at most what
+    the FIFO and the pipe hold, 64 KiB each): what the FIFO holds of it is there by the time the
+    block runs, the rest in the pipe. The client's reader is open, or with `client=False` was open
+    at Create and has left (-1)."""
     out = fifo("stdout")
     pio = await ProcessIO.open("", out, "", terminal=False)
     assert pio.container_stdio is not None
@@ -135,7 +137,7 @@ async def test_drained_waits_until_the_client_read_everything(fifo: Callable[[st
     """The exit is reported only after the client has the whole output: containerd's client
     (1.6.0-1.6.21) closes the FIFOs as soon as it deletes the exited task, and what it had not read
     by then would be lost. A client reading slowly is waited for."""
-    async with exited_with_output(fifo, 300000, client=True) as (pio, _, reader):
+    async with exited_with_output(fifo, 120000, client=True) as (pio, _, reader):
         drained = trio.Event()
 
         async def drain() -> None:
@@ -148,20 +150,62 @@ async def test_drained_waits_until_the_client_read_everything(fifo: Callable[[st
             for _ in range(3):
                 await trio.sleep(0.1)
                 assert not drained.is_set()  # in the FIFO by now, but not all read
-                got += len(await read_to_eof(os.dup(reader), limit=100000 - 1))
+                got += len(await read_to_eof(os.dup(reader), limit=40000 - 1))
             with trio.fail_after(1):
                 got += len(await read_to_eof(reader))
                 await drained.wait()
-        assert got == 300000
+        assert got == 120000
+
+
+async def test_flush_lets_a_client_that_paused_read_the_rest_before_aclose(fifo: Callable[[str], str]) -> None:
+    """Delete after an exit that `drained` published without the client (it paused for longer):
+    flush waits for the client to read what is left in our pipe and in the FIFO, then aclose
+    loses nothing (runc's shim waits up to 2 s for its copies before it closes)."""
+    async with exited_with_output(fifo, 120000, client=True) as (pio, _, reader):
+        await pio.drained(timeout=0.05)   # gives up: the client has not read yet
+        got = bytearray()
+
+        async def paused_client() -> None:
+            await trio.sleep(0.3)
+            got.extend(await read_to_eof(reader))
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(paused_client)
+                await pio.flush(timeout=30)
+                await pio.aclose()
+        assert len(got) == 120000
+
+
+async def test_flush_does_not_wait_for_what_cannot_move(fifo: Callable[[str], str]) -> None:
+    """Output nobody reads, and a pipe that a background child holds open without writing: Delete
+    is not held up."""
+    async with exited_with_output(fifo, 120000, client=False) as (pio, _, _):
+        with trio.fail_after(1):
+            await pio.flush(timeout=30)
+        await pio.aclose()   # (its copy waits for a client that never comes)
+    out = fifo("quiet")
+    pio = await ProcessIO.open("", out, "", terminal=False)
+    assert pio.container_stdio is not None
+    reader = open_reader(out)
+    background = os.dup(pio.container_stdio[1])   # a child that keeps stdout open, and is silent
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        with trio.fail_after(1):
+            await pio.flush(timeout=30)
+        await pio.aclose()
+    os.close(background)
+    os.close(reader)
 
 
 async def test_drained_does_not_wait_for_a_client_that_is_gone(fifo: Callable[[str], str]) -> None:
     """ctr run -d, or a client gone: nobody has the FIFO open to read, so the exit is not held up,
     and the output stays in the FIFO for a client that comes back."""
-    async with exited_with_output(fifo, 300000, client=False) as (pio, out, _):
+    async with exited_with_output(fifo, 120000, client=False) as (pio, out, _):
         with trio.fail_after(1):
             await pio.drained(timeout=30)
-        assert len(await read_to_eof(open_reader(out))) == 300000
+        assert len(await read_to_eof(open_reader(out))) == 120000
 
 
 async def test_drained_does_not_wait_for_output_stuck_in_a_fifo_nobody_reads(fifo: Callable[[str], str]) -> None:
@@ -227,10 +271,10 @@ async def test_stdout_and_stderr_fifos_and_ownership(fifo: Callable[[str], str])
         st = os.fstat(fd)
         assert stat.S_ISFIFO(st.st_mode) and (st.st_uid, st.st_gid) == (1234, 4321)
         assert os.get_blocking(fd)  # the process's end stays blocking
-        assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == PIPE_SIZE
+        assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == DEFAULT_PIPE_SIZE  # as runc's: a writer waits for its reader
     assert stat.S_ISCHR(os.fstat(pio.container_stdio[0]).st_mode)  # no stdin: /dev/null
     readers = open_reader(out), open_reader(err)
-    assert all(fcntl.fcntl(reader, fcntl.F_GETPIPE_SZ) == PIPE_SIZE for reader in readers)  # FIFOs too
+    assert all(fcntl.fcntl(reader, fcntl.F_GETPIPE_SZ) == DEFAULT_PIPE_SIZE for reader in readers)  # FIFOs too
     writer = container("import os; os.write(1, b'to out'); os.write(2, b'to err')", pio.container_stdio)
     pio.close_container_side()
     async with trio.open_nursery() as nursery:
