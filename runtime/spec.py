@@ -253,6 +253,8 @@ SCHED_POLICIES = {"SCHED_OTHER": 0, "SCHED_FIFO": 1, "SCHED_RR": 2, "SCHED_BATCH
 SCHED_FLAGS = {"SCHED_FLAG_RESET_ON_FORK": 0x01, "SCHED_FLAG_RECLAIM": 0x02, "SCHED_FLAG_DL_OVERRUN": 0x04,
                "SCHED_FLAG_KEEP_POLICY": 0x08, "SCHED_FLAG_KEEP_PARAMS": 0x10, "SCHED_FLAG_UTIL_CLAMP_MIN": 0x20,
                "SCHED_FLAG_UTIL_CLAMP_MAX": 0x40}
+_NICE_POLICIES = (SCHED_POLICIES["SCHED_OTHER"], SCHED_POLICIES["SCHED_BATCH"])
+_REAL_TIME_POLICIES = (SCHED_POLICIES["SCHED_FIFO"], SCHED_POLICIES["SCHED_RR"])
 IOPRIO_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
 PERSONALITIES = {"LINUX": 0x0000, "LINUX32": 0x0008}
 MAX_CPU = 8191   # the highest CPU number a cpu list may name (the kernel's NR_CPUS at most)
@@ -332,16 +334,14 @@ def _scheduler(doc: Any, path: str) -> Scheduler | None:
     if doc is None:
         return None
     d = _obj(doc, path)
-    name = _str(d, "policy", f"{path}.policy", required=True)
-    if name not in SCHED_POLICIES:
-        raise SpecError(f"{path}.policy", f"unknown policy {name!r} (one of {', '.join(SCHED_POLICIES)})")
+    policy = _named(d, "policy", f"{path}.policy", SCHED_POLICIES, "policy")
     nice = _int(d, "nice", f"{path}.nice")
-    if name in ("SCHED_OTHER", "SCHED_BATCH") and not -20 <= nice <= 19:   # (the kernel clamps the others')
+    if policy in _NICE_POLICIES and not -20 <= nice <= 19:   # (the kernel clamps the others')
         raise SpecError(f"{path}.nice", f"must be between -20 and 19, got {nice}")
     if not -_INT32 <= nice < _INT32:
         raise SpecError(f"{path}.nice", f"{nice} is not a 32-bit integer")
     priority = _uint(d, "priority", f"{path}.priority")
-    if priority and name not in ("SCHED_FIFO", "SCHED_RR"):
+    if priority and policy not in _REAL_TIME_POLICIES:
         raise SpecError(f"{path}.priority", "is only for SCHED_FIFO and SCHED_RR")
     if priority >= _INT32:
         raise SpecError(f"{path}.priority", f"{priority} is not a 32-bit integer")
@@ -354,22 +354,28 @@ def _scheduler(doc: Any, path: str) -> Scheduler | None:
     for key, value in times.items():
         if value >= 1 << 64:
             raise SpecError(f"{path}.{key}", f"{value} is not a 64-bit unsigned integer")
-    if name != "SCHED_DEADLINE" and any(times.values()):
+    if policy != SCHED_POLICIES["SCHED_DEADLINE"] and any(times.values()):
         raise SpecError(path, "runtime, deadline and period are only for SCHED_DEADLINE")
-    return Scheduler(SCHED_POLICIES[name], nice, priority, flags, **times)
+    return Scheduler(policy, nice, priority, flags, **times)
 
 
 def _io_priority(doc: Any, path: str) -> int | None:
     if doc is None:
         return None
     d = _obj(doc, path)
-    name = _str(d, "class", f"{path}.class", required=True)
-    if name not in IOPRIO_CLASSES:
-        raise SpecError(f"{path}.class", f"unknown class {name!r} (one of {', '.join(IOPRIO_CLASSES)})")
+    io_class = _named(d, "class", f"{path}.class", IOPRIO_CLASSES, "class")
     level = _uint(d, "priority", f"{path}.priority")
     if level > 7:
         raise SpecError(f"{path}.priority", f"must be between 0 and 7, got {level}")
-    return IOPRIO_CLASSES[name] << 13 | level
+    return io_class << 13 | level
+
+
+def _named(d: dict, key: str, path: str, table: dict[str, int], what: str) -> int:
+    """The number `table` gives the name required at `key`; an unknown name is refused, listing the known ones."""
+    name = _str(d, key, path, required=True)
+    if name not in table:
+        raise SpecError(path, f"unknown {what} {name!r} (one of {', '.join(table)})")
+    return table[name]
 
 
 def _cpu_affinity(doc: Any, path: str) -> CpuAffinity | None:
@@ -506,12 +512,10 @@ def _personality(doc: Any, path: str) -> int | None:
     if doc is None:
         return None
     d = _obj(doc, path)
-    domain = _str(d, "domain", f"{path}.domain", required=True)
-    if domain not in PERSONALITIES:
-        raise SpecError(f"{path}.domain", f"unknown domain {domain!r} (one of {', '.join(PERSONALITIES)})")
+    domain = _named(d, "domain", f"{path}.domain", PERSONALITIES, "domain")
     if _str_list(d.get("flags"), f"{path}.flags"):
         raise SpecError(f"{path}.flags", "personality flags are not supported by railcar")
-    return PERSONALITIES[domain]
+    return domain
 
 
 # The sysctls that belong to an IPC namespace (besides fs.mqueue.*), as the kernel (and runc) has them.
