@@ -284,22 +284,28 @@ class ProcessIO:
 
     async def flush(self, timeout: float = 2.0) -> None:
         """Before Delete closes everything, as runc's shim waits (up to 2 s) for its copies: until
-        what is left in our pipes went on to its FIFO and a client reading that FIFO has read it,
-        at most `timeout` seconds. An exit published after `drained` gave up (a client that paused
-        longer) would otherwise lose that rest. Nothing is waited for that cannot move: output
-        nobody reads, or a pipe a background child holds open without writing."""
+        what is still in our pipe (or pty) has gone on to its target, at most `timeout` seconds.
+        Behind a client that paused for longer than `drained` waited, that rest would be lost.
+        What is in a FIFO already is not waited for: it stays there for the client that holds
+        the FIFO after we close our ends. Nor is what cannot move: output for a FIFO that no client
+        holds (looked at again while waiting: a client may leave), and a pipe that a silent
+        background child holds open."""
         if self._closed:
             return
-        read = [output for output in self._outputs if output.sink.read_by_others(self._fds)]
         with trio.move_on_after(timeout):
-            await self._while(lambda: any(self._on_its_way(output) for output in read))
+            await self._while(lambda: any(self._on_its_way(output) for output in self._outputs))
 
-    @staticmethod
-    def _on_its_way(output: "_Output") -> bool:
-        """Whether `output` has bytes in our pipe (or pty) or in its FIFO that its client has not read."""
-        if not output.done.is_set() and output.src is not None and pending(output.src):
-            return True
-        return bool(output.sink.unread())
+    def _on_its_way(self, output: "_Output") -> bool:
+        """Whether bytes wait in our pipe (or pty) for `output`'s copy, and can go on: its target
+        is not a FIFO (a file, a logger's pipe), or a client holds the FIFO."""
+        if output.done.is_set() or output.src is None:
+            return False
+        try:
+            if not pending(output.src):
+                return False
+        except OSError:
+            return False   # cannot tell: Delete must not fail over it
+        return output.sink.reader is None or output.sink.read_by_others(self._fds)
 
     async def _while(self, busy: Callable[[], bool]) -> None:
         """Poll until `busy()` is false (pipes and FIFOs give no "emptied" event), every 0.5 ms at

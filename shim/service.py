@@ -372,6 +372,11 @@ class TaskService:
         await task.created.wait()
         if self.tasks.get(req.id) is not task:  # its Create failed (and maybe another began)
             raise TtrpcError(Code.NOT_FOUND, f"container {req.id} not created")
+        _, exited = self._process(req.id, req.exec_id)
+        if exited.exited.is_set() and exited.io is not None:
+            # What a paused client has yet to get: outside the lock, so that Deletes wait side by side,
+            # as runc's shim waits for its copies. It changes nothing, so a cancelled Delete stays a no-op.
+            await exited.io.flush(DRAIN_TIMEOUT)
         async with task.lock:
             task, process = self._process(req.id, req.exec_id)
             if process.starting:
@@ -389,8 +394,6 @@ class TaskService:
                     await process.exited.wait()
                 if not process.exited.is_set():
                     raise TtrpcError(Code.UNKNOWN, f"process {process.id} did not exit after SIGKILL")
-            if process.io is not None:
-                await process.io.flush(DRAIN_TIMEOUT)   # what a paused client has yet to read
             with trio.CancelScope(shield=True):
                 process.apply("delete")
                 if process.io is not None:

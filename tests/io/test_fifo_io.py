@@ -177,6 +177,16 @@ async def test_flush_lets_a_client_that_paused_read_the_rest_before_aclose(fifo:
         assert len(got) == 120000
 
 
+async def test_flush_leaves_what_is_in_the_fifo_to_a_client_that_does_not_read(fifo: Callable[[str], str]) -> None:
+    """It stays there for that client after aclose: Delete is not held up for it."""
+    async with exited_with_output(fifo, 1000, client=True) as (pio, _, reader):
+        with trio.fail_after(1):
+            await pio.drained(timeout=0.05)
+            await pio.flush(timeout=30)
+        await pio.aclose()
+        assert len(await read_to_eof(reader)) == 1000
+
+
 async def test_flush_does_not_wait_for_what_cannot_move(fifo: Callable[[str], str]) -> None:
     """Output nobody reads, and a pipe that a background child holds open without writing: Delete
     is not held up."""
