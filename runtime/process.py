@@ -74,28 +74,6 @@ class Launch:
         return fds | {self.exec_fifo} if self.exec_fifo >= 0 else fds
 
 
-# The RLIMIT_NOFILE a container process starts from, before its spec's rlimits: what this process
-# had before `raise_fd_limit` (None: never raised, so a container inherits the limit as it is).
-_container_nofile: tuple[int, int] | None = None
-
-
-def raise_fd_limit() -> None:
-    """For a process that serves many containers for long (railcar's shim daemon and its zygote):
-    the soft RLIMIT_NOFILE up to the hard one, as every Go program raises it when it starts
-    (containerd's runc shim among them), so that a pooled daemon's fds do not run out at the 1024
-    systemd gives services by default. The processes made for containers from here on start from
-    the limit this one had, as Go gives its children theirs back."""
-    global _container_nofile
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if _container_nofile is None:
-        _container_nofile = (soft, hard)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (OSError, ValueError):
-            pass   # serve with the limit as it is
-
-
 @dataclass
 class Spawned:
     pid: int
@@ -715,8 +693,6 @@ def _prepare_process(launch: Launch, ch: Channel) -> _Ready:
         else:
             null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
             stdio = (null, null, null)
-        if _container_nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, _container_nofile)   # lowering: always allowed
         for i, rl in enumerate(proc.rlimits):
             limit = getattr(resource, rl.type, None)
             if limit is None:

@@ -111,10 +111,13 @@ def _check(result: int, what: str, *names: str) -> int:
 def readable(fd: int, timeout: float | None = None) -> bool:
     """Whether `fd` becomes readable within `timeout` seconds (None: wait as long as it takes).
     poll(2), not select(2): select cannot take an fd numbered 1024 or above, which a process whose
-    soft fd limit was raised (process.raise_fd_limit) may hold."""
+    soft fd limit was raised (shim.fdlimit) may hold; a closed fd raises EBADF, as select does."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else timeout * 1000))
+    events = poller.poll(None if timeout is None else timeout * 1000)
+    if events and events[0][1] & select.POLLNVAL:
+        raise OSError(errno.EBADF, f"poll: fd {fd} is not open")
+    return bool(events)
 
 
 def bare_fork() -> int:

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 import prctl
 import trio
 
-from railcar.runtime.process import raise_fd_limit
 from railcar.ttrpc_proto.api import task_v2_pb2, task_v3_pb2
 from railcar.ttrpc_proto.server import Server
 
 from . import log as shim_log
-from . import oomscore, paths, pool
+from . import fdlimit, oomscore, paths, pool
 from .events import Publisher
 from .flags import Flags, parse
 from .forker import Forker, ForkerError, preload
@@ -237,7 +236,7 @@ def _prepare() -> Forker:
     writes before the fork and again afterwards leaves the forker the only holder of a copy."""
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     preload()   # (a no-op in a zygote's daemon: the zygote loaded it all)
-    raise_fd_limit()   # (the zygote's daemon has it from the zygote)
+    fdlimit.raise_soft()   # (the zygote's daemon has it from the zygote)
     # Freeze before forking the forker, so that neither process's collector ever walks (and so
     # copies) the objects they share; a cold daemon's imports are frozen here too.
     gc.freeze()

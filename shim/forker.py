@@ -34,7 +34,7 @@ from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
 from railcar.runtime.syscalls import bare_fork, readable
 
 from . import log as shim_log
-from . import oomscore
+from . import fdlimit, oomscore
 
 PROCESS_NAME = "railcar-forker"
 WORKER_NAME = "railcar-worker"
@@ -272,6 +272,7 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
     it has it, serve it with the daemon's fd 2 (the message's first fd) and context, and answer the
     daemon directly. Returns the exit status."""
     prctl.set_name(WORKER_NAME)
+    fdlimit.give_back()   # what it starts (the containers' processes, hooks) gets containerd's limit
     if idle is not None and not readable(sock.fileno(), idle):
         return _RETIRED
     head = sock.recv(_SEQ.size, socket.MSG_PEEK)  # (an error: exit 1, nothing taken)

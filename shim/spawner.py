@@ -5,6 +5,7 @@ import os
 from railcar.io.spawner import spawn_with_fds
 from railcar.runtime.state import start_time
 
+from . import fdlimit
 from .reaper import Reaper
 
 
@@ -18,6 +19,7 @@ class ReaperSpawner:
     def spawn(self, argv: list[str], env: dict[str, str], fds: dict[int, int]) -> int:
         pid = spawn_with_fds(argv, env, fds)
         self._reaper.adopt(pid, start_time(pid, zombie=True))   # not reaped yet: the reaper has not run since
+        fdlimit.give_back(pid)
         return pid
 
     async def wait(self, pid: int) -> int:

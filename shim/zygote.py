@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from railcar.runtime.sealing import reexec_sealed
 
-from . import paths
+from . import fdlimit, paths
 from .bootstrap import accepts
 from .flags import FlagError, parse
 
@@ -281,9 +281,7 @@ def main() -> int:
 
     prctl.set_name("railcar-zygote")
     _load()
-    from railcar.runtime.process import raise_fd_limit  # (loaded by `_load`)
-
-    raise_fd_limit()   # every daemon forked from here serves with it
+    fdlimit.raise_soft()   # every daemon forked from here serves with it
     try:
         _warm_up()
     except Exception:  # only an optimisation: serve on without it

@@ -3,7 +3,6 @@
 import ctypes
 import json
 import os
-import resource
 import shutil
 import select
 import signal
@@ -12,7 +11,7 @@ import sys
 
 import pytest
 
-from railcar.runtime import Container, RuntimeFailure, process
+from railcar.runtime import Container, RuntimeFailure
 from railcar.runtime import syscalls as sc
 
 from .conftest import create_captured, exec_captured, finish, read_console, run_container, wait_for
@@ -207,20 +206,6 @@ def test_a_setting_the_host_forbids_fails_create_naming_it(make_bundle, state_ro
     with pytest.raises(RuntimeFailure, match=field + ".*CAP_SYS_RESOURCE"):
         Container.create(bundle.id, bundle.path, root=state_root)
     assert not os.path.exists(os.path.join(state_root, bundle.id))
-
-
-def test_a_container_starts_from_the_fd_limit_its_caller_had_before_raising_it(make_bundle, state_root,
-                                                                              monkeypatch) -> None:
-    """A shim daemon raises its soft RLIMIT_NOFILE to the hard one (process.raise_fd_limit); what it
-    makes for containers gets the limit back that it had, unless the spec sets one, as a Go
-    program's children do. (`raise_fd_limit` itself, which changes this process, is tested on a
-    daemon in tests/shim/test_bootstrap.py.)"""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    monkeypatch.setattr(process, "_container_nofile", (256, hard))
-    bundle = make_bundle(["sh", "-c", "ulimit -n; ulimit -Hn"], edit=lambda c: c["process"].pop("rlimits"))
-    assert run_container(bundle, state_root).output.split() == ["256", str(hard)]
-    limited = make_bundle(["sh", "-c", "ulimit -n"])   # the spec's 1024 wins
-    assert run_container(limited, state_root).output.split() == ["1024"]
 
 
 @pytest.mark.cgroup_v2   # also in the v2 guest, whose root holds CAP_SYS_RESOURCE

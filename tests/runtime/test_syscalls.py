@@ -1,7 +1,14 @@
 """The ctypes bindings that are not covered by a container's life elsewhere."""
 
+import errno
+import fcntl
+import os
 import subprocess
 import sys
+
+import pytest
+
+from railcar.runtime.syscalls import readable
 
 # Run apart: an at-fork hook, once registered, stays for every later fork of the process.
 _CHECK = """
@@ -40,3 +47,20 @@ def test_bare_fork_skips_the_after_fork_hooks_only_with_a_single_thread() -> Non
     # running, the child needs them, and bare_fork is os.fork
     assert result.stdout.splitlines() == ["bare_fork True 0 7", "os.fork True 1 7",
                                           "bare_fork, another thread running True 1 7"]
+
+
+def test_readable_waits_with_poll_and_refuses_a_closed_fd() -> None:
+    """poll, not select, which cannot take an fd numbered 1024 or above (a daemon's raised limit
+    lets it have them); a closed fd is an error, as select makes it, not a readable one."""
+    read_end, write_end = os.pipe()
+    high = fcntl.fcntl(read_end, fcntl.F_DUPFD_CLOEXEC, 1500)
+    try:
+        assert not readable(high, 0)
+        os.write(write_end, b"x")
+        assert readable(high, 0) and readable(high)
+    finally:
+        for fd in (read_end, write_end, high):
+            os.close(fd)
+    with pytest.raises(OSError) as info:
+        readable(high, 0)
+    assert info.value.errno == errno.EBADF

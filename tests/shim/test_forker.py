@@ -3,6 +3,7 @@ runs each request in a fresh worker (so the forker itself stays a clean copy).""
 
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -15,6 +16,7 @@ import trio
 
 from tests.polling import eventually
 
+from railcar.shim import fdlimit
 from railcar.shim import forker as forker_module
 from railcar.shim.forker import Forker, ForkerError
 
@@ -449,6 +451,34 @@ def _where(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     with open("/proc/self/oom_score_adj") as f:
         score = int(f.read())
     return {"pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get("RAILCAR_TEST_ASSIGNED"), "oom": score}, []
+
+
+def _fd_limit(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    return list(resource.getrlimit(resource.RLIMIT_NOFILE)), []
+
+
+async def test_a_worker_gives_what_it_starts_the_fd_limit_before_the_raise(monkeypatch) -> None:
+    """A daemon serves with its hard fd limit (fdlimit.raise_soft, as a Go shim raises its own); a
+    worker, whose children are the containers' processes and hooks, takes the old soft limit back
+    first, as Go gives a child its own (a container without rlimits then gets containerd's)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard <= 256:
+        pytest.skip("needs a hard fd limit above 256")
+    monkeypatch.setattr(fdlimit, "_given", None)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))   # as containerd (Go 1.21+) starts a shim
+    forker = Forker({"fd_limit": _fd_limit})
+    try:
+        fdlimit.raise_soft()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+        pid = forker.start()
+        served, _ = await forker.call("fd_limit", {})
+        assert served == [256, hard]
+        assert resource.prlimit(pid, resource.RLIMIT_NOFILE) == (hard, hard)   # the forker itself keeps it
+    finally:
+        forker.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def _env_size(args: dict, fds: list[int]) -> tuple[object, list[int]]:
