@@ -450,6 +450,13 @@ def _fork_child(ch: Channel, launch: Launch, body: Callable[..., None], *args: o
     except BlockingIOError:
         raise RuntimeFailure("process", "cannot fork the process: a pids limit is reached (the container's "
                                         "linux.resources.pids.limit, or the host's)") from None
+    except OSError as e:
+        if e.errno != errno.ENOMEM:
+            raise
+        # What fork says in a pid namespace whose init has exited (an exec racing the container's
+        # end: its init is a zombie, not reaped yet), as well as when memory runs out.
+        raise RuntimeFailure("process", "cannot fork the process: the pid namespace it is in has no init "
+                                        "any more (the container has exited), or memory ran out") from None
     if pid == 0:
         _run_child(ch, launch.keep_fds() | {ch.fileno()} | keep, body, launch, *args)
     return pid

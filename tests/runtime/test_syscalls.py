@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from railcar.runtime.syscalls import readable
+from tests.polling import eventually
 
 # Run apart: an at-fork hook, once registered, stays for every later fork of the process.
 _CHECK = """
@@ -64,3 +65,47 @@ def test_readable_waits_with_poll_and_refuses_a_closed_fd() -> None:
     with pytest.raises(OSError) as info:
         readable(high, 0)
     assert info.value.errno == errno.EBADF
+
+
+_FORK_IN_A_DEAD_PID_NAMESPACE = """
+import sys
+from railcar.runtime import process, syscalls as sc
+from railcar.runtime.errors import RuntimeFailure
+sc.setns(int(sys.argv[1]), sc.CLONE_NEWPID)
+try:
+    process._fork_child(None, None, None)
+except RuntimeFailure as e:
+    print(e)
+"""
+
+
+def test_a_fork_into_a_pid_namespace_whose_init_is_gone_fails_naming_that() -> None:
+    """An exec racing its container's end joins the pid namespace, then its init exits: the kernel
+    refuses the fork with ENOMEM, which the runtime reports as the container's end, not as an
+    internal error."""
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "sleep", "100"])
+    try:
+        assert eventually(lambda: _children(holder.pid))
+        [init] = _children(holder.pid)
+        namespace = os.open(f"/proc/{init}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        holder.kill()   # unshare, and with it (--kill-child) the namespace's init
+        holder.wait()
+    try:
+        try:
+            os.waitpid(init, 0)   # ours once unshare died (the runtime tests' process is a subreaper)
+        except ChildProcessError:
+            assert eventually(lambda: not os.path.exists(f"/proc/{init}"))
+        result = subprocess.run([sys.executable, "-c", _FORK_IN_A_DEAD_PID_NAMESPACE, str(namespace)],
+                                capture_output=True, text=True, timeout=30, pass_fds=[namespace])
+    finally:
+        os.close(namespace)
+    assert "the pid namespace it is in has no init any more" in result.stdout, result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except OSError:
+        return []
