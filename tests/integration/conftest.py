@@ -65,6 +65,29 @@ def shim_pids() -> set[int]:
             | {pid for pid in workers if _parent(pid) not in spare_forkers})
 
 
+def described(pids: Collection[int]) -> str:
+    """`pids` as a leak message wants them: each with its name, state, parent (and its name) and
+    command line, so that a leak seen once in CI says what was left."""
+    lines = []
+    for pid in sorted(pids):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                head, _, tail = f.read().rpartition(")")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            lines.append(f"{pid}: gone")
+            continue
+        state, ppid = tail.split()[:2]
+        try:
+            with open(f"/proc/{ppid}/comm") as f:
+                parent = f.read().strip()
+        except OSError:
+            parent = "?"
+        lines.append(f"{pid} ({head.split('(', 1)[1]}) {state} parent {ppid} ({parent}): {argv}")
+    return "\n".join(lines)
+
+
 def mounts_under(*roots: Path) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4] for line in f]
@@ -213,7 +236,8 @@ class Leftovers:
         return set(self.runtime_dir.iterdir()) if self.runtime_dir.is_dir() else set()
 
     def assert_none_new(self) -> None:
-        assert not _settled(lambda: shim_pids() - self.shims), "shim daemons left running"
+        left = _settled(lambda: shim_pids() - self.shims)
+        assert not left, f"shim daemons left running:\n{described(left)}"
         assert not _settled(lambda: self._sockets() - self.sockets), "shim sockets or pools left"
         assert not _settled(lambda: mounts_under(self.cd.state, self.cd.root)), "mounts left"
         assert not _settled(lambda: self._state() - self.state), "runtime state left"
