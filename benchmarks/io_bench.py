@@ -62,6 +62,7 @@ async def via_cat(size: int, fifo: str) -> None:
 async def via_pump(size: int, fifo: str, *, splice: bool) -> None:
     fds = FdSet()
     sink = open_output_path(fifo, fds)
+    assert sink is not None   # (None only when asked to need a client)
     consumer = reader(fifo)
     read_end, write_end = fds.pipe()
     os.set_blocking(read_end, False)

@@ -1,7 +1,9 @@
 """Where a process's stdio goes: parsing containerd's stdio strings and opening their targets.
 
-Opening never blocks: a FIFO is opened for reading with O_NONBLOCK first (which returns at once
-even without a writer) and then for writing, which succeeds at once because a reader now exists.
+Opening never blocks. An output FIFO is opened for writing with O_NONBLOCK, which succeeds only
+once the client has it open for reading (ENXIO before): the caller waits for that, as runc's
+shim does with a blocking open. Then our own reader, or, when the client never came, our reader
+first (which returns at once even without a writer) and then the writer.
 """
 
 import errno
@@ -120,14 +122,22 @@ class Sink:
             return 0
 
 
-def open_output_path(path: str, fds: FdSet) -> Sink:
-    """An existing FIFO (writer + our own reader) or regular file (appended to), never blocking."""
+def open_output_path(path: str, fds: FdSet, *, need_client: bool = False) -> Sink | None:
+    """An existing FIFO (writer + our own reader) or regular file (appended to), never blocking.
+    None if `need_client` and no client holds the FIFO open for reading yet (try again later)."""
     try:
         mode = os.stat(path).st_mode
         if stat.S_ISFIFO(mode):
-            reader = fds.adopt(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-            writer = fds.adopt(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-            return Sink(path, writer, reader)
+            try:
+                writer = fds.adopt(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError as error:
+                if error.errno != errno.ENXIO:
+                    raise
+                if need_client:
+                    return None
+                reader = fds.adopt(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+                return Sink(path, fds.adopt(os.open(path, os.O_WRONLY | os.O_NONBLOCK)), reader)
+            return Sink(path, writer, fds.adopt(os.open(path, os.O_RDONLY | os.O_NONBLOCK)))
         if stat.S_ISREG(mode):
             return Sink(path, fds.adopt(os.open(path, os.O_WRONLY | os.O_APPEND)))
     except FileNotFoundError as error:

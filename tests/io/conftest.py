@@ -26,6 +26,15 @@ def no_leaks() -> Iterator[None]:
     assert _children() - children_before == set(), "child processes left behind"
 
 
+@pytest.fixture(autouse=True)
+def late_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most tests here open the client's reader after ProcessIO.open, as a client that comes late:
+    open waits for it only briefly. The wait itself has a test of its own."""
+    from railcar.io import ProcessIO
+
+    monkeypatch.setattr(ProcessIO, "client_wait", 0.05)
+
+
 @pytest.fixture
 def fifo(tmp_path: Path) -> Callable[[str], str]:
     """mkfifo under the test's tmp dir, as a containerd client does before Create."""

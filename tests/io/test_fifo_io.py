@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from railcar.io import ProcessIO
@@ -69,6 +70,36 @@ async def test_late_reader_gets_everything(fifo: Callable[[str], str]) -> None:
     assert await wait(writer) == 0
     assert received == payload
     await pio.aclose()
+
+
+async def test_open_waits_for_the_client_to_open_its_fifo(fifo: Callable[[str], str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """containerd's client opens its end of the FIFO in the background and sends Exec (or Create)
+    without waiting for that. A process that printed a line and exited at once, before the client's
+    open, lost the line: nobody was reading, so the exit went out at once, and Delete closed the
+    FIFO before the client came. open waits for the client, as runc's shim does."""
+    monkeypatch.setattr(ProcessIO, "client_wait", 30.0)
+    out = fifo("stdout")
+    client: list[int] = []
+
+    async def open_late() -> None:
+        await trio.sleep(0.2)
+        client.append(open_reader(out))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(open_late)
+        pio = await ProcessIO.open("", out, "", terminal=False)
+        assert client, "open returned before the client opened its FIFO"
+    assert pio.container_stdio is not None
+    process = container("print('quick')", pio.container_stdio)
+    pio.close_container_side()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pio.run)
+        assert await wait(process) == 0
+        await pio.drained()
+        await pio.flush()
+        await pio.aclose()
+    assert await read_to_eof(client[0]) == b"quick\n"
 
 
 async def test_reader_that_leaves_and_returns_does_not_kill_the_writer(fifo: Callable[[str], str]) -> None:
