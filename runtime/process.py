@@ -473,21 +473,30 @@ def _intermediate(ch: Channel, launch: Launch) -> None:
         _setns_all(fds, [f"linux.namespaces[{i}] ({ns.type} {ns.path})" for i, ns in joins])
         new = {ns.type for ns in linux.namespaces if not ns.path}
         if "user" in new:
-            sc.unshare(sc.CLONE_NEWUSER)
+            _unshare({"user"})
             ch.send(MapIds(os.getpid()))
             ch.recv("namespaces", IdsMapped)
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
-        flags = 0
-        for kind in new - {"user"}:
-            flags |= NS_FLAGS[kind]
-        sc.unshare(flags)
+        _unshare(new - {"user"})
         if "network" in new:
             _loopback_up()
         if "time" in new and linux.time_offsets:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write("".join(f"{c} {s} {n}\n" for c, s, n in linux.time_offsets))
     _report_forked(ch, InitForked, _fork_child(ch, launch, _init))
+
+
+def _unshare(kinds: set[str]) -> None:
+    """New namespaces of `kinds` (linux.namespaces without a path); a refusal names them."""
+    flags = 0
+    for kind in kinds:
+        flags |= NS_FLAGS[kind]
+    try:
+        sc.unshare(flags)
+    except OSError as e:
+        raise RuntimeFailure("namespaces", f"linux.namespaces: cannot make new {', '.join(sorted(kinds))} "
+                                           f"namespaces: {os.strerror(e.errno)}") from None
 
 
 def _set_oom_score(proc: Process) -> None:

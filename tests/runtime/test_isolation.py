@@ -236,6 +236,29 @@ def test_a_user_namespaced_container_may_ask_for_an_oom_score_below_its_callers(
     assert (ran.status, ran.output.split()) == (0, [str(own)]), ran.output
 
 
+@pytest.mark.cgroup_v2   # the v2 guest only: the limit is the whole machine's while it is 0
+@pytest.mark.skipif(not os.path.exists("/sys/fs/cgroup/cgroup.controllers"), reason="changes a machine-wide "
+                    "limit for a moment: runs in the throwaway cgroup v2 guest")
+@pytest.mark.parametrize("limit, kinds", [("max_user_namespaces", "user"),
+                                          ("max_mnt_namespaces", "ipc, mount, network, pid, uts")])
+def test_a_namespace_the_kernel_refuses_is_named(make_bundle, state_root, limit, kinds) -> None:
+    bundle = make_bundle(["true"], edit=_user_namespaced, copy_binary=True)
+    _give_rootfs_to(bundle, 100000)
+    with open(f"/proc/sys/user/{limit}", "r+") as f:
+        old = f.read()
+        f.seek(0)
+        f.write("0")
+        f.flush()
+        try:
+            with pytest.raises(RuntimeFailure, match=f"linux.namespaces: cannot make new {kinds} namespaces: "
+                                                     "No space left on device"):
+                Container.create(bundle.id, bundle.path, root=state_root)
+        finally:
+            f.seek(0)
+            f.write(old)
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
+
+
 def test_an_unlimited_rlimit_as_configs_write_it(make_bundle, state_root) -> None:
     unlimited = 2**64 - 1  # RLIM_INFINITY in config.json (docker --ulimit core=-1)
     rlimit = {"type": "RLIMIT_CORE", "soft": unlimited, "hard": unlimited}
