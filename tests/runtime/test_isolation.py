@@ -180,11 +180,14 @@ def test_home_comes_from_etc_passwd_unless_the_env_has_one(make_bundle, state_ro
     os.chmod(os.path.join(bundle.rootfs, "etc", "passwd"), 0o600)  # read as root, as runc reads it
     container, created = create_captured(bundle, state_root)
     container.start()
+    init_home = b""
+    while not init_home.endswith(b"\n"):   # before the kill below, which would end it unsaid
+        init_home += os.read(created.read_fd, 1) or b"\n"
     ran = exec_captured(container, {"args": ["sh", "-c", "echo $HOME"], "cwd": "/", "env": env,
                                     "user": {"uid": user, "gid": user}})
     container.kill(signal.SIGKILL)
     init = finish(container, created)
-    assert (init.output.split(), ran.output.split()) == ([home], [home])
+    assert (init_home.split(), init.output, ran.output.split()) == ([home.encode()], "", [home])
 
 
 def _bounded_by_cap_sys_resource() -> bool:
