@@ -526,11 +526,18 @@ class TaskService:
 
     async def _freeze_verb(self, container_id: str, verb: str, event: type) -> None:
         """Pause or resume: the lifecycle table allows `verb` before the runtime runs it, so a refused
-        verb never reaches the cgroup; the state moves and the event goes out only once it is done."""
+        verb never reaches the cgroup; the state moves and the event goes out only once it is done.
+
+        The init may exit while the runtime works: a container killed while paused (docker stop,
+        `ctr task kill` then `resume`) dies as it thaws, and its exit can be recorded before the
+        thaw's answer comes. The verb still happened, so it succeeds, as under runc's shim, which
+        moves the state under the same lock as the exit; only the state stays the exit's."""
         task = self._task(container_id)
         task.init.check(verb)
+        before = task.init.status
         await self._call(verb, {"id": task.id, "root": self.root})
-        task.init.apply(verb)
+        if task.init.status is before:
+            task.init.apply(verb)
         self._events.publish(event(container_id=task.id))
 
     async def checkpoint(self, req: pb.CheckpointTaskRequest, ctx: Any) -> empty_pb2.Empty:
