@@ -24,8 +24,9 @@ from .errors import ContainerExists, ContainerNotFound, InvalidState, RuntimeFai
 from .process import PROC_NS, Launch, Spawned, kill_and_wait, spawn_exec, spawn_init
 from .seccomp import send_listener
 from .spec import Spec, load_spec, parse_process, personality_of, shares_pid_namespace
-from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, is_alive,
+from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, exiting, is_alive,
                     read_record, start_time, write_record)
+from .syscalls import readable
 
 DEFAULT_ROOT = "/run/railcar"
 
@@ -323,10 +324,22 @@ class Container:
                 ns_fds.append((os.open(theirs, os.O_RDONLY | os.O_CLOEXEC), flag))
             if not self._alive():   # the pid was reused while we opened: not our container
                 raise InvalidState("exec", "stopped")
-            spawned = spawn_exec(Launch(spec=None, process=proc, stdio=stdio, terminal=terminal,
-                                        cgroup=self._cgroup(), security=plan, ns_fds=ns_fds, init_pid=self.init_pid,
-                                        session_keyring=_session_keyring(self.id), personality=personality_of(linux),
-                                        seccomp_listener=self._listener_to_agent(plan, "running")))
+            try:
+                spawned = spawn_exec(Launch(spec=None, process=proc, stdio=stdio, terminal=terminal,
+                                            cgroup=self._cgroup(), security=plan, ns_fds=ns_fds,
+                                            init_pid=self.init_pid, session_keyring=_session_keyring(self.id),
+                                            personality=personality_of(linux),
+                                            seccomp_listener=self._listener_to_agent(plan, "running")))
+            except RuntimeFailure as e:
+                # An exec racing its container's end: the init's exit kills what is in its pid
+                # namespace, and the helper reports only the symptom (a process that died without a
+                # word, a pipe to it broken). The container's end is the answer, as before the race.
+                # (The pidfd tells whether the pid is still the init's; then its state whether it is
+                # exiting: it is, from before it kills the others.)
+                if (isinstance(e, PeerGone) or e.stage == "internal") and (readable(pidfd, 0)
+                                                                          or exiting(self.init_pid)):
+                    raise InvalidState("exec", "stopped") from None
+                raise
         finally:
             os.close(pidfd)
             for fd, _ in ns_fds:

@@ -58,12 +58,8 @@ def read_record(directory: str, container_id: str) -> Record:
         raise RuntimeFailure("state", f"{directory}/{STATE_FILE} is corrupt: {e}") from None
 
 
-def start_time(pid: int, *, zombie: bool = False) -> int | None:
-    """Field 22 of /proc/PID/stat (clock ticks since boot), or None if the pid is gone or dead.
-
-    A zombie or dead process counts as gone: it will never run container code again; with
-    `zombie`, a zombie counts (it has not been reaped: its pid is not free yet).
-    """
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None if the pid is gone."""
     try:   # os.read, not open(): every verb asks, and a buffered file costs 4 more syscalls
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
@@ -75,10 +71,29 @@ def start_time(pid: int, *, zombie: bool = False) -> int | None:
     finally:
         os.close(fd)
     # The command name may contain spaces and parentheses: split after the last ')'.
-    rest = stat[stat.rindex(b")") + 2:].split()
-    if rest[0] in (b"X", b"x") or (rest[0] == b"Z" and not zombie):
+    return stat[stat.rindex(b")") + 2:].split()
+
+
+def start_time(pid: int, *, zombie: bool = False) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks since boot), or None if the pid is gone or dead.
+
+    A zombie or dead process counts as gone: it will never run container code again; with
+    `zombie`, a zombie counts (it has not been reaped: its pid is not free yet).
+    """
+    rest = _stat(pid)
+    if rest is None or rest[0] in (b"X", b"x") or (rest[0] == b"Z" and not zombie):
         return None
     return int(rest[19])
+
+
+_PF_EXITING = 0x4   # linux/sched.h: in do_exit
+
+
+def exiting(pid: int) -> bool:
+    """Whether `pid` is gone, dead or on its way out. A pid namespace's init stays in its exit,
+    not yet a zombie, until every process that exit killed in the namespace has been reaped."""
+    rest = _stat(pid)
+    return rest is None or rest[0] in (b"Z", b"X", b"x") or bool(int(rest[6]) & _PF_EXITING)
 
 
 def is_alive(pid: int, expected_start: int) -> bool:
