@@ -7,6 +7,7 @@ socket name has to be unique per containerd address, namespace and group.
 
 import os
 import posixpath
+import resource
 import sys
 
 try:  # hashlib would load OpenSSL first: ~5 ms of every `start` and `delete`
@@ -90,11 +91,16 @@ def code_identity() -> str:
 
 def zygote_socket() -> str:
     """The zygote's socket, tied to this copy of railcar (`code_identity`: after an upgrade a new
-    zygote is started and the old one idles out), and to the mount namespace and cgroups of the
-    caller (a containerd's `start`): the daemons a zygote forks share its mounts and cgroups, so a
-    second containerd in a mount namespace of its own (or in another cgroup: another service) gets a
-    zygote of its own, as each containerd's runc shims are its own."""
+    zygote is started and the old one idles out), and to the mount namespace, cgroups and resource
+    limits of the caller (a containerd's `start`): the daemons a zygote forks share its mounts and
+    cgroups, so a second containerd in a mount namespace of its own (or in another cgroup: another
+    service) gets a zygote of its own, as each containerd's runc shims are its own. A container
+    without process.rlimits (CRI's) inherits the shim's limits, which are containerd's: restarted
+    with others (LimitNOFILE, LimitMEMLOCK), containerd gets a new zygote, not the old limits from
+    a zygote a busy node never lets idle out."""
     with open("/proc/self/cgroup") as f:
         cgroups = f.read()
-    key = f"{code_identity()}\0{os.readlink('/proc/self/ns/mnt')}\0{cgroups}"
+    limits = [resource.getrlimit(getattr(resource, name)) for name in sorted(dir(resource))
+              if name.startswith("RLIMIT_")]
+    key = f"{code_identity()}\0{os.readlink('/proc/self/ns/mnt')}\0{cgroups}\0{limits}"
     return posixpath.join(RUNTIME_ROOT, f"zygote-{sha256(key.encode()).hexdigest()[:16]}.sock")

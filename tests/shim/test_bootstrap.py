@@ -226,6 +226,40 @@ async def test_a_start_that_finds_no_zygote_starts_one_and_waits_for_it(bundle: 
     assert before is not None or not os.path.exists(paths.zygote_socket())
 
 
+async def test_a_start_with_other_resource_limits_gets_a_zygote_of_its_own(bundle: Path, tmp_path: Path,
+                                                                         address: str) -> None:
+    """A container without process.rlimits (CRI's) inherits containerd's limits through the shim. A
+    containerd restarted with others must not get daemons forked by a zygote that has the old ones:
+    on a busy node it never idles out."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text((bundle / "config.json").read_text())
+    env = {"RAILCAR_ZYGOTE": "1", "RAILCAR_ZYGOTE_IDLE": "30"}
+    before = _zygote()
+    here = run_shim(["-namespace", "default", "-address", address, "-id", "l0", "start"], bundle, env=env)
+    there = run_shim(["-namespace", "default", "-address", address + "2", "-id", "l1", "start"], other, env=env,
+                     prefix=["prlimit", "--core=0:0"])
+    daemons = []
+    try:
+        assert here.returncode == 0 and there.returncode == 0, (here.stderr, there.stderr)
+        for result, cid in ((here, "l0"), (there, "l1")):
+            daemons.append((await _connect(result.stdout.decode(), cid), result.stdout.decode()))
+        (pid_here, _), (pid_there, _) = daemons
+        ours = resource.getrlimit(resource.RLIMIT_CORE)
+        assert ours != (0, 0), "this test needs a core limit other than 0"
+        assert resource.prlimit(pid_here, resource.RLIMIT_CORE) == ours
+        assert resource.prlimit(pid_there, resource.RLIMIT_CORE) == (0, 0)
+        assert _parent(pid_there) != _parent(pid_here)
+    finally:
+        zygotes = {_parent(pid) for pid, _ in daemons if _comm(_parent(pid)) == "railcar-zygote"}
+        for pid, shim_address in daemons:
+            await _shutdown(shim_address)
+            assert wait_gone(pid)
+        for zygote in zygotes - {before}:
+            os.kill(zygote, signal.SIGTERM)
+            assert wait_gone(zygote)
+
+
 async def test_a_start_in_another_mount_namespace_gets_a_zygote_of_its_own(bundle: Path, tmp_path: Path,
                                                                             address: str) -> None:
     """A second containerd in a mount namespace of its own must not get daemons forked in the first
