@@ -70,6 +70,7 @@ def _code_stamp(top: str) -> int:
 
 
 _identity: str | None = None
+_spawn_identity: str | None = None
 
 
 def code_identity() -> str:
@@ -89,18 +90,28 @@ def code_identity() -> str:
     return _identity
 
 
+def spawn_identity() -> str:
+    """`code_identity`, and what a daemon takes from the `start` that made it, as 16 hex digits: its
+    mount namespace, cgroups and resource limits. Daemons are shared where it is the same: a
+    zygote's, and a pool's. So a second containerd in a mount namespace of its own (or in another
+    cgroup: another service) gets a zygote of its own, as each containerd's runc shims are its own;
+    and a containerd restarted with other limits (LimitNOFILE, LimitMEMLOCK), which a container
+    without process.rlimits (CRI's) inherits through its shim, gets a new zygote and new pools, not
+    the old limits from daemons a busy node never lets idle out. (A pod's daemon keeps serving its
+    pod, as runc's old pod shim runs runc with its own limits.) Worked out once per process: the
+    zygote does so before it raises its fd limit."""
+    global _spawn_identity
+    if _spawn_identity is None:
+        with open("/proc/self/cgroup") as f:
+            cgroups = f.read()
+        limits = [resource.getrlimit(getattr(resource, name)) for name in sorted(dir(resource))
+                  if name.startswith("RLIMIT_")]
+        key = f"{code_identity()}\0{os.readlink('/proc/self/ns/mnt')}\0{cgroups}\0{limits}"
+        _spawn_identity = sha256(key.encode()).hexdigest()[:16]
+    return _spawn_identity
+
+
 def zygote_socket() -> str:
-    """The zygote's socket, tied to this copy of railcar (`code_identity`: after an upgrade a new
-    zygote is started and the old one idles out), and to the mount namespace, cgroups and resource
-    limits of the caller (a containerd's `start`): the daemons a zygote forks share its mounts and
-    cgroups, so a second containerd in a mount namespace of its own (or in another cgroup: another
-    service) gets a zygote of its own, as each containerd's runc shims are its own. A container
-    without process.rlimits (CRI's) inherits the shim's limits, which are containerd's: restarted
-    with others (LimitNOFILE, LimitMEMLOCK), containerd gets a new zygote, not the old limits from
-    a zygote a busy node never lets idle out."""
-    with open("/proc/self/cgroup") as f:
-        cgroups = f.read()
-    limits = [resource.getrlimit(getattr(resource, name)) for name in sorted(dir(resource))
-              if name.startswith("RLIMIT_")]
-    key = f"{code_identity()}\0{os.readlink('/proc/self/ns/mnt')}\0{cgroups}\0{limits}"
-    return posixpath.join(RUNTIME_ROOT, f"zygote-{sha256(key.encode()).hexdigest()[:16]}.sock")
+    """The zygote's socket, tied to `spawn_identity`: after an upgrade, or for another containerd's
+    mounts, cgroups or limits, a new zygote is started and the old one idles out."""
+    return posixpath.join(RUNTIME_ROOT, f"zygote-{spawn_identity()}.sock")

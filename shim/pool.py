@@ -54,10 +54,11 @@ def size() -> int:
 
 
 def group(index: int) -> str:
-    """The group (the socket's name) of pool `index` of this copy of railcar's code: after an
-    upgrade, new containers fill new pools of new daemons (see `paths.code_identity`). No group
+    """The group (the socket's name) of pool `index` of this copy of railcar's code, for a `start`
+    with these mounts, cgroups and limits: after an upgrade, or a containerd restarted with other
+    limits, new containers fill new pools of new daemons (see `paths.spawn_identity`). No group
     annotation may use this prefix."""
-    return f"{GROUP_PREFIX}{paths.code_identity()}-{index}"
+    return f"{GROUP_PREFIX}{paths.spawn_identity()}-{index}"
 
 
 def poolable(container_id: str) -> bool:

@@ -3,6 +3,7 @@ pool only when no container is on its way to it, and `delete` cleans up after a 
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -159,6 +160,33 @@ async def test_start_fills_a_pool_then_the_next_and_a_group_of_its_own_opts_out(
     assert not zero.exists() and not os.path.exists(zero.socket_path)
     await _shutdown(mine)  # no pool: no member holds it back
     assert wait_gone(pools[2], timeout=3)
+
+
+async def test_a_start_with_other_resource_limits_fills_pools_of_its_own(tmp_path: Path, address: str,
+                                                                        pools: list[int]) -> None:
+    """A container without process.rlimits (CRI's) inherits containerd's limits through its shim: a
+    containerd restarted with others must not get the old ones from a pool's daemon (runc's shim is
+    spawned fresh, with containerd's current limits)."""
+    here = _bundle(tmp_path, "c1")
+    first = _start(here, address, "c1")
+    there = _bundle(tmp_path, "c2")
+    result = run_shim(["-namespace", "default", "-address", address, "-id", "c2", "start"], there, env=LONG_GRACE,
+                      prefix=["prlimit", "--core=0:0"])
+    assert result.returncode == 0, result.stderr
+    other = result.stdout.decode()
+    try:
+        assert other != first   # pool 0 has room, but not for these limits
+        pools += [await _connect(first, "c1"), await _connect(other, "c2")]
+        ours = resource.getrlimit(resource.RLIMIT_CORE)
+        assert ours != (0, 0), "this test needs a core limit other than 0"
+        assert [resource.prlimit(pid, resource.RLIMIT_CORE) for pid in pools] == [ours, (0, 0)]
+        for shim_address in (first, other):
+            await _shutdown(shim_address)
+        _delete(here, address, "c1")   # their Creates never came: containerd ran `delete`
+        _delete(there, address, "c2")
+        assert all(wait_gone(pid, timeout=3) for pid in pools)
+    finally:
+        _dissolve(other.removeprefix("unix://"))
 
 
 def test_the_code_identity_follows_railcar_the_interpreter_and_the_installed_packages(tmp_path: Path,
