@@ -183,17 +183,18 @@ class ProcessIO:
             self.stdout_path = self.stderr_path = file_uri_path(self.stdout_path)
         elif mode is Mode.PATHS:
             by_path: dict[str, Sink] = {}
+            deadline = trio.current_time() + self.client_wait   # for all of them together
             for name, target in targets.items():
                 if target:
                     path = plain_path(target, name)
                     if path not in by_path:
-                        by_path[path] = await self._open_path(path)
+                        by_path[path] = await self._open_path(path, deadline)
                     sinks[name] = by_path[path]
         for sink in sinks.values():
             sink.users += 1
         return sinks, logger_ends
 
-    async def _open_path(self, path: str) -> Sink:
+    async def _open_path(self, path: str, deadline: float) -> Sink:
         """An output path's sink, once the client holds it open for reading if it is a FIFO.
 
         containerd's client opens its end of a FIFO in the background (ctr, CRI) and sends Create
@@ -201,9 +202,9 @@ class ProcessIO:
         lost its output: the exit was reported at once (nobody was reading), and Delete closed the
         FIFO with the output in it before the client's open (measured: ctr exec printed nothing
         in 6 of 480 runs while the host was busy). runc's shim opens the FIFO with a blocking open,
-        which waits for the client's; this waits `client_wait` seconds at most, polling, and
-        then keeps the output in the FIFO for a client that comes later."""
-        deadline = trio.current_time() + self.client_wait
+        which waits for the client's; this waits until `deadline` at most (`client_wait` seconds
+        for all the FIFOs of a process), polling, and then keeps the output in the FIFO for a
+        client that comes later."""
         delay = 0.0005
         while (sink := open_output_path(path, self._fds, need_client=trio.current_time() < deadline)) is None:
             await trio.sleep(delay)

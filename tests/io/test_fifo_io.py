@@ -102,6 +102,17 @@ async def test_open_waits_for_the_client_to_open_its_fifo(fifo: Callable[[str], 
     assert await read_to_eof(client[0]) == b"quick\n"
 
 
+async def test_open_waits_for_clients_that_never_come_once_for_all_fifos(fifo: Callable[[str], str],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`client_wait` bounds the wait for all of a process's FIFOs together, not for each one."""
+    monkeypatch.setattr(ProcessIO, "client_wait", 1.0)
+    started = trio.current_time()
+    pio = await ProcessIO.open("", fifo("stdout"), fifo("stderr"), terminal=False)
+    waited = trio.current_time() - started
+    await pio.aclose()
+    assert 1.0 <= waited < 1.8   # (2 s: a wait for each)
+
+
 async def test_reader_that_leaves_and_returns_does_not_kill_the_writer(fifo: Callable[[str], str]) -> None:
     out = fifo("stdout")
     pio = await ProcessIO.open("", out, "", terminal=False)
