@@ -534,9 +534,8 @@ class TaskService:
         moves the state under the same lock as the exit; only the state stays the exit's."""
         task = self._task(container_id)
         task.init.check(verb)
-        before = task.init.status
         await self._call(verb, {"id": task.id, "root": self.root})
-        if task.init.status is before:
+        if task.init.status not in (Status.STOPPED, Status.DELETED):   # (a second Pause at once still fails)
             task.init.apply(verb)
         self._events.publish(event(container_id=task.id))
 

@@ -77,17 +77,21 @@ def cgroup_parent(tmp_path: Path) -> str:
         if socket_file.exists() and eventually(lambda: not socket_file.exists(), timeout=2) is False:
             leaks.append(f"socket {socket_file}")
             socket_file.unlink()
-    for hierarchy in devenv.cgroup_hierarchies():
-        leftover = Path(hierarchy, parent.lstrip("/"))
-        if not leftover.is_dir():
-            continue
-        for child in [d for d in leftover.iterdir() if d.is_dir()]:
-            leaks.append(f"cgroup {child}")
-            for pid in (child / "cgroup.procs").read_text().split():
-                os.kill(int(pid), signal.SIGKILL)
-            assert eventually(lambda: not (child / "cgroup.procs").read_text().strip())
-            child.rmdir()
-        leftover.rmdir()
+    leftovers = [Path(h, parent.lstrip("/")) for h in devenv.cgroup_hierarchies()]
+    children = [d for leftover in leftovers if leftover.is_dir() for d in leftover.iterdir() if d.is_dir()]
+    for child in children:   # killed, and thawed in any hierarchy: a frozen v1 task never dies
+        for pid in (child / "cgroup.procs").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        for thaw, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            if (child / thaw).exists():
+                (child / thaw).write_text(value)
+    for child in children:
+        leaks.append(f"cgroup {child}")
+        assert eventually(lambda: not (child / "cgroup.procs").read_text().strip())
+        child.rmdir()
+    for leftover in leftovers:
+        if leftover.is_dir():
+            leftover.rmdir()
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f if line.split()[4].startswith(str(tmp_path))]
     for mount in reversed(mounts):
@@ -290,7 +294,19 @@ async def test_a_resume_that_ends_a_container_killed_while_paused_succeeds(bundl
             await shim("Start", pb.StartRequest(id=cid), pb.StartResponse)
             assert await trio.to_thread.run_sync(eventually, ready.exists)   # the trap is set
             ready.unlink()
-            await shim("Pause", pb.PauseRequest(id=cid))
+            outcomes: list[Code | None] = []
+
+            async def pause() -> None:
+                try:
+                    await shim("Pause", pb.PauseRequest(id=cid))
+                    outcomes.append(None)
+                except TtrpcError as e:
+                    outcomes.append(e.code)
+
+            async with trio.open_nursery() as nursery:   # two at once: one pauses, one is refused
+                nursery.start_soon(pause)
+                nursery.start_soon(pause)
+            assert sorted(outcomes, key=str) == [Code.FAILED_PRECONDITION, None]
             await shim("Kill", pb.KillRequest(id=cid, signal=signal.SIGTERM))
             await trio.sleep(0.05)   # as far apart as two ctr commands (back to back, the race is rarer)
             await shim("Resume", pb.ResumeRequest(id=cid))
