@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ import pytest
 
 from railcar.runtime import Container, CreateResult
 from railcar.runtime import syscalls as sc
+from railcar.runtime.syscalls import readable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
 import devenv  # noqa: E402
@@ -178,6 +180,17 @@ class Captured:
             chunks.append(chunk)
         os.close(self.read_fd)
         return b"".join(chunks).decode()
+
+    def read_until(self, end: str, timeout: float = 30.0) -> str:
+        """What the process wrote up to `end` (at most `timeout` seconds): read before a test kills
+        a process it wants output from, which the kill would otherwise race."""
+        data, deadline = b"", time.monotonic() + timeout
+        while not data.endswith(end.encode()):
+            left = deadline - time.monotonic()
+            if left <= 0 or not readable(self.read_fd, left) or not (chunk := os.read(self.read_fd, 65536)):
+                raise AssertionError(f"no {end!r} from the container within {timeout} s, only {data!r}")
+            data += chunk
+        return data.decode()
 
 
 def exec_captured(container: Container, process: dict) -> Ran:

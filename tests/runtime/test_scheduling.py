@@ -32,18 +32,19 @@ def test_the_init_and_an_exec_run_with_their_scheduler_io_priority_and_the_conta
         c["linux"]["personality"] = {"domain": "LINUX32"}
 
     host_io = subprocess.run([BUSYBOX, "ionice"], capture_output=True, text=True, check=True).stdout.strip()
-    bundle = make_bundle(["sh", "-c", f"{SHOW}; sleep 100"], edit=edit)
+    bundle = make_bundle(["sh", "-c", f"{SHOW}; echo END; sleep 100"], edit=edit)
     container, created = create_captured(bundle, state_root)
     container.start()
     try:
+        init = created.read_until("END\n")   # before the kill below
         same = _exec(container, scheduler={"policy": "SCHED_BATCH", "nice": 7},
                      ioPriority={"class": "IOPRIO_CLASS_BE", "priority": 6})
         own = _exec(container, scheduler={"policy": "SCHED_IDLE"})
         plain = _exec(container)
     finally:
         container.kill(signal.SIGKILL)
-        init = finish(container, created)
-    assert init.output.splitlines() == ["7 3", "idle", "i686"]
+        finish(container, created)
+    assert init.splitlines() == ["7 3", "idle", "i686", "END"]
     assert same == ["7 3", "best-effort: prio 6", "i686"]
     assert own == ["0 5", host_io, "i686"]
     assert plain[1:] == [host_io, "i686"] and plain[0].split()[1] == "0"
