@@ -11,6 +11,8 @@ import stat
 import struct
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -226,62 +228,26 @@ async def test_a_start_that_finds_no_zygote_starts_one_and_waits_for_it(bundle: 
     assert before is not None or not os.path.exists(paths.zygote_socket())
 
 
-async def test_a_start_with_other_resource_limits_gets_a_zygote_of_its_own(bundle: Path, tmp_path: Path,
-                                                                         address: str) -> None:
-    """A container without process.rlimits (CRI's) inherits containerd's limits through the shim. A
-    containerd restarted with others must not get daemons forked by a zygote that has the old ones:
-    on a busy node it never idles out."""
+@asynccontextmanager
+async def _here_and_there(bundle: Path, tmp_path: Path, address: str,
+                          prefix: list[str]) -> AsyncIterator[tuple[int, int]]:
+    """Two `start`s with the zygote on, the second (another containerd's) run through `prefix`; the
+    pids of their daemons. Afterwards both are shut down, and the zygotes that forked them stopped
+    unless one was serving already."""
     other = tmp_path / "other"
     other.mkdir()
     (other / "config.json").write_text((bundle / "config.json").read_text())
     env = {"RAILCAR_ZYGOTE": "1", "RAILCAR_ZYGOTE_IDLE": "30"}
     before = _zygote()
-    here = run_shim(["-namespace", "default", "-address", address, "-id", "l0", "start"], bundle, env=env)
-    there = run_shim(["-namespace", "default", "-address", address + "2", "-id", "l1", "start"], other, env=env,
-                     prefix=["prlimit", "--core=0:0"])
+    here = run_shim(["-namespace", "default", "-address", address, "-id", "h0", "start"], bundle, env=env)
+    there = run_shim(["-namespace", "default", "-address", address + "2", "-id", "h1", "start"], other, env=env,
+                     prefix=prefix)
     daemons = []
     try:
         assert here.returncode == 0 and there.returncode == 0, (here.stderr, there.stderr)
-        for result, cid in ((here, "l0"), (there, "l1")):
+        for result, cid in ((here, "h0"), (there, "h1")):
             daemons.append((await _connect(result.stdout.decode(), cid), result.stdout.decode()))
-        (pid_here, _), (pid_there, _) = daemons
-        ours = resource.getrlimit(resource.RLIMIT_CORE)
-        assert ours != (0, 0), "this test needs a core limit other than 0"
-        assert resource.prlimit(pid_here, resource.RLIMIT_CORE) == ours
-        assert resource.prlimit(pid_there, resource.RLIMIT_CORE) == (0, 0)
-        assert _parent(pid_there) != _parent(pid_here)
-    finally:
-        zygotes = {_parent(pid) for pid, _ in daemons if _comm(_parent(pid)) == "railcar-zygote"}
-        for pid, shim_address in daemons:
-            await _shutdown(shim_address)
-            assert wait_gone(pid)
-        for zygote in zygotes - {before}:
-            os.kill(zygote, signal.SIGTERM)
-            assert wait_gone(zygote)
-
-
-async def test_a_start_in_another_mount_namespace_gets_a_zygote_of_its_own(bundle: Path, tmp_path: Path,
-                                                                            address: str) -> None:
-    """A second containerd in a mount namespace of its own must not get daemons forked in the first
-    one's: they would set its containers up from the other namespace's mounts."""
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "config.json").write_text((bundle / "config.json").read_text())
-    env = {"RAILCAR_ZYGOTE": "1", "RAILCAR_ZYGOTE_IDLE": "30"}
-    before = _zygote()
-    here = run_shim(["-namespace", "default", "-address", address, "-id", "m0", "start"], bundle, env=env)
-    there = run_shim(["-namespace", "default", "-address", address + "2", "-id", "m1", "start"], other, env=env,
-                     prefix=["unshare", "--mount", "--propagation", "private"])
-    daemons = []
-    try:
-        assert here.returncode == 0 and there.returncode == 0, (here.stderr, there.stderr)
-        for result, cid in ((here, "m0"), (there, "m1")):
-            daemons.append((await _connect(result.stdout.decode(), cid), result.stdout.decode()))
-        (pid_here, _), (pid_there, _) = daemons
-        ours = os.readlink("/proc/self/ns/mnt")
-        assert os.readlink(f"/proc/{pid_here}/ns/mnt") == ours
-        assert os.readlink(f"/proc/{pid_there}/ns/mnt") != ours  # forked by a zygote of its own
-        assert _parent(pid_there) != _parent(pid_here)
+        yield daemons[0][0], daemons[1][0]
     finally:
         # Only zygotes: a daemon `start` spawned itself (no zygote ready in time, on a slow machine)
         # has init, or a subreaper, as its parent.
@@ -292,6 +258,31 @@ async def test_a_start_in_another_mount_namespace_gets_a_zygote_of_its_own(bundl
         for zygote in zygotes - {before}:
             os.kill(zygote, signal.SIGTERM)
             assert wait_gone(zygote)
+
+
+async def test_a_start_with_other_resource_limits_gets_a_zygote_of_its_own(bundle: Path, tmp_path: Path,
+                                                                         address: str) -> None:
+    """A container without process.rlimits (CRI's) inherits containerd's limits through the shim. A
+    containerd restarted with others must not get daemons forked by a zygote that has the old ones:
+    on a busy node it never idles out."""
+    ours = resource.getrlimit(resource.RLIMIT_CORE)
+    assert ours != (0, 0), "this test needs a core limit other than 0"
+    async with _here_and_there(bundle, tmp_path, address, ["prlimit", "--core=0:0"]) as (pid_here, pid_there):
+        assert resource.prlimit(pid_here, resource.RLIMIT_CORE) == ours
+        assert resource.prlimit(pid_there, resource.RLIMIT_CORE) == (0, 0)
+        assert _parent(pid_there) != _parent(pid_here)
+
+
+async def test_a_start_in_another_mount_namespace_gets_a_zygote_of_its_own(bundle: Path, tmp_path: Path,
+                                                                            address: str) -> None:
+    """A second containerd in a mount namespace of its own must not get daemons forked in the first
+    one's: they would set its containers up from the other namespace's mounts."""
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    async with _here_and_there(bundle, tmp_path, address, unshare) as (pid_here, pid_there):
+        ours = os.readlink("/proc/self/ns/mnt")
+        assert os.readlink(f"/proc/{pid_here}/ns/mnt") == ours
+        assert os.readlink(f"/proc/{pid_there}/ns/mnt") != ours  # forked by a zygote of its own
+        assert _parent(pid_there) != _parent(pid_here)
 
 
 _STAND_IN_ZYGOTE = """
