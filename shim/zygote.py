@@ -14,7 +14,7 @@ fork its first spare. `start` spawns a daemon directly only if no
 zygote is ready within a few seconds. The zygote exits after an idle period.
 
 Run as `python -m railcar.shim.zygote`; the socket name is tied to this interpreter and checkout, and
-to the mount namespace and cgroups of the `start` that spawned it (`paths.zygote_socket`).
+to the mount namespace, cgroups and resource limits of the `start` that spawned it (`paths.spawn_identity`).
 """
 
 import gc
