@@ -229,11 +229,14 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _prepare() -> Forker:
-    """The forker, forked while this is still a single-threaded plain Python, then the daemon's own
-    set-up (its name; child subreaper, which a fork does not pass on). The forker comes as early as
-    it can, with SIGPIPE already ignored (inherited, as for every child): each page the daemon
-    writes before the fork and again afterwards leaves the forker the only holder of a copy."""
+def _prepare(name: str = PROCESS_NAME) -> Forker:
+    """The daemon's name (a zygote's spare is named as one from the start: ps, and whatever counts
+    shims, never sees its forker under a parent named otherwise), then the forker, forked while
+    this is still a single-threaded plain Python, then the rest of the daemon's own set-up (child
+    subreaper, which a fork does not pass on). The forker comes as early as it can, with SIGPIPE
+    already ignored (inherited, as for every child): each page the daemon writes before the fork
+    and again afterwards leaves the forker the only holder of a copy."""
+    prctl.set_name(name)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     preload()   # (a no-op in a zygote's daemon: the zygote loaded it all)
     fdlimit.raise_soft()   # (the zygote's daemon has it from the zygote)
@@ -242,7 +245,6 @@ def _prepare() -> Forker:
     gc.freeze()
     forker = Forker()
     forker.start(keep_fds=(0, 1, 2))
-    prctl.set_name(PROCESS_NAME)
     prctl.set_child_subreaper(1)
     return forker
 
@@ -326,8 +328,7 @@ def run_spare(conn: socket.socket) -> int:
     placeholder = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     if placeholder != 3:
         os.close(placeholder)
-    forker = _prepare()
-    prctl.set_name(SPARE_NAME)
+    forker = _prepare(SPARE_NAME)
     try:
         assignment = _assigned(conn, forker, placeholder == 3)
         if assignment is not None:

@@ -236,8 +236,9 @@ class Leftovers:
         return set(self.runtime_dir.iterdir()) if self.runtime_dir.is_dir() else set()
 
     def assert_none_new(self) -> None:
+        first = described(shim_pids() - self.shims)   # what lingers may not be what is left at the end
         left = _settled(lambda: shim_pids() - self.shims)
-        assert not left, f"shim daemons left running:\n{described(left)}"
+        assert not left, f"shim daemons left running:\n{described(left)}\nwhen the test ended:\n{first}"
         assert not _settled(lambda: self._sockets() - self.sockets), "shim sockets or pools left"
         assert not _settled(lambda: mounts_under(self.cd.state, self.cd.root)), "mounts left"
         assert not _settled(lambda: self._state() - self.state), "runtime state left"
