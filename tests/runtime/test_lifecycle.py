@@ -6,6 +6,7 @@ import signal
 import stat
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -512,27 +513,36 @@ def _dead(pid: int) -> bool:
         return True
 
 
+def _when_exec_forked(monkeypatch, act: Callable[[int], None]) -> None:
+    """Run `act(pid)` in the caller as soon as an exec's helper reports the exec's process forked."""
+    from railcar.runtime import channel
+
+    recv = channel.Channel.recv
+
+    def reporting(self, stage, *expected):
+        msg, fds = recv(self, stage, *expected)
+        if isinstance(msg, channel.ExecForked):
+            act(msg.pid)
+        return msg, fds
+
+    monkeypatch.setattr(channel.Channel, "recv", reporting)
+
+
 def test_an_exec_whose_container_ends_while_it_is_set_up_fails_as_for_a_stopped_container(
         make_bundle, state_root, monkeypatch) -> None:
     """An exec racing its container's end: the init's exit kills what is in its pid namespace, the
     exec's process too, half set up. That is answered as an exec that came after the end is, not
     by its symptom: through ctr, 2 of 30 such execs failed with "internal: BrokenPipeError" and 2
     with "helper exited without reporting"."""
-    from railcar.runtime import channel
-
     bundle = make_bundle(["sleep", "100"])
     container, created = create_captured(bundle, state_root)
     container.start()
-    recv = channel.Channel.recv
 
-    def init_ends(self, stage, *expected):
-        msg, fds = recv(self, stage, *expected)
-        if isinstance(msg, channel.ExecForked):
-            os.kill(container.init_pid, signal.SIGKILL)
-            assert eventually(lambda: _dead(msg.pid), timeout=10)
-        return msg, fds
+    def init_ends(pid: int) -> None:
+        os.kill(container.init_pid, signal.SIGKILL)
+        assert eventually(lambda: _dead(pid), timeout=10)
 
-    monkeypatch.setattr(channel.Channel, "recv", init_ends)
+    _when_exec_forked(monkeypatch, init_ends)
     try:
         with pytest.raises(InvalidState, match="cannot exec a container that is stopped"):
             container.exec({"args": ["true"], "cwd": "/"})
@@ -545,28 +555,22 @@ def test_an_exec_whose_helper_dies_before_the_move_fails_and_holds_only_its_gate
                                                                                   monkeypatch) -> None:
     """The exec process waits at its gate holding only the gate's read end (so its helper's death is
     EOF there), and the caller does not move a pid whose helper, its holder, is gone."""
-    from railcar.runtime import channel
-
     bundle = make_bundle(["sleep", "100"])
     container, created = create_captured(bundle, state_root)
     container.start()
-    recv = channel.Channel.recv
     pipes: list[list[str]] = []
 
-    def kill_helper(self, stage, *expected):
-        msg, fds = recv(self, stage, *expected)
-        if isinstance(msg, channel.ExecForked):
-            fd_dir = f"/proc/{msg.pid}/fd"   # once it waits at its gate (it closes what it inherited first)
-            assert eventually(lambda: "pipe_read" in open(f"/proc/{msg.pid}/wchan").read(), timeout=10)
-            targets = [os.readlink(f"{fd_dir}/{n}") for n in os.listdir(fd_dir)]
-            pipes.append([t for t in targets if t.startswith("pipe:")])
-            with open(f"/proc/{msg.pid}/stat") as f:
-                helper = int(f.read().rpartition(")")[2].split()[1])
-            os.kill(helper, signal.SIGKILL)
-            os.waitid(os.P_PID, helper, os.WEXITED | os.WNOWAIT)
-        return msg, fds
+    def kill_helper(pid: int) -> None:
+        fd_dir = f"/proc/{pid}/fd"   # once it waits at its gate (it closes what it inherited first)
+        assert eventually(lambda: "pipe_read" in open(f"/proc/{pid}/wchan").read(), timeout=10)
+        targets = [os.readlink(f"{fd_dir}/{n}") for n in os.listdir(fd_dir)]
+        pipes.append([t for t in targets if t.startswith("pipe:")])
+        with open(f"/proc/{pid}/stat") as f:
+            helper = int(f.read().rpartition(")")[2].split()[1])
+        os.kill(helper, signal.SIGKILL)
+        os.waitid(os.P_PID, helper, os.WEXITED | os.WNOWAIT)
 
-    monkeypatch.setattr(channel.Channel, "recv", kill_helper)
+    _when_exec_forked(monkeypatch, kill_helper)
     try:
         with pytest.raises(RuntimeFailure, match="helper died"):
             container.exec({"args": ["true"], "cwd": "/"})
