@@ -60,9 +60,14 @@ def prepare(spec: Spec, userns: bool, idmapped_tree: Callable[[int], int]) -> No
             except OSError as e:
                 refused = f" (options: {','.join(m.options)})" if e.errno == errno.EINVAL and m.options else ""
                 raise RuntimeFailure("rootfs", f"{where}: {e.strerror}{refused}") from None
-        if any(os.path.normpath(m.destination) == "/dev" for m in spec.mounts):
+        dev_mounts = [m for m in spec.mounts if os.path.normpath(m.destination) == "/dev"]
+        if any(m.is_bind for m in dev_mounts):
+            return   # a directory of the host's (its /dev, say): never ours to make nodes or links in
+        if dev_mounts:
             _populate_dev(root_fd, spec.linux.devices, userns)
         for i, dev in enumerate(spec.linux.devices):
+            if dev_mounts and os.path.normpath(dev.path) == "/dev/ptmx":
+                continue   # the pts/ptmx link _populate_dev made stands for it (a privileged spec lists the host's)
             try:
                 _make_device(root_fd, dev, userns)
             except OSError as e:
@@ -213,16 +218,17 @@ def _opened_entry(dir_fd: int, name: str) -> Iterator[int]:
 
 
 def _populate_dev(root_fd: int, devices: tuple[Device, ...], userns: bool) -> None:
-    """Default devices, /dev/ptmx, the fd links and /dev/shm on a /dev the spec mounted."""
+    """Default devices, the fd links, /dev/ptmx and /dev/shm on a /dev the spec mounted (not a bind).
+    /dev/ptmx is always the link to the container's devpts, as runc makes it: a node of the host's
+    ptmx would open a pty there too (the kernel looks for `pts` beside it), but programs that look
+    at the path would see another device. The spec's own devices (`devices`) are made after."""
     wanted = {os.path.normpath(d.path) for d in devices}
     for name, major, minor in DEFAULT_DEVICES:
         if f"/dev/{name}" not in wanted:
             _make_device(root_fd, Device(f"/dev/{name}", "c", major, minor), userns)
     with _opened(root_fd, "/dev") as dev:
-        for name, target in DEV_LINKS:
+        for name, target in (*DEV_LINKS, ("ptmx", "pts/ptmx")):
             _symlink(target, name, dev)
-        if "/dev/ptmx" not in wanted:
-            _symlink("pts/ptmx", "ptmx", dev)
     os.close(open_in_root(root_fd, "/dev/shm", "dir"))
 
 
@@ -344,7 +350,7 @@ def _mask(root_fd: int, path: str, mount_label: str) -> None:
         return
     try:
         if stat.S_ISDIR(os.stat(fd_path(fd)).st_mode):
-            sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_RDONLY, labelled("size=0", mount_label))
+            sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_RDONLY, labelled("", mount_label))
         else:
             _mask_file(root_fd, fd, path)
     finally:

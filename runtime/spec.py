@@ -92,6 +92,11 @@ class Mount:
     def idmapped(self) -> bool:
         return bool(self.uid_mappings or self.idmap_userns_path)
 
+    @property
+    def is_bind(self) -> bool:
+        """A bind of `source` (type "bind", or a bind/rbind option with any type)."""
+        return self.type == "bind" or bool({"bind", "rbind"} & set(self.options))
+
 
 @dataclass(frozen=True)
 class Namespace:
@@ -419,11 +424,11 @@ def _mount(doc: Any, path: str) -> Mount:
     if (m.get("uidMappings") is not None or m.get("gidMappings") is not None) and not (uid_maps and gid_maps):
         raise SpecError(f"{path}.{'gidMappings' if uid_maps else 'uidMappings'}",
                         "idmapped mounts need both uidMappings and gidMappings, neither empty")
-    if (uid_maps or {"idmap", "ridmap"} & set(options)) and kind != "bind" \
-            and not {"bind", "rbind"} & set(options):
+    mount = Mount(destination=dest, type=kind, source=_str(m, "source", f"{path}.source"), options=options,
+                  uid_mappings=uid_maps, gid_mappings=gid_maps, idmap_recursive="ridmap" in options)
+    if (uid_maps or {"idmap", "ridmap"} & set(options)) and not mount.is_bind:
         raise SpecError(f"{path}.type", "only bind mounts can be idmapped")
-    return Mount(destination=dest, type=kind, source=_str(m, "source", f"{path}.source"), options=options,
-                 uid_mappings=uid_maps, gid_mappings=gid_maps, idmap_recursive="ridmap" in options)
+    return mount
 
 
 def _linux(doc: Any, path: str) -> Linux:

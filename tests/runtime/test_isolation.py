@@ -6,6 +6,7 @@ import os
 import shutil
 import select
 import signal
+import stat
 import subprocess
 import sys
 
@@ -50,10 +51,15 @@ def test_masked_and_readonly_paths(make_bundle, state_root) -> None:
     assert os.path.getsize("/proc/keys") == 0 and open("/proc/keys").read()  # real content
     bundle = make_bundle(["sh", "-c", "".join(f"cat {p} | wc -c; " for p in masked)
                           + "ls /sys/firmware | wc -l; "
+                          "grep ' /sys/firmware ' /proc/self/mountinfo | sed 's/.* - //'; "
                           "echo 1 > /proc/sys/kernel/domainname && echo writable"])
     ran = run_container(bundle, state_root)
     lines = ran.output.splitlines()
     assert lines[:len(masked) + 1] == ["0"] * (len(masked) + 1)
+    # a masked directory: an empty read-only tmpfs with no options of ours (size=0 would be no limit)
+    assert lines[len(masked) + 1].split()[:2] == ["tmpfs", "tmpfs"]
+    options = lines[len(masked) + 1].split()[2].split(",")
+    assert "ro" in options and not [o for o in options if o.startswith("size=")]
     assert "writable" not in ran.output and "Read-only file system" in ran.output
 
 
@@ -71,8 +77,10 @@ def test_only_stdio_fds_and_no_host_cwd(make_bundle, state_root) -> None:
 
 def test_devices_and_dev_links(make_bundle, state_root) -> None:
     def edit(c: dict) -> None:
+        # /dev/ptmx as a privileged spec lists it (the host's node): the link to pts/ptmx still, as in runc
         c["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
-                                  "fileMode": 0o600, "uid": 0, "gid": 0}]
+                                  "fileMode": 0o600, "uid": 0, "gid": 0},
+                                 {"path": "/dev/ptmx", "type": "c", "major": 5, "minor": 2, "fileMode": 0o666}]
 
     bundle = make_bundle(["sh", "-c", "ls -l /dev/fuse /dev/null /dev/zero | cut -c1-10; "
                                       "readlink /dev/fd; readlink /dev/ptmx; "
@@ -81,6 +89,23 @@ def test_devices_and_dev_links(make_bundle, state_root) -> None:
     ran = run_container(bundle, state_root)
     assert ran.output.split() == ["crw-------", "crw-rw-rw-", "crw-rw-rw-", "/proc/self/fd",
                                   "pts/ptmx", "3"]
+
+
+def test_a_bound_dev_is_left_as_it_is(make_bundle, state_root, tmp_path) -> None:
+    """A directory of the host's bound at /dev (privileged pods bind the host's /dev) gets no node,
+    link or directory of the runtime's, not even the spec's devices: runc sets up no /dev then."""
+    host_dev = tmp_path / "host-dev"
+    host_dev.mkdir()
+    os.mknod(host_dev / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))   # masked files are bound to it
+
+    def edit(c: dict) -> None:
+        c["mounts"] = [m for m in c["mounts"] if not m["destination"].startswith("/dev")]
+        c["mounts"].append({"destination": "/dev", "type": "bind", "source": str(host_dev), "options": ["rbind"]})
+        c["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
+
+    ran = run_container(make_bundle(["sh", "-c", "ls -a /dev"], edit=edit), state_root)
+    assert ran.output.split() == [".", "..", "null"]
+    assert os.listdir(host_dev) == ["null"]
 
 
 def test_a_mount_the_kernel_refuses_names_its_options(make_bundle, state_root) -> None:
