@@ -99,3 +99,14 @@ def walk_dirs(root: str) -> list[str]:
     for dirpath, _dirnames, _files in os.walk(root, topdown=False):
         out.append(dirpath)
     return out
+
+
+def v2_cgroup_of(pid: int = 0) -> str | None:
+    """Process `pid`'s (0: the caller's) cgroup v2 path as the caller's cgroup namespace sees it
+    (None: gone, or in no v2 cgroup)."""
+    try:
+        with open(f"/proc/{pid or 'self'}/cgroup", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    return next((line[3:] for line in lines if line.startswith("0::/")), None)

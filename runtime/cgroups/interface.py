@@ -61,6 +61,12 @@ class Cgroup(abc.ABC):
         then the whole process. `init_pid`: an exec's, the container's init (see CgroupV2.join)."""
         self.add_process(pid or os.getpid())
 
+    def open_fork_target(self) -> int | None:
+        """An fd of a cgroup v2 directory that a container's helper is to be forked straight into
+        (`syscalls.fork_into_cgroup`), where moving it in later would be slow; None: fork as usual
+        and `join`. The caller closes it."""
+        return None
+
     @abc.abstractmethod
     def pids(self) -> list[int]:
         """Every process in the cgroup and its descendants."""

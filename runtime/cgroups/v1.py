@@ -17,14 +17,24 @@ CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blki
                "net_cls", "net_prio", "perf_event", "rdma", "misc", "name=systemd")
 
 
+# The key of a hybrid host's cgroup v2 tree among the hierarchies (runc names it "" too): systemd's
+# /sys/fs/cgroup/unified beside the v1 controllers. It carries no limits (its controllers, if any, are
+# not enabled for children) but systemd tracks processes through it, and cgroup v2 BPF programs
+# attach there; as runc does, a container joins it at its cgroupsPath as well.
+HYBRID = ""
+
+
 def v1_mounts(mountinfo: str = PROC_SELF) -> dict[str, str]:
-    """controller -> mount point of its v1 hierarchy (co-mounted controllers share one)."""
+    """controller -> mount point of its v1 hierarchy (co-mounted controllers share one); on a
+    hybrid host, also HYBRID -> the cgroup v2 mount."""
     out: dict[str, str] = {}
     for m in read(mountinfo):
         if m.fstype == "cgroup":
             for opt in m.super_options.split(","):
                 if opt in CONTROLLERS and opt not in out:
                     out[opt] = m.point
+        elif m.fstype == "cgroup2" and HYBRID not in out:
+            out[HYBRID] = m.point
     return out
 
 
@@ -34,7 +44,7 @@ class CgroupV1(Cgroup):
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.mounts = v1_mounts()
-        if not self.mounts:
+        if not set(self.mounts) - {HYBRID}:
             raise CgroupError("no cgroup v1 hierarchy is mounted")
 
     # -- locations --------------------------------------------------------------------------
@@ -51,7 +61,13 @@ class CgroupV1(Cgroup):
         return d
 
     def _dirs(self) -> list[str]:
+        """This cgroup's directory in every hierarchy (a hybrid host's v2 tree too)."""
         return [mount + self.path for mount in sorted(set(self.mounts.values()))]
+
+    def _joined_dirs(self) -> list[str]:
+        """Those a process joins: the v2 tree's only where this cgroup has one there (see `_v2_dir`)."""
+        hybrid = self.mounts.get(HYBRID)
+        return [d for d in self._dirs() if hybrid is None or d != hybrid + self.path or os.path.isdir(d)]
 
     def _primary(self) -> str:
         for c in ("pids", "freezer", "memory", "devices"):
@@ -80,7 +96,7 @@ class CgroupV1(Cgroup):
             parent = child
 
     def add_process(self, pid: int) -> None:
-        for d in self._dirs():
+        for d in self._joined_dirs():
             files.write(f"{d}/cgroup.procs", pid)
 
     def join(self, init_pid: int = 0, pid: int = 0) -> None:
@@ -93,8 +109,8 @@ class CgroupV1(Cgroup):
         if not pid and len(os.listdir("/proc/self/task")) > 1:
             self.add_process(os.getpid())
             return
-        for d in self._dirs():
-            files.write(f"{d}/tasks", pid)
+        for path in self._join_files(pid):
+            files.write(path, pid)
 
     def open_tasks(self) -> list[tuple[str, int]]:
         """Each hierarchy's `tasks`, opened for a single-threaded process to write "0" to later: the
@@ -102,13 +118,38 @@ class CgroupV1(Cgroup):
         cannot open them itself (an exec's, in the container's mount namespace)."""
         opened: list[tuple[str, int]] = []
         try:
-            for d in self._dirs():
-                opened.append((f"{d}/tasks", files.open_to_write(f"{d}/tasks", 0)))
+            for path in self._join_files():   # (the caller's children are where it is in the v2 tree)
+                opened.append((path, files.open_to_write(path, 0)))
         except BaseException:
             for _, fd in opened:
                 os.close(fd)
             raise
         return opened
+
+    def _join_files(self, pid: int = 0) -> list[str]:
+        """The files process `pid` (0: the caller) joins through: each v1 hierarchy's `tasks`, and a
+        hybrid host's v2 tree's cgroup.procs unless it is in there already (forked into it, see
+        `open_fork_target`). That tree has no `tasks` and moves only whole processes, each through
+        the global lock (a wait of an RCU grace period, as for every move runc makes)."""
+        v2_dir = self._v2_dir()
+        paths = [f"{d}/tasks" for d in self._joined_dirs() if d != v2_dir]
+        if v2_dir is not None and files.v2_cgroup_of(pid) != self.path:
+            paths.append(f"{v2_dir}/cgroup.procs")
+        return paths
+
+    def _v2_dir(self) -> str | None:
+        """This cgroup in a hybrid host's v2 tree, if it is there (a container created by a railcar
+        from before it joined that tree has none: its execs stay out too)."""
+        mount = self.mounts.get(HYBRID)
+        return None if mount is None or not os.path.isdir(mount + self.path) else mount + self.path
+
+    def open_fork_target(self) -> int | None:
+        """This cgroup in a hybrid host's v2 tree. A container's intermediate forked into it is there
+        from its first instruction without the global lock, and so is every process it forks; it
+        joins the v1 hierarchies, where the limits are, itself (`join`, `open_tasks`). The v2 tree
+        carries no limits: an exec's intermediate in it charges nothing to the container."""
+        v2_dir = self._v2_dir()
+        return None if v2_dir is None else os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def pids(self) -> list[int]:
         root = self._primary()

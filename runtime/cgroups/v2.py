@@ -70,7 +70,7 @@ class CgroupV2(Cgroup):
         except CgroupError as e:
             if e.errno != errno.EBUSY or not init_pid:
                 raise
-            beside = _cgroup_of(init_pid)
+            beside = files.v2_cgroup_of(init_pid)
             if beside is None or not beside.startswith(self.path + "/"):
                 raise
             files.write(f"{self.root}{beside}/cgroup.procs", pid)
@@ -228,13 +228,3 @@ class CgroupV2(Cgroup):
 
     def oom_kills(self) -> int:
         return oom_kills(self._file("memory.events"))
-
-
-def _cgroup_of(pid: int) -> str | None:
-    """`pid`'s cgroup v2 path as the caller's cgroup namespace sees it (None: gone, or none)."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    return next((line[3:] for line in lines if line.startswith("0::/")), None)

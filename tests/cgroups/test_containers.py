@@ -16,7 +16,7 @@ import stat
 import pytest
 from google.protobuf import json_format
 
-from railcar.runtime import Container, ContainerNotFound, RuntimeFailure
+from railcar.runtime import Container, ContainerNotFound, RuntimeFailure, syscalls
 from railcar.runtime.cgroups import CgroupV1, CgroupV2, open_cgroup
 from railcar.runtime.security import CAP_NUMBERS
 from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2
@@ -25,7 +25,7 @@ from tests.runtime.conftest import (  # noqa: F401 - fixtures are used by name
     no_leaks, read_console, run_container, state_root, subreaper)
 from tests.runtime.conftest import wait_for as wait_for_exit
 
-from .conftest import v2_only, wait_for
+from .conftest import HYBRID, v2_only, wait_for
 
 pytestmark = pytest.mark.cgroup_v2  # these run in the v2 guest too (and on the v1 host)
 
@@ -145,6 +145,37 @@ def test_seccomp_filter_and_errno(make_bundle, state_root) -> None:
     assert ran.status == 1
     assert "Seccomp:\t2" in ran.output
     assert os.strerror(errno.EXDEV) in ran.output
+
+
+@pytest.mark.parametrize("forked_into_it", [True, False])
+def test_on_a_hybrid_host_the_init_and_an_exec_are_in_the_v2_tree_too(make_bundle, state_root, monkeypatch,
+                                                                      forked_into_it) -> None:
+    """As runc has them, at the cgroupsPath (systemd tracks processes through that tree): forked into
+    it, or, where the kernel or glibc does not allow that, moved in."""
+    if not HYBRID:
+        pytest.skip("needs a hybrid host: v1 controllers and a cgroup v2 tree (this test VM)")
+    forks = []
+
+    def fork_into_cgroup(fd: int) -> int:
+        if not forked_into_it:
+            raise OSError(errno.ENOSYS, "clone3")
+        pid = real(fd)
+        if pid:
+            forks.append(pid)
+        return pid
+    real = syscalls.fork_into_cgroup
+    monkeypatch.setattr(syscalls, "fork_into_cgroup", fork_into_cgroup)
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    try:
+        container.start()
+        ran = exec_captured(container, {"args": ["sh", "-c", "grep -h ^0:: /proc/self/cgroup /proc/1/cgroup"],
+                                        "cwd": "/"})
+        assert ran.output.split() == [f"0::{cgroup_of(bundle).path}"] * 2
+        assert len(forks) == (2 if forked_into_it else 0)   # the init's intermediate and the exec's
+    finally:
+        container.kill(signal.SIGKILL)
+        finish(container, created)
 
 
 def test_an_update_leaves_the_device_rules_create_set(make_bundle, state_root) -> None:

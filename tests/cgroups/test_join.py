@@ -14,6 +14,8 @@ import pytest
 from railcar.runtime.cgroups import Cgroup, CgroupError, open_cgroup, v2
 from railcar.runtime.cgroups.v1 import CgroupV1
 
+from .conftest import HYBRID, hierarchy_roots
+
 pytestmark = pytest.mark.cgroup_v2  # runs on this v1 host and again on the pure v2 kernel
 
 
@@ -68,8 +70,51 @@ def test_join_moves_the_whole_calling_process_into_every_hierarchy(cgroup_parent
     if isinstance(cg, CgroupV1):
         joined = {c for c in paths if c and set(c.split(",")) & set(cg.mounts)}
         assert joined and {paths[c] for c in joined} == {cg.path}
-    else:
+    if HYBRID or not isinstance(cg, CgroupV1):   # a hybrid host's v2 tree too, as runc joins it (this VM's)
         assert paths[""] == cg.path
+
+
+def test_an_exec_process_joins_every_hierarchy_through_the_files_opened_for_it(cgroup_parent: str) -> None:
+    """open_tasks: the files an exec's helper opens on the host, which the exec process writes "0"
+    to from inside the container's namespaces (the tasks files, and a hybrid host's cgroup.procs)."""
+    cg = open_cgroup(f"{cgroup_parent}/exec", "exec")
+    if not isinstance(cg, CgroupV1):
+        pytest.skip("a v2 host moves an exec's process by its pid (CgroupV2.join)")
+    cg.create(None)
+    opened = cg.open_tasks()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        for _, fd in opened:
+            os.write(fd, b"0")
+        os.write(w, open("/proc/self/cgroup", "rb").read())
+        os._exit(0)
+    for _, fd in opened:
+        os.close(fd)
+    os.close(w)
+    membership = os.read(r, 65536).decode()
+    os.close(r)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    paths = {line.split(":", 2)[1]: line.split(":", 2)[2] for line in membership.splitlines()}
+    joined = {c for c in paths if c and set(c.split(",")) & set(cg.mounts)} | ({""} if HYBRID else set())
+    assert "memory" in joined and {paths[c] for c in joined} == {cg.path}
+    cg.destroy()
+    assert not [root for root in hierarchy_roots() if os.path.exists(root + cg.path)]
+
+
+@pytest.mark.skipif(not HYBRID, reason="needs a hybrid host: v1 controllers and a cgroup v2 tree (this test VM)")
+def test_a_cgroup_made_before_railcar_joined_the_v2_tree_is_joined_without_it(cgroup_parent: str) -> None:
+    """A container an older railcar created has no directory in a hybrid host's v2 tree: its execs
+    join the v1 hierarchies all the same."""
+    cg = open_cgroup(f"{cgroup_parent}/older", "older")
+    assert isinstance(cg, CgroupV1)
+    cg.create(None)
+    os.rmdir(cg.mounts[""] + cg.path)
+    assert cg.open_fork_target() is None
+    with joined_child(cg) as (pid, tasks):
+        assert cg.pids() == [pid]
+    [membership] = tasks.values()
+    assert f"memory:{cg.path}\n" in membership and f"0::{cg.path}\n" not in membership
 
 
 def test_join_of_a_threaded_process_moves_every_thread(cgroup_parent: str) -> None:
@@ -94,7 +139,7 @@ def test_an_exec_refused_by_the_container_cgroup_joins_only_the_inits_inside_it(
         raise CgroupError("writing: Device or resource busy", errno.EBUSY)
 
     monkeypatch.setattr(cg, "add_process", busy)
-    monkeypatch.setattr(v2, "_cgroup_of", lambda pid: init_cgroup)
+    monkeypatch.setattr(v2.files, "v2_cgroup_of", lambda pid: init_cgroup)
     if init_cgroup == "/pod/c1/init":
         cg.join(init_pid=1234)
         assert (tmp_path / "pod/c1/init/cgroup.procs").read_text() == str(os.getpid())

@@ -575,6 +575,8 @@ def test_a_helper_keeps_none_of_its_callers_stdio() -> None:
     from railcar.runtime.channel import Channel, Failed
 
     class NoFds:
+        cgroup = None
+
         def keep_fds(self) -> set[int]:
             return set()
 
