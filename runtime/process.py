@@ -245,17 +245,17 @@ def _own_console(owned: ExitStack, fds: list[int]) -> int:
 def _fork_helper(parent: Channel, child: Channel, launch: Launch,
                  body: Callable[[Channel, Launch], None]) -> int:
     keep = launch.keep_fds() | {child.fileno()}
-    pid = _fork_into(launch.cgroup)
+    pid = _fork_into(launch.cgroup, for_exec=bool(launch.init_pid))
     if pid == 0:
         _run_child(child, keep, body, launch, null_stdio=True)
     child.close()
     return pid
 
 
-def _fork_into(cgroup: object | None) -> int:
-    """Fork a container's intermediate: straight into the cgroup where it offers that (a hybrid
-    host's v2 tree, `Cgroup.open_fork_target`), else as usual (it joins then)."""
-    target = cgroup.open_fork_target() if cgroup is not None else None   # type: ignore[attr-defined]
+def _fork_into(cgroup: object | None, for_exec: bool) -> int:
+    """Fork a container's intermediate: straight into the cgroup where it offers that (v2, or a
+    hybrid host's v2 tree: `Cgroup.open_fork_target`), else as usual (it joins then)."""
+    target = cgroup.open_fork_target(for_exec) if cgroup is not None else None   # type: ignore[attr-defined]
     if target is None:
         return os.fork()
     try:

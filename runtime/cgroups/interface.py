@@ -61,10 +61,11 @@ class Cgroup(abc.ABC):
         then the whole process. `init_pid`: an exec's, the container's init (see CgroupV2.join)."""
         self.add_process(pid or os.getpid())
 
-    def open_fork_target(self) -> int | None:
-        """An fd of a cgroup v2 directory that a container's helper is to be forked straight into
-        (`syscalls.fork_into_cgroup`), where moving it in later would be slow; None: fork as usual
-        and `join`. The caller closes it."""
+    def open_fork_target(self, for_exec: bool) -> int | None:
+        """An fd of a cgroup v2 directory that a container's intermediate (an exec's if `for_exec`,
+        else the init's) is to be forked straight into (`syscalls.fork_into_cgroup`): a move after
+        the fork takes the kernel's global migration lock for writing, and waits out an RCU grace
+        period (~10 ms on the test VM). None: fork as usual, and `join`. The caller closes it."""
         return None
 
     @abc.abstractmethod

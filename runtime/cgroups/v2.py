@@ -64,6 +64,8 @@ class CgroupV2(Cgroup):
         the init is in, as runc's does. runc does so on any error and wherever the init is (also
         when an init without a cgroup namespace moved itself out); railcar only on EBUSY and only
         into a cgroup inside the container's, so that no exec lands in an ancestor's limits."""
+        if not pid and files.v2_cgroup_of() == self.path:
+            return   # forked into it (`open_fork_target`)
         pid = pid or os.getpid()
         try:
             self.add_process(pid)
@@ -74,6 +76,12 @@ class CgroupV2(Cgroup):
             if beside is None or not beside.startswith(self.path + "/"):
                 raise
             files.write(f"{self.root}{beside}/cgroup.procs", pid)
+
+    def open_fork_target(self, for_exec: bool) -> int | None:
+        """The cgroup itself for the init's intermediate, which would join it first thing (see
+        `join`); none for an exec's, which stays out of the container's limits and moves its
+        process in by pid (`process._exec_intermediate`)."""
+        return None if for_exec else os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def pids(self) -> list[int]:
         if not os.path.isdir(self.dir):

@@ -110,7 +110,7 @@ def test_a_cgroup_made_before_railcar_joined_the_v2_tree_is_joined_without_it(cg
     assert isinstance(cg, CgroupV1)
     cg.create(None)
     os.rmdir(cg.mounts[""] + cg.path)
-    assert cg.open_fork_target() is None
+    assert cg.open_fork_target(for_exec=True) is None
     with joined_child(cg) as (pid, tasks):
         assert cg.pids() == [pid]
     [membership] = tasks.values()
@@ -139,7 +139,7 @@ def test_an_exec_refused_by_the_container_cgroup_joins_only_the_inits_inside_it(
         raise CgroupError("writing: Device or resource busy", errno.EBUSY)
 
     monkeypatch.setattr(cg, "add_process", busy)
-    monkeypatch.setattr(v2.files, "v2_cgroup_of", lambda pid: init_cgroup)
+    monkeypatch.setattr(v2.files, "v2_cgroup_of", lambda pid=0: init_cgroup)
     if init_cgroup == "/pod/c1/init":
         cg.join(init_pid=1234)
         assert (tmp_path / "pod/c1/init/cgroup.procs").read_text() == str(os.getpid())

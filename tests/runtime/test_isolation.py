@@ -576,6 +576,7 @@ def test_a_helper_keeps_none_of_its_callers_stdio() -> None:
 
     class NoFds:
         cgroup = None
+        init_pid = 0
 
         def keep_fds(self) -> set[int]:
             return set()
