@@ -15,6 +15,7 @@ import pytest
 import trio
 from google.protobuf import any_pb2, empty_pb2
 
+from railcar.shim import cleanup
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import mount_pb2, runtimeoptions_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
@@ -328,6 +329,9 @@ async def test_failed_creates_name_the_problem_and_leave_nothing(bundle: Path, a
         with pytest.raises(TtrpcError) as info:
             await shim("Create", pb.CreateTaskRequest(id="bad", bundle=str(bundle)))
         assert info.value.code == Code.INVALID_ARGUMENT and "process.args" in info.value.message
+        # all is undone: the `delete` containerd runs next finds its answer (as `delete` would give it)
+        answer = pb.DeleteResponse.FromString((bundle / cleanup.DELETED_FILE).read_bytes())
+        assert (answer.pid, answer.exit_status) == (0, 137) and answer.exited_at.seconds > 0
         (bundle / "config.json").write_text(json.dumps(_spec(["true"], f"{cgroup_parent}/bad")))
         with pytest.raises(TtrpcError) as info:
             await shim("Create", pb.CreateTaskRequest(id="bad", bundle=str(bundle), stdout="bogus:///x"))
