@@ -70,8 +70,10 @@ class ListenerPassed:
 
 @dataclass(frozen=True)
 class ExecForked:
-    """Exec intermediate → caller: the exec process is ``pid``; EOF follows once it execve'd."""
+    """Exec intermediate → caller: the exec process is ``pid``, ``joined`` to the container's v2
+    cgroup already if it was forked into it; EOF follows once it execve'd."""
     pid: int
+    joined: bool
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ def spawn_exec(launch: Launch) -> Spawned:
             if isinstance(msg, ExecForked):
                 pid = msg.pid
                 pidfd = _own(owned, fds)
-                if launch.cgroup is not None and launch.cgroup.version == 2:   # it waits, its pid held by its parent
+                if launch.cgroup is not None and launch.cgroup.version == 2 and not msg.joined:
+                    # it waits at its gate, its pid held by its parent
                     with stage("cgroups"):
                         if os.waitid(os.P_PID, helper, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                             raise RuntimeFailure("cgroups", "the exec's helper died before the process "
@@ -245,17 +246,17 @@ def _own_console(owned: ExitStack, fds: list[int]) -> int:
 def _fork_helper(parent: Channel, child: Channel, launch: Launch,
                  body: Callable[[Channel, Launch], None]) -> int:
     keep = launch.keep_fds() | {child.fileno()}
-    pid = _fork_into(launch.cgroup, for_exec=bool(launch.init_pid))
+    pid = _fork_into(launch.cgroup, "exec helper" if launch.init_pid else "init helper")
     if pid == 0:
         _run_child(child, keep, body, launch, null_stdio=True)
     child.close()
     return pid
 
 
-def _fork_into(cgroup: object | None, for_exec: bool) -> int:
+def _fork_into(cgroup: object | None, forked: str) -> int:
     """Fork a container's intermediate: straight into the cgroup where it offers that (v2, or a
     hybrid host's v2 tree: `Cgroup.open_fork_target`), else as usual (it joins then)."""
-    target = cgroup.open_fork_target(for_exec) if cgroup is not None else None   # type: ignore[attr-defined]
+    target = cgroup.open_fork_target(forked) if cgroup is not None else None   # type: ignore[attr-defined]
     if target is None:
         return os.fork()
     try:
@@ -498,7 +499,8 @@ def _intermediate(ch: Channel, launch: Launch) -> None:
         if "time" in new and linux.time_offsets:
             with open("/proc/self/timens_offsets", "w") as f:
                 f.write("".join(f"{c} {s} {n}\n" for c, s, n in linux.time_offsets))
-    _report_forked(ch, InitForked, _fork_child(ch, launch, _init))
+    pid = _fork_child(ch, launch, _init)
+    _report_forked(ch, InitForked(pid), pid)
 
 
 def _unshare(kinds: set[str]) -> None:
@@ -619,51 +621,83 @@ def _init(ch: Channel, launch: Launch) -> None:
 
 
 def _exec_intermediate(ch: Channel, launch: Launch) -> None:
-    """Unlike an init's, stays out of the container's cgroup: its exec process is moved in before it
+    """Unlike an init's, stays out of the container's cgroup: its exec process is in it before it
     does anything, as runc's is. On v1 the process moves itself, first thing, writing "0" to the
     `tasks` files we open here on the host: a move of oneself skips the global lock that moving
     another process takes (which costs an RCU grace period, 7-15 ms, whoever makes it). On v2,
-    where every move takes that lock, the caller moves it by its pid, in the host's namespaces and
-    with its credentials (which every kernel accepts), while it waits at a gate; we hold its pid
-    meanwhile (our child, unreaped even if killed; the caller checks that we still live), so no
-    other process can be moved in by that number. So railcar's own Python work in this helper is
-    not charged to the container, and the fork is not refused at the container's pids limit, which
-    counts forks, not processes moved in (runc allows such an exec too). Per exec of /bin/true
+    where every move takes that lock, we fork it straight into the cgroup (fork_into_cgroup), from
+    the host's cgroup namespace and with the host's credentials, which the kernel checks: the
+    container's user and cgroup namespaces are joined by the process itself, after. Where that
+    fork is refused (at the container's pids limit, which counts forks; a cgroup whose init made
+    it a parent, which takes no process; a kernel before 5.7), we fork as usual, and the caller
+    moves the process by its pid, in the host's namespaces and with its credentials (which every
+    kernel accepts), while it waits at a gate; we hold its pid meanwhile (our child, unreaped even
+    if killed; the caller checks that we still live), so no other process can be moved in by that
+    number. So railcar's own Python work in this helper is not charged to the container, and an
+    exec into a container at its pids limit runs (runc allows that too). Per exec of /bin/true
     through ctr, the container's cgroup is charged ~390 page faults and 4-5 ms of CPU, against 874
     and 9.1 ms when this helper joined first; runc's exec ~140 and 3.5-5 ms (benchmarks/startup.py)."""
     affinity = launch.process.exec_cpu_affinity
     if affinity is not None and affinity.initial:   # first: this helper's work runs there too
         _set_affinity(affinity.initial, "process.execCPUAffinity.initial")
     tasks: list[tuple[str, int]] = []
-    if launch.cgroup is not None and launch.cgroup.version == 1:
-        with stage("cgroups"):
-            tasks = launch.cgroup.open_tasks()   # the host's files, from the host's mounts
+    target = None
+    if launch.cgroup is not None:
+        with stage("cgroups"):   # the host's files, from the host's mounts
+            tasks = launch.cgroup.open_tasks() if launch.cgroup.version == 1 else []
+            target = launch.cgroup.open_fork_target("exec")   # type: ignore[attr-defined]
     _set_oom_score(launch.process)
+    later = [ns for ns in launch.ns_fds if target is not None and ns[1] in (sc.CLONE_NEWCGROUP, sc.CLONE_NEWUSER)]
     with stage("namespaces"):
-        _setns_all(launch.ns_fds)
+        _setns_all([ns for ns in launch.ns_fds if ns not in later])
     launch.ns_fds = []   # closed: their numbers may be the gate's now, which the exec process must not hold
     gate, release = os.pipe2(os.O_CLOEXEC)
-    pid = _fork_child(ch, launch, _exec_process, gate, tasks, keep=frozenset({gate, *(fd for _, fd in tasks)}))
+    keep = frozenset({gate, *(fd for _, fd in tasks), *(fd for fd, _ in later)})
+    pid = 0
+    if target is not None:
+        pid = _fork_child_into(target, ch, launch, _exec_process, gate, tasks, later, keep=keep)
+        os.close(target)
+    joined = bool(pid)
+    if not joined:
+        with stage("namespaces"):
+            _setns_all(later)
+        pid = _fork_child(ch, launch, _exec_process, gate, tasks, [], keep=keep)
     os.close(gate)
-    for _, fd in tasks:
+    for fd in [*(fd for _, fd in tasks), *(fd for fd, _ in later if joined)]:
         os.close(fd)
-    _report_forked(ch, ExecForked, pid)
+    _report_forked(ch, ExecForked(pid, joined), pid)
     ch.recv("cgroups", Joined)
     os.write(release, b"1")
 
 
-def _report_forked(ch: Channel, report: type, pid: int) -> None:
+def _fork_child_into(target: int, ch: Channel, launch: Launch, body: Callable[..., None], *args: object,
+                     keep: frozenset[int]) -> int:
+    """`_fork_child`, straight into the cgroup v2 directory `target`; 0 if the kernel refused that."""
+    try:
+        pid = sc.fork_into_cgroup(target, single_threaded=True)   # a helper: forked, so it is
+    except OSError:
+        return 0
+    if pid == 0:
+        _run_child(ch, launch.keep_fds() | {ch.fileno()} | keep, body, launch, *args)
+    return pid
+
+
+def _report_forked(ch: Channel, report: object, pid: int) -> None:
     """Tell the caller our child's pid, with a pidfd of it: opened here, while it is our child and
     cannot have been reaped. The caller could not open one by pid: a short exec may have exited
     and been reaped by the caller's subreaper by then (we exit right after this)."""
-    ch.send(report(pid), [os.pidfd_open(pid)])
+    ch.send(report, [os.pidfd_open(pid)])
 
 
-def _exec_process(ch: Channel, launch: Launch, gate: int, tasks: list[tuple[str, int]]) -> None:
+def _exec_process(ch: Channel, launch: Launch, gate: int, tasks: list[tuple[str, int]],
+                  later: list[tuple[int, int]]) -> None:
     """Is in the container's cgroup before it opens anything of the container's: the cgroup's device
-    rules and limits cover all of it. On v1 it moves itself first thing, writing "0" to the `tasks`
-    files its intermediate opened; on v2 it waits at `gate` while the caller moves it. EOF at the
-    gate means the intermediate failed (the caller kills us too): we leave at once."""
+    rules and limits cover all of it. Forked into it (v2), it joins the user and cgroup namespaces
+    its intermediate left to it (`later`) first. On v1 it moves itself first thing, writing "0" to
+    the `tasks` files its intermediate opened; otherwise it waits at `gate` while the caller moves
+    it. EOF at the gate means the intermediate failed (the caller kills us too): we leave at once."""
+    with stage("namespaces"):
+        _setns_all(later)
     with stage("cgroups"):
         for path, fd in tasks:
             try:

@@ -158,15 +158,17 @@ def _own_tid_field() -> int | None:
     return field if ctypes.c_int.from_address(field).value == get_native_id() else None
 
 
-def fork_into_cgroup(cgroup_fd: int) -> int:
+def fork_into_cgroup(cgroup_fd: int, single_threaded: bool = False) -> int:
     """fork(2) into the cgroup v2 directory `cgroup_fd` (clone3 with CLONE_INTO_CGROUP, Linux 5.7):
     the child is born in it, where a move after the fork would take the kernel's global cgroup
     lock for writing, and wait out an RCU grace period (~10 ms on the test VM). Like `bare_fork`,
     without the interpreter's after-fork work, for a single-threaded caller; and without glibc's
     fork handlers, which such a process does not need (no lock can be held by another thread).
-    Raises OSError if the kernel or glibc does not allow it: the caller forks and moves instead."""
+    Raises OSError if the kernel or glibc does not allow it: the caller forks and moves instead.
+    `single_threaded`: the caller knows it is (a forked helper), and need not look in /proc, which
+    may be another pid namespace's once it joined a container's mount namespace."""
     tid_field = _own_tid_field()
-    if tid_field is None or len(os.listdir("/proc/self/task")) > 1:
+    if tid_field is None or not single_threaded and len(os.listdir("/proc/self/task")) > 1:
         raise OSError(errno.ENOTSUP, "fork into a cgroup: not with this glibc, or with threads")
     args = _CloneArgs(flags=_CLONE_INTO_CGROUP | _CLONE_CHILD_SETTID, exit_signal=SIGCHLD,
                       child_tid=tid_field, cgroup=cgroup_fd)

@@ -61,11 +61,12 @@ class Cgroup(abc.ABC):
         then the whole process. `init_pid`: an exec's, the container's init (see CgroupV2.join)."""
         self.add_process(pid or os.getpid())
 
-    def open_fork_target(self, for_exec: bool) -> int | None:
-        """An fd of a cgroup v2 directory that a container's intermediate (an exec's if `for_exec`,
-        else the init's) is to be forked straight into (`syscalls.fork_into_cgroup`): a move after
-        the fork takes the kernel's global migration lock for writing, and waits out an RCU grace
-        period (~10 ms on the test VM). None: fork as usual, and `join`. The caller closes it."""
+    def open_fork_target(self, forked: str) -> int | None:
+        """An fd of a cgroup v2 directory that `forked` is to be forked straight into
+        (`syscalls.fork_into_cgroup`): a move after the fork takes the kernel's global migration
+        lock for writing, and waits out an RCU grace period (~10 ms on the test VM). `forked` is
+        "init helper" (an init's intermediate), "exec helper" (an exec's) or "exec" (an exec's
+        process, which its intermediate forks). None: fork as usual, and `join`. The caller closes it."""
         return None
 
     @abc.abstractmethod

@@ -143,13 +143,16 @@ class CgroupV1(Cgroup):
         mount = self.mounts.get(HYBRID)
         return None if mount is None or not os.path.isdir(mount + self.path) else mount + self.path
 
-    def open_fork_target(self, for_exec: bool) -> int | None:
+    def open_fork_target(self, forked: str) -> int | None:
         """This cgroup in a hybrid host's v2 tree, for either intermediate: forked into it, it is
-        there from its first instruction, and so is every process it forks; it joins the v1
-        hierarchies, where the limits are, itself (`join`, `open_tasks`). The v2 tree carries no
-        limits: an exec's intermediate in it charges nothing to the container."""
+        there from its first instruction, and so is every process it forks (an exec's process
+        among them); it joins the v1 hierarchies, where the limits are, itself (`join`,
+        `open_tasks`). The v2 tree carries no limits: an exec's intermediate in it charges nothing
+        to the container."""
         v2_dir = self._v2_dir()
-        return None if v2_dir is None else os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if forked == "exec" or v2_dir is None:
+            return None
+        return os.open(v2_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def pids(self) -> list[int]:
         root = self._primary()

@@ -77,11 +77,13 @@ class CgroupV2(Cgroup):
                 raise
             files.write(f"{self.root}{beside}/cgroup.procs", pid)
 
-    def open_fork_target(self, for_exec: bool) -> int | None:
+    def open_fork_target(self, forked: str) -> int | None:
         """The cgroup itself for the init's intermediate, which would join it first thing (see
-        `join`); none for an exec's, which stays out of the container's limits and moves its
-        process in by pid (`process._exec_intermediate`)."""
-        return None if for_exec else os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        `join`), and for an exec's process; none for an exec's intermediate, which stays out of the
+        container's limits (`process._exec_intermediate`)."""
+        if forked == "exec helper":
+            return None
+        return os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def pids(self) -> list[int]:
         if not os.path.isdir(self.dir):

@@ -151,22 +151,29 @@ def test_seccomp_filter_and_errno(make_bundle, state_root) -> None:
 def test_the_init_and_an_exec_are_in_the_v2_cgroup_forked_into_it_or_moved(make_bundle, state_root, monkeypatch,
                                                                            forked_into_it) -> None:
     """On a pure v2 host the init's intermediate is forked into the container's cgroup, which it
-    would join first thing; an exec's stays out (its process is moved in by pid). On a hybrid host
-    both are forked into the cgroup2 tree's group at the cgroupsPath, where runc puts them (systemd
-    tracks processes through that tree). Where the kernel or glibc does not allow that: moved in."""
+    would join first thing, and so is an exec's process (its intermediate stays out). On a hybrid
+    host both intermediates are forked into the cgroup2 tree's group at the cgroupsPath, where runc
+    puts them (systemd tracks processes through that tree). Where the kernel or glibc does not
+    allow that: moved in."""
     if not HYBRID and not isinstance(open_cgroup("/x", "x"), CgroupV2):
         pytest.skip("needs cgroup v2: a pure v2 host, or a hybrid one (this test VM)")
-    forks = []
+    forks, moves = [], []   # seen here: forks into the cgroup that we make, moves by pid that we make
 
-    def fork_into_cgroup(fd: int) -> int:
+    def fork_into_cgroup(fd: int, single_threaded: bool = False) -> int:
         if not forked_into_it:
             raise OSError(errno.ENOSYS, "clone3")
-        pid = real(fd)
+        pid = real_fork(fd, single_threaded)
         if pid:
             forks.append(pid)
         return pid
-    real = syscalls.fork_into_cgroup
+
+    def join(self: CgroupV2, init_pid: int = 0, pid: int = 0) -> None:
+        if pid:
+            moves.append(pid)
+        real_join(self, init_pid, pid)
+    real_fork, real_join = syscalls.fork_into_cgroup, CgroupV2.join
     monkeypatch.setattr(syscalls, "fork_into_cgroup", fork_into_cgroup)
+    monkeypatch.setattr(CgroupV2, "join", join)
     bundle = make_bundle(["sleep", "100"])
     container, created = create_captured(bundle, state_root)
     try:
@@ -174,7 +181,9 @@ def test_the_init_and_an_exec_are_in_the_v2_cgroup_forked_into_it_or_moved(make_
         ran = exec_captured(container, {"args": ["sh", "-c", "grep -h ^0:: /proc/self/cgroup /proc/1/cgroup"],
                                         "cwd": "/"})
         assert ran.output.split() == [f"0::{cgroup_of(bundle).path}"] * 2
-        assert len(forks) == (0 if not forked_into_it else 2 if HYBRID else 1)   # the intermediates
+        # here: both intermediates (hybrid), or the init's (v2: its intermediate forks the exec's process)
+        assert len(forks) == (0 if not forked_into_it else 2 if HYBRID else 1)
+        assert len(moves) == (0 if forked_into_it or HYBRID else 1)   # v2: the exec's process, unless born there
     finally:
         container.kill(signal.SIGKILL)
         finish(container, created)

@@ -110,7 +110,7 @@ def test_a_cgroup_made_before_railcar_joined_the_v2_tree_is_joined_without_it(cg
     assert isinstance(cg, CgroupV1)
     cg.create(None)
     os.rmdir(cg.mounts[""] + cg.path)
-    assert cg.open_fork_target(for_exec=True) is None
+    assert cg.open_fork_target("exec helper") is None
     with joined_child(cg) as (pid, tasks):
         assert cg.pids() == [pid]
     [membership] = tasks.values()
