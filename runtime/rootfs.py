@@ -60,13 +60,13 @@ def prepare(spec: Spec, userns: bool, idmapped_tree: Callable[[int], int]) -> No
             except OSError as e:
                 refused = f" (options: {','.join(m.options)})" if e.errno == errno.EINVAL and m.options else ""
                 raise RuntimeFailure("rootfs", f"{where}: {e.strerror}{refused}") from None
-        dev_mounts = [m for m in spec.mounts if os.path.normpath(m.destination) == "/dev"]
+        dev_mounts = [m for m in spec.mounts if _in_root(m.destination) == "/dev"]
         if any(m.is_bind for m in dev_mounts):
             return   # a directory of the host's (its /dev, say): never ours to make nodes or links in
         if dev_mounts:
             _populate_dev(root_fd, spec.linux.devices, userns)
         for i, dev in enumerate(spec.linux.devices):
-            if dev_mounts and os.path.normpath(dev.path) == "/dev/ptmx":
+            if dev_mounts and _in_root(dev.path) == "/dev/ptmx":
                 continue   # the pts/ptmx link _populate_dev made stands for it (a privileged spec lists the host's)
             try:
                 _make_device(root_fd, dev, userns)
@@ -75,6 +75,12 @@ def prepare(spec: Spec, userns: bool, idmapped_tree: Callable[[int], int]) -> No
                                                f"{e.strerror}") from None
     finally:
         os.close(root_fd)
+
+
+def _in_root(path: str) -> str:
+    """A path of the spec's as the rootfs resolves it: "//dev" and "/dev/" are /dev (normpath keeps
+    the leading "//", which POSIX lets mean something else)."""
+    return os.path.normpath("/" + path.lstrip("/"))
 
 
 def _mount_of(path: str) -> tuple[str, bool]:
@@ -222,7 +228,7 @@ def _populate_dev(root_fd: int, devices: tuple[Device, ...], userns: bool) -> No
     /dev/ptmx is always the link to the container's devpts, as runc makes it: a node of the host's
     ptmx would open a pty there too (the kernel looks for `pts` beside it), but programs that look
     at the path would see another device. The spec's own devices (`devices`) are made after."""
-    wanted = {os.path.normpath(d.path) for d in devices}
+    wanted = {_in_root(d.path) for d in devices}
     for name, major, minor in DEFAULT_DEVICES:
         if f"/dev/{name}" not in wanted:
             _make_device(root_fd, Device(f"/dev/{name}", "c", major, minor), userns)

@@ -100,7 +100,7 @@ def test_a_bound_dev_is_left_as_it_is(make_bundle, state_root, tmp_path) -> None
 
     def edit(c: dict) -> None:
         c["mounts"] = [m for m in c["mounts"] if not m["destination"].startswith("/dev")]
-        c["mounts"].append({"destination": "/dev", "type": "bind", "source": str(host_dev), "options": ["rbind"]})
+        c["mounts"].append({"destination": "//dev/", "type": "bind", "source": str(host_dev), "options": ["rbind"]})
         c["linux"]["devices"] = [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]
 
     ran = run_container(make_bundle(["sh", "-c", "ls -a /dev"], edit=edit), state_root)
