@@ -256,7 +256,10 @@ def _fork_helper(parent: Channel, child: Channel, launch: Launch,
 def _fork_into(cgroup: object | None, forked: str) -> int:
     """Fork a container's intermediate: straight into the cgroup where it offers that (v2, or a
     hybrid host's v2 tree: `Cgroup.open_fork_target`), else as usual (it joins then)."""
-    target = cgroup.open_fork_target(forked) if cgroup is not None else None   # type: ignore[attr-defined]
+    try:
+        target = cgroup.open_fork_target(forked) if cgroup is not None else None   # type: ignore[attr-defined]
+    except OSError:   # (the cgroup gone, say): the helper's join says what is wrong
+        target = None
     if target is None:
         return os.fork()
     try:
@@ -698,13 +701,9 @@ def _exec_process(ch: Channel, launch: Launch, gate: int, tasks: list[tuple[str,
     it. EOF at the gate means the intermediate failed (the caller kills us too): we leave at once."""
     with stage("namespaces"):
         _setns_all(later)
-    with stage("cgroups"):
-        for path, fd in tasks:
-            try:
-                os.write(fd, b"0")
-            except OSError as e:
-                raise RuntimeFailure("cgroups", f"writing '0' to {path}: {e.strerror}") from None
-            os.close(fd)
+    if tasks:
+        with stage("cgroups"):
+            launch.cgroup.join_opened(tasks)   # type: ignore[attr-defined]
     if os.read(gate, 1) != b"1":
         os._exit(1)
     os.close(gate)

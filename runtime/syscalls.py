@@ -152,7 +152,13 @@ _GLIBC_TID_OFFSET = 0x2d0  # offsetof(struct pthread, tid) on x86_64 glibc 2.36;
 def _own_tid_field() -> int | None:
     """The address of this thread's tid in glibc's thread block, if it is where we expect it (it
     holds our tid): the child of a raw clone must have its own there, as fork() gives it, for the
-    glibc calls that use it (raise, pthread_kill). None if it is not."""
+    glibc calls that use it (raise, pthread_kill). None if it is not, or if this is not glibc on
+    x86_64 (whose thread block might end before that offset)."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION") or os.uname().machine != "x86_64":
+            return None
+    except (ValueError, OSError):   # not glibc
+        return None
     _libc_gil.pthread_self.restype = ctypes.c_void_p
     field = _libc_gil.pthread_self() + _GLIBC_TID_OFFSET
     return field if ctypes.c_int.from_address(field).value == get_native_id() else None

@@ -18,22 +18,25 @@ CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blki
 
 
 # The key of a hybrid host's cgroup v2 tree among the hierarchies (runc names it "" too): systemd's
-# /sys/fs/cgroup/unified beside the v1 controllers. It carries no limits (its controllers, if any, are
-# not enabled for children) but systemd tracks processes through it, and cgroup v2 BPF programs
-# attach there; as runc does, a container joins it at its cgroupsPath as well.
+# cgroup2 mount beside the v1 controllers, at HYBRID_MOUNT (runc looks there only; another cgroup2
+# mount, cilium's say, is not it). It carries no limits (its controllers, if any, are not enabled
+# for children) but systemd tracks processes through it, and cgroup v2 BPF programs attach there;
+# as runc does, a container joins it at its cgroupsPath as well, as far as the kernel lets it: as
+# runc ignores a failure to join it, a failure there (to make the group, or to join it) is no error.
 HYBRID = ""
+HYBRID_MOUNT = "/sys/fs/cgroup/unified"
 
 
 def v1_mounts(mountinfo: str = PROC_SELF) -> dict[str, str]:
     """controller -> mount point of its v1 hierarchy (co-mounted controllers share one); on a
-    hybrid host, also HYBRID -> the cgroup v2 mount."""
+    hybrid host, also HYBRID -> HYBRID_MOUNT."""
     out: dict[str, str] = {}
     for m in read(mountinfo):
         if m.fstype == "cgroup":
             for opt in m.super_options.split(","):
                 if opt in CONTROLLERS and opt not in out:
                     out[opt] = m.point
-        elif m.fstype == "cgroup2" and HYBRID not in out:
+        elif m.fstype == "cgroup2" and m.point == HYBRID_MOUNT:
             out[HYBRID] = m.point
     return out
 
@@ -79,7 +82,11 @@ class CgroupV1(Cgroup):
 
     def create(self, resources: dict | None) -> None:
         for d in self._dirs():
-            os.makedirs(d, exist_ok=True)
+            try:
+                os.makedirs(d, exist_ok=True)
+            except OSError:
+                if not self._optional(d):
+                    raise
         cpuset = self.mounts.get("cpuset")
         if cpuset:
             self._inherit_cpuset(cpuset)
@@ -97,7 +104,19 @@ class CgroupV1(Cgroup):
 
     def add_process(self, pid: int) -> None:
         for d in self._joined_dirs():
-            files.write(f"{d}/cgroup.procs", pid)
+            self._write(f"{d}/cgroup.procs", pid)
+
+    def _optional(self, path: str) -> bool:
+        """Whether `path` is in a hybrid host's v2 tree, where a failure is no error (see HYBRID)."""
+        hybrid = self.mounts.get(HYBRID)
+        return hybrid is not None and (path + "/").startswith(hybrid + self.path + "/")
+
+    def _write(self, path: str, value: str | int) -> None:
+        try:
+            files.write(path, value)
+        except CgroupError:
+            if not self._optional(path):
+                raise
 
     def join(self, init_pid: int = 0, pid: int = 0) -> None:
         """Through `tasks`. A thread moving itself ("0") skips the global cgroup_threadgroup_rwsem,
@@ -110,7 +129,7 @@ class CgroupV1(Cgroup):
             self.add_process(os.getpid())
             return
         for path in self._join_files(pid):
-            files.write(path, pid)
+            self._write(path, pid)
 
     def open_tasks(self) -> list[tuple[str, int]]:
         """Each hierarchy's `tasks`, opened for a single-threaded process to write "0" to later: the
@@ -119,12 +138,30 @@ class CgroupV1(Cgroup):
         opened: list[tuple[str, int]] = []
         try:
             for path in self._join_files():   # (the caller's children are where it is in the v2 tree)
-                opened.append((path, files.open_to_write(path, 0)))
+                try:
+                    opened.append((path, files.open_to_write(path, 0)))
+                except CgroupError:
+                    if not self._optional(path):
+                        raise
         except BaseException:
             for _, fd in opened:
                 os.close(fd)
             raise
         return opened
+
+    def join_opened(self, opened: list[tuple[str, int]]) -> None:
+        """Move the calling thread in through the files `open_tasks` opened (writing "0"), and close
+        them."""
+        try:
+            for path, fd in opened:
+                try:
+                    os.write(fd, b"0")
+                except OSError as e:
+                    if not self._optional(path):
+                        raise CgroupError(f"writing '0' to {path}: {e.strerror}", e.errno) from None
+        finally:
+            for _, fd in opened:
+                os.close(fd)
 
     def _join_files(self, pid: int = 0) -> list[str]:
         """The files process `pid` (0: the caller) joins through: each v1 hierarchy's `tasks`, and a

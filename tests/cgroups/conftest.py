@@ -20,15 +20,15 @@ from google.protobuf.message import Message
 from railcar.runtime.cgroups import ResourceError, host_version
 from railcar.runtime.cgroups.interface import Cgroup, remove_tree
 from railcar.runtime import mountinfo
-from railcar.runtime.cgroups.v1 import v1_mounts
+from railcar.runtime.cgroups.v1 import HYBRID_MOUNT, v1_mounts
 
 HOST_VERSION = host_version()
 v1_only = pytest.mark.skipif(HOST_VERSION != 1, reason="needs a cgroup v1 host")
 v2_only = pytest.mark.skipif(HOST_VERSION != 2, reason="needs a pure cgroup v2 host (run in the cgroup2 guest)")
 
 
-# A hybrid host (this test VM): v1 controllers and a cgroup v2 tree, which containers join too.
-HYBRID = HOST_VERSION == 1 and any(m.fstype == "cgroup2" for m in mountinfo.read())
+# A hybrid host (this test VM): v1 controllers and systemd's cgroup v2 tree, which containers join too.
+HYBRID = HOST_VERSION == 1 and any(m.fstype == "cgroup2" and m.point == HYBRID_MOUNT for m in mountinfo.read())
 
 
 def hierarchy_roots() -> list[str]:

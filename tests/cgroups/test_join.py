@@ -14,7 +14,7 @@ import pytest
 from railcar.runtime.cgroups import Cgroup, CgroupError, open_cgroup, v2
 from railcar.runtime.cgroups.v1 import CgroupV1
 
-from .conftest import HYBRID, hierarchy_roots
+from .conftest import HYBRID, HYBRID_MOUNT, hierarchy_roots
 
 pytestmark = pytest.mark.cgroup_v2  # runs on this v1 host and again on the pure v2 kernel
 
@@ -111,6 +111,24 @@ def test_a_cgroup_made_before_railcar_joined_the_v2_tree_is_joined_without_it(cg
     cg.create(None)
     os.rmdir(cg.mounts[""] + cg.path)
     assert cg.open_fork_target("exec helper") is None
+    with joined_child(cg) as (pid, tasks):
+        assert cg.pids() == [pid]
+    [membership] = tasks.values()
+    assert f"memory:{cg.path}\n" in membership and f"0::{cg.path}\n" not in membership
+
+
+@pytest.mark.skipif(not HYBRID, reason="needs a hybrid host: v1 controllers and a cgroup v2 tree (this test VM)")
+def test_a_hybrid_hosts_v2_tree_that_refuses_the_group_fails_nothing(cgroup_parent: str) -> None:
+    """As runc ignores a failure to join that tree (it carries no limits): here its parent takes no
+    more children (cgroup.max.descendants), and the container joins the v1 hierarchies all the same."""
+    v2_parent = HYBRID_MOUNT + cgroup_parent
+    os.makedirs(v2_parent)
+    with open(f"{v2_parent}/cgroup.max.descendants", "w") as f:
+        f.write("0")
+    cg = open_cgroup(f"{cgroup_parent}/refused", "refused")
+    assert isinstance(cg, CgroupV1)
+    cg.create(None)
+    assert cg.open_fork_target("init helper") is None and not os.path.exists(v2_parent + "/refused")
     with joined_child(cg) as (pid, tasks):
         assert cg.pids() == [pid]
     [membership] = tasks.values()
