@@ -271,7 +271,6 @@ class TaskService:
         self.tasks[req.id] = task
         self._tasks_changed()
         pio: ProcessIO | None = None
-        created = False
         try:
             cleanup.clear_records(bundle)
             pio = await self._open_io(init)
@@ -280,7 +279,6 @@ class TaskService:
             result, fds = await self._call("create", {"id": req.id, "bundle": bundle, "root": self.root,
                                                       "terminal": req.terminal, "mounts": mounts},
                                            pio.container_stdio or ())
-            created = True
             self._attach(init, pio, result, fds)
             task.shares_pids = result["shares_pids"]
             if result["cgroup"] is not None:
@@ -288,12 +286,9 @@ class TaskService:
 
                 task.cgroup = Cgroup.from_state(result["cgroup"])
             cleanup.record_pids(bundle, init.pid)
-        except BaseException as e:
-            # A runtime verdict (bad spec, failed set-up) means the runtime undid its own work; an
-            # internal error may be a worker that died half-way, leaving a parked init behind.
-            maybe_created = created or not isinstance(e, TtrpcError) or e.code is Code.INTERNAL
+        except BaseException:
             with trio.CancelScope(shield=True):
-                await self._undo_create(task, pio, maybe_created)
+                await self._undo_create(task, pio)
             raise
         finally:
             task.created.set()
@@ -304,22 +299,19 @@ class TaskService:
         self._log.debug("created %s (pid %d) in %.1f ms", req.id, init.pid, (time.perf_counter() - began) * 1e3)
         return pb.CreateTaskResponse(pid=init.pid)
 
-    async def _undo_create(self, task: Task, pio: ProcessIO | None, maybe_created: bool) -> None:
-        """Remove whatever a failed Create made: the container if it may exist (deleting one that
-        does not is a no-op) and the rootfs mounts, in one forker call. Once that is done, the
-        `delete` containerd runs next (it does after every shim it talked to disconnects) has
-        nothing left to do: its answer is recorded for it, as after a Delete, so that it does not
-        start Python to find that out (50 ms of a failed `ctr run`, measured; runc's is Go)."""
+    async def _undo_create(self, task: Task, pio: ProcessIO | None) -> None:
+        """Remove whatever a failed Create made, and what the `delete` containerd runs next (it does
+        after every shim it talked to disconnects) would remove: the rootfs mounts, and a container
+        of this id, whether a worker that died half-way left it, or a crash before this Create
+        (which the runtime then refused: it exists), in one forker call (deleting none is a no-op).
+        Once that is done, that `delete` has nothing left to do: its answer is recorded for it, as
+        after a Delete, so that it does not start Python to find that out (50 ms of a failed
+        `ctr run`, measured; runc's is Go)."""
         self._forget(task)
-        rootfs = os.path.join(task.bundle, "rootfs")
-        cleaned = True
-        if maybe_created:
-            removal: dict[str, Any] = {"id": task.id, "root": self.root, "force": True}
-            if task.rootfs_mounted:
-                removal["unmount"] = rootfs
-            cleaned = await self._quiet_call("delete", removal)
-        elif task.rootfs_mounted:
-            cleaned = await self._quiet_call("unmount", {"id": task.id, "target": rootfs})  # in the container's turn
+        removal: dict[str, Any] = {"id": task.id, "root": self.root, "force": True}
+        if task.rootfs_mounted:
+            removal["unmount"] = os.path.join(task.bundle, "rootfs")
+        cleaned = await self._quiet_call("delete", removal)
         if pio is not None:
             await pio.aclose()
         if cleaned:   # what `delete` answers for a container with no process: killed, now (as runc's shim)

@@ -15,6 +15,7 @@ import pytest
 import trio
 from google.protobuf import any_pb2, empty_pb2
 
+from railcar.runtime import Container
 from railcar.shim import cleanup
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import mount_pb2, runtimeoptions_pb2, task_v2_pb2 as pb
@@ -346,6 +347,34 @@ async def test_failed_creates_name_the_problem_and_leave_nothing(bundle: Path, a
         await shim("Shutdown", pb.ShutdownRequest(id="bad"))
     assert await trio.to_thread.run_sync(wait_gone, pid)
     _remove_runtime_dir(namespace, created=False)
+
+
+async def test_a_create_refused_for_a_leftover_container_removes_it(bundle: Path, address: str, namespace: str,
+                                                                    cgroup_parent: str) -> None:
+    """A container of the id left by a crash (its runtime state, a parked init): the runtime refuses
+    the Create, and its undo removes the leftover, as the `delete` containerd runs next would have
+    (runc's shim's does: runc delete --force). That `delete` then finds the answer recorded."""
+    devenv.busybox_rootfs(bundle / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/left")))
+    root = Path("/run/railcar") / namespace
+    null = os.open(os.devnull, os.O_RDWR)
+    try:   # (not from a thread: the runtime forks)
+        init_pid = Container.create("left", str(bundle), root=str(root), stdio=(null, null, null))[0].init_pid
+    finally:
+        os.close(null)
+    async with connect_unix(await _start(namespace, address, "left", bundle)) as client:
+        shim = Shim(client, "left")
+        with pytest.raises(TtrpcError) as info:
+            await shim("Create", pb.CreateTaskRequest(id="left", bundle=str(bundle)))
+        assert "exists" in info.value.message
+        assert not (root / "left").exists()
+        assert await trio.to_thread.run_sync(wait_gone, init_pid)
+        answer = pb.DeleteResponse.FromString((bundle / cleanup.DELETED_FILE).read_bytes())
+        assert (answer.pid, answer.exit_status) == (0, 137)
+        pid = (await shim("Connect", pb.ConnectRequest(id="left"), pb.ConnectResponse)).shim_pid
+        await shim("Shutdown", pb.ShutdownRequest(id="left"))
+    assert await trio.to_thread.run_sync(wait_gone, pid)
+    _remove_runtime_dir(namespace)
 
 
 async def test_a_created_task_can_be_deleted_without_start(bundle: Path, address: str, namespace: str,
