@@ -1017,7 +1017,9 @@ def _execve(ready: _Ready, launch: Launch, report: Channel | None) -> NoReturn:
 
 
 def _die(fd: int, message: str) -> NoReturn:
+    """An init that failed after its start, with nobody listening any more: the error to its
+    stderr, and exit 1, as runc's init exits then."""
     try:
         os.write(fd, message.encode() + b"\n")
     finally:
-        os._exit(127)
+        os._exit(1)

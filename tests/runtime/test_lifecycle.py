@@ -186,6 +186,18 @@ def test_exec_failure_is_reported(make_bundle, state_root) -> None:
     finish_quietly(created)
 
 
+def test_an_init_whose_execve_fails_after_start_exits_1_as_runcs(make_bundle, state_root) -> None:
+    """Nobody listens for an error once the init is started: it writes it to its stderr and exits
+    1, as runc's init exits (127 would read as "command not found" to anyone who looks)."""
+    def edit(config: dict) -> None:
+        config["process"]["env"].append("BIG=" + "x" * (3 << 20))   # over execve's limit, not the spec's
+
+    container, created = create_captured(make_bundle(["true"], edit=edit), state_root)
+    container.start()
+    ran = finish(container, created)
+    assert ran.status == 1 and "Argument list too long" in ran.output
+
+
 def test_exec_failing_at_execve_with_a_terminal_leaks_no_console(make_bundle, state_root) -> None:
     """The pty master arrives before execve is tried; when execve fails it must not stay open
     (the autouse no_leaks fixture counts our fds and children)."""
