@@ -15,6 +15,7 @@ socket on the way out. A pool's daemon stays while a container that `start` just
 its way (see pool.py).
 """
 
+import faulthandler
 import gc
 import logging
 import marshal
@@ -229,6 +230,16 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
         nursery.cancel_scope.cancel()
 
 
+def debug_signals() -> None:
+    """SIGUSR1 writes this process's Python stack to its stderr (a daemon's: the log containerd
+    shows, as runc's shim dumps its goroutines there) and SIGUSR2 does nothing, as in any Go program:
+    an operator who sends them to shims, ours among them, must not end every container of a pool.
+    The forker and its workers inherit both; the runtime sets every signal back to its default
+    before a container's execve."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 def _prepare(name: str = PROCESS_NAME) -> Forker:
     """The daemon's name (a zygote's spare is named as one from the start: ps, and whatever counts
     shims, never sees its forker under a parent named otherwise), then the forker, forked while
@@ -237,6 +248,7 @@ def _prepare(name: str = PROCESS_NAME) -> Forker:
     already ignored (inherited, as for every child): each page the daemon writes before the fork
     and again afterwards leaves the forker the only holder of a copy."""
     prctl.set_name(name)
+    debug_signals()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     preload()   # (a no-op in a zygote's daemon: the zygote loaded it all)
     fdlimit.raise_soft()   # (the zygote's daemon has it from the zygote)

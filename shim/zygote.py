@@ -281,6 +281,9 @@ def main() -> int:
 
     prctl.set_name("railcar-zygote")
     _load()
+    from .daemon import debug_signals
+
+    debug_signals()
     fdlimit.raise_soft()   # every daemon forked from here serves with it
     try:
         _warm_up()

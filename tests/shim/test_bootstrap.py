@@ -102,6 +102,13 @@ async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle
         assert runs_sealed(pid) and runs_sealed(children_named(pid, "railcar-forker")[0])
         # It serves with its hard fd limit, as a Go shim raises its own; its forker inherits that.
         assert _fd_limits(pid) == _fd_limits(children_named(pid, "railcar-forker")[0]) == (hard, hard)
+        # SIGUSR1 dumps its stack to the log, as runc's shim dumps its goroutines, and SIGUSR2 does
+        # nothing, as in a Go program: neither ends it, nor its forker (and so its containers).
+        forker = children_named(pid, "railcar-forker")[0]
+        for target in (pid, forker):
+            os.kill(target, signal.SIGUSR2)
+            os.kill(target, signal.SIGUSR1)
+        assert await _connect(shim_address, "c1") == pid and children_named(pid, "railcar-forker") == [forker]
 
         other = tmp_path / "other"
         other.mkdir()
@@ -118,6 +125,7 @@ async def test_start_spawns_a_detached_daemon_and_reuses_it_for_the_group(bundle
     logged = os.read(log_reader, 65536).decode()
     os.close(log_reader)
     assert 'level=info msg="railcar shim serving' in logged and "runtime=io.containerd.railcar.v2" in logged
+    assert logged.count("(most recent call first)") >= 2   # the two stacks
 
 
 def _fd_limits(pid: int) -> tuple[int, int]:
