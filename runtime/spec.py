@@ -273,6 +273,9 @@ def _refuse(doc: dict, keys: tuple[str, ...], path: str) -> None:
             raise SpecError(f"{path}.{key}", "is not supported by railcar")
 
 
+_PATH_MAX = 4096  # linux/limits.h
+
+
 def _process(doc: Any, path: str) -> Process:
     p = _obj(doc, path, required=True)
     args = _str_list(p.get("args"), f"{path}.args")
@@ -281,6 +284,9 @@ def _process(doc: Any, path: str) -> Process:
     cwd = _str(p, "cwd", f"{path}.cwd", required=True)
     if not os.path.isabs(cwd):
         raise SpecError(f"{path}.cwd", f"must be an absolute path, got {cwd!r}")
+    if len(os.fsencode(cwd)) >= _PATH_MAX:   # (the rootfs resolves it without its "/", one byte shorter)
+        raise SpecError(f"{path}.cwd", f"is {len(os.fsencode(cwd))} bytes long: file name too long "
+                                       f"(PATH_MAX is {_PATH_MAX} with its NUL, as runc's chdir finds)")
     env = _str_list(p.get("env"), f"{path}.env")
     for i, entry in enumerate(env):
         if "=" not in entry or entry.startswith("="):

@@ -21,6 +21,7 @@ def _with(edit) -> dict:
     (lambda c: c["process"].update(args=[]), "process.args", "must be a non-empty list"),
     (lambda c: c["process"].update(args="sh"), "process.args", "must be a list"),
     (lambda c: c["process"].update(cwd="relative"), "process.cwd", "absolute"),
+    (lambda c: c["process"].update(cwd="/" + "d/" * 2047 + "d"), "process.cwd", "4096 bytes long: file name too long"),
     (lambda c: c["process"].update(env=["NOEQUALS"]), "process.env[0]", "KEY=VALUE"),
     (lambda c: c["process"].update(env=["A=1", "=x"]), "process.env[1]", "KEY=VALUE"),
     (lambda c: c["process"].update(env=["A=\0"]), "process.env[0]", "NUL"),
