@@ -155,7 +155,8 @@ def _own_tid_field() -> int | None:
     glibc calls that use it (raise, pthread_kill). None if it is not, or if this is not glibc on
     x86_64 (whose thread block might end before that offset)."""
     try:
-        if not os.confstr("CS_GNU_LIBC_VERSION") or os.uname().machine != "x86_64":
+        if (not os.confstr("CS_GNU_LIBC_VERSION") or os.uname().machine != "x86_64"
+                or ctypes.sizeof(ctypes.c_void_p) != 8):   # (a 32-bit Python on that kernel)
             return None
     except (ValueError, OSError):   # not glibc
         return None

@@ -27,6 +27,17 @@ def blkio_to_io_weight(weight: int) -> int:
     return 1 + ((weight - 10) * 9999) // 990
 
 
+def _kernel_version() -> tuple[int, int]:
+    """(major, minor) of the running kernel."""
+    major, minor = (os.uname().release.split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+# Before 6.4 (42a11bf5c543, "cgroup/cpuset: Make cpuset_fork() handle CLONE_INTO_CGROUP properly"),
+# a child forked into a cgroup kept its parent's cpuset masks instead of the cgroup's.
+_KERNEL = _kernel_version()
+
+
 class CgroupV2(Cgroup):
     version = 2
 
@@ -80,8 +91,9 @@ class CgroupV2(Cgroup):
     def open_fork_target(self, forked: str) -> int | None:
         """The cgroup itself for the init's intermediate, which would join it first thing (see
         `join`), and for an exec's process; none for an exec's intermediate, which stays out of the
-        container's limits (`process._exec_intermediate`)."""
-        if forked == "exec helper":
+        container's limits (`process._exec_intermediate`). None too where the kernel would give a
+        child forked into a cpuset its parent's CPUs and memory nodes (before Linux 6.4)."""
+        if forked == "exec helper" or (_KERNEL < (6, 4) and "cpuset" in files.read(self._file("cgroup.controllers"))):
             return None
         return os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 

@@ -165,3 +165,24 @@ def test_an_exec_refused_by_the_container_cgroup_joins_only_the_inits_inside_it(
         with pytest.raises(CgroupError) as refused:
             cg.join(init_pid=1234)
         assert refused.value.errno == errno.EBUSY
+
+
+@pytest.mark.parametrize(("kernel", "controllers", "forked_into"), [
+    ((6, 1), "cpuset cpu memory pids", False),   # the child would keep its parent's cpuset masks
+    ((6, 1), "cpu memory pids", True),
+    ((6, 4), "cpuset cpu memory pids", True),
+])
+def test_a_v2_cgroup_is_forked_into_unless_the_kernel_would_miss_its_cpuset(monkeypatch, tmp_path, kernel,
+                                                                            controllers, forked_into) -> None:
+    """Before Linux 6.4 a child forked into a cgroup kept its parent's CPUs and memory nodes: then
+    the process is moved in (which applies them), whatever that costs."""
+    cg = v2.CgroupV2("/pod/c1", root=str(tmp_path))
+    (tmp_path / "pod/c1").mkdir(parents=True)
+    (tmp_path / "pod/c1/cgroup.controllers").write_text(controllers + "\n")
+    monkeypatch.setattr(v2, "_KERNEL", kernel)
+    target = cg.open_fork_target("exec")
+    if target is not None:
+        os.close(target)
+    assert (target is not None) == forked_into
+    assert cg.open_fork_target("exec helper") is None
+
