@@ -118,8 +118,11 @@ def spawn_init(launch: Launch, on_forked: Callable[[int], None]) -> Spawned:
         while not (pid and mounted):
             msg, fds = parent.recv("rootfs" if pid else "namespaces", MapIds, InitForked, MountSource, RootfsReady)
             if isinstance(msg, MapIds):
+                linux = launch.spec.linux
                 with stage("namespaces"):
-                    _write_id_maps(msg.pid, launch.spec.linux.uid_mappings, launch.spec.linux.gid_mappings)
+                    _write_id_maps(msg.pid, linux.uid_mappings, linux.gid_mappings)
+                if linux.time_offsets and any(ns.type == "time" and not ns.path for ns in linux.namespaces):
+                    _write_time_offsets(msg.pid, linux.time_offsets)   # (unshared with the user namespace)
                 parent.send(IdsMapped())
             elif isinstance(msg, InitForked):
                 pid = msg.pid
@@ -490,20 +493,29 @@ def _intermediate(ch: Channel, launch: Launch) -> None:
         fds = [(_open_namespace(i, ns), NS_FLAGS[ns.type]) for i, ns in joins]
         _setns_all(fds, [f"linux.namespaces[{i}] ({ns.type} {ns.path})" for i, ns in joins])
         new = {ns.type for ns in linux.namespaces if not ns.path}
-        if "user" in new:
-            _unshare({"user"})
+        # A new time namespace with offsets comes with a new user namespace, at once: its offsets are
+        # then written by the caller with the id maps, as runc's parent writes them (our own
+        # /proc/self is host root's: we are not dumpable, and no longer host root).
+        early = {"user"} | ({"time"} & new if linux.time_offsets else set()) if "user" in new else set()
+        if early:
+            _unshare(early)
             ch.send(MapIds(os.getpid()))
             ch.recv("namespaces", IdsMapped)
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
-        _unshare(new - {"user"})
+        _unshare(new - early)
         if "network" in new:
             _loopback_up()
-        if "time" in new and linux.time_offsets:
-            with open("/proc/self/timens_offsets", "w") as f:
-                f.write("".join(f"{c} {s} {n}\n" for c, s, n in linux.time_offsets))
+        if "time" in new - early and linux.time_offsets:
+            _write_time_offsets("self", linux.time_offsets)
     pid = _fork_child(ch, launch, _init)
     _report_forked(ch, InitForked(pid), pid)
+
+
+def _write_time_offsets(pid: int | str, offsets: tuple[tuple[str, int, int], ...]) -> None:
+    """linux.timeOffsets of `pid`'s new time namespace, before any process is in it."""
+    with stage("namespaces"), open(f"/proc/{pid}/timens_offsets", "w") as f:
+        f.write("".join(f"{c} {s} {n}\n" for c, s, n in offsets))
 
 
 def _unshare(kinds: set[str]) -> None:

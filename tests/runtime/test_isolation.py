@@ -395,13 +395,21 @@ def test_exec_with_terminal(make_bundle, state_root) -> None:
     finish(container, created)
 
 
-def test_time_and_cgroup_namespaces(make_bundle, state_root) -> None:
+@pytest.mark.parametrize("userns", [False, True])
+def test_time_and_cgroup_namespaces(make_bundle, state_root, userns) -> None:
+    """With a user namespace too, the offsets are written by the caller, as runc's parent writes
+    them: the helper, not dumpable, may not open its own /proc/self/timens_offsets as the user
+    namespace's root."""
     def edit(c: dict) -> None:
         c["linux"]["namespaces"] += [{"type": "time"}, {"type": "cgroup"}]
         c["linux"]["timeOffsets"] = {"boottime": {"secs": 86400 * 365, "nanosecs": 0}}
+        if userns:
+            _user_namespaced(c)
 
     bundle = make_bundle(["sh", "-c", "cut -d. -f1 /proc/uptime; grep -c ':/$' /proc/self/cgroup;"
                                       " wc -l < /proc/self/cgroup"], edit=edit)
+    if userns:
+        _give_rootfs_to(bundle, 100000)
     ran = run_container(bundle, state_root)
     uptime, at_root, lines = ran.output.split()
     assert int(uptime) >= 86400 * 365
