@@ -249,26 +249,32 @@ def _own_console(owned: ExitStack, fds: list[int]) -> int:
 def _fork_helper(parent: Channel, child: Channel, launch: Launch,
                  body: Callable[[Channel, Launch], None]) -> int:
     keep = launch.keep_fds() | {child.fileno()}
-    pid = _fork_into(launch.cgroup, "exec helper" if launch.init_pid else "init helper")
+    # Straight into the cgroup where it offers that (v2, or a hybrid host's v2 tree), else as usual
+    # (the intermediate joins then).
+    try:
+        target = launch.cgroup.open_fork_target(   # type: ignore[attr-defined]
+            "exec helper" if launch.init_pid else "init helper") if launch.cgroup is not None else None
+    except OSError:   # (the cgroup gone, say): the intermediate's join says what is wrong
+        target = None
+    pid = _forked_into(target, single_threaded=False)
+    if pid is None:
+        pid = os.fork()
     if pid == 0:
         _run_child(child, keep, body, launch, null_stdio=True)
     child.close()
     return pid
 
 
-def _fork_into(cgroup: object | None, forked: str) -> int:
-    """Fork a container's intermediate: straight into the cgroup where it offers that (v2, or a
-    hybrid host's v2 tree: `Cgroup.open_fork_target`), else as usual (it joins then)."""
-    try:
-        target = cgroup.open_fork_target(forked) if cgroup is not None else None   # type: ignore[attr-defined]
-    except OSError:   # (the cgroup gone, say): the helper's join says what is wrong
-        target = None
+def _forked_into(target: int | None, single_threaded: bool) -> int | None:
+    """fork_into_cgroup into the cgroup v2 directory `target`, which this closes (in both processes);
+    None if there is no target, or the kernel or glibc refused (a kernel before 5.7, the pids
+    limit): the caller forks as usual, and the process is moved in, slower."""
     if target is None:
-        return os.fork()
+        return None
     try:
-        return sc.fork_into_cgroup(target)
-    except OSError:   # (a kernel before 5.7, another glibc): the intermediate moves itself, slower
-        return os.fork()
+        return sc.fork_into_cgroup(target, single_threaded)
+    except OSError:
+        return None
     finally:
         os.close(target)
 
@@ -668,12 +674,11 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     launch.ns_fds = []   # closed: their numbers may be the gate's now, which the exec process must not hold
     gate, release = os.pipe2(os.O_CLOEXEC)
     keep = frozenset({gate, *(fd for _, fd in tasks), *(fd for fd, _ in later)})
-    pid = 0
-    if target is not None:
-        pid = _fork_child_into(target, ch, launch, _exec_process, gate, tasks, later, keep=keep)
-        os.close(target)
-    joined = bool(pid)
-    if not joined:
+    pid = _forked_into(target, single_threaded=True)   # a helper: forked, so it is
+    if pid == 0:
+        _run_child(ch, launch.keep_fds() | {ch.fileno()} | keep, _exec_process, launch, gate, tasks, later)
+    joined = pid is not None
+    if pid is None:
         with stage("namespaces"):
             _setns_all(later)
         pid = _fork_child(ch, launch, _exec_process, gate, tasks, [], keep=keep)
@@ -683,18 +688,6 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     _report_forked(ch, ExecForked(pid, joined), pid)
     ch.recv("cgroups", Joined)
     os.write(release, b"1")
-
-
-def _fork_child_into(target: int, ch: Channel, launch: Launch, body: Callable[..., None], *args: object,
-                     keep: frozenset[int]) -> int:
-    """`_fork_child`, straight into the cgroup v2 directory `target`; 0 if the kernel refused that."""
-    try:
-        pid = sc.fork_into_cgroup(target, single_threaded=True)   # a helper: forked, so it is
-    except OSError:
-        return 0
-    if pid == 0:
-        _run_child(ch, launch.keep_fds() | {ch.fileno()} | keep, body, launch, *args)
-    return pid
 
 
 def _report_forked(ch: Channel, report: object, pid: int) -> None:
