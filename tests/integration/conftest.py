@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -56,13 +57,14 @@ def _parent(pid: int) -> int:
 
 def shim_pids() -> set[int]:
     """Running railcar shim daemons with their forkers and workers. The zygote and its spare daemon
-    (railcar-spare, with a forker and its worker) live on between tests; the session stops them."""
+    (railcar-spare, with a forker and its worker) live on between tests; the session stops them. A
+    worker is named railcar-forker from its fork to its first line: what a spare's forker forks is
+    the spare's, whatever its name says yet."""
     spares = processes_named("railcar-spare")
-    forkers = processes_named("railcar-forker")
-    workers = processes_named("railcar-worker")
-    spare_forkers = {pid for pid in forkers if _parent(pid) in spares}
-    return (processes_named("railcar-shim") | (forkers - spare_forkers)
-            | {pid for pid in workers if _parent(pid) not in spare_forkers})
+    helpers = processes_named("railcar-forker") | processes_named("railcar-worker")
+    spare_forkers = {pid for pid in helpers if _parent(pid) in spares}
+    return processes_named("railcar-shim") | {pid for pid in helpers - spare_forkers
+                                              if _parent(pid) not in spare_forkers}
 
 
 def described(pids: Collection[int]) -> str:
@@ -209,9 +211,18 @@ def image(containerd: devenv.Containerd) -> str:
 
 
 def _settled(check: Callable[[], Collection], timeout: float = 10.0) -> Collection:
-    """Poll `check()` (returns what is left) until it is empty; what is still left after `timeout`."""
-    eventually(lambda: not check(), timeout)
-    return check()
+    """Poll `check()` (returns what is left) until it is empty; what is still left after `timeout`,
+    in each of its last two polls: what only came and went in between (a spare forked, or retiring
+    at its zygote's idle exit, as the check runs) is not left, and what stays is."""
+    deadline = time.monotonic() + timeout
+    left = check()
+    while left:
+        if time.monotonic() > deadline:
+            again = check()
+            return [item for item in left if item in again]
+        time.sleep(0.05)
+        left = check()
+    return left
 
 
 class Leftovers:
