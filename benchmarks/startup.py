@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -206,7 +205,7 @@ def zygote_group(cd: devenv.Containerd) -> list[int]:
     """The zygote and its spare daemon with the spare's forker and worker (the daemons it forked are
     counted apart), and any spare left by a zygote that is gone."""
     found = []
-    for pid in processes_of(cd, "railcar-zygote", "railcar-spare"):
+    for pid in cd.started_processes("railcar-zygote", "railcar-spare"):
         found.append(pid)
         for forker in children(pid, "railcar-forker"):
             found += [forker, *children(forker, "railcar-worker")]
@@ -296,7 +295,7 @@ def bench_memory(cd: devenv.Containerd, image: str, count: int) -> None:
                 time.sleep(SETTLE)
                 print(f"  {'':8s} {'settled':14s} {shim_memory(cd, name, ids)}")
                 if name == "railcar":  # as once no container started for RAILCAR_ZYGOTE_IDLE (10 min)
-                    stop_zygotes_of(cd)
+                    cd.stop_zygotes()
                     print(f"  {'':8s} {'zygote gone':14s} {shim_memory(cd, name, ids)}")
             finally:
                 for cid in ids:
@@ -332,7 +331,7 @@ def main() -> None:
                 bench_memory(cd, image, args.containers)
         finally:
             cd.stop()
-            stop_zygotes_of(cd)
+            cd.stop_zygotes()
             try:
                 os.rmdir(os.path.join("/run/railcar", cd.namespace))
             except OSError:
@@ -347,44 +346,6 @@ def compile_railcar() -> None:
         folders = tomllib.load(f)["tool"]["setuptools"]["package-dir"].values()
     for folder in folders:
         compileall.compile_dir(HERE.parent / folder, quiet=1)
-
-
-def processes_of(cd: devenv.Containerd, *comms: str) -> list[int]:
-    """The processes named one of `comms` that this containerd's shims started (containerd put
-    TTRPC_ADDRESS in their environment)."""
-    mine = f"TTRPC_ADDRESS={cd.ttrpc_address}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() in comms \
-                    and mine in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-def stop_zygotes_of(cd: devenv.Containerd) -> None:
-    """SIGTERM this containerd's zygotes, by pid, and wait for them; other zygotes on the node are
-    left alone."""
-    stopped = []
-    for pid in processes_of(cd, "railcar-zygote"):
-        try:
-            os.kill(pid, signal.SIGTERM)
-            stopped.append(pid)
-        except OSError:
-            continue
-    deadline = time.monotonic() + 10
-    while (any(map(running, stopped)) or processes_of(cd, "railcar-spare")) and time.monotonic() < deadline:
-        time.sleep(0.05)  # (a spare leaves once its zygote closed their connection)
-
-
-def running(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie (an orphan's parent may be slow to reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

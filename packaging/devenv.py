@@ -91,6 +91,14 @@ def cgroup_hierarchies() -> list[str]:
             if os.path.isdir(path) and not os.path.islink(path)]
 
 
+def _live(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (an orphan's new parent may be slow to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 @dataclass
 class Containerd:
     """A running private containerd; `ctr()` talks to it, `stop()` ends it (and only it)."""
@@ -141,6 +149,35 @@ class Containerd:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"containerd did not come up within 30 s; see {self.log_path}")
+
+    def started_processes(self, *comms: str) -> list[int]:
+        """Live processes named one of `comms` that this containerd's shims started (containerd puts
+        TTRPC_ADDRESS in their environment): its railcar zygotes and their spare daemons."""
+        mine = f"TTRPC_ADDRESS={self.ttrpc_address}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and _live(int(entry)) and Path(f"/proc/{entry}/comm").read_text().strip() in comms \
+                        and mine in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                    found.append(int(entry))
+            except OSError:
+                continue
+        return found
+
+    def stop_zygotes(self, timeout: float = 10.0) -> list[int]:
+        """SIGTERM, by pid, the railcar zygotes this containerd's shims started (a zygote removes its
+        socket), and wait for them and for their spare daemons (a spare goes when its zygote closes
+        their connection); other zygotes on the node are left alone. Returns those still there
+        after `timeout` seconds. A zygote otherwise leaves after its idle time (10 minutes)."""
+        for pid in self.started_processes("railcar-zygote"):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while (left := self.started_processes("railcar-zygote", "railcar-spare")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return left
 
     def stop(self) -> None:
         """SIGTERM containerd and wait; its shims are left alone, as systemd's KillMode=process does."""
@@ -290,6 +327,7 @@ def _demo(workdir: Path) -> int:
         return result.returncode
     finally:
         cd.stop()
+        cd.stop_zygotes()   # or it idles on for 10 minutes, ready for this containerd's next start
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ unique container ids and must leave nothing behind: no shim daemon, no socket of
 
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -112,32 +111,10 @@ def cgroups_parents(namespace: str) -> list[str]:
     return [path for path in (os.path.join(h, namespace) for h in devenv.cgroup_hierarchies()) if os.path.isdir(path)]
 
 
-def zygotes_of(cd: devenv.Containerd) -> set[int]:
-    """Live zygotes a shim `start` of this containerd spawned (containerd puts TTRPC_ADDRESS in their env)."""
-    mine = f"TTRPC_ADDRESS={cd.ttrpc_address}".encode()
-    found = set()
-    for pid in processes_named("railcar-zygote"):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if mine in f.read().split(b"\0"):
-                    found.add(pid)
-        except OSError:
-            pass
-    return found
-
-
 def stop_zygotes(cd: devenv.Containerd) -> None:
-    """SIGTERM (the zygote removes its socket) the zygotes our shims started, by pid, and wait for them
-    and for their spare daemons (each goes when its zygote closes the connection to it)."""
-    zygotes = zygotes_of(cd)
-    spares = {pid for pid in processes_named("railcar-spare") if _parent(pid) in zygotes}
-    for pid in zygotes:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    assert not _settled(lambda: zygotes_of(cd)), "zygotes did not stop"
-    assert not _settled(lambda: spares & processes_named("railcar-spare")), "spare daemons did not stop"
+    """Stop the zygotes our shims started, and their spare daemons (devenv), and check they went."""
+    left = cd.stop_zygotes()
+    assert not left, f"zygotes or spare daemons did not stop:\n{described(left)}"
 
 
 def start_containerd(workdir: Path, cri: bool = False) -> devenv.Containerd:
