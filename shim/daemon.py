@@ -8,7 +8,7 @@ for its assignment (flags, environment, working directory and listener) in a blo
 writes to far fewer pages than a waiting trio loop (0.6 against 2.0 MiB of private memory,
 measured); only then does it open its log, hand its environment, working directory and log
 settings to its forker's workers (`Forker.adopt`), and start trio. The daemon ends on
-Shutdown with no tasks left, on SIGTERM/SIGINT, when its forker is gone, or when no Create arrived within
+Shutdown with no tasks left, on SIGTERM/SIGINT, when its forker cannot be replaced, or when no Create arrived within
 the grace period (containerd died between `start` and Create, reference §8.4) or since its last
 task was deleted (containerd restarted before its Shutdown), and removes its
 socket on the way out. A pool's daemon stays while a container that `start` just sent it is on
@@ -22,6 +22,7 @@ import marshal
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 
 import prctl
@@ -35,13 +36,14 @@ from . import fdlimit, oomscore, paths, pool
 from .events import Publisher
 from .flags import Flags, parse
 from .forker import Forker, ForkerError, preload
-from .reaper import Reaper
+from .reaper import Reaper, exit_status
 from .service import TaskService
 
 GRACE_ENV = "RAILCAR_SHIM_GRACE"
 DEFAULT_GRACE = 30.0
 EVENT_DRAIN_TIMEOUT = 5.0
 LEAVE_RETRY = 0.2  # seconds between attempts to leave a pool while a container joins it
+FORKER_MIN_LIFE = 1.0  # seconds: a forker that dies sooner after it was forked is not replaced again
 PROCESS_NAME = "railcar-shim"  # the comm name ps/top show, whether spawned cold or forked by the zygote
 SPARE_NAME = "railcar-spare"  # a zygote's spare until a `start` is passed to it
 
@@ -198,22 +200,26 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                     logger.warning("cannot prune the pool's members: %s", e)
 
         async def watch_forker() -> None:
-            """Every container operation goes through the forker: without it this daemon can neither
-            create, kill nor delete, and its pool would go on taking containers it cannot make. It
-            leaves its pool and exits at once, and containerd cleans its containers up, as after a
-            daemon's crash."""
-            try:
-                pidfd = os.pidfd_open(forker.pid)
-            except ProcessLookupError:  # gone (and reaped) already: a spare's, while it waited
-                pass
-            else:
+            """Every container operation goes through the forker. One that dies (killed, or out of
+            memory) is replaced, and the pool's containers are served on; only the requests it had
+            not passed to a worker fail. One that dies again right after it was forked would keep
+            dying: the daemon then leaves its pool and exits at once, and containerd cleans its
+            containers up, as after a daemon's crash."""
+            while True:
+                how = exit_status(await reaper.wait(forker.pid))
+                if time.monotonic() - forker.started < FORKER_MIN_LIFE:
+                    logger.error("the forker (pid %d) died within %.0f s of its start (status %d): no container "
+                                 "can be made, killed or deleted, exiting", forker.pid, FORKER_MIN_LIFE, how)
+                    stop_now()
+                    return
                 try:
-                    await trio.lowlevel.wait_readable(pidfd)
-                finally:
-                    os.close(pidfd)
-            logger.error("the forker (pid %d) is gone: no container can be made, killed or deleted, exiting",
-                         forker.pid)
-            stop_now()
+                    forker.respawn()
+                except OSError as e:
+                    logger.error("the forker (pid %d) is gone (status %d) and cannot be replaced (%s): exiting",
+                                 forker.pid, how, e)
+                    stop_now()
+                    return
+                logger.error("the forker died (status %d): the new one is pid %d", how, forker.pid)
 
         nursery.start_soon(on_signals)
         nursery.start_soon(on_shutdown)

@@ -281,7 +281,10 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
     (seq,) = _SEQ.unpack(head)
     _SEQ.pack_into(shared, _TAKEN_AT, seq)
     data, fds, flags, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
-    os.write(notes, _NOTE.pack(os.getpid(), seq))  # the forker forks the next waiting worker now
+    try:
+        os.write(notes, _NOTE.pack(os.getpid(), seq))  # the forker forks the next waiting worker now
+    except OSError:  # the forker died (the daemon forks another): this request is served all the same
+        pass
     os.close(notes)
     if fds:  # the daemon's fd 2 comes first
         os.dup2(fds[0], 2)
@@ -488,23 +491,100 @@ def preload() -> None:
     import railcar.runtime.hooks  # noqa: F401
 
 
+class _Link:
+    """One forker process and the daemon's end of the socket to it. A request is answered through
+    the link it was sent on: by its worker, which outlives a forker that died (see `Forker.respawn`)."""
+
+    def __init__(self, sock: socket.socket, pid: int, shared: mmap.mmap, max_request: int) -> None:
+        self.sock, self.pid, self.shared, self.max_request = sock, pid, shared, max_request
+        self.sending = trio.Lock()  # one message at a time: trio lets one task wait for a writable fd
+        self.awaited: set[int] = set()  # the numbers of the requests sent and not yet answered
+        self.replies: dict[int, tuple[dict[str, Any], list[int]]] = {}  # received, not yet taken
+        self.reading = False  # a call is receiving for all of them
+        self.arrived = trio.Event()  # set (and replaced) whenever that call received something
+        self.retired = False  # its forker died: closed once its last request is answered
+        self.started = time.monotonic()
+
+    def write_context(self, context: bytes) -> None:
+        start = _CONTEXT_AT + _SEQ.size
+        self.shared[start:start + len(context)] = context
+        _SEQ.pack_into(self.shared, _CONTEXT_AT, len(context))
+
+    async def send(self, message: bytes, fds: list[int]) -> None:
+        async with self.sending:
+            while True:
+                try:
+                    socket.send_fds(self.sock, [message], [2, *fds])  # a worker logs where we log
+                    return
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self.sock)
+
+    async def reply(self, seq: int) -> tuple[dict[str, Any], list[int]]:
+        """The reply to request `seq`. One waiting call at a time receives, for every call: a reply
+        for another is kept for it, and a late answer to a request nobody waits for any more (its
+        worker died after it answered, and the forker answered again) is dropped with its fds."""
+        while seq not in self.replies:
+            if self.reading:
+                await self.arrived.wait()
+                continue
+            self.reading = True
+            try:
+                data, fds = await receive(self.sock, _MAX_MESSAGE, _MAX_FDS)
+            except ConnectionResetError:  # its last worker left with a request untaken (see `retire`):
+                continue  # reported once, ahead of the replies still queued here and of the end
+            finally:
+                self.reading = False
+                arrived, self.arrived = self.arrived, trio.Event()
+                arrived.set()
+            if not data:  # every holder of the other end is gone: no answer will come
+                raise ForkerError("internal", "the forker process is gone")
+            try:
+                reply = json.loads(data)
+            except ValueError:  # cannot happen (every reply is json.dumps'): nobody's, at least
+                reply = {}
+            if isinstance(reply, dict) and reply.get("seq") in self.awaited and reply["seq"] not in self.replies:
+                self.replies[reply["seq"]] = reply, fds
+            else:
+                _close_all(fds)
+        return self.replies.pop(seq)
+
+    def retire(self) -> None:
+        """Its forker is gone. Its waiting worker takes one request still queued, if any, and
+        sees the end of the socket after it; the workers that took a request answer it. A request
+        none of them took fails once they are all gone (`reply` reads the end of the socket)."""
+        self.retired = True
+        if self.awaited:
+            with contextlib.suppress(OSError):  # (its other end is gone already: the end comes at once)
+                self.sock.shutdown(socket.SHUT_WR)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.shared.close()
+
+
 class Forker:
     """The daemon's handle on the forker process: start it before trio, then `await call(...)`."""
 
     def __init__(self, handlers: dict[str, Handler] = HANDLERS, spare_idle: float = SPARE_IDLE) -> None:
         self._handlers = handlers
         self._spare_idle = spare_idle
-        self._sock: socket.socket | None = None
+        self._link: _Link | None = None
+        self._keep_fds: tuple[int, ...] = (0, 1, 2)
+        self._context = b""  # see `adopt`
         self._seq = 0
-        self._sending = trio.Lock()  # one message at a time: trio lets one task wait for a writable fd
         self._in_order: dict[str, tuple[trio.Lock, int]] = {}  # container id: its lock, and how many hold or want it
-        self._awaited: set[int] = set()  # the numbers of the requests sent and not yet answered
-        self._replies: dict[int, tuple[dict[str, Any], list[int]]] = {}  # received, not yet taken
-        self._reading = False  # a call is receiving for all of them
-        self._arrived = trio.Event()  # set (and replaced) whenever that call received something
-        self._shared = mmap.mmap(-1, _CONTEXT_AT + _SEQ.size + _CONTEXT_SPACE)  # before the fork: shared
-        self._max_request = _MAX_MESSAGE
-        self.pid = 0
+
+    @property
+    def pid(self) -> int:
+        """The forker's pid (0 before `start`)."""
+        return self._link.pid if self._link is not None else 0
+
+    @property
+    def started(self) -> float:
+        """When the forker was forked (time.monotonic)."""
+        return self._link.started if self._link is not None else 0.0
 
     def adopt(self, env: dict[str, str], cwd: str, namespace: str, debug: bool, oom_score: int | None) -> None:
         """A spare daemon's forker was forked before its container was known: from now on every
@@ -515,16 +595,19 @@ class Forker:
                               "oom_score_adj": oom_score}).encode()
         if len(context) > _CONTEXT_SPACE:
             raise ForkerError("internal", f"the daemon's context takes {len(context)} bytes, over {_CONTEXT_SPACE}")
-        start = _CONTEXT_AT + _SEQ.size
-        self._shared[start:start + len(context)] = context
-        _SEQ.pack_into(self._shared, _CONTEXT_AT, len(context))
+        self._context = context
+        if self._link is not None:
+            self._link.write_context(context)
 
     def start(self, keep_fds: tuple[int, ...] = (0, 1, 2)) -> int:
-        """Fork the forker; must run before any thread or event loop exists. Returns its pid.
+        """Fork the forker; must run while the process has no thread (before trio starts, or in
+        `respawn`). Returns its pid.
 
         The child keeps only `keep_fds` and its end of the socketpair, so it never holds the daemon's
         listening socket or connections.
         """
+        self._keep_fds = keep_fds
+        shared = mmap.mmap(-1, _CONTEXT_AT + _SEQ.size + _CONTEXT_SPACE)  # before the fork: shared
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (ours, theirs):  # one message is one request: room for _MAX_MESSAGE, not ~208 KiB
             try:
@@ -532,7 +615,10 @@ class Forker:
             except OSError:  # not root: as much as net.core.wmem_max allows
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
         # what one message may hold: the kernel doubles the value set, and keeps some for itself
-        self._max_request = min(_MAX_MESSAGE, ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
+        max_request = min(_MAX_MESSAGE, ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
+        link = _Link(ours, 0, shared, max_request)
+        if self._context:
+            link.write_context(self._context)
         pid = bare_fork()
         if pid == 0:
             code = 0
@@ -541,9 +627,11 @@ class Forker:
                 prctl.set_name(PROCESS_NAME)
                 # SIGPIPE stays ignored (as in the daemon): a write to a helper that died must be an
                 # error the request reports, not the death of the forker. The runtime resets every
-                # signal to its default before the container's execve.
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                # signal to its default before the container's execve. Forked by `respawn`, the
+                # child has trio's handlers: set back, and no wakeup fd, whose number is reused.
+                signal.set_wakeup_fd(-1)
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+                    signal.signal(signum, signal.SIG_DFL)
                 keep = set(keep_fds) | {theirs.fileno()}
                 for name in os.listdir("/proc/self/fd"):
                     fd = int(name)
@@ -552,16 +640,27 @@ class Forker:
                             os.close(fd)
                         except OSError:
                             pass
-                serve(theirs, self._handlers, self._shared, self._spare_idle)
+                serve(theirs, self._handlers, shared, self._spare_idle)
             except BaseException:
                 code = 1
             finally:
                 os._exit(code)
         theirs.close()
         ours.setblocking(False)
-        self._sock = ours
-        self.pid = pid
+        link.pid = pid
+        self._link = link
         return pid
+
+    def respawn(self) -> int:
+        """Replace a forker that died (the daemon's reaper saw its exit) with a new one, forked from
+        the daemon as it runs: no thread runs in it, and the child leaves trio's state alone. The
+        requests in flight are answered, or fail, through the old link (`_Link.retire`); every
+        later one goes to the new forker. Returns its pid; raises OSError if it cannot be forked."""
+        old = self._link
+        assert old is not None, "Forker.start() was not called"
+        self.start(self._keep_fds)
+        old.retire()
+        return self.pid
 
     @contextlib.asynccontextmanager
     async def _in_order_of(self, key: str | None) -> AsyncIterator[None]:
@@ -579,46 +678,6 @@ class Forker:
             if users > 1:
                 self._in_order[key] = lock, users - 1
 
-    async def _send(self, message: bytes, fds: list[int]) -> None:
-        sock = self._sock
-        assert sock is not None, "Forker.start() was not called"
-        async with self._sending:
-            while True:
-                try:
-                    socket.send_fds(sock, [message], [2, *fds])  # a worker logs where we log
-                    return
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-
-    async def _reply(self, seq: int) -> tuple[dict[str, Any], list[int]]:
-        """The reply to request `seq`. One waiting call at a time receives, for every call: a reply
-        for another is kept for it, and a late answer to a request nobody waits for any more (its
-        worker died after it answered, and the forker answered again) is dropped with its fds."""
-        sock = self._sock
-        assert sock is not None, "Forker.start() was not called"
-        while seq not in self._replies:
-            if self._reading:
-                await self._arrived.wait()
-                continue
-            self._reading = True
-            try:
-                data, fds = await receive(sock, _MAX_MESSAGE, _MAX_FDS)
-            finally:
-                self._reading = False
-                arrived, self._arrived = self._arrived, trio.Event()
-                arrived.set()
-            if not data:
-                raise ForkerError("internal", "the forker process is gone")
-            try:
-                reply = json.loads(data)
-            except ValueError:  # cannot happen (every reply is json.dumps'): nobody's, at least
-                reply = {}
-            if isinstance(reply, dict) and reply.get("seq") in self._awaited and reply["seq"] not in self._replies:
-                self._replies[reply["seq"]] = reply, fds
-            else:
-                _close_all(fds)
-        return self._replies.pop(seq)
-
     async def call(self, op: str, args: dict[str, Any], fds: tuple[int, ...] | list[int] = ()) -> tuple[Any, list[int]]:
         """Run `op` in the forker; returns (result, received fds). Raises ForkerError on failure.
 
@@ -628,24 +687,28 @@ class Forker:
         nothing was sent yet; once sent it is never abandoned half-way (its reply must be read, its
         worker has started), so cancellation takes effect only after the reply arrived.
         """
+        assert self._link is not None, "Forker.start() was not called"
         if len(fds) > _MAX_FDS:
             raise ForkerError("internal", f"a forker request carries at most {_MAX_FDS} fds")
         self._seq += 1
         seq = self._seq
         message = _SEQ.pack(seq) + json.dumps({"op": op, "args": args}).encode()
-        if len(message) > self._max_request:
+        if len(message) > self._link.max_request:
             raise ForkerError("internal",
-                              f"a forker request of {len(message)} bytes is over the {self._max_request} limit")
+                              f"a forker request of {len(message)} bytes is over the {self._link.max_request} limit")
         async with self._in_order_of(args.get("id")):
             with trio.CancelScope(shield=True):
-                self._awaited.add(seq)
+                link = self._link
+                link.awaited.add(seq)
                 try:
-                    await self._send(message, list(fds))
-                    reply, out_fds = await self._reply(seq)
+                    await link.send(message, list(fds))
+                    reply, out_fds = await link.reply(seq)
                 except OSError as e:
                     raise ForkerError("internal", f"the forker process is gone: {e}") from None
                 finally:
-                    self._awaited.discard(seq)
+                    link.awaited.discard(seq)
+                    if link.retired and not link.awaited:
+                        link.close()
         error = reply.get("error")
         if error:
             _close_all(out_fds)
@@ -655,6 +718,6 @@ class Forker:
     def close(self) -> None:
         """Close our end: the forker's waiting worker sees EOF, and the forker exits after it (a
         worker still serving a request ends on its own: the daemon closes once nothing is in flight)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._link is not None:
+            self._link.close()
+            self._link = None

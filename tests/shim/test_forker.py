@@ -2,6 +2,7 @@
 runs each request in a fresh worker (so the forker itself stays a clean copy)."""
 
 import json
+import mmap
 import os
 import resource
 import select
@@ -236,7 +237,7 @@ async def test_each_request_runs_in_a_fresh_worker(forker: Forker) -> None:
 def _nothing_queued(forker: Forker) -> bool:
     """No reply waits on the daemon's end (an extra one would be dropped as late, unseen)."""
     try:
-        forker._sock.recv(1, socket.MSG_PEEK)
+        forker._link.sock.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
         return True
     return False
@@ -284,6 +285,49 @@ async def test_a_spare_killed_before_it_took_a_request_fails_nothing(forker: For
     assert served["pid"] not in (ready, forker.pid)
     await trio.sleep(0.3)
     assert _nothing_queued(forker)
+
+
+async def test_a_forker_that_died_is_replaced_and_what_its_workers_took_is_answered(tmp_path: Path) -> None:
+    """After `respawn`, a request a worker of the dead forker had taken is answered, and so is the
+    one its waiting worker takes next; a request no worker took fails; later ones go to the new forker."""
+    forker = Forker(HANDLERS, spare_idle=5)
+    old = forker.start()
+    old_link = forker._link
+    results: dict[str, object] = {}
+
+    async def call(name: str, op: str, args: dict) -> None:
+        try:
+            results[name] = (await forker.call(op, args))[0]
+        except ForkerError as e:
+            results[name] = e
+
+    try:
+        async with trio.open_nursery() as nursery:
+            busy = tmp_path / "busy"
+            nursery.start_soon(call, "busy", "meet", {"dir": str(busy), "count": 2})
+            assert await trio.to_thread.run_sync(eventually, lambda: busy.is_dir() and len(os.listdir(busy)) == 1)
+            assert await trio.to_thread.run_sync(eventually, lambda: len(_workers_of(old)) == 2)  # and one waits
+            os.kill(old, signal.SIGKILL)
+            os.waitpid(old, 0)
+            for name in ("first", "second"):
+                nursery.start_soon(call, name, "touch", {})
+            await trio.sleep(0.3)  # both sent; the waiting worker took one of them
+            new = forker.respawn()
+            assert new not in (old, 0) and forker.pid == new
+            (busy / "go").touch()
+        assert results["busy"] == 2
+        served = [r for name, r in results.items() if name != "busy" and isinstance(r, dict)]
+        failed = [r for r in results.values() if isinstance(r, ForkerError)]
+        assert len(served) == 1 and served[0]["pid"] != new
+        assert len(failed) == 1 and "the forker process is gone" in str(failed[0])
+        assert old_link.sock.fileno() == -1  # closed once its last request was answered
+        result, _ = await forker.call("touch", {})
+        assert result["pid"] not in (new, served[0]["pid"])
+    finally:
+        forker.close()
+        if forker.pid != old:
+            _, status = os.waitpid(forker.pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
 
 
 async def test_a_worker_killed_before_it_took_its_request_leaves_it_to_the_next(monkeypatch, tmp_path: Path) -> None:
@@ -390,7 +434,8 @@ async def test_a_late_reply_is_told_apart_by_its_sequence_number() -> None:
     forker = Forker(HANDLERS)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
-    forker._sock = ours  # the test plays the forker on `theirs`
+    # the test plays the forker on `theirs`
+    forker._link = forker_module._Link(ours, 0, mmap.mmap(-1, mmap.PAGESIZE), 1 << 16)
     async with trio.open_nursery() as nursery:
         async def play_forker() -> None:
             for _ in range(2):

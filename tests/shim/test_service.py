@@ -17,6 +17,7 @@ from google.protobuf import any_pb2, empty_pb2
 
 from railcar.runtime import Container
 from railcar.shim import cleanup
+from railcar.shim.daemon import FORKER_MIN_LIFE
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import mount_pb2, runtimeoptions_pb2, task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
@@ -442,21 +443,42 @@ async def test_a_delete_cancelled_while_its_create_runs_changes_nothing(bundle: 
     _remove_runtime_dir(namespace)
 
 
-async def test_a_daemon_whose_forker_died_leaves_and_delete_cleans_up(bundle: Path, address: str, namespace: str,
-                                                                      cgroup_parent: str) -> None:
-    """Without its forker a daemon can neither make, kill nor delete a container, and its pool would
-    go on taking new ones: it leaves at once, as if it had crashed, and containerd's `delete` (run
-    for each of its containers) cleans up."""
+async def _forker_replaced(daemon_pid: int) -> int:
+    """Kill the daemon's forker, once it has lived long enough to be replaced: the new one's pid."""
+    await trio.sleep(FORKER_MIN_LIFE)
+    [forker] = children_named(daemon_pid, "railcar-forker")
+    os.kill(forker, signal.SIGKILL)
+    found: list[int] = []
+
+    def replaced() -> bool:  # (the old one may still be listed, a zombie not yet reaped)
+        found[:] = children_named(daemon_pid, "railcar-forker")
+        return len(found) == 1 and found != [forker]
+
+    assert await trio.to_thread.run_sync(eventually, replaced)
+    return found[0]
+
+
+async def test_a_daemon_replaces_a_forker_that_died_and_leaves_when_the_new_one_dies_at_once(
+        bundle: Path, address: str, namespace: str, cgroup_parent: str) -> None:
+    """Every container operation goes through the forker: one that died is replaced, and the
+    daemon's containers are served on (a kill, a delete and a new container go through the new
+    one). A forker that dies right after it was forked would keep dying: the daemon then leaves at
+    once, as if it had crashed, and containerd's `delete` (run for each of its containers) cleans up."""
     devenv.busybox_rootfs(bundle / "rootfs")
     (bundle / "config.json").write_text(json.dumps(_spec(["sleep", "1000"], f"{cgroup_parent}/orphan")))
     daemon = await _start(namespace, address, "orphan", bundle)
     async with connect_unix(daemon) as client:
         shim = Shim(client, "orphan")
-        await shim("Create", pb.CreateTaskRequest(id="orphan", bundle=str(bundle)), pb.CreateTaskResponse)
+        created = await shim("Create", pb.CreateTaskRequest(id="orphan", bundle=str(bundle)), pb.CreateTaskResponse)
         await shim("Start", pb.StartRequest(id="orphan"), pb.StartResponse)
         daemon_pid = (await shim("Connect", pb.ConnectRequest(id="orphan"), pb.ConnectResponse)).shim_pid
-    [forker] = children_named(daemon_pid, "railcar-forker")
-    os.kill(forker, signal.SIGKILL)
+        await _forker_replaced(daemon_pid)
+        await shim("Kill", pb.KillRequest(id="orphan", signal=signal.SIGKILL))
+        deleted = await shim("Delete", pb.DeleteRequest(id="orphan"), pb.DeleteResponse)
+        assert (deleted.pid, deleted.exit_status) == (created.pid, 137)
+        await shim("Create", pb.CreateTaskRequest(id="orphan", bundle=str(bundle)), pb.CreateTaskResponse)
+        await shim("Start", pb.StartRequest(id="orphan"), pb.StartResponse)
+        os.kill(await _forker_replaced(daemon_pid), signal.SIGKILL)
     assert await trio.to_thread.run_sync(wait_gone, daemon_pid)
     assert not os.path.exists(daemon.removeprefix("unix://"))
     deleted = await trio.to_thread.run_sync(lambda: run_shim(
