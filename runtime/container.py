@@ -391,13 +391,16 @@ class Container:
         if cgroup is not None:
             cgroup.destroy()
         hooks = self._stored_hooks("poststop") if self._record.created else None
-        if hooks:
-            self._run_poststop(hooks)
+        state = self._hook_state("stopped")
+        # The state goes before the hooks run, as in runc's destroy: a delete whose process dies
+        # while they run (its worker killed) leaves the next delete nothing to do, hooks included.
         shutil.rmtree(self._dir, ignore_errors=True)
+        if hooks:
+            self._run_poststop(hooks, state)
 
-    def _run_poststop(self, hooks: list) -> None:
+    def _run_poststop(self, hooks: list, state: dict) -> None:
         try:
-            _run_hooks("poststop", hooks, self._hook_state("stopped"))
+            _run_hooks("poststop", hooks, state)
         except RuntimeFailure as e:   # runtime-spec: log it, and the delete goes on
             log.warning("container %s: %s; deleting anyway", self.id, e)
 

@@ -479,6 +479,35 @@ def test_failing_poststop_hook_is_logged_and_delete_goes_on(make_bundle, state_r
     assert any("poststop" in r.getMessage() and bundle.id in r.getMessage() for r in caplog.records), caplog.text
 
 
+def test_a_delete_killed_while_its_poststop_hooks_run_is_not_redone(make_bundle, state_root, tmp_path) -> None:
+    """As in runc, the container's state goes before its poststop hooks run: after a delete whose
+    process died meanwhile (a worker killed), the next delete has nothing to redo, and the hooks
+    ran once."""
+    log = tmp_path / "poststop.log"
+    script = f"echo $$ >> {log}; [ $(wc -l < {log}) -gt 1 ] || exec sleep 30"
+    bundle = make_bundle(["true"], edit=lambda c: c.update(
+        hooks={"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}))
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    created.read_all()
+    wait_for(created.result.pid)
+    deleting = os.fork()
+    if deleting == 0:
+        try:
+            container.delete()
+        finally:
+            os._exit(0)
+    assert eventually(lambda: log.exists() and log.read_text().endswith("\n"))
+    os.kill(deleting, signal.SIGKILL)
+    os.waitpid(deleting, 0)
+    hook = int(log.read_text())
+    os.kill(hook, signal.SIGKILL)  # our orphan (we are a subreaper)
+    os.waitpid(hook, 0)
+    container.delete()
+    assert len(log.read_text().split()) == 1
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
+
+
 def test_console_size_is_applied_to_init_and_exec(make_bundle, state_root) -> None:
     """process.consoleSize sets the pty's window size before the program runs (not ignored)."""
     bundle = make_bundle(["sh", "-c", "stty size; sleep 100"],
