@@ -350,7 +350,15 @@ class TaskService:
                                                         pid=process.pid))
             else:
                 await task.oom_armed.wait()
-                await self._call("start", {"id": task.id, "root": self.root})
+                try:
+                    await self._forker.call("start", {"id": task.id, "root": self.root})
+                except ForkerError as e:
+                    if e.kind == "internal":  # its worker died, maybe in a poststart hook: the init may
+                        # run, let go, while it reads CREATED. It goes, as the runtime kills it when a
+                        # poststart hook fails (runc too).
+                        await self._quiet_call("kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL,
+                                                        "all": True})
+                    raise _error(e) from None
                 process.apply("start")
                 self._events.publish(ev.TaskStart(container_id=task.id, pid=process.pid))
         except BaseException:

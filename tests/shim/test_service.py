@@ -443,6 +443,42 @@ async def test_a_delete_cancelled_while_its_create_runs_changes_nothing(bundle: 
     _remove_runtime_dir(namespace)
 
 
+async def test_a_start_whose_worker_died_in_a_poststart_hook_kills_the_init(
+        bundle: Path, address: str, namespace: str, cgroup_parent: str, tmp_path: Path) -> None:
+    """A Start whose worker died after it let the init go (here in a poststart hook) fails, and the
+    init, which would run on while it reads CREATED, is killed, as when a poststart hook fails."""
+    devenv.busybox_rootfs(bundle / "rootfs")
+    hook_pid = tmp_path / "hook.pid"
+    spec = _spec(["sleep", "1000"], f"{cgroup_parent}/poststart")
+    spec["hooks"] = {"poststart": [{"path": "/bin/sh", "args": ["sh", "-c", f"echo $$ > {hook_pid}; exec sleep 30"]}]}
+    (bundle / "config.json").write_text(json.dumps(spec))
+    daemon = await _start(namespace, address, "poststart", bundle)
+    async with connect_unix(daemon) as client:
+        shim = Shim(client, "poststart")
+        created = await shim("Create", pb.CreateTaskRequest(id="poststart", bundle=str(bundle)), pb.CreateTaskResponse)
+        daemon_pid = (await shim("Connect", pb.ConnectRequest(id="poststart"), pb.ConnectResponse)).shim_pid
+        codes = []
+        async with trio.open_nursery() as nursery:
+            async def start() -> None:
+                codes.append(await shim.code_of("Start", pb.StartRequest(id="poststart")))
+
+            nursery.start_soon(start)
+            assert await trio.to_thread.run_sync(eventually, lambda: hook_pid.exists() and hook_pid.read_text())
+            hook = int(hook_pid.read_text())
+            worker = int(Path(f"/proc/{hook}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            os.kill(worker, signal.SIGKILL)
+        os.kill(hook, signal.SIGKILL)  # (now the daemon's, which reaps it)
+        assert codes == [Code.INTERNAL]
+        with trio.fail_after(10):
+            waited = await shim("Wait", pb.WaitRequest(id="poststart"), pb.WaitResponse)
+        assert waited.exit_status == 137
+        deleted = await shim("Delete", pb.DeleteRequest(id="poststart"), pb.DeleteResponse)
+        assert (deleted.pid, deleted.exit_status) == (created.pid, 137)
+        await shim("Shutdown", pb.ShutdownRequest(id="poststart"))
+    assert await trio.to_thread.run_sync(wait_gone, daemon_pid)
+    _remove_runtime_dir(namespace)
+
+
 async def _forker_replaced(daemon_pid: int) -> int:
     """Kill the daemon's forker, once it has lived long enough to be replaced: the new one's pid."""
     await trio.sleep(FORKER_MIN_LIFE)
