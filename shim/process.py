@@ -50,6 +50,9 @@ TRANSITIONS: dict[tuple[Status, str], Status] = {
     (C, "update"): C,
     (R, "update"): R,
     (P, "update"): P,
+    (C, "resize"): C,  # checked for an exec only: runc's shim resizes an init's console whatever its state
+    (R, "resize"): R,
+    (P, "resize"): P,
 }
 
 # The error for a verb that is not legal in a state, when it differs from FailedPrecondition.

@@ -553,6 +553,8 @@ class TaskService:
 
     async def resize_pty(self, req: pb.ResizePtyRequest, ctx: Any) -> empty_pb2.Empty:
         _, process = self._process(req.id, req.exec_id)
+        if process.exec_id:
+            process.check("resize")  # an exec that exited is refused, as by runc's shim
         if process.io is not None:
             try:
                 process.io.resize(req.width, req.height)

@@ -34,7 +34,7 @@ _REFUSED = {
     Code.FAILED_PRECONDITION: [
         (Status.RUNNING, "start"), (Status.STOPPED, "start"), (Status.RUNNING, "delete"), (Status.PAUSED, "delete"),
         (Status.PAUSED, "exec"), (Status.STOPPED, "exec"), (Status.CREATED, "pause"), (Status.RUNNING, "resume"),
-        (Status.STOPPED, "update"),
+        (Status.STOPPED, "update"), (Status.STOPPED, "resize"),
     ],
 }
 

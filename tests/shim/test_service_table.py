@@ -138,3 +138,18 @@ async def test_updates_of_one_task_run_one_at_a_time(monkeypatch) -> None:
             nursery.start_soon(service.update, request, None)
     assert most == 1
 
+
+
+async def test_an_exited_exec_cannot_be_resized_and_the_init_always_can() -> None:
+    """runc's shim refuses a ResizePty for an exec that exited, and resizes an init's console in
+    any state (a process without a console has nothing to resize)."""
+    init = Process("c1", "", pid=42)
+    exec_ = Process("c1", "e1", pid=43)
+    for process in (init, exec_):
+        process.apply("start")
+        process.apply("exit")
+    service = _service_with(Task("c1", "/bundle", init, execs={"e1": exec_}))
+    with pytest.raises(TtrpcError) as info:
+        await service.resize_pty(pb.ResizePtyRequest(id="c1", exec_id="e1", width=80, height=24), None)
+    assert info.value.code is Code.FAILED_PRECONDITION and "resize a stopped" in info.value.message
+    await service.resize_pty(pb.ResizePtyRequest(id="c1", width=80, height=24), None)
