@@ -44,6 +44,7 @@ DEFAULT_GRACE = 30.0
 EVENT_DRAIN_TIMEOUT = 5.0
 LEAVE_RETRY = 0.2  # seconds between attempts to leave a pool while a container joins it
 FORKER_MIN_LIFE = 1.0  # seconds: a forker that dies sooner after it was forked is not replaced again
+FORKER_RESPAWN_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)  # seconds before each new try to fork a new forker
 PROCESS_NAME = "railcar-shim"  # the comm name ps/top show, whether spawned cold or forked by the zygote
 SPARE_NAME = "railcar-spare"  # a zygote's spare until a `start` is passed to it
 
@@ -212,11 +213,18 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                                  "can be made, killed or deleted, exiting", forker.pid, FORKER_MIN_LIFE, how)
                     stop_now()
                     return
-                try:
-                    forker.respawn()
-                except OSError as e:
+                failure: OSError | None = None
+                for delay in (0.0, *FORKER_RESPAWN_DELAYS):  # a fork may fail for a while (memory, pids),
+                    await trio.sleep(delay)  # and what killed the forker may well be a shortage of memory
+                    try:
+                        forker.respawn()
+                        failure = None
+                        break
+                    except OSError as e:
+                        failure = e
+                if failure is not None:
                     logger.error("the forker (pid %d) is gone (status %d) and cannot be replaced (%s): exiting",
-                                 forker.pid, how, e)
+                                 forker.pid, how, failure)
                     stop_now()
                     return
                 logger.error("the forker died (status %d): the new one is pid %d", how, forker.pid)

@@ -607,6 +607,7 @@ class Forker:
         listening socket or connections.
         """
         self._keep_fds = keep_fds
+        previous = self._link
         shared = mmap.mmap(-1, _CONTEXT_AT + _SEQ.size + _CONTEXT_SPACE)  # before the fork: shared
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for end in (ours, theirs):  # one message is one request: room for _MAX_MESSAGE, not ~208 KiB
@@ -619,11 +620,18 @@ class Forker:
         link = _Link(ours, 0, shared, max_request)
         if self._context:
             link.write_context(self._context)
-        pid = bare_fork()
+        try:
+            pid = bare_fork()
+        except OSError:
+            link.close()
+            theirs.close()
+            raise
         if pid == 0:
             code = 0
             try:
                 ours.close()
+                if previous is not None:  # (respawn) the dead forker's pages are not this one's
+                    previous.shared.close()
                 prctl.set_name(PROCESS_NAME)
                 # SIGPIPE stays ignored (as in the daemon): a write to a helper that died must be an
                 # error the request reports, not the death of the forker. The runtime resets every
@@ -678,6 +686,28 @@ class Forker:
             if users > 1:
                 self._in_order[key] = lock, users - 1
 
+    async def _send(self, seq: int, message: bytes, fds: list[int]) -> _Link:
+        """Send request `seq` through the current link; returns that link. A link whose forker died
+        while the request waited to leave refuses it (`_Link.retire`): the new forker's link takes it."""
+        while True:
+            link = self._link
+            assert link is not None, "Forker.start() was not called"
+            link.awaited.add(seq)
+            try:
+                await link.send(message, fds)
+                return link
+            except OSError:
+                self._done(link, seq)
+                if link is self._link:
+                    raise
+
+    @staticmethod
+    def _done(link: _Link, seq: int) -> None:
+        """Request `seq` is answered, or failed: a retired link closes after its last one."""
+        link.awaited.discard(seq)
+        if link.retired and not link.awaited:
+            link.close()
+
     async def call(self, op: str, args: dict[str, Any], fds: tuple[int, ...] | list[int] = ()) -> tuple[Any, list[int]]:
         """Run `op` in the forker; returns (result, received fds). Raises ForkerError on failure.
 
@@ -698,17 +728,14 @@ class Forker:
                               f"a forker request of {len(message)} bytes is over the {self._link.max_request} limit")
         async with self._in_order_of(args.get("id")):
             with trio.CancelScope(shield=True):
-                link = self._link
-                link.awaited.add(seq)
                 try:
-                    await link.send(message, list(fds))
-                    reply, out_fds = await link.reply(seq)
+                    link = await self._send(seq, message, list(fds))
+                    try:
+                        reply, out_fds = await link.reply(seq)
+                    finally:
+                        self._done(link, seq)
                 except OSError as e:
                     raise ForkerError("internal", f"the forker process is gone: {e}") from None
-                finally:
-                    link.awaited.discard(seq)
-                    if link.retired and not link.awaited:
-                        link.close()
         error = reply.get("error")
         if error:
             _close_all(out_fds)
@@ -717,7 +744,7 @@ class Forker:
 
     def close(self) -> None:
         """Close our end: the forker's waiting worker sees EOF, and the forker exits after it (a
-        worker still serving a request ends on its own: the daemon closes once nothing is in flight)."""
+        worker still serving a request ends on its own: the daemon closes once nothing is in flight).
+        `pid` still names it, for the caller to reap."""
         if self._link is not None:
             self._link.close()
-            self._link = None

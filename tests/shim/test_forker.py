@@ -330,6 +330,46 @@ async def test_a_forker_that_died_is_replaced_and_what_its_workers_took_is_answe
             assert os.waitstatus_to_exitcode(status) == 0
 
 
+async def test_a_request_that_had_not_left_when_the_forker_was_replaced_goes_to_the_new_one() -> None:
+    forker = Forker(HANDLERS)
+    old = forker.start()
+    old_link = forker._link
+    try:
+        os.kill(old, signal.SIGKILL)
+        os.waitpid(old, 0)
+        async with trio.open_nursery() as nursery:
+            await old_link.sending.acquire()  # the call waits to send, as behind a full socket
+            results = []
+
+            async def call() -> None:
+                results.append((await forker.call("touch", {}))[0])
+
+            nursery.start_soon(call)
+            await trio.sleep(0.1)
+            new = forker.respawn()
+            old_link.sending.release()
+        assert results and results[0]["pid"] != new
+        assert old_link.sock.fileno() == -1
+    finally:
+        forker.close()
+        _, status = os.waitpid(forker.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forker_that_cannot_be_forked_leaves_nothing_open(monkeypatch) -> None:
+    forker = Forker(HANDLERS)
+
+    def refused() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(forker_module, "bare_fork", refused)
+    with pytest.raises(BlockingIOError) as info:  # which, as the daemon's retries do, keeps the frames
+        forker.start()
+    assert set(os.listdir("/proc/self/fd")) == before and forker.pid == 0
+    assert info.value.errno == 11
+
+
 async def test_a_worker_killed_before_it_took_its_request_leaves_it_to_the_next(monkeypatch, tmp_path: Path) -> None:
     """A worker notes a request's number before it takes it off the socket: if it dies in between,
     the forker sees the request still there and does not answer it; the next worker serves it."""

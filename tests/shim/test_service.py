@@ -437,6 +437,7 @@ async def test_a_delete_cancelled_while_its_create_runs_changes_nothing(bundle: 
         state = await shim("State", pb.StateRequest(id="slow"), pb.StateResponse)
         assert (state.status, state.pid) == (1, created[0].pid)  # CREATED
         await shim("Kill", pb.KillRequest(id="slow", signal=signal.SIGKILL))
+        await shim("Wait", pb.WaitRequest(id="slow"), pb.WaitResponse)  # (a Delete before the exit is refused)
         deleted = await shim("Delete", pb.DeleteRequest(id="slow"), pb.DeleteResponse)
         assert (deleted.pid, deleted.exit_status) == (created[0].pid, 137)
         await shim("Shutdown", pb.ShutdownRequest(id="slow"))
@@ -510,6 +511,7 @@ async def test_a_daemon_replaces_a_forker_that_died_and_leaves_when_the_new_one_
         daemon_pid = (await shim("Connect", pb.ConnectRequest(id="orphan"), pb.ConnectResponse)).shim_pid
         await _forker_replaced(daemon_pid)
         await shim("Kill", pb.KillRequest(id="orphan", signal=signal.SIGKILL))
+        await shim("Wait", pb.WaitRequest(id="orphan"), pb.WaitResponse)  # (a Delete before the exit is refused)
         deleted = await shim("Delete", pb.DeleteRequest(id="orphan"), pb.DeleteResponse)
         assert (deleted.pid, deleted.exit_status) == (created.pid, 137)
         await shim("Create", pb.CreateTaskRequest(id="orphan", bundle=str(bundle)), pb.CreateTaskResponse)
