@@ -148,9 +148,9 @@ class Container:
                 _kill_parked(spawned, record.init_start_time)
             if cgroup is not None:
                 cgroup.destroy()
+            shutil.rmtree(directory, ignore_errors=True)
             if spec.hooks.get("poststop"):   # runtime-spec: a failed create ends as a delete does (runc too)
                 cls(directory, record)._run_poststop(spec.hooks["poststop"])
-            shutil.rmtree(directory, ignore_errors=True)
             if oom_killed:
                 limit = ((spec.linux.resources or {}).get("memory") or {}).get("limit")
                 cause = (f"linux.resources.memory.limit ({limit}) is too low" if limit is not None and limit > 0
@@ -391,16 +391,17 @@ class Container:
         if cgroup is not None:
             cgroup.destroy()
         hooks = self._stored_hooks("poststop") if self._record.created else None
-        state = self._hook_state("stopped")
         # The state goes before the hooks run, as in runc's destroy: a delete whose process dies
         # while they run (its worker killed) leaves the next delete nothing to do, hooks included.
         shutil.rmtree(self._dir, ignore_errors=True)
         if hooks:
-            self._run_poststop(hooks, state)
+            self._run_poststop(hooks)
 
-    def _run_poststop(self, hooks: list, state: dict) -> None:
+    def _run_poststop(self, hooks: list) -> None:
+        """Run them with the state of a stopped container, from the record in memory (its files
+        are gone by now)."""
         try:
-            _run_hooks("poststop", hooks, state)
+            _run_hooks("poststop", hooks, self._hook_state("stopped"))
         except RuntimeFailure as e:   # runtime-spec: log it, and the delete goes on
             log.warning("container %s: %s; deleting anyway", self.id, e)
 
