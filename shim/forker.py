@@ -8,7 +8,9 @@ and served by a one-shot worker, a copy of the forker forked ahead of need (see 
 runs the runtime's forking calls (create, exec, start and delete, which run hooks) and the rootfs
 mounts.
 The processes the runtime starts are orphaned to the daemon (a child subreaper), whose reaper owns
-every exit. (Logger binaries need no forker: posix_spawn runs no Python in the child.)
+every exit. (Logger binaries need no forker: posix_spawn runs no Python in the child.) A forker that
+dies is replaced by one the daemon forks as it runs (`Forker.respawn`), and the pool's containers
+are served on.
 """
 
 import contextlib
