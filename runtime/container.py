@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import stat
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from .process import PROC_NS, Launch, Spawned, kill_and_wait, spawn_exec, spawn_
 from .seccomp import send_listener
 from .spec import Spec, load_spec, parse_process, personality_of, shares_pid_namespace
 from .state import (CONFIG_FILE, EXEC_FIFO, Record, container_dir, exiting, is_alive,
-                    read_record, start_time, write_record)
+                    read_record, remove_directory, start_time, write_record)
 from .syscalls import readable
 
 DEFAULT_ROOT = "/run/railcar"
@@ -148,7 +147,7 @@ class Container:
                 _kill_parked(spawned, record.init_start_time)
             if cgroup is not None:
                 cgroup.destroy()
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_directory(directory)
             if spec.hooks.get("poststop"):   # runtime-spec: a failed create ends as a delete does (runc too)
                 cls(directory, record)._run_poststop(spec.hooks["poststop"])
             if oom_killed:
@@ -393,7 +392,7 @@ class Container:
         hooks = self._stored_hooks("poststop") if self._record.created else None
         # The state goes before the hooks run, as in runc's destroy: a delete whose process dies
         # while they run (its worker killed) leaves the next delete nothing to do, hooks included.
-        shutil.rmtree(self._dir, ignore_errors=True)
+        remove_directory(self._dir)
         if hooks:
             self._run_poststop(hooks)
 

@@ -8,6 +8,7 @@ clean up the container after its creator crashed.
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 
 from .errors import ContainerNotFound, RuntimeFailure
@@ -46,6 +47,18 @@ def write_record(directory: str, record: Record) -> None:
     finally:
         os.close(fd)
     os.rename(tmp, os.path.join(directory, STATE_FILE))
+
+
+def remove_directory(directory: str) -> None:
+    """Remove a container's directory, its record first: a removal cut short (its process killed
+    in the middle) leaves a directory without a record, which `Container.load` takes for the
+    leftover of a creator that crashed, and the next delete removes. Were the record left and the
+    saved config gone, every later delete, and so every create of that id, would fail."""
+    try:
+        os.unlink(os.path.join(directory, STATE_FILE))
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def read_record(directory: str, container_id: str) -> Record:

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 import signal
 import stat
 import threading
@@ -506,6 +507,32 @@ def test_a_delete_killed_while_its_poststop_hooks_run_is_not_redone(make_bundle,
     container.delete()
     assert len(log.read_text().split()) == 1
     assert not os.path.exists(os.path.join(state_root, bundle.id))
+
+
+def test_a_delete_killed_while_it_removed_the_directory_leaves_the_id_free(make_bundle, state_root) -> None:
+    """A delete killed part-way through removing the container's directory (here once config.json
+    was gone): the next delete removes the rest, and the id can be created again."""
+    bundle = make_bundle(["true"])
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    created.read_all()
+    wait_for(created.result.pid)
+    deleting = os.fork()
+    if deleting == 0:
+        def cut_short(path: str, ignore_errors: bool = False) -> None:
+            os.unlink(os.path.join(path, "config.json"))
+            os._exit(0)
+
+        shutil.rmtree = cut_short  # (in this child only)
+        try:
+            container.delete()
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(deleting, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # cut short where meant
+    Container.load(bundle.id, root=state_root).delete()
+    assert not os.path.exists(os.path.join(state_root, bundle.id))
+    assert run_container(bundle, state_root).status == 0
 
 
 def test_console_size_is_applied_to_init_and_exec(make_bundle, state_root) -> None:
