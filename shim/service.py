@@ -355,9 +355,10 @@ class TaskService:
                 except ForkerError as e:
                     if e.kind == "internal":  # its worker died, maybe in a poststart hook: the init may
                         # run, let go, while it reads CREATED. It goes, as the runtime kills it when a
-                        # poststart hook fails (runc too).
-                        await self._quiet_call("kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL,
-                                                        "all": True})
+                        # poststart hook fails (runc too), even if the Start's caller gave up meanwhile.
+                        with trio.CancelScope(shield=True):
+                            await self._quiet_call("kill", {"id": task.id, "root": self.root,
+                                                            "signal": signal.SIGKILL, "all": True})
                     raise _error(e) from None
                 process.apply("start")
                 self._events.publish(ev.TaskStart(container_id=task.id, pid=process.pid))

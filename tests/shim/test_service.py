@@ -444,10 +444,12 @@ async def test_a_delete_cancelled_while_its_create_runs_changes_nothing(bundle: 
     _remove_runtime_dir(namespace)
 
 
+@pytest.mark.parametrize("deadline", [None, 0.5])
 async def test_a_start_whose_worker_died_in_a_poststart_hook_kills_the_init(
-        bundle: Path, address: str, namespace: str, cgroup_parent: str, tmp_path: Path) -> None:
+        bundle: Path, address: str, namespace: str, cgroup_parent: str, tmp_path: Path, deadline: float | None) -> None:
     """A Start whose worker died after it let the init go (here in a poststart hook) fails, and the
-    init, which would run on while it reads CREATED, is killed, as when a poststart hook fails."""
+    init, which would run on while it reads CREATED, is killed, as when a poststart hook fails;
+    also when the Start's caller gave up first (its deadline passed while the hook ran)."""
     devenv.busybox_rootfs(bundle / "rootfs")
     hook_pid = tmp_path / "hook.pid"
     spec = _spec(["sleep", "1000"], f"{cgroup_parent}/poststart")
@@ -461,15 +463,20 @@ async def test_a_start_whose_worker_died_in_a_poststart_hook_kills_the_init(
         codes = []
         async with trio.open_nursery() as nursery:
             async def start() -> None:
-                codes.append(await shim.code_of("Start", pb.StartRequest(id="poststart")))
+                with pytest.raises(TtrpcError) as info:
+                    await shim.client.call(TASK, "Start", pb.StartRequest(id="poststart"), pb.StartResponse,
+                                           timeout=deadline or 30)
+                codes.append(info.value.code)
 
             nursery.start_soon(start)
             assert await trio.to_thread.run_sync(eventually, lambda: hook_pid.exists() and hook_pid.read_text())
             hook = int(hook_pid.read_text())
             worker = int(Path(f"/proc/{hook}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if deadline:
+                await trio.sleep(2 * deadline)
             os.kill(worker, signal.SIGKILL)
         os.kill(hook, signal.SIGKILL)  # (now the daemon's, which reaps it)
-        assert codes == [Code.INTERNAL]
+        assert codes == [Code.DEADLINE_EXCEEDED if deadline else Code.INTERNAL]
         with trio.fail_after(10):
             waited = await shim("Wait", pb.WaitRequest(id="poststart"), pb.WaitResponse)
         assert waited.exit_status == 137
