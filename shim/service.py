@@ -357,8 +357,10 @@ class TaskService:
                         # run, let go, while it reads CREATED. It goes, as the runtime kills it when a
                         # poststart hook fails (runc too), even if the Start's caller gave up meanwhile.
                         with trio.CancelScope(shield=True):
-                            await self._quiet_call("kill", {"id": task.id, "root": self.root,
-                                                            "signal": signal.SIGKILL, "all": True})
+                            killed = await self._quiet_call("kill", {"id": task.id, "root": self.root,
+                                                                     "signal": signal.SIGKILL, "all": True})
+                        if not killed and not process.reaped and not self._reaper.has_exited(process.pid):
+                            os.kill(process.pid, signal.SIGKILL)  # (no forker now): our child until reaped
                     raise _error(e) from None
                 process.apply("start")
                 self._events.publish(ev.TaskStart(container_id=task.id, pid=process.pid))

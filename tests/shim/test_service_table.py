@@ -2,11 +2,14 @@
 briefly (unit tests: no forker, reaper or events are reached)."""
 
 import logging
+import signal
+import subprocess
 
 import pytest
 import trio
 import trio.testing
 
+from railcar.shim.forker import ForkerError
 from railcar.shim.process import Process, Status
 from railcar.shim.service import GO_ZERO_TIME_SECONDS, Task, TaskService
 from railcar.ttrpc_proto import Code, TtrpcError
@@ -153,3 +156,30 @@ async def test_an_exited_exec_cannot_be_resized_and_the_init_always_can() -> Non
         await service.resize_pty(pb.ResizePtyRequest(id="c1", exec_id="e1", width=80, height=24), None)
     assert info.value.code is Code.FAILED_PRECONDITION and "resize a stopped" in info.value.message
     await service.resize_pty(pb.ResizePtyRequest(id="c1", width=80, height=24), None)
+
+
+async def test_a_start_whose_worker_died_kills_the_init_even_without_a_forker() -> None:
+    """The kill after a Start whose worker died goes through the forker; with none to take it (one
+    that died and is not replaced yet), the daemon kills the init itself: its child until reaped."""
+    class NoForker:
+        async def call(self, op: str, args: dict, fds: tuple = ()) -> None:
+            raise ForkerError("internal", "the forker process is gone")
+
+    class Reaper:
+        def has_exited(self, pid: int) -> bool:
+            return False
+
+    init_process = subprocess.Popen(["sleep", "30"])
+    try:
+        init = Process("c1", "", pid=init_process.pid)
+        task = Task("c1", "/bundle", init)
+        task.oom_armed.set()
+        service = _service_with(task)
+        service._forker, service._reaper = NoForker(), Reaper()
+        with pytest.raises(TtrpcError) as info:
+            await service.start(pb.StartRequest(id="c1"), None)
+        assert info.value.code is Code.INTERNAL
+        assert init_process.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        init_process.kill()
+        init_process.wait()
