@@ -2,8 +2,13 @@
 
 Order matters to containerd's clients (start before exit, exit before delete, reference §3.3), so
 events leave in the order they were published, one at a time, and a failing event is retried before
-the next goes out. A publisher that cannot reach containerd (restarting, gone) logs and, after the
-last retry, drops the event: Wait and State stay authoritative, and containerd re-queries them.
+the next goes out. An event containerd refuses, or does not answer, is dropped after the last retry:
+Wait and State stay authoritative, and containerd re-queries them. But while a containerd that was
+reached before cannot be reached at all (it is restarting: its socket is gone or refuses), events
+are held, in order, and go out once it is back: containerd's shims outlive its restarts, and the
+exits that happen meanwhile are the events its clients most need. (containerd-shim-runc-v2 drops
+an event after five tries over 15 s, whatever the cause; a restart that takes longer loses them.)
+A publisher that never reached containerd (a shim run by hand) drops after its retries.
 """
 
 import logging
@@ -72,6 +77,8 @@ class Publisher:
         self._idle = trio.Event()
         self._idle.set()
         self._pending = 0
+        self._reached = False  # containerd answered once: an unreachable one is restarting
+        self._down_since: float | None = None  # when the current outage began
 
     def publish(self, event: Message) -> None:
         """Queue `event` now (its timestamp is now). A full queue drops it with a log line."""
@@ -89,26 +96,49 @@ class Publisher:
         async with AsyncExitStack() as stack:
             client: Client | None = None
             async for request in self._receive:
-                for attempt in range(1, self._attempts + 1):
+                attempt = 0
+                while True:
                     try:
                         if client is None or client.closed:
                             await stack.aclose()
-                            client = await stack.enter_async_context(connect_unix(self._address))
+                            try:
+                                client = await stack.enter_async_context(connect_unix(self._address))
+                            except OSError as e:
+                                if not self._reached:
+                                    raise
+                                self._down(e)
+                                await trio.sleep(self._retry_delay)
+                                continue
                         await client.call(SERVICE, "Forward", request, empty_pb2.Empty,
                                           timeout=self._call_timeout,
                                           metadata={NAMESPACE_KEY: self._namespace})
+                        self._up()
                         break
                     except Exception as e:  # whatever went wrong, a publisher failure is never fatal
                         client = None
+                        attempt += 1
                         self._log.warning("publish %s failed (attempt %d/%d): %s",
                                           request.envelope.topic, attempt, self._attempts, e)
-                        if attempt < self._attempts:
-                            await trio.sleep(self._retry_delay * attempt)
-                else:
-                    self._log.error("dropping event %s after %d attempts", request.envelope.topic, self._attempts)
+                        if attempt == self._attempts:
+                            self._log.error("dropping event %s after %d attempts", request.envelope.topic,
+                                            self._attempts)
+                            break
+                        await trio.sleep(self._retry_delay * attempt)
                 self._pending -= 1
                 if self._pending == 0:
                     self._idle.set()
+
+    def _down(self, error: OSError) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._log.warning("containerd is unreachable (%s): holding events until it is back", error)
+
+    def _up(self) -> None:
+        self._reached = True
+        if self._down_since is not None:
+            self._log.info("containerd is back after %.1f s: forwarding the %d events held",
+                           time.monotonic() - self._down_since, self._pending)
+            self._down_since = None
 
     async def drained(self) -> None:
         """Return once every event queued so far was forwarded or dropped."""

@@ -52,6 +52,35 @@ async def test_unreachable_containerd_drops_after_retries_and_is_not_fatal(tmp_p
     assert "dropping event /tasks/oom after 2 attempts" in caplog.text
 
 
+async def test_events_wait_for_a_containerd_that_restarts_and_arrive_in_order(tmp_path, caplog) -> None:
+    """containerd, reached once, goes away for longer than the retries last and comes back on the
+    same socket: the events published meanwhile are held, not dropped, and arrive in order."""
+    path = tmp_path / "ttrpc.sock"
+    caplog.set_level(logging.INFO, logger=LOG.name)
+    before, after = FakeContainerd(), FakeContainerd()
+    publisher = Publisher(str(path), "default", LOG, attempts=2, retry_delay=0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher.run)
+        async with trio.open_nursery() as first:
+            await first.start(before.serve, str(path))
+            publisher.publish(ev.TaskStart(container_id="c", pid=1))
+            await publisher.drained()
+            first.cancel_scope.cancel()
+        path.unlink()  # (containerd removes its socket on the way out, and binds a new one)
+        for code in (3, 4, 5):
+            publisher.publish(ev.TaskExit(container_id="c", id=f"e{code}", pid=code, exit_status=code))
+        await trio.sleep(0.3)  # ten times what two attempts take
+        await nursery.start(after.serve, str(path))
+        with trio.fail_after(5):
+            await publisher.drained()
+        publisher.close()
+        nursery.cancel_scope.cancel()
+    assert [e.topic for e, _ in before.received] == ["/tasks/start"]
+    assert [ev.TaskExit.FromString(e.event.value).exit_status for e, _ in after.received] == [3, 4, 5]
+    assert "holding events until it is back" in caplog.text and "forwarding the 3 events held" in caplog.text
+    assert "dropping" not in caplog.text
+
+
 async def test_a_full_queue_drops_with_a_log_line(caplog) -> None:
     publisher = Publisher("/nonexistent", "default", LOG, queue_size=1)
     publisher.publish(ev.TaskPaused(container_id="c"))
