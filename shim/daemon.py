@@ -241,6 +241,8 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
         publisher.close()
         with trio.move_on_after(EVENT_DRAIN_TIMEOUT):
             await publisher.drained()
+        if publisher.pending:
+            logger.error("exiting with %d events containerd did not take", publisher.pending)
         nursery.cancel_scope.cancel()
 
 

@@ -5,9 +5,10 @@ events leave in the order they were published, one at a time, and a failing even
 the next goes out. An event containerd refuses, or does not answer, is dropped after the last retry:
 Wait and State stay authoritative, and containerd re-queries them. But while a containerd that was
 reached before cannot be reached at all (it is restarting: its socket is gone or refuses), events
-are held, in order, and go out once it is back: containerd's shims outlive its restarts, and the
-exits that happen meanwhile are the events its clients most need. (containerd-shim-runc-v2 drops
-an event after five tries over 15 s, whatever the cause; a restart that takes longer loses them.)
+are held, in order, and go out once it is back (tried four times a second): containerd's shims
+outlive its restarts, and the exits that happen meanwhile are the events its clients most need.
+(containerd-shim-runc-v2 drops an event after five tries over 15 s, whatever the cause; a restart
+that takes longer loses them.)
 A publisher that never reached containerd (a shim run by hand) drops after its retries.
 """
 
@@ -65,6 +66,7 @@ class Publisher:
         queue_size: int = 2048,
         attempts: int = 5,
         retry_delay: float = 1.0,
+        outage_poll: float = 0.25,
         call_timeout: float = 5.0,
     ) -> None:
         self._address = address
@@ -72,6 +74,7 @@ class Publisher:
         self._log = logger
         self._attempts = attempts
         self._retry_delay = retry_delay
+        self._outage_poll = outage_poll  # how often a containerd that is away is tried again (connects are cheap)
         self._call_timeout = call_timeout
         self._send, self._receive = trio.open_memory_channel[events_ttrpc_pb2.ForwardRequest](queue_size)
         self._idle = trio.Event()
@@ -107,7 +110,7 @@ class Publisher:
                                 if not self._reached:
                                     raise
                                 self._down(e)
-                                await trio.sleep(self._retry_delay)
+                                await trio.sleep(self._outage_poll)
                                 continue
                         await client.call(SERVICE, "Forward", request, empty_pb2.Empty,
                                           timeout=self._call_timeout,
@@ -139,6 +142,11 @@ class Publisher:
             self._log.info("containerd is back after %.1f s: forwarding the %d events held",
                            time.monotonic() - self._down_since, self._pending)
             self._down_since = None
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet forwarded or dropped."""
+        return self._pending
 
     async def drained(self) -> None:
         """Return once every event queued so far was forwarded or dropped."""

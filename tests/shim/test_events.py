@@ -58,7 +58,7 @@ async def test_events_wait_for_a_containerd_that_restarts_and_arrive_in_order(tm
     path = tmp_path / "ttrpc.sock"
     caplog.set_level(logging.INFO, logger=LOG.name)
     before, after = FakeContainerd(), FakeContainerd()
-    publisher = Publisher(str(path), "default", LOG, attempts=2, retry_delay=0.01)
+    publisher = Publisher(str(path), "default", LOG, attempts=2, retry_delay=0.01, outage_poll=0.01)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(publisher.run)
         async with trio.open_nursery() as first:
@@ -70,6 +70,7 @@ async def test_events_wait_for_a_containerd_that_restarts_and_arrive_in_order(tm
         for code in (3, 4, 5):
             publisher.publish(ev.TaskExit(container_id="c", id=f"e{code}", pid=code, exit_status=code))
         await trio.sleep(0.3)  # ten times what two attempts take
+        assert publisher.pending == 3
         await nursery.start(after.serve, str(path))
         with trio.fail_after(5):
             await publisher.drained()
