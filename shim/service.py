@@ -349,6 +349,9 @@ class TaskService:
                 self._events.publish(ev.TaskExecStarted(container_id=task.id, exec_id=process.exec_id,
                                                         pid=process.pid))
             else:
+                await task.created.wait()  # (a Start sent while its Create runs: containerd never does)
+                if self.tasks.get(req.id) is not task:  # its Create failed
+                    raise TtrpcError(Code.NOT_FOUND, f"container {req.id} not created")
                 await task.oom_armed.wait()
                 try:
                     await self._forker.call("start", {"id": task.id, "root": self.root})

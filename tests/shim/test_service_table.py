@@ -183,3 +183,26 @@ async def test_a_start_whose_worker_died_kills_the_init_even_without_a_forker() 
     finally:
         init_process.kill()
         init_process.wait()
+
+
+async def test_a_start_sent_while_its_create_runs_answers_once_that_create_failed() -> None:
+    """containerd never sends it, but a Start that comes while its Create still runs must not wait
+    forever for a Create that then fails: it answers NotFound, as Delete does then."""
+    init = Process("c1", "")
+    task = Task("c1", "/bundle", init)
+    service = _service_with(task)
+    task.created = trio.Event()  # its Create still runs
+    codes = []
+
+    async def start() -> None:
+        with pytest.raises(TtrpcError) as info:
+            await service.start(pb.StartRequest(id="c1"), None)
+        codes.append(info.value.code)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start)
+            await trio.testing.wait_all_tasks_blocked()
+            del service.tasks["c1"]  # the Create failed
+            task.created.set()
+    assert codes == [Code.NOT_FOUND]
