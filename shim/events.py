@@ -139,8 +139,8 @@ class Publisher:
     def _up(self) -> None:
         self._reached = True
         if self._down_since is not None:
-            self._log.info("containerd is back after %.1f s: forwarding the %d events held",
-                           time.monotonic() - self._down_since, self._pending)
+            self._log.info("containerd is back, %.1f s after an event first found it away: forwarding the %d "
+                           "events queued", time.monotonic() - self._down_since, self._pending)
             self._down_since = None
 
     @property

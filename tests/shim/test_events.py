@@ -78,7 +78,7 @@ async def test_events_wait_for_a_containerd_that_restarts_and_arrive_in_order(tm
         nursery.cancel_scope.cancel()
     assert [e.topic for e, _ in before.received] == ["/tasks/start"]
     assert [ev.TaskExit.FromString(e.event.value).exit_status for e, _ in after.received] == [3, 4, 5]
-    assert "holding events until it is back" in caplog.text and "forwarding the 3 events held" in caplog.text
+    assert "holding events until it is back" in caplog.text and "forwarding the 3 events queued" in caplog.text
     assert "dropping" not in caplog.text
 
 
