@@ -15,7 +15,7 @@ from tests.polling import eventually
 
 from railcar.runtime import Container, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
 
-from .conftest import (CGROUP_PARENT, CGROUP_ROOT, Ran, create_captured, exec_captured, finish, read_console,
+from .conftest import (CGROUP_PARENT, CGROUP_ROOT, Bundle, Ran, create_captured, exec_captured, finish, read_console,
                        run_container, wait_for)
 
 
@@ -480,6 +480,27 @@ def test_failing_poststop_hook_is_logged_and_delete_goes_on(make_bundle, state_r
     assert any("poststop" in r.getMessage() and bundle.id in r.getMessage() for r in caplog.records), caplog.text
 
 
+def _deleting_in_a_child(bundle: Bundle, state_root: str,
+                         before: Callable[[], None] | None = None) -> tuple[Container, int]:
+    """Run the container to its exit, then delete it in a forked child (after `before`, which
+    changes that child only), as a worker would: the container, and the child's pid."""
+    container, created = create_captured(bundle, state_root)
+    container.start()
+    created.read_all()
+    wait_for(created.result.pid)
+    deleting = os.fork()
+    if deleting == 0:
+        code = 1
+        try:
+            if before is not None:
+                before()
+            container.delete()
+            code = 2  # (not cut short)
+        finally:
+            os._exit(code)
+    return container, deleting
+
+
 def test_a_delete_killed_while_its_poststop_hooks_run_is_not_redone(make_bundle, state_root, tmp_path) -> None:
     """As in runc, the container's state goes before its poststop hooks run: after a delete whose
     process died meanwhile (a worker killed), the next delete has nothing to redo, and the hooks
@@ -488,16 +509,7 @@ def test_a_delete_killed_while_its_poststop_hooks_run_is_not_redone(make_bundle,
     script = f"echo $$ >> {log}; [ $(wc -l < {log}) -gt 1 ] || exec sleep 30"
     bundle = make_bundle(["true"], edit=lambda c: c.update(
         hooks={"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", script]}]}))
-    container, created = create_captured(bundle, state_root)
-    container.start()
-    created.read_all()
-    wait_for(created.result.pid)
-    deleting = os.fork()
-    if deleting == 0:
-        try:
-            container.delete()
-        finally:
-            os._exit(0)
+    container, deleting = _deleting_in_a_child(bundle, state_root)
     assert eventually(lambda: log.exists() and log.read_text().endswith("\n"))
     os.kill(deleting, signal.SIGKILL)
     os.waitpid(deleting, 0)
@@ -512,22 +524,12 @@ def test_a_delete_killed_while_its_poststop_hooks_run_is_not_redone(make_bundle,
 def test_a_delete_killed_while_it_removed_the_directory_leaves_the_id_free(make_bundle, state_root) -> None:
     """A delete killed part-way through removing the container's directory (here once config.json
     was gone): the next delete removes the rest, and the id can be created again."""
-    bundle = make_bundle(["true"])
-    container, created = create_captured(bundle, state_root)
-    container.start()
-    created.read_all()
-    wait_for(created.result.pid)
-    deleting = os.fork()
-    if deleting == 0:
-        def cut_short(path: str, ignore_errors: bool = False) -> None:
-            os.unlink(os.path.join(path, "config.json"))
-            os._exit(0)
+    def cut_short(path: str, ignore_errors: bool = False) -> None:
+        os.unlink(os.path.join(path, "config.json"))
+        os._exit(0)
 
-        shutil.rmtree = cut_short  # (in this child only)
-        try:
-            container.delete()
-        finally:
-            os._exit(1)
+    bundle = make_bundle(["true"])
+    _, deleting = _deleting_in_a_child(bundle, state_root, lambda: setattr(shutil, "rmtree", cut_short))
     _, status = os.waitpid(deleting, 0)
     assert os.waitstatus_to_exitcode(status) == 0  # cut short where meant
     Container.load(bundle.id, root=state_root).delete()
