@@ -20,7 +20,7 @@ import trio
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from railcar.ttrpc_proto.api import events_ttrpc_pb2
+from railcar.ttrpc_proto.api import events_task_pb2, events_ttrpc_pb2
 from railcar.ttrpc_proto.client import Client, connect_unix
 from railcar.ttrpc_proto.typeurl import pack
 
@@ -76,21 +76,32 @@ class Publisher:
         self._retry_delay = retry_delay
         self._outage_poll = outage_poll  # how often a containerd that is away is tried again (connects are cheap)
         self._call_timeout = call_timeout
-        self._send, self._receive = trio.open_memory_channel[events_ttrpc_pb2.ForwardRequest](queue_size)
+        self._send, self._receive = trio.open_memory_channel[tuple[events_ttrpc_pb2.ForwardRequest, str | None]](
+            queue_size)
         self._idle = trio.Event()
         self._idle.set()
         self._pending = 0
         self._reached = False  # containerd answered once: an unreachable one is restarting
+        self._oom_queued: set[str] = set()  # the containers with a TaskOOM in the queue
         self._down_since: float | None = None  # when the current outage began
 
     def publish(self, event: Message) -> None:
-        """Queue `event` now (its timestamp is now). A full queue drops it with a log line."""
+        """Queue `event` now (its timestamp is now). A full queue drops it with a log line.
+
+        A TaskOOM for a container that has one queued already is not queued again: it says nothing
+        more (CRI marks the container OOMKilled once), and a process that the OOM killer keeps
+        killing while containerd is away must not fill the queue and push out the exits after it."""
+        oom_of = event.container_id if isinstance(event, events_task_pb2.TaskOOM) else None
+        if oom_of is not None and oom_of in self._oom_queued:
+            return
         request = envelope(self._namespace, event)
         try:
-            self._send.send_nowait(request)
+            self._send.send_nowait((request, oom_of))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self._log.error("dropping event %s: the event queue is full or closed", request.envelope.topic)
             return
+        if oom_of is not None:
+            self._oom_queued.add(oom_of)
         self._pending += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
 
@@ -98,7 +109,9 @@ class Publisher:
         """Forward queued events until the queue is closed and empty (see `aclose`)."""
         async with AsyncExitStack() as stack:
             client: Client | None = None
-            async for request in self._receive:
+            async for request, oom_of in self._receive:
+                if oom_of is not None:  # (a TaskOOM's container) from now on, a new one is news
+                    self._oom_queued.discard(oom_of)
                 attempt = 0
                 while True:
                     try:

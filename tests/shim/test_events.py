@@ -82,6 +82,27 @@ async def test_events_wait_for_a_containerd_that_restarts_and_arrive_in_order(tm
     assert "dropping" not in caplog.text
 
 
+async def test_a_taskoom_like_one_still_queued_is_not_queued_again(tmp_path) -> None:
+    """An OOM loop while containerd is away must not fill the queue and push out the exit after it."""
+    fake = FakeContainerd()
+    path = str(tmp_path / "ttrpc.sock")
+    publisher = Publisher(path, "default", LOG, queue_size=3, retry_delay=0.01)
+    for event in (ev.TaskOOM(container_id="c"), ev.TaskOOM(container_id="c"), ev.TaskOOM(container_id="d"),
+                  ev.TaskOOM(container_id="c"), ev.TaskExit(container_id="c", id="c", pid=1, exit_status=137),
+                  ev.TaskOOM(container_id="c")):
+        publisher.publish(event)
+    assert publisher.pending == 3
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve, path)
+        nursery.start_soon(publisher.run)
+        await publisher.drained()
+        publisher.publish(ev.TaskOOM(container_id="c"))  # the first went out: this one is news
+        await publisher.drained()
+        publisher.close()
+        nursery.cancel_scope.cancel()
+    assert [e.topic for e, _ in fake.received] == ["/tasks/oom", "/tasks/oom", "/tasks/exit", "/tasks/oom"]
+
+
 async def test_a_full_queue_drops_with_a_log_line(caplog) -> None:
     publisher = Publisher("/nonexistent", "default", LOG, queue_size=1)
     publisher.publish(ev.TaskPaused(container_id="c"))
