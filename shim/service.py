@@ -317,6 +317,16 @@ class TaskService:
         if cleaned:   # what `delete` answers for a container with no process: killed, now (as runc's shim)
             self._record_deleted(task, wire.delete_response(0, 128 + signal.SIGKILL, time.time_ns()))
 
+    async def _sigkill(self, task: Task, process: Process, *, all: bool) -> None:
+        """SIGKILL `process` (with `all`, every process of an init's container). The runtime kills an
+        init, checking it is still the one it made; an exec, or an init the runtime could not reach
+        (no forker), is killed directly: our child (we are its subreaper) until reaped, so its pid
+        is nobody else's."""
+        killed = not process.exec_id and await self._quiet_call(
+            "kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL, "all": all})
+        if not killed and not process.reaped and not self._reaper.has_exited(process.pid):
+            os.kill(process.pid, signal.SIGKILL)
+
     async def _quiet_call(self, op: str, args: dict[str, Any]) -> bool:
         """A cleanup step whose failure is logged, not raised; returns whether it succeeded."""
         try:
@@ -360,10 +370,7 @@ class TaskService:
                         # run, let go, while it reads CREATED. It goes, as the runtime kills it when a
                         # poststart hook fails (runc too), even if the Start's caller gave up meanwhile.
                         with trio.CancelScope(shield=True):
-                            killed = await self._quiet_call("kill", {"id": task.id, "root": self.root,
-                                                                     "signal": signal.SIGKILL, "all": True})
-                        if not killed and not process.reaped and not self._reaper.has_exited(process.pid):
-                            os.kill(process.pid, signal.SIGKILL)  # (no forker now): our child until reaped
+                            await self._sigkill(task, process, all=True)
                     raise _error(e) from None
                 process.apply("start")
                 self._events.publish(ev.TaskStart(container_id=task.id, pid=process.pid))
@@ -396,12 +403,7 @@ class TaskService:
             process.check("delete")
             if process.status is Status.CREATED and process.pid:
                 # A created init (or an exec whose Start failed half-way) is killed, then reaped as usual.
-                # The runtime kills an init (checking it is still the one it made); an exec, or an
-                # init the runtime could not reach, is our child (we are its subreaper) until reaped.
-                killed = not process.exec_id and await self._quiet_call(
-                    "kill", {"id": task.id, "root": self.root, "signal": signal.SIGKILL, "all": False})
-                if not killed and not process.reaped and not self._reaper.has_exited(process.pid):
-                    os.kill(process.pid, signal.SIGKILL)
+                await self._sigkill(task, process, all=False)
                 with trio.move_on_after(EXIT_WAIT_TIMEOUT):
                     await process.exited.wait()
                 if not process.exited.is_set():
