@@ -306,13 +306,15 @@ class Container:
         """Run another process in the container's namespaces and cgroup; returns once it
         execve'd. Its pid is re-parented to the caller's subreaper like the init."""
         proc = parse_process(process)
-        # Only linux (seccomp, id mappings) is needed from the config validated at create: no re-validation.
-        linux = self._stored_config().get("linux") or {}
-        plan = security.prepare(process, linux)
-        _give_stdio(stdio, linux, proc.user.uid)
+        # The container's state first, as runc's: a stopped one (or one half deleted, its config.json
+        # gone) answers "stopped", whatever the process asks for.
         pidfd = self._open_init("exec")
         ns_fds: list[tuple[int, int]] = []
         try:
+            # Only linux (seccomp, id mappings) is needed from the config validated at create: no re-validation.
+            linux = self._stored_config().get("linux") or {}
+            plan = security.prepare(process, linux)
+            _give_stdio(stdio, linux, proc.user.uid)
             for name, flag in PROC_NS:
                 theirs = f"/proc/{self.init_pid}/ns/{name}"
                 try:

@@ -523,7 +523,8 @@ def test_a_delete_killed_while_its_poststop_hooks_run_is_not_redone(make_bundle,
 
 def test_a_delete_killed_while_it_removed_the_directory_leaves_the_id_free(make_bundle, state_root) -> None:
     """A delete killed part-way through removing the container's directory (here once config.json
-    was gone): the next delete removes the rest, and the id can be created again."""
+    was gone): an exec answers that the container stopped, the next delete removes the rest, and
+    the id can be created again."""
     def cut_short(path: str, ignore_errors: bool = False) -> None:
         os.unlink(os.path.join(path, "config.json"))
         os._exit(0)
@@ -532,6 +533,8 @@ def test_a_delete_killed_while_it_removed_the_directory_leaves_the_id_free(make_
     _, deleting = _deleting_in_a_child(bundle, state_root, lambda: setattr(shutil, "rmtree", cut_short))
     _, status = os.waitpid(deleting, 0)
     assert os.waitstatus_to_exitcode(status) == 0  # cut short where meant
+    with pytest.raises(InvalidState, match="stopped"):
+        Container.load(bundle.id, root=state_root).exec({"args": ["true"], "cwd": "/"})
     Container.load(bundle.id, root=state_root).delete()
     assert not os.path.exists(os.path.join(state_root, bundle.id))
     assert run_container(bundle, state_root).status == 0
