@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import RUNTIME, run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cgroup_v2]  # run again in the pure v2 guest
 
 
 class Events:

@@ -10,7 +10,7 @@ from railcar.shim import pool
 
 from .conftest import RUNTIME, eventually, remove_task, shim_pids, task_status
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cgroup_v2]  # run again in the pure v2 guest
 
 
 def _shim_of(cd, cid: str) -> int:

@@ -15,7 +15,7 @@ import devenv
 from .conftest import (RUNTIME, RUNTIME_STATE, Leftovers, cgroups_parents, eventually, mounts_under, remove_task,
                        shim_pids, start_containerd, stop_zygotes, task_status)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cgroup_v2]  # run again in the pure v2 guest
 
 POOL_SIZE = 2
 CONTAINERS = 5

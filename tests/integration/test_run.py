@@ -6,7 +6,7 @@ import pytest
 
 from .conftest import RUNTIME, devenv, run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cgroup_v2]  # run again in the pure v2 guest
 
 
 def test_echo_hello(cd, image, cid) -> None:

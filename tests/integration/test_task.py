@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import RUNTIME, eventually, remove_task, task_status
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cgroup_v2]  # run again in the pure v2 guest
 
 
 @pytest.fixture
