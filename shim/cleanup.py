@@ -76,13 +76,15 @@ def record_deleted(bundle: str, answer: bytes) -> None:
 
 def _destroy_container(container_id: str, namespace: str) -> str | None:
     """Force-delete the container's runtime state (kills what is left); returns a warning, if any."""
-    from railcar.runtime import Container
+    from railcar.runtime import Container, ContainerNotFound
     from railcar.runtime.errors import RuntimeFailure
 
     try:
         container = Container.load(container_id, root=paths.runtime_root(namespace))
-    except (RuntimeFailure, OSError):
+    except ContainerNotFound:
         return None  # already gone: nothing to do
+    except (RuntimeFailure, OSError) as e:  # a state it cannot read: left for an operator, and said so
+        return f"delete container {container_id}: {e}"
     try:
         container.delete(force=True)
     except (RuntimeFailure, OSError) as e:

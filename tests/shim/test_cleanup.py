@@ -1,19 +1,21 @@
 """`delete` as containerd runs it after a shim is gone: only a DeleteResponse, success when all is gone."""
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
-from railcar.shim import cleanup, wire
+from railcar.shim import cleanup, paths, wire
 from railcar.ttrpc_proto.api import task_v2_pb2 as pb
 
 from .conftest import run_shim
 
 
-def _delete(bundle: Path, address: str, container_id: str = "gone") -> pb.DeleteResponse:
-    result = run_shim(["-namespace", "default", "-address", address, "-publish-binary", "/usr/bin/containerd",
+def _delete(bundle: Path, address: str, container_id: str = "gone", namespace: str = "default",
+            stderr: bytes = b"") -> pb.DeleteResponse:
+    result = run_shim(["-namespace", namespace, "-address", address, "-publish-binary", "/usr/bin/containerd",
                        "-id", container_id, "-bundle", str(bundle), "delete"], bundle)
-    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    assert result.returncode == 0 and stderr in result.stderr and (stderr or not result.stderr), result.stderr
     return pb.DeleteResponse.FromString(result.stdout)
 
 
@@ -29,6 +31,19 @@ def test_the_recorded_exit_is_reported(bundle: Path, address: str) -> None:
     response = _delete(bundle, address)
     assert (response.pid, response.exit_status) == (0, 3)
     assert (response.exited_at.seconds, response.exited_at.nanos) == (1_700_000_000, 500_000_000)
+
+
+def test_a_state_it_cannot_read_is_reported_not_taken_for_gone(bundle: Path, address: str) -> None:
+    """A state.json that does not parse (a crash mid-write, a downgrade) is not "already gone":
+    `delete` still answers containerd, but says on stderr (containerd's log) what it left."""
+    directory = Path(paths.runtime_root(f"railcar-test-{os.getpid()}")) / "unreadable"
+    directory.mkdir(parents=True)
+    try:
+        (directory / "state.json").write_text('{"id": "unreadable", "bundle": "/b", "from_a_newer_railcar": 1}')
+        response = _delete(bundle, address, "unreadable", directory.parent.name, stderr=b"state.json is corrupt")
+        assert response.exit_status == 137
+    finally:
+        shutil.rmtree(directory.parent)
 
 
 def _socket_file(tmp_path: Path) -> Path:
