@@ -19,6 +19,7 @@ import trio
 from google.protobuf import empty_pb2, json_format
 
 from railcar.io import ProcessIO, StdioError
+from railcar.runtime.errors import RuntimeFailure
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import events_task_pb2 as ev
 from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2, runc_options_pb2, task_v2_pb2 as pb
@@ -516,7 +517,7 @@ class TaskService:
             except ProcessLookupError:
                 raise TtrpcError(Code.NOT_FOUND, "process already finished") from None
         else:
-            await self._call("kill", {"id": task.id, "root": self.root, "signal": req.signal, "all": req.all})
+            await self._call("kill", {"id": task.id, "root": self.root, "signal": req.signal, "all": False})
         return EMPTY
 
     async def pids(self, req: pb.PidsRequest, ctx: Any) -> pb.PidsResponse:
@@ -524,7 +525,10 @@ class TaskService:
         for p in list(task.execs.values()):
             if p.starting:
                 await p.started.wait()  # an exec being started is in the cgroup before we know its pid
-        pids = task.cgroup.pids() if task.cgroup is not None else [task.init.pid]
+        try:
+            pids = task.cgroup.pids() if task.cgroup is not None else [task.init.pid]
+        except (OSError, RuntimeFailure) as e:  # (a cgroup's file that cannot be read: CgroupError)
+            raise TtrpcError(Code.NOT_FOUND, f"cgroup pids: {e}") from None
         by_pid = {p.pid: p.exec_id for p in task.execs.values() if p.pid}
         response = pb.PidsResponse()
         for pid in pids:
@@ -599,7 +603,7 @@ class TaskService:
             raise TtrpcError(Code.NOT_FOUND, "cgroup does not exist")
         try:
             metrics = task.cgroup.stats()  # control files of a cgroupfs: no thread to wait for them
-        except OSError as e:
+        except (OSError, RuntimeFailure) as e:
             raise TtrpcError(Code.NOT_FOUND, f"cgroup stats: {e}") from None
         message = (cgroups_v1_pb2 if task.cgroup.version == 1 else cgroups_v2_pb2).Metrics()
         json_format.ParseDict(metrics, message, ignore_unknown_fields=True)

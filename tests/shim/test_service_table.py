@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from railcar.runtime.cgroups.errors import CgroupError
 from railcar.shim.forker import ForkerError
 from railcar.shim.process import Process, Status
 from railcar.shim.service import GO_ZERO_TIME_SECONDS, Task, TaskService
@@ -206,3 +207,25 @@ async def test_a_start_sent_while_its_create_runs_answers_once_that_create_faile
             del service.tasks["c1"]  # the Create failed
             task.created.set()
     assert codes == [Code.NOT_FOUND]
+
+
+async def test_a_cgroup_that_cannot_be_read_answers_not_found() -> None:
+    """Stats and Pids of a container whose cgroup files the kernel refuses answer NOT_FOUND with the
+    file named, as for a cgroup that is gone, rather than an UNKNOWN with a traceback in the log."""
+    class Unreadable:
+        version = 1
+
+        def stats(self) -> dict:
+            raise CgroupError("reading /sys/fs/cgroup/memory/c1/memory.stat: Permission denied")
+
+        pids = stats
+
+    init = Process("c1", "", pid=42)
+    init.apply("start")
+    task = Task("c1", "/bundle", init)
+    task.cgroup = Unreadable()
+    service = _service_with(task)
+    for method, request in [("stats", pb.StatsRequest(id="c1")), ("pids", pb.PidsRequest(id="c1"))]:
+        with pytest.raises(TtrpcError) as info:
+            await getattr(service, method)(request, None)
+        assert info.value.code == Code.NOT_FOUND and "memory.stat: Permission denied" in info.value.message
