@@ -16,7 +16,8 @@ right away, again once spare workers have been retired, and once more after the 
 stopped, as it stops when no container started for RAILCAR_ZYGOTE_IDLE (10 minutes). The containerd
 gets a namespace of its own, whose runtime state directory is removed at the end.
 
-    .venv/bin/python benchmarks/startup.py [--rounds N] [--burst N] [--skip-memory] [--skip-throughput]
+    .venv/bin/python benchmarks/startup.py [--rounds N] [--burst N] [--megabytes N] [--containers N]
+                                           [--skip-memory] [--skip-throughput]
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "packaging"))
 import devenv  # noqa: E402
+
+from railcar.shim import paths  # noqa: E402
 
 CRUN_HYBRID = (HERE.parent.parent / "shared" / "tools" / "crun-hybrid").resolve()
 RUNTIMES: dict[str, list[str]] = {
@@ -333,7 +336,7 @@ def main() -> None:
             cd.stop()
             cd.stop_zygotes()
             try:
-                os.rmdir(os.path.join("/run/railcar", cd.namespace))
+                os.rmdir(paths.runtime_root(cd.namespace))
             except OSError:
                 pass
 

@@ -86,8 +86,6 @@ class ProcessIO:
         stderr: str,
         *,
         terminal: bool,
-        uid: int = 0,
-        gid: int = 0,
         container_id: str = "",
         namespace: str = "",
         spawner: Spawner | None = None,
@@ -98,19 +96,19 @@ class ProcessIO:
         output streams, as in containerd: FIFO paths, `binary://` (one logger for both; it is
         started and ready when this returns) or `file://` (both appended to one file, whose bare
         path stdout_path/stderr_path then report). In terminal mode stderr is ignored: the pty
-        carries both. uid/gid own the process's pipe ends so a process running as that user can
-        reopen them via /proc/self/fd.
+        carries both. The process's pipe ends are root's: the runtime hands them to the process's
+        user (`runtime.container._give_stdio`), whose host uid only it knows.
         """
         self = cls(stdin, stdout, stderr, terminal)
         try:
             logger_env = {"CONTAINER_ID": container_id, "CONTAINER_NAMESPACE": namespace}
-            await self._open(uid, gid, logger_env, spawner)
+            await self._open(logger_env, spawner)
         except BaseException:
             await self.aclose()
             raise
         return self
 
-    async def _open(self, uid: int, gid: int, logger_env: dict[str, str], spawner: Spawner | None) -> None:
+    async def _open(self, logger_env: dict[str, str], spawner: Spawner | None) -> None:
         devnull: int | None = None
 
         def null() -> int:
@@ -120,10 +118,9 @@ class ProcessIO:
             return devnull
 
         def process_pipe(*, process_reads: bool) -> tuple[int, int]:
-            """(process end, our non-blocking end) of a new pipe owned by uid/gid."""
+            """(process end, our non-blocking end) of a new pipe."""
             read_end, write_end = self._fds.pipe()
             theirs, ours = (read_end, write_end) if process_reads else (write_end, read_end)
-            os.fchown(theirs, uid, gid)
             os.set_blocking(ours, False)
             return theirs, ours
 

@@ -161,7 +161,7 @@ class Channel:
                 raise RuntimeFailure(msg.stage, msg.cause)
             if not isinstance(msg, expected):
                 raise RuntimeFailure(stage, f"helper sent {cls.__name__}, expected "
-                                            f"{' or '.join(c.__name__ for c in expected)}")
+                                            f"{' or '.join(c.__name__ for c in expected) or 'nothing'}")
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -169,11 +169,11 @@ class Channel:
         return msg, fds
 
     def wait_closed(self, stage: str) -> None:
-        """Expect the peer to close without a word (it execve'd); a ``Failed`` is raised."""
+        """Expect the peer to close without a word (it execve'd): a ``Failed`` is raised, and so
+        is any other message (``recv`` expects none)."""
         try:
-            msg, fds = self.recv(stage)
+            self.recv(stage)
         except PeerReset:
             raise
         except PeerGone:
             return
-        raise RuntimeFailure(stage, f"unexpected helper message {type(msg).__name__}")

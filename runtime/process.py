@@ -623,7 +623,7 @@ def _init(ch: Channel, launch: Launch) -> None:
     with stage("rootfs"):
         proc = procfs.root()   # checked now, before a seccomp filter may go in
     ready = _prepare_process(launch, ch)
-    _report_parked(ch, ready)
+    ch.send(Parked())  # ready to execve
     ch.close()
     # Blocks until `start` opens the FIFO for reading. Reopened through /proc/self/fd of the checked
     # procfs, which works for ourselves even non-dumpable and after the user switch; the FIFO's path
@@ -713,14 +713,9 @@ def _exec_process(ch: Channel, launch: Launch, gate: int, tasks: list[tuple[str,
         os._exit(1)
     os.close(gate)
     ready = _prepare_process(launch, ch)
-    _report_parked(ch, ready)
+    ch.send(Parked())  # ready to execve
     # The channel stays open (close-on-exec) so the caller sees EOF exactly when execve worked.
     _execve(ready, launch, ch)
-
-
-def _report_parked(ch: Channel, ready: "_Ready") -> None:
-    """Tell the caller we are ready to execve."""
-    ch.send(Parked())
 
 
 @dataclass

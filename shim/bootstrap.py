@@ -69,10 +69,9 @@ def groups(bundle: str) -> tuple[str | None, str | None]:
     return found[0], found[1]
 
 
-def accepts(path: str, kind: int = SOCK_STREAM) -> bool:
-    """Whether a shim (or, with SOCK_SEQPACKET, a zygote) accepts on `path` (see `pool.probe`).
-    A zygote creates its socket only once ready."""
-    return pool.probe(path, kind) == "live"
+def zygote_accepts(path: str) -> bool:
+    """Whether a zygote accepts on `path` (see `pool.probe`); it creates its socket only once ready."""
+    return pool.probe(path, SOCK_SEQPACKET) == "live"
 
 
 def _listen(path: str) -> socket | None:
@@ -203,14 +202,14 @@ def _start_zygote() -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(_ZYGOTE_POLL)
-        if accepts(path, SOCK_SEQPACKET):  # the one a `start` before us started
+        if zygote_accepts(path):  # the one a `start` before us started
             return True
         zygote = _spawn_zygote()
         while zygote is not None:
-            if accepts(path, SOCK_SEQPACKET):
+            if zygote_accepts(path):
                 return True
             if os.waitpid(zygote, os.WNOHANG)[0] == zygote:  # it failed, or found one ready
-                return accepts(path, SOCK_SEQPACKET)
+                return zygote_accepts(path)
             if time.monotonic() > deadline:
                 return False
             time.sleep(_ZYGOTE_POLL)

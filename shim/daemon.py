@@ -272,7 +272,7 @@ def _prepare(name: str = PROCESS_NAME) -> Forker:
     # copies) the objects they share; a cold daemon's imports are frozen here too.
     gc.freeze()
     forker = Forker()
-    forker.start(keep_fds=(0, 1, 2))
+    forker.start()
     prctl.set_child_subreaper(1)
     return forker
 

@@ -40,14 +40,14 @@ TOPICS = {
 }
 
 
-def envelope(namespace: str, event: Message, now_ns: int | None = None) -> events_ttrpc_pb2.ForwardRequest:
+def envelope(namespace: str, event: Message) -> events_ttrpc_pb2.ForwardRequest:
     """The ForwardRequest for one event: its topic, the namespace, a real timestamp, a bare type URL."""
     name = event.DESCRIPTOR.name
     if name not in TOPICS:
         raise ValueError(f"{event.DESCRIPTOR.full_name} is not a task event")
     request = events_ttrpc_pb2.ForwardRequest()
     env = request.envelope
-    env.timestamp.FromNanoseconds(time.time_ns() if now_ns is None else now_ns)
+    env.timestamp.FromNanoseconds(time.time_ns())
     env.namespace = namespace
     env.topic = TOPICS[name]
     env.event.CopyFrom(pack(event))
@@ -106,7 +106,7 @@ class Publisher:
         self._idle = trio.Event() if self._idle.is_set() else self._idle
 
     async def run(self) -> None:
-        """Forward queued events until the queue is closed and empty (see `aclose`)."""
+        """Forward queued events until the queue is closed and empty (see `close`)."""
         async with AsyncExitStack() as stack:
             client: Client | None = None
             async for request, oom_of in self._receive:

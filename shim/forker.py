@@ -179,14 +179,6 @@ def update(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
     return None, []
 
 
-def unmount(args: dict[str, Any], fds: list[int]) -> tuple[Any, list[int]]:
-    """Unmount everything stacked on a rootfs."""
-    from railcar.runtime.mounts import unmount_all
-
-    unmount_all(args["target"])
-    return None, []
-
-
 HANDLERS: dict[str, Handler] = {
     "create": create,
     "exec": exec_process,
@@ -196,7 +188,6 @@ HANDLERS: dict[str, Handler] = {
     "pause": pause,
     "resume": resume,
     "update": update,
-    "unmount": unmount,
 }
 
 
@@ -573,7 +564,6 @@ class Forker:
         self._handlers = handlers
         self._spare_idle = spare_idle
         self._link: _Link | None = None
-        self._keep_fds: tuple[int, ...] = (0, 1, 2)
         self._context = b""  # see `adopt`
         self._seq = 0
         self._in_order: dict[str, tuple[trio.Lock, int]] = {}  # container id: its lock, and how many hold or want it
@@ -601,14 +591,13 @@ class Forker:
         if self._link is not None:
             self._link.write_context(context)
 
-    def start(self, keep_fds: tuple[int, ...] = (0, 1, 2)) -> int:
+    def start(self) -> int:
         """Fork the forker; must run while the process has no thread (before trio starts, or in
         `respawn`). Returns its pid.
 
-        The child keeps only `keep_fds` and its end of the socketpair, so it never holds the daemon's
-        listening socket or connections.
+        The child keeps only its stdio (the log) and its end of the socketpair, so it never holds the
+        daemon's listening socket or connections.
         """
-        self._keep_fds = keep_fds
         previous = self._link
         shared = mmap.mmap(-1, _CONTEXT_AT + _SEQ.size + _CONTEXT_SPACE)  # before the fork: shared
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -642,7 +631,7 @@ class Forker:
                 signal.set_wakeup_fd(-1)
                 for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
                     signal.signal(signum, signal.SIG_DFL)
-                keep = set(keep_fds) | {theirs.fileno()}
+                keep = {0, 1, 2, theirs.fileno()}
                 for name in os.listdir("/proc/self/fd"):
                     fd = int(name)
                     if fd not in keep:
@@ -668,7 +657,7 @@ class Forker:
         later one goes to the new forker. Returns its pid; raises OSError if it cannot be forked."""
         old = self._link
         assert old is not None, "Forker.start() was not called"
-        self.start(self._keep_fds)
+        self.start()
         old.retire()
         return self.pid
 

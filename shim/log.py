@@ -11,7 +11,7 @@ import logging
 import os
 import time
 
-RUNTIME = "io.containerd.railcar.v2"
+from .info import RUNTIME_NAME as RUNTIME
 
 
 def _quote(value: str) -> str:

@@ -4,7 +4,8 @@ A daemon is a Python process, and the part of it no other process shares stays a
 however little it does; a container it serves adds about 60 KiB. containerd's Go shim costs about
 3.4 MiB per container, or per pod. So by default a container whose config.json names no group
 annotation joins a pool: group `railcar-pool-<code>-<k>` of its containerd address and namespace
-(`<code>`: this copy of railcar's code), the first such pool with room. The containers of a pool
+(`<code>`: `paths.spawn_identity()`, this copy of railcar's code and the mounts, cgroups and
+limits of `start`), the first such pool with room. The containers of a pool
 have no more in common than that. A pod's containers join the pool of its sandbox container,
 whatever that pool's size, so that a pod is served by one daemon, as with containerd's runc shim
 (see `bootstrap._join_pod`), while that daemon runs this copy of the code. A container

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from railcar.runtime.sealing import reexec_sealed
 
 from . import fdlimit, paths
-from .bootstrap import accepts
+from .bootstrap import zygote_accepts
 from .flags import FlagError, parse
 
 IDLE_ENV = "RAILCAR_ZYGOTE_IDLE"
@@ -71,7 +71,7 @@ class _Server:
                     os.link(private, path)
                     return cls(sock, path, inode)
                 except FileExistsError:
-                    if accepts(path, socket.SOCK_SEQPACKET):
+                    if zygote_accepts(path):
                         break
                     _unlink(path)  # left by a zygote that was killed
         finally:
@@ -275,7 +275,7 @@ def main() -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked daemons are reaped by the kernel
     signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     path = paths.zygote_socket()
-    if accepts(path, socket.SOCK_SEQPACKET):
+    if zygote_accepts(path):
         return 0
     import prctl
 

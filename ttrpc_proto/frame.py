@@ -23,14 +23,6 @@ class MessageType(enum.IntEnum):
     DATA = 3
 
 
-class Flag(enum.IntFlag):
-    """Frame flags. A unary request carries none; the others belong to streaming calls."""
-
-    REMOTE_CLOSED = 0x01
-    REMOTE_OPEN = 0x02
-    NO_DATA = 0x04
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class FrameHeader:
     length: int

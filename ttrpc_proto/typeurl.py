@@ -19,10 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from . import api
 
 SPEC_PREFIX = "types.containerd.io/opencontainers/runtime-spec/1/"
-SPEC = SPEC_PREFIX + "Spec"
 PROCESS = SPEC_PREFIX + "Process"
-LINUX_RESOURCES = SPEC_PREFIX + "LinuxResources"
-WINDOWS_RESOURCES = SPEC_PREFIX + "WindowsResources"
 
 _GOOGLE_PREFIX = "type.googleapis.com/"
 

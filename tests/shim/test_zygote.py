@@ -10,7 +10,7 @@ import time
 import pytest
 
 from railcar.shim import zygote
-from railcar.shim.bootstrap import accepts
+from railcar.shim.bootstrap import zygote_accepts
 
 
 def test_sigterm_ends_the_zygote_through_its_cleanup() -> None:
@@ -40,7 +40,7 @@ def test_the_socket_is_published_listening_replaces_a_stale_one_and_yields_to_a_
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as dead:
         dead.bind(path)  # a killed zygote's file: nothing listens on it
     first = zygote._Server.publish(path)
-    assert first is not None and accepts(path, socket.SOCK_SEQPACKET)
+    assert first is not None and zygote_accepts(path)
     assert sorted(os.listdir(tmp_path)) == ["zygote.sock"]  # the private name is gone
     assert zygote._Server.publish(path) is None  # a live zygote keeps it
     first.close()
@@ -54,6 +54,6 @@ def test_a_zygote_leaves_a_socket_that_another_one_published_since(tmp_path) -> 
     new = zygote._Server.publish(path)  # ...so the next zygote replaced its file
     assert new is not None
     old.close()  # the old one's exit must not remove the new one's socket
-    assert accepts(path, socket.SOCK_SEQPACKET)
+    assert zygote_accepts(path)
     new.close()
     assert not os.path.exists(path)

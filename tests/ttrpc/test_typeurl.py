@@ -42,6 +42,6 @@ def test_json_types_round_trip() -> None:
     assert packed.value == b'{"args":["sh","-c","echo hi"],"cwd":"/","terminal":false}'
     assert typeurl.unpack_json(packed) == process
     with pytest.raises(typeurl.TypeUrlError, match="LinuxResources.*not JSON"):
-        typeurl.unpack_json(any_pb2.Any(type_url=typeurl.LINUX_RESOURCES, value=b"{"))
+        typeurl.unpack_json(any_pb2.Any(type_url=typeurl.SPEC_PREFIX + "LinuxResources", value=b"{"))
     with pytest.raises(typeurl.TypeUrlError, match="empty"):
         typeurl.pack_json("", {})
