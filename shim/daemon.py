@@ -42,6 +42,7 @@ from .service import TaskService
 GRACE_ENV = "RAILCAR_SHIM_GRACE"
 DEFAULT_GRACE = 30.0
 EVENT_DRAIN_TIMEOUT = 5.0
+REPLY_DRAIN_TIMEOUT = 1.0  # seconds for the answers being written at exit (a Wait may be pending for good)
 LEAVE_RETRY = 0.2  # seconds between attempts to leave a pool while a container joins it
 FORKER_MIN_LIFE = 1.0  # seconds: a forker that dies sooner after it was forked is not replaced again
 FORKER_RESPAWN_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)  # seconds before each new try to fork a new forker
@@ -236,7 +237,8 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
         nursery.start_soon(prune_members)
         logger.info("railcar shim serving bundle=%s", bundle)
         await stop.wait()
-        await trio.sleep(0.05)  # let the Shutdown reply leave before the connection closes
+        with trio.move_on_after(REPLY_DRAIN_TIMEOUT):  # the Shutdown reply leaves before the connection closes
+            await server.drain()
         server_scope.cancel()
         publisher.close()
         with trio.move_on_after(EVENT_DRAIN_TIMEOUT):
