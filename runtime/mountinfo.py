@@ -19,6 +19,7 @@ class MountEntry(NamedTuple):
     fstype: str
     source: str
     super_options: str
+    mount_id: int  # unique while mounted: what /proc/<pid>/fdinfo's mnt_id names
 
 
 def unescape(field: str) -> str:
@@ -46,7 +47,7 @@ def parse(text: str) -> list[MountEntry]:
         sep = fields.index("-", 6)
         entries.append(MountEntry(unescape(fields[3]), unescape(fields[4]), tuple(fields[6:sep]),
                                   fields[sep + 1], unescape(fields[sep + 2]),
-                                  fields[sep + 3] if len(fields) > sep + 3 else ""))
+                                  fields[sep + 3] if len(fields) > sep + 3 else "", int(fields[0])))
     return entries
 
 

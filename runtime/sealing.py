@@ -25,7 +25,7 @@ import fcntl
 import os
 import sys
 
-from . import syscalls as sc
+from . import mountinfo, syscalls as sc
 
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
@@ -54,9 +54,8 @@ def unwritable(fd: int) -> bool:
     if sc.fstatfs_type(fd) != sc.OVERLAYFS_SUPER_MAGIC or not os.fstatvfs(fd).f_flag & os.ST_RDONLY:
         return False
     with open(f"/proc/self/fdinfo/{fd}") as f:
-        mount = next(line.split()[1] for line in f if line.startswith("mnt_id:"))
-    with open("/proc/self/mountinfo") as f:
-        return all(line.split(" ", 1)[0] != mount for line in f)
+        mount = int(next(line.split()[1] for line in f if line.startswith("mnt_id:")))
+    return all(entry.mount_id != mount for entry in mountinfo.read())
 
 
 def reexec_sealed() -> None:

@@ -12,7 +12,7 @@ TABLE = (
 
 def test_fields_come_apart_with_paths_unescaped() -> None:
     root, cpu, spaced, bare = parse(TABLE)
-    assert root == MountEntry("/", "/", ("shared:1",), "ext4", "/dev/vda1", "rw,errors=remount-ro")
+    assert root == MountEntry("/", "/", ("shared:1",), "ext4", "/dev/vda1", "rw,errors=remount-ro", 22)
     assert cpu.optional == ("shared:9", "master:2") and cpu.super_options == "rw,cpu,cpuacct"
     assert (spaced.root, spaced.point, spaced.source) == ("/sub dir", "/tmp/with space\ttab\\slash", "my src")
     assert spaced.optional == ()
