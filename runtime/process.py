@@ -26,7 +26,7 @@ import struct
 import termios
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Callable, Iterator, NoReturn
 
 from . import procfs, rootfs
 from . import syscalls as sc
@@ -36,6 +36,10 @@ from .errors import RuntimeFailure
 from .mounts import open_in_root
 from .spec import MAX_CPU, RLIM_UNLIMITED, SCHED_POLICIES, IdMapping, Mount, Namespace, Process, Spec
 from .state import start_time
+
+if TYPE_CHECKING:
+    from .cgroups import Cgroup
+    from .security import SecurityPlan
 
 NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_NEWPID,
             "network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS,
@@ -57,8 +61,8 @@ class Launch:
     process: Process
     stdio: tuple[int, int, int] | None
     terminal: bool
-    cgroup: object | None = None        # railcar.runtime.cgroups.Cgroup
-    security: object | None = None      # railcar.runtime.security plan
+    cgroup: "Cgroup | None" = None
+    security: "SecurityPlan | None" = None
     run_hooks: Callable[[str, list, dict], None] | None = None
     hook_state: dict | None = None      # init only: the container state, but for the pid HooksDone brings
     exec_fifo: int = -1                 # init only: O_PATH fd of the FIFO it parks on
@@ -252,7 +256,7 @@ def _fork_helper(parent: Channel, child: Channel, launch: Launch,
     # Straight into the cgroup where it offers that (v2, or a hybrid host's v2 tree), else as usual
     # (the intermediate joins then).
     try:
-        target = launch.cgroup.open_fork_target(   # type: ignore[attr-defined]
+        target = launch.cgroup.open_fork_target(
             "exec helper" if launch.init_pid else "init helper") if launch.cgroup is not None else None
     except OSError:   # (the cgroup gone, say): the intermediate's join says what is wrong
         target = None
@@ -666,7 +670,7 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     if launch.cgroup is not None:
         with stage("cgroups"):   # the host's files, from the host's mounts
             tasks = launch.cgroup.open_tasks() if launch.cgroup.version == 1 else []
-            target = launch.cgroup.open_fork_target("exec")   # type: ignore[attr-defined]
+            target = launch.cgroup.open_fork_target("exec")
     _set_oom_score(launch.process)
     later = [ns for ns in launch.ns_fds if target is not None and ns[1] in (sc.CLONE_NEWCGROUP, sc.CLONE_NEWUSER)]
     with stage("namespaces"):
@@ -708,7 +712,7 @@ def _exec_process(ch: Channel, launch: Launch, gate: int, tasks: list[tuple[str,
         _setns_all(later)
     if tasks:
         with stage("cgroups"):
-            launch.cgroup.join_opened(tasks)   # type: ignore[attr-defined]
+            launch.cgroup.join_opened(tasks)
     if os.read(gate, 1) != b"1":
         os._exit(1)
     os.close(gate)

@@ -7,11 +7,14 @@ never checks a state by hand, so an illegal call cannot slip through a forgotten
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from railcar.ttrpc_proto import Code, TtrpcError
+
+if TYPE_CHECKING:
+    from railcar.io import ProcessIO
 
 
 class Status(enum.IntEnum):
@@ -85,7 +88,7 @@ class Process:
     status: Status = Status.CREATED
     exit_status: int = 0
     exited_at_ns: int = 0
-    io: Any = None  # railcar.io ProcessIO once opened
+    io: "ProcessIO | None" = None  # once opened
     stdin_closed: bool = False  # CloseIO came before `io` was attached (during an exec's Start)
     reaped: bool = False  # the pid was reaped: signalling it would hit whoever reuses the number
     starting: bool = False  # a Start is under way: its start event must precede the exit event

@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from google.protobuf import empty_pb2, json_format
@@ -32,6 +32,10 @@ from .forker import Forker, ForkerError
 from .process import Process, Status
 from .reaper import Reaper, exit_status
 from .spawner import ReaperSpawner
+
+if TYPE_CHECKING:
+    from railcar.runtime.cgroups import Cgroup
+    from railcar.runtime.cgroups.interface import OomWatcher
 
 EMPTY = empty_pb2.Empty()
 DRAIN_TIMEOUT = 2.0
@@ -59,8 +63,8 @@ class Task:
     execs: dict[str, Process] = field(default_factory=dict)
     rootfs_mounted: bool = False
     shares_pids: bool = False  # no pid namespace of its own: processes can outlive the init
-    cgroup: Any = None  # railcar.runtime.cgroups.Cgroup, for stats, pids and OOM
-    oom_watcher: Any = None
+    cgroup: "Cgroup | None" = None  # for stats, pids and OOM
+    oom_watcher: "OomWatcher | None" = None
     oom_armed: trio.Event = field(default_factory=trio.Event)  # the OOM watch is set up (or failed)
     created: trio.Event = field(default_factory=trio.Event)  # its Create has ended, made or failed
     lock: trio.Lock = field(default_factory=trio.Lock)
