@@ -305,12 +305,12 @@ class Container:
              terminal: bool = False) -> CreateResult:
         """Run another process in the container's namespaces and cgroup; returns once it
         execve'd. Its pid is re-parented to the caller's subreaper like the init."""
-        proc = parse_process(process)
         # The container's state first, as runc's: a stopped one (or one half deleted, its config.json
         # gone) answers "stopped", whatever the process asks for.
         pidfd = self._open_init("exec")
         ns_fds: list[tuple[int, int]] = []
         try:
+            proc = parse_process(process)
             # Only linux (seccomp, id mappings) is needed from the config validated at create: no re-validation.
             linux = self._stored_config().get("linux") or {}
             plan = security.prepare(process, linux)

@@ -669,7 +669,7 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     target = None
     if launch.cgroup is not None:
         with stage("cgroups"):   # the host's files, from the host's mounts
-            tasks = launch.cgroup.open_tasks() if launch.cgroup.version == 1 else []
+            tasks = launch.cgroup.open_tasks() if launch.cgroup.version == 1 else []  # type: ignore[attr-defined]  (v1's)
             target = launch.cgroup.open_fork_target("exec")
     _set_oom_score(launch.process)
     later = [ns for ns in launch.ns_fds if target is not None and ns[1] in (sc.CLONE_NEWCGROUP, sc.CLONE_NEWUSER)]
@@ -712,7 +712,7 @@ def _exec_process(ch: Channel, launch: Launch, gate: int, tasks: list[tuple[str,
         _setns_all(later)
     if tasks:
         with stage("cgroups"):
-            launch.cgroup.join_opened(tasks)
+            launch.cgroup.join_opened(tasks)  # type: ignore[attr-defined]  (v1's)
     if os.read(gate, 1) != b"1":
         os._exit(1)
     os.close(gate)

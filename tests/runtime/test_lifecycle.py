@@ -533,8 +533,9 @@ def test_a_delete_killed_while_it_removed_the_directory_leaves_the_id_free(make_
     _, deleting = _deleting_in_a_child(bundle, state_root, lambda: setattr(shutil, "rmtree", cut_short))
     _, status = os.waitpid(deleting, 0)
     assert os.waitstatus_to_exitcode(status) == 0  # cut short where meant
-    with pytest.raises(InvalidState, match="stopped"):
-        Container.load(bundle.id, root=state_root).exec({"args": ["true"], "cwd": "/"})
+    for process in ({"args": ["true"], "cwd": "/"}, {"args": ["true"], "cwd": "relative"}):  # (the state first)
+        with pytest.raises(InvalidState, match="stopped"):
+            Container.load(bundle.id, root=state_root).exec(process)
     Container.load(bundle.id, root=state_root).delete()
     assert not os.path.exists(os.path.join(state_root, bundle.id))
     assert run_container(bundle, state_root).status == 0
