@@ -48,8 +48,9 @@ _FORKER_CODES = {"spec": Code.INVALID_ARGUMENT, "not_found": Code.NOT_FOUND, "ru
                  "internal": Code.INTERNAL}
 
 
-def _error(e: ForkerError) -> TtrpcError:
-    message = f"config.json {e.message}" if e.kind == "spec" else e.message
+def _error(e: ForkerError, spec_of: str) -> TtrpcError:
+    """The forker's failure as containerd gets it; a refused spec names its document (`spec_of`)."""
+    message = f"{spec_of} {e.message}" if e.kind == "spec" else e.message
     return TtrpcError(_FORKER_CODES.get(e.kind, Code.UNKNOWN), message)
 
 
@@ -107,11 +108,14 @@ class TaskService:
             raise TtrpcError(Code.NOT_FOUND, f"process does not exist {exec_id}")
         return task, process
 
-    async def _call(self, op: str, args: dict[str, Any], fds: tuple[int, ...] | list[int] = ()) -> tuple[Any, list[int]]:
+    async def _call(self, op: str, args: dict[str, Any], fds: tuple[int, ...] | list[int] = (),
+                    spec_of: str = "config.json") -> tuple[Any, list[int]]:
+        """Run `op` in a worker. `spec_of` names what a field a SpecError names is in: config.json,
+        or the OCI Process of an exec, or the LinuxResources of an Update."""
         try:
             return await self._forker.call(op, args, fds)
         except ForkerError as e:
-            raise _error(e) from None
+            raise _error(e, spec_of) from None
 
     async def _open_io(self, process: Process) -> ProcessIO:
         try:
@@ -355,7 +359,8 @@ class TaskService:
                 pio = await self._open_io(process)
                 try:
                     result, fds = await self._call("exec", {"id": task.id, "root": self.root, "process": process.spec,
-                                                            "terminal": process.terminal}, pio.container_stdio or ())
+                                                            "terminal": process.terminal}, pio.container_stdio or (),
+                                                   spec_of="the exec's")
                 except BaseException:
                     await pio.aclose()
                     raise
@@ -593,7 +598,8 @@ class TaskService:
         # One at a time: an Update that fails puts back the values it found, which must not undo
         # what another Update, run by another worker meanwhile, has written.
         async with task.lock:
-            await self._call("update", {"id": task.id, "root": self.root, "resources": resources})
+            await self._call("update", {"id": task.id, "root": self.root, "resources": resources},
+                             spec_of="the update's")
         return EMPTY
 
     async def wait(self, req: pb.WaitRequest, ctx: Any) -> pb.WaitResponse:

@@ -198,6 +198,11 @@ async def _exercise(shim: Shim, bundle: Path) -> None:
         resources = pack_json("types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
                               {"pids": {"limit": 100}})
         await shim("Update", pb.UpdateTaskRequest(id="c1", resources=resources))
+        bad = pack_json("types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", {"pids": {"limit": "x"}})
+        with pytest.raises(TtrpcError) as info:  # no config.json is involved: the message says whose field it is
+            await shim("Update", pb.UpdateTaskRequest(id="c1", resources=bad))
+        assert info.value.code == Code.INVALID_ARGUMENT and info.value.message.startswith("the update's linux."), \
+            info.value.message
         for method, request, named in [
             ("Update", pb.UpdateTaskRequest(id="c1", resources=any_pb2.Any(value=b"{nope")), "resources"),
             ("Exec", pb.ExecProcessRequest(id="c1", exec_id="bad", spec=any_pb2.Any(value=b"[]")), "exec spec"),
@@ -217,7 +222,9 @@ async def _exercise(shim: Shim, bundle: Path) -> None:
         no_args = pack_json("types.containerd.io/opencontainers/runtime-spec/1/Process", {"cwd": "/"})
         await shim("Exec", pb.ExecProcessRequest(id="c1", exec_id="no-args", spec=no_args))
         for _ in range(2):  # a failed Start is refused for its cause again, not as "being started"
-            assert await shim.code_of("Start", pb.StartRequest(id="c1", exec_id="no-args")) == Code.INVALID_ARGUMENT
+            with pytest.raises(TtrpcError) as info:
+                await shim("Start", pb.StartRequest(id="c1", exec_id="no-args"))
+            assert info.value.code == Code.INVALID_ARGUMENT and info.value.message.startswith("the exec's process.args")
         await shim("Delete", pb.DeleteRequest(id="c1", exec_id="no-args"), pb.DeleteResponse)
         await shim("Start", pb.StartRequest(id="c1", exec_id="e1"), pb.StartResponse)
         exec_exit = await shim("Wait", pb.WaitRequest(id="c1", exec_id="e1"), pb.WaitResponse)
