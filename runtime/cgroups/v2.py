@@ -153,10 +153,16 @@ class CgroupV2(Cgroup):
             self._write(key, value, f"unified.{key}")
 
     def _write(self, name: str, value: str | int, field: str) -> None:
-        """Write a control file, turning "no such file" into a clear "controller missing" error."""
+        """Write a control file, turning "no such file" into a clear error: the controller missing
+        from the cgroup, or (with it there) this kernel without that file (io.weight needs BFQ or
+        io.cost, cpu.idle Linux 5.15)."""
         path = self._file(name)
         if not os.path.exists(path):
             controller = name.split(".")[0]
+            enabled = (files.read_optional(self._file("cgroup.controllers")) or "").split()
+            if controller in enabled:
+                raise ResourceError(field, f"{name} does not exist in {self.dir}: this kernel has the "
+                                           f"{controller} controller without that file")
             raise ResourceError(field, f"{name} does not exist: the {controller} controller is not available "
                                        f"in {self.dir} (host controllers: "
                                        f"{files.read(f'{self.root}/cgroup.controllers').strip()})")
@@ -202,7 +208,8 @@ class CgroupV2(Cgroup):
             q = ("max" if cpu.quota < 0 else str(cpu.quota)) if cpu.quota else current_quota
             p = str(cpu.period) if cpu.period else current_period
             bandwidth.append(("cpu.max", f"{q} {p}"))
-        fields = {"cpu.weight": "cpu.shares", "cpu.max": "cpu.quota", "cpu.max.burst": "cpu.burst",
+        fields = {"cpu.weight": "cpu.shares", "cpu.max": "cpu.quota" if cpu.quota else "cpu.period",
+                  "cpu.max.burst": "cpu.burst",
                   "cpu.idle": "cpu.idle"}
         res.write_cpu(lambda name, value: self._write(name, value, fields[name]),
                       lambda name: self._keep(self._file(name)), cpu, "cpu.weight",

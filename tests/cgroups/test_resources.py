@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from railcar.runtime.cgroups import CgroupV2, ResourceError
+from railcar.runtime.cgroups.errors import CgroupError
 from railcar.runtime.cgroups import resources as res
 
 
@@ -115,3 +116,23 @@ def test_v2_refusals_name_the_json_path(fake_v2: CgroupV2, resources: dict, path
     with pytest.raises(ResourceError) as e:
         fake_v2.update(resources)
     assert e.value.path == path
+
+
+def test_v2_says_whether_the_controller_or_only_its_file_is_missing(fake_v2: CgroupV2) -> None:
+    """A control file that does not exist: the controller is missing from the cgroup, or (listed in
+    its cgroup.controllers) this kernel lacks the file (io.weight without BFQ or io.cost)."""
+    (Path(fake_v2.dir) / "cgroup.controllers").write_text("cpu memory io\n")
+    with pytest.raises(ResourceError, match="io.nosuch does not exist in .*: this kernel has the io controller"):
+        fake_v2.update({"unified": {"io.nosuch": "1"}})
+    with pytest.raises(ResourceError, match="the hugetlb controller is not available"):
+        fake_v2.update({"unified": {"hugetlb.2MB.max": "1"}})
+
+
+def test_v2_names_the_period_when_only_the_period_was_refused(fake_v2: CgroupV2, monkeypatch) -> None:
+    """The kernel refuses cpu.max "max 100" (a period below 1 ms): the field to blame is the period."""
+    def refuse(path: str, value: object) -> None:
+        raise CgroupError(f"writing {value!r} to {path}: Invalid argument", 22)
+
+    monkeypatch.setattr(fake_v2, "_set", refuse)
+    with pytest.raises(CgroupError, match=r"^cgroups: linux\.resources\.cpu\.period: writing 'max 100'"):
+        fake_v2.update({"cpu": {"period": 100}})
