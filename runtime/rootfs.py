@@ -232,8 +232,10 @@ def _populate_dev(root_fd: int, devices: tuple[Device, ...], userns: bool) -> No
     for name, major, minor in DEFAULT_DEVICES:
         if f"/dev/{name}" not in wanted:
             _make_device(root_fd, Device(f"/dev/{name}", "c", major, minor), userns)
+    # /dev/core as runc makes it, where the kernel has /proc/kcore (masked paths cover that file).
+    core = (("core", "/proc/kcore"),) if os.path.exists("/proc/kcore") else ()
     with _opened(root_fd, "/dev") as dev:
-        for name, target in (*DEV_LINKS, ("ptmx", "pts/ptmx")):
+        for name, target in (*DEV_LINKS, *core, ("ptmx", "pts/ptmx")):
             _symlink(target, name, dev)
     os.close(open_in_root(root_fd, "/dev/shm", "dir"))
 
