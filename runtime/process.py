@@ -269,15 +269,20 @@ def _fork_helper(parent: Channel, child: Channel, launch: Launch,
     return pid
 
 
-def _forked_into(target: int | None, single_threaded: bool) -> int | None:
+def _forked_into(target: int | None, single_threaded: bool, at_limit: str = "") -> int | None:
     """fork_into_cgroup into the cgroup v2 directory `target`, which this closes (in both processes);
-    None if there is no target, or the kernel or glibc refused (a kernel before 5.7, the pids
-    limit): the caller forks as usual, and the process is moved in, slower."""
+    None if there is no target, or the kernel or glibc refused (a kernel before 5.7, a cgroup that
+    takes no process): the caller forks as usual, and the process is moved in, slower. At the pids
+    limit (EAGAIN) that would take the cgroup over it: with `at_limit` (what was to be forked), that
+    fails instead."""
     if target is None:
         return None
     try:
         return sc.fork_into_cgroup(target, single_threaded)
-    except OSError:
+    except OSError as e:
+        if at_limit and e.errno == errno.EAGAIN:
+            raise RuntimeFailure("cgroups", f"{at_limit} cannot be forked into the container's cgroup: it is "
+                                            "at its pids limit (or its user at RLIMIT_NPROC)") from None
         return None
     finally:
         os.close(target)
@@ -658,8 +663,9 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     moves the process by its pid, in the host's namespaces and with its credentials (which every
     kernel accepts), while it waits at a gate; we hold its pid meanwhile (our child, unreaped even
     if killed; the caller checks that we still live), so no other process can be moved in by that
-    number. So railcar's own Python work in this helper is not charged to the container, and an
-    exec into a container at its pids limit runs (runc allows that too). Per exec of /bin/true
+    number. So railcar's own Python work in this helper is not charged to the container. A move is
+    not counted against pids.max, so an exec into a container at its pids limit (its own, or a
+    pod's) is refused before, as runc's fails there (its init's threads are forks). Per exec of /bin/true
     through ctr, the container's cgroup is charged ~390 page faults and 4-5 ms of CPU, against 874
     and 9.1 ms when this helper joined first; runc's exec ~140 and 3.5-5 ms (benchmarks/startup.py)."""
     affinity = launch.process.exec_cpu_affinity
@@ -669,6 +675,10 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     target = None
     if launch.cgroup is not None:
         with stage("cgroups"):   # the host's files, from the host's mounts
+            reached = launch.cgroup.pids_limit_reached()
+            if reached is not None:
+                raise RuntimeFailure("cgroups", f"the container is at its pids limit ({reached}): the exec's "
+                                                "process would take it over")
             tasks = launch.cgroup.open_tasks() if launch.cgroup.version == 1 else []  # type: ignore[attr-defined]  (v1's)
             target = launch.cgroup.open_fork_target("exec")
     _set_oom_score(launch.process)
@@ -678,7 +688,7 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     launch.ns_fds = []   # closed: their numbers may be the gate's now, which the exec process must not hold
     gate, release = os.pipe2(os.O_CLOEXEC)
     keep = frozenset({gate, *(fd for _, fd in tasks), *(fd for fd, _ in later)})
-    pid = _forked_into(target, single_threaded=True)   # a helper: forked, so it is
+    pid = _forked_into(target, single_threaded=True, at_limit="the exec's process")   # a helper: forked, so it is
     if pid == 0:
         _run_child(ch, launch.keep_fds() | {ch.fileno()} | keep, _exec_process, launch, gate, tasks, later)
     joined = pid is not None

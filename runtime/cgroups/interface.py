@@ -73,6 +73,29 @@ class Cgroup(abc.ABC):
     def pids(self) -> list[int]:
         """Every process in the cgroup and its descendants."""
 
+    def _pids_hierarchy(self) -> tuple[str, str] | None:
+        """(the hierarchy's root, this cgroup's directory in it) for the pids controller; None
+        without one."""
+        return None
+
+    def pids_limit_reached(self) -> str | None:
+        """The pids.max this cgroup or one of its ancestors (a pod's cgroup) is at, as "<file> <n>";
+        None if one more process fits. The kernel counts forks against pids.max, not a process
+        moved in: an exec's process is one (on v1, and wherever it cannot be forked into the
+        cgroup), and would take the container over its limit."""
+        located = self._pids_hierarchy()
+        if located is None:
+            return None
+        root, directory = located
+        while directory != root and directory.startswith(root + "/"):
+            limit = (files.read_optional(f"{directory}/pids.max") or "max").strip()
+            if limit != "max":
+                current = (files.read_optional(f"{directory}/pids.current") or "0").strip()
+                if int(current) >= int(limit):
+                    return f"{directory}/pids.max {limit}"
+            directory = os.path.dirname(directory)
+        return None
+
     @abc.abstractmethod
     def freeze(self) -> None:
         """Freeze every process; returns once the kernel reports the cgroup frozen."""

@@ -57,6 +57,10 @@ class CgroupV1(Cgroup):
         mount = self.mounts.get(controller)
         return None if mount is None else mount + self.path
 
+    def _pids_hierarchy(self) -> tuple[str, str] | None:
+        mount = self.mounts.get("pids")
+        return None if mount is None else (mount, mount + self.path)
+
     def _require(self, controller: str, why: str) -> str:
         d = self.dir(controller)
         if d is None:

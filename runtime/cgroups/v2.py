@@ -49,6 +49,9 @@ class CgroupV2(Cgroup):
     def _file(self, name: str) -> str:
         return f"{self.dir}/{name}"
 
+    def _pids_hierarchy(self) -> tuple[str, str] | None:
+        return self.root, self.dir
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def create(self, resources: dict | None) -> None:

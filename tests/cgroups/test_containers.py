@@ -328,21 +328,25 @@ def test_pids_limit_stops_a_fork_bomb(make_bundle, state_root) -> None:
     finish(container, created)
 
 
-def test_an_exec_at_the_pids_limit_runs_in_the_cgroup_as_with_runc(make_bundle, state_root) -> None:
-    """The limit counts forks, not processes moved in: the exec forks outside the container's cgroup
-    and joins it, as runc's does; what the exec then forks counts."""
+def test_an_exec_at_the_pids_limit_is_refused_and_below_it_runs_in_the_cgroup(make_bundle, state_root) -> None:
+    """The limit counts forks, not processes moved in, and an exec's process may be moved in: at
+    the limit the exec is refused (runc's fails there too), rather than take the container over it.
+    Below it, the exec runs in the container's cgroup, and what it forks counts."""
     bundle = make_bundle(["sleep", "100"], edit=set_resources(pids={"limit": 2}))  # the init and its intermediate
     container, created = create_captured(bundle, state_root)
     try:
         container.start()
-        container.update({"pids": {"limit": 1}})   # the init alone
         ran = exec_captured(container, {"args": ["cat", "/proc/self/cgroup"], "cwd": "/"})
         mark = ":pids:" if isinstance(cgroup_of(bundle), CgroupV1) else "0::"
         pids_line = next(line for line in ran.output.splitlines() if mark in line)
         assert ran.status == 0 and pids_line.rsplit(":", 1)[1] == cgroup_of(bundle).path, ran.output
         ran = exec_captured(container, {"args": ["sh", "-c", "true | true"], "cwd": "/"})
         assert ran.status != 0 and "can't fork" in ran.output, ran.output   # its own forks are refused
+        container.update({"pids": {"limit": 1}})   # the init alone
+        with pytest.raises(RuntimeFailure, match="at its pids limit"):
+            container.exec({"args": ["true"], "cwd": "/"})
         assert container.pids() == [created.result.pid]  # nothing was left in it
+        assert int(cgroup_file(bundle, ("pids", "pids.current"), "pids.current")) == 1
     finally:
         container.kill(signal.SIGKILL)
         finish(container, created)

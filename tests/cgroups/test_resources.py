@@ -136,3 +136,19 @@ def test_v2_names_the_period_when_only_the_period_was_refused(fake_v2: CgroupV2,
     monkeypatch.setattr(fake_v2, "_set", refuse)
     with pytest.raises(CgroupError, match=r"^cgroups: linux\.resources\.cpu\.period: writing 'max 100'"):
         fake_v2.update({"cpu": {"period": 100}})
+
+
+def test_the_pids_limit_reached_may_be_an_ancestors(tmp_path: Path) -> None:
+    """An exec's process may be moved in, which pids.max does not count: what is checked before is
+    every level up to the root, a pod's cgroup (kubelet's pod pids limit) as much as the container's."""
+    container = tmp_path / "pod" / "c1"
+    container.mkdir(parents=True)
+    for directory, limit, current in ((container, "max", "1"), (container.parent, "3", "2")):
+        (directory / "pids.max").write_text(f"{limit}\n")
+        (directory / "pids.current").write_text(f"{current}\n")
+    cgroup = CgroupV2("/pod/c1", root=str(tmp_path))
+    assert cgroup.pids_limit_reached() is None
+    (container.parent / "pids.current").write_text("3\n")
+    assert cgroup.pids_limit_reached() == f"{container.parent}/pids.max 3"
+    (container / "pids.max").write_text("1\n")
+    assert cgroup.pids_limit_reached() == f"{container}/pids.max 1"
