@@ -50,12 +50,17 @@ def prepare(spec: Spec, userns: bool, idmapped_tree: Callable[[int], int]) -> No
         sc.mount(None, point, None, sc.MS_PRIVATE)
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    cgroupns = spec.linux.namespace("cgroup") is not None
+    bounding = ((spec.process.raw.get("capabilities") or {}).get("bounding") or []) if spec.process else []
+    # Without a cgroup namespace, a container that may mount cgroup2 itself (CAP_SYS_ADMIN, no user
+    # namespace: a privileged pod) gets the whole v2 hierarchy, as runc mounts it: /proc/self/cgroup
+    # names a path from the host's root, which systemd, dockerd or kind's node then look for there.
+    whole = not cgroupns and not userns and "CAP_SYS_ADMIN" in bounding
     try:
         for i, m in enumerate(spec.mounts):
             where = f"mounts[{i}] ({m.type or 'bind'} on {m.destination})"
             try:
-                _mount_entry(root_fd, m, spec.bundle, spec.linux.mount_label,
-                             spec.linux.namespace("cgroup") is not None, where,
+                _mount_entry(root_fd, m, spec.bundle, spec.linux.mount_label, cgroupns, whole, where,
                              idmapped_tree(i) if m.idmapped else -1)
             except OSError as e:
                 refused = f" (options: {','.join(m.options)})" if e.errno == errno.EINVAL and m.options else ""
@@ -92,12 +97,12 @@ def _mount_of(path: str) -> tuple[str, bool]:
     return found
 
 
-def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns: bool, where: str,
-                 tree: int) -> None:
+def _mount_entry(root_fd: int, m: Mount, bundle: str, mount_label: str, cgroupns: bool, whole: bool,
+                 where: str, tree: int) -> None:
     opts = with_mount_label(parse_options(m.options, m.destination), m.type, mount_label)
     if m.type == "cgroup":
         readonly = bool(opts.flags & sc.MS_RDONLY or opts.recursive[0] & sc.MOUNT_ATTR_RDONLY)
-        _mount_cgroups(root_fd, m.destination, readonly, mount_label, cgroupns, where)
+        _mount_cgroups(root_fd, m.destination, readonly, mount_label, cgroupns, whole, where)
         return
     source = m.source or m.type
     kind = "dir"
@@ -139,11 +144,14 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
-def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cgroupns: bool, where: str) -> None:
+def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cgroupns: bool, whole: bool,
+                   where: str) -> None:
     """Our own cgroup at ``dest``: on a cgroup v2 host, the unified hierarchy's view of it;
     otherwise a tmpfs with each v1 hierarchy's view of it in a directory of its own.
 
-    Only the container's own cgroup subtree is reachable, never the host's parents. In a cgroup
+    Only the container's own cgroup subtree is reachable, never the host's parents, except with
+    `whole` on a v2 host (a container that could mount the hierarchy itself): the hierarchy as its
+    cgroup namespace, the host's, shows it, as runc mounts it there. In a cgroup
     namespace each view is a new mount of the hierarchy, whose root the kernel then shows as the
     namespace's (our cgroup, as runc does it); there, /proc/self/cgroup reads "/" and a bind
     from it would be of the host's root. Outside one, it is a bind of our cgroup's directory. A
@@ -161,7 +169,7 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
             yield fd
 
     if unified_root(mounts) is not None:
-        _mount_view(target, "cgroup2", CGROUP_ROOT + own[""], None, flags, cgroupns)
+        _mount_view(target, "cgroup2", CGROUP_ROOT + own[""], None, flags, cgroupns or whole)
         return
     with target() as fd:
         sc.mount("cgroup", fd_path(fd), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,

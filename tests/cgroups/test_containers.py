@@ -78,6 +78,23 @@ def test_the_cgroup_mount_shows_the_container_its_own_cgroup_only(make_bundle, s
 
 
 @v2_only
+def test_without_a_cgroup_namespace_a_privileged_container_sees_the_hierarchy_its_paths_name(make_bundle,
+                                                                                            state_root) -> None:
+    """A privileged pod on v2 gets no cgroup namespace (containerd's CRI), so /proc/self/cgroup names
+    its cgroup from the host's root: with CAP_SYS_ADMIN, which could mount the hierarchy anyway, the
+    mount shows it whole, as runc's does, and that path is there. Without it, the own subtree only."""
+    script = "p=$(cut -d: -f3 /proc/self/cgroup); test -d /sys/fs/cgroup$p && echo found || echo missing"
+
+    def privileged(config: dict) -> None:
+        config["process"]["capabilities"]["bounding"].append("CAP_SYS_ADMIN")
+
+    ran = run_container(make_bundle(["sh", "-c", script], edit=privileged), state_root)
+    assert ran.output.split() == ["found"], ran.output
+    ran = run_container(make_bundle(["sh", "-c", script]), state_root)
+    assert ran.output.split() == ["missing"], ran.output
+
+
+@v2_only
 def test_an_exec_joins_the_init_in_the_child_cgroup_it_moved_to(make_bundle, state_root) -> None:
     """docker-in-docker, kind nodes and systemd move their init into a child cgroup and enable
     controllers below the container's, which v2 then refuses processes (EBUSY): as runc's, an exec
