@@ -48,7 +48,7 @@ _FORKER_CODES = {"spec": Code.INVALID_ARGUMENT, "not_found": Code.NOT_FOUND, "ru
                  "internal": Code.INTERNAL}
 
 
-def _error(e: ForkerError, spec_of: str) -> TtrpcError:
+def _error(e: ForkerError, spec_of: str = "config.json") -> TtrpcError:
     """The forker's failure as containerd gets it; a refused spec names its document (`spec_of`)."""
     message = f"{spec_of} {e.message}" if e.kind == "spec" else e.message
     return TtrpcError(_FORKER_CODES.get(e.kind, Code.UNKNOWN), message)

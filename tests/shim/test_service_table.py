@@ -125,7 +125,7 @@ async def test_updates_of_one_task_run_one_at_a_time(monkeypatch) -> None:
     service = _service_with(Task("c1", "/bundle", init))
     running, most = 0, 0
 
-    async def call(op: str, args: dict, fds=()) -> tuple[dict, list[int]]:
+    async def call(op: str, args: dict, fds=(), spec_of: str = "") -> tuple[dict, list[int]]:
         nonlocal running, most
         running += 1
         most = max(most, running)
