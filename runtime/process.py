@@ -282,7 +282,7 @@ def _forked_into(target: int | None, single_threaded: bool, at_limit: str = "") 
     except OSError as e:
         if at_limit and e.errno == errno.EAGAIN:
             raise RuntimeFailure("cgroups", f"{at_limit} cannot be forked into the container's cgroup: it is "
-                                            "at its pids limit (or its user at RLIMIT_NPROC)") from None
+                                            "at its pids limit") from None
         return None
     finally:
         os.close(target)
@@ -659,7 +659,8 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     the host's cgroup namespace and with the host's credentials, which the kernel checks: the
     container's user and cgroup namespaces are joined by the process itself, after. Where that
     fork is refused (at the container's pids limit, which counts forks; a cgroup whose init made
-    it a parent, which takes no process; a kernel before 5.7), we fork as usual, and the caller
+    it a parent, which takes no process; a kernel before 5.7; not at the pids limit, checked before
+    and refused then, see below), we fork as usual, and the caller
     moves the process by its pid, in the host's namespaces and with its credentials (which every
     kernel accepts), while it waits at a gate; we hold its pid meanwhile (our child, unreaped even
     if killed; the caller checks that we still live), so no other process can be moved in by that

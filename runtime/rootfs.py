@@ -51,11 +51,12 @@ def prepare(spec: Spec, userns: bool, idmapped_tree: Callable[[int], int]) -> No
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     cgroupns = spec.linux.namespace("cgroup") is not None
-    bounding = ((spec.process.raw.get("capabilities") or {}).get("bounding") or []) if spec.process else []
-    # Without a cgroup namespace, a container that may mount cgroup2 itself (CAP_SYS_ADMIN, no user
-    # namespace: a privileged pod) gets the whole v2 hierarchy, as runc mounts it: /proc/self/cgroup
-    # names a path from the host's root, which systemd, dockerd or kind's node then look for there.
-    whole = not cgroupns and not userns and "CAP_SYS_ADMIN" in bounding
+    caps = (spec.process.raw.get("capabilities") or {}) if spec.process else {}
+    # Without a cgroup namespace, a container that may mount cgroup2 itself (holds CAP_SYS_ADMIN:
+    # bounding and permitted, no user namespace; a privileged pod) sees the whole v2 hierarchy, as
+    # runc shows it: /proc/self/cgroup names a path from the host's root, which systemd, dockerd or
+    # kind's node then look for there.
+    whole = not cgroupns and not userns and all("CAP_SYS_ADMIN" in (caps.get(s) or []) for s in ("bounding", "permitted"))
     try:
         for i, m in enumerate(spec.mounts):
             where = f"mounts[{i}] ({m.type or 'bind'} on {m.destination})"
@@ -150,8 +151,9 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
     otherwise a tmpfs with each v1 hierarchy's view of it in a directory of its own.
 
     Only the container's own cgroup subtree is reachable, never the host's parents, except with
-    `whole` on a v2 host (a container that could mount the hierarchy itself): the hierarchy as its
-    cgroup namespace, the host's, shows it, as runc mounts it there. In a cgroup
+    `whole` on a v2 host (a container that could mount the hierarchy itself): a bind of the whole
+    hierarchy. Not a new mount, as runc makes: a cgroup2 mount in the host's cgroup namespace sets
+    the hierarchy's options (nsdelegate, memory_recursiveprot) for the whole host. In a cgroup
     namespace each view is a new mount of the hierarchy, whose root the kernel then shows as the
     namespace's (our cgroup, as runc does it); there, /proc/self/cgroup reads "/" and a bind
     from it would be of the host's root. Outside one, it is a bind of our cgroup's directory. A
@@ -169,7 +171,7 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
             yield fd
 
     if unified_root(mounts) is not None:
-        _mount_view(target, "cgroup2", CGROUP_ROOT + own[""], None, flags, cgroupns or whole)
+        _mount_view(target, "cgroup2", CGROUP_ROOT if whole else CGROUP_ROOT + own[""], None, flags, cgroupns)
         return
     with target() as fd:
         sc.mount("cgroup", fd_path(fd), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,

@@ -16,7 +16,7 @@ import stat
 import pytest
 from google.protobuf import json_format
 
-from railcar.runtime import Container, ContainerNotFound, RuntimeFailure, syscalls
+from railcar.runtime import Container, ContainerNotFound, RuntimeFailure, mountinfo, syscalls
 from railcar.runtime.cgroups import CgroupV1, CgroupV2, open_cgroup
 from railcar.runtime.security import CAP_NUMBERS
 from railcar.ttrpc_proto.api import cgroups_v1_pb2, cgroups_v2_pb2
@@ -85,13 +85,26 @@ def test_without_a_cgroup_namespace_a_privileged_container_sees_the_hierarchy_it
     mount shows it whole, as runc's does, and that path is there. Without it, the own subtree only."""
     script = "p=$(cut -d: -f3 /proc/self/cgroup); test -d /sys/fs/cgroup$p && echo found || echo missing"
 
-    def privileged(config: dict) -> None:
-        config["process"]["capabilities"]["bounding"].append("CAP_SYS_ADMIN")
+    def holding(*sets: str):
+        def edit(config: dict) -> None:
+            caps = config["process"]["capabilities"]
+            for name in sets:
+                caps[name] = [*caps[name], "CAP_SYS_ADMIN"]
+        return edit
 
-    ran = run_container(make_bundle(["sh", "-c", script], edit=privileged), state_root)
+    options = cgroup2_options()
+    ran = run_container(make_bundle(["sh", "-c", script], edit=holding("bounding", "effective", "permitted")),
+                        state_root)
     assert ran.output.split() == ["found"], ran.output
-    ran = run_container(make_bundle(["sh", "-c", script]), state_root)
-    assert ran.output.split() == ["missing"], ran.output
+    assert cgroup2_options() == options   # (a new mount in the host's cgroup namespace would reset them)
+    for sets in ((), ("bounding",)):   # in the bounding set alone, with no_new_privs, it is not held
+        ran = run_container(make_bundle(["sh", "-c", script], edit=holding(*sets)), state_root)
+        assert ran.output.split() == ["missing"], (sets, ran.output)
+
+
+def cgroup2_options() -> str:
+    """The super options of the host's cgroup2 mount (nsdelegate, memory_recursiveprot...)."""
+    return next(m.super_options for m in mountinfo.read() if m.point == "/sys/fs/cgroup")
 
 
 @v2_only
