@@ -658,9 +658,8 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     where every move takes that lock, we fork it straight into the cgroup (fork_into_cgroup), from
     the host's cgroup namespace and with the host's credentials, which the kernel checks: the
     container's user and cgroup namespaces are joined by the process itself, after. Where that
-    fork is refused (at the container's pids limit, which counts forks; a cgroup whose init made
-    it a parent, which takes no process; a kernel before 5.7; not at the pids limit, checked before
-    and refused then, see below), we fork as usual, and the caller
+    fork is refused (a cgroup whose init made it a parent, which takes no process; a kernel before
+    5.7; but not at the pids limit, see below), we fork as usual, and the caller
     moves the process by its pid, in the host's namespaces and with its credentials (which every
     kernel accepts), while it waits at a gate; we hold its pid meanwhile (our child, unreaped even
     if killed; the caller checks that we still live), so no other process can be moved in by that
