@@ -675,7 +675,7 @@ def _exec_intermediate(ch: Channel, launch: Launch) -> None:
     target = None
     if launch.cgroup is not None:
         with stage("cgroups"):   # the host's files, from the host's mounts
-            reached = launch.cgroup.pids_limit_reached()
+            reached = launch.cgroup.pids_limit_reached(launch.init_pid)
             if reached is not None:
                 raise RuntimeFailure("cgroups", f"the container is at its pids limit ({reached}): the exec's "
                                                 "process would take it over")

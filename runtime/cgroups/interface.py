@@ -73,17 +73,17 @@ class Cgroup(abc.ABC):
     def pids(self) -> list[int]:
         """Every process in the cgroup and its descendants."""
 
-    def _pids_hierarchy(self) -> tuple[str, str] | None:
-        """(the hierarchy's root, this cgroup's directory in it) for the pids controller; None
-        without one."""
+    def _pids_hierarchy(self, init_pid: int) -> tuple[str, str] | None:
+        """(the hierarchy's root, the directory an exec's process would join in it) for the pids
+        controller; None without one. `init_pid`: the container's init (see CgroupV2.join)."""
         return None
 
-    def pids_limit_reached(self) -> str | None:
-        """The pids.max this cgroup or one of its ancestors (a pod's cgroup) is at, as "<file> <n>";
-        None if one more process fits. The kernel counts forks against pids.max, not a process
-        moved in: an exec's process is one (on v1, and wherever it cannot be forked into the
-        cgroup), and would take the container over its limit."""
-        located = self._pids_hierarchy()
+    def pids_limit_reached(self, init_pid: int = 0) -> str | None:
+        """The pids.max that the cgroup an exec's process would join, or one of its ancestors (a
+        pod's cgroup), is at, as "<file> <n>"; None if one more process fits. The kernel counts
+        forks against pids.max, not a process moved in: an exec's process is one (on v1, and
+        wherever it cannot be forked into the cgroup), and would take the container over its limit."""
+        located = self._pids_hierarchy(init_pid)
         if located is None:
             return None
         root, directory = located

@@ -57,7 +57,7 @@ class CgroupV1(Cgroup):
         mount = self.mounts.get(controller)
         return None if mount is None else mount + self.path
 
-    def _pids_hierarchy(self) -> tuple[str, str] | None:
+    def _pids_hierarchy(self, init_pid: int) -> tuple[str, str] | None:
         mount = self.mounts.get("pids")
         return None if mount is None else (mount, mount + self.path)
 

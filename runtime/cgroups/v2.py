@@ -49,7 +49,13 @@ class CgroupV2(Cgroup):
     def _file(self, name: str) -> str:
         return f"{self.dir}/{name}"
 
-    def _pids_hierarchy(self) -> tuple[str, str] | None:
+    def _pids_hierarchy(self, init_pid: int) -> tuple[str, str] | None:
+        """The init's own cgroup where an exec's process would join it (see `join`): the
+        container's, with controllers enabled for its children, takes no process."""
+        beside = files.v2_cgroup_of(init_pid) if init_pid else None
+        if beside is not None and beside.startswith(self.path + "/") and \
+                (files.read_optional(self._file("cgroup.subtree_control")) or "").strip():
+            return self.root, self.root + beside
         return self.root, self.dir
 
     # -- lifecycle --------------------------------------------------------------------------

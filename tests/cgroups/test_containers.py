@@ -129,6 +129,10 @@ def test_an_exec_joins_the_init_in_the_child_cgroup_it_moved_to(make_bundle, sta
                  and "pids" in open(f"{cgroup_of(bundle).dir}/cgroup.subtree_control").read(), "the init moved")
         ran = exec_captured(container, {"args": ["cat", "/proc/self/cgroup"], "cwd": "/"})
         assert (ran.status, ran.output) == (0, "0::/init\n")
+        with open(f"{cgroup_of(bundle).dir}/init/pids.max", "w") as f:
+            f.write("1")   # the init alone: that limit is the one the exec would go over
+        with pytest.raises(RuntimeFailure, match="at its pids limit .*/init/pids.max 1"):
+            container.exec({"args": ["true"], "cwd": "/"})
     finally:
         container.kill(signal.SIGKILL)
         finish(container, created)
