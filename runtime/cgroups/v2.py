@@ -52,11 +52,16 @@ class CgroupV2(Cgroup):
     def _pids_hierarchy(self, init_pid: int) -> tuple[str, str] | None:
         """The init's own cgroup where an exec's process would join it (see `join`): the
         container's, with controllers enabled for its children, takes no process."""
-        beside = files.v2_cgroup_of(init_pid) if init_pid else None
-        if beside is not None and beside.startswith(self.path + "/") and \
-                (files.read_optional(self._file("cgroup.subtree_control")) or "").strip():
+        beside = self._init_inside(init_pid)
+        if beside is not None and (files.read_optional(self._file("cgroup.subtree_control")) or "").strip():
             return self.root, self.root + beside
         return self.root, self.dir
+
+    def _init_inside(self, init_pid: int) -> str | None:
+        """The cgroup of the container's init if it moved into one inside the container's (None
+        otherwise): where an exec joins it, and no further (not into an ancestor's limits)."""
+        beside = files.v2_cgroup_of(init_pid) if init_pid else None
+        return beside if beside is not None and beside.startswith(self.path + "/") else None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -92,8 +97,8 @@ class CgroupV2(Cgroup):
         except CgroupError as e:
             if e.errno != errno.EBUSY or not init_pid:
                 raise
-            beside = files.v2_cgroup_of(init_pid)
-            if beside is None or not beside.startswith(self.path + "/"):
+            beside = self._init_inside(init_pid)
+            if beside is None:
                 raise
             files.write(f"{self.root}{beside}/cgroup.procs", pid)
 
