@@ -10,7 +10,7 @@ import glob
 import os
 from typing import Callable
 
-from . import files
+from . import files, stats_v2
 
 # memory.stat key -> MemoryStat JSON name (the message renames pgpgin, memsw, ...).
 _MEMORY_STAT = {
@@ -47,7 +47,7 @@ def collect(dir_of: Callable[[str], str | None]) -> dict:
         return {}  # the cgroup is gone
     out: dict = {"cpu": _cpu(dir_of)}
     for key, part in (("pids", _pids), ("memory", _memory), ("blkio", _blkio),
-                      ("hugetlb", _hugetlb), ("memoryOomControl", _oom_control)):
+                      ("hugetlb", _hugetlb), ("memoryOomControl", _oom_control), ("rdma", _rdma)):
         value = part(dir_of)
         if value is not None:
             out[key] = value
@@ -86,6 +86,11 @@ def _cpu(dir_of: Callable[[str], str | None]) -> dict:
         out["throttling"] = {"periods": st.get("nr_periods", 0), "throttledPeriods": st.get("nr_throttled", 0),
                              "throttledTime": st.get("throttled_time", 0)}
     return out
+
+
+def _rdma(dir_of: Callable[[str], str | None]) -> dict | None:
+    d = _existing(dir_of, "rdma")
+    return None if d is None else stats_v2.rdma(d)
 
 
 def _memory_entry(d: str, prefix: str) -> dict:

@@ -15,6 +15,7 @@ _MEMORY_STAT = (
     "pgdeactivate pglazyfree pglazyfreed thp_fault_alloc thp_collapse_alloc"
 ).split()
 _UNLIMITED = (1 << 64) - 1  # what a "max" limit reads as
+_RDMA_UNLIMITED = (1 << 32) - 1  # an rdma "max": its counts are uint32 in the message
 
 
 def camel(name: str) -> str:
@@ -26,7 +27,8 @@ def camel(name: str) -> str:
 def collect(d: str) -> dict:
     """Stats of the cgroup directory `d`. pids, cpu, memory and io are there, if zero, whichever
     controllers are enabled, as containerd's cgroups library sends them: its readers (nerdctl stats,
-    for one) follow `Io.Usage` and the like without a nil check."""
+    for one) follow `Io.Usage` and the like without a nil check. rdma is there, empty without the
+    controller, as that library always sets it."""
     if not os.path.isdir(d):
         return {}
     cpu = files.read_keyed(f"{d}/cpu.stat")  # usage lines exist even without the cpu controller
@@ -36,6 +38,7 @@ def collect(d: str) -> dict:
                 ("usage_usec", "user_usec", "system_usec", "nr_periods", "nr_throttled", "throttled_usec")},
         "memory": _memory(d),
         "io": {"usage": _io(d)},
+        "rdma": rdma(d),
     }
     events = files.read_keyed(f"{d}/memory.events")
     if events:
@@ -55,6 +58,21 @@ def _limit(path: str) -> int:
     read as a limit of nothing); a file that is not there is 0."""
     text = (files.read_optional(path) or "").strip()
     return _UNLIMITED if text == "max" else int(text or 0)
+
+
+def rdma(d: str) -> dict:
+    """RdmaStat of the directory `d` (either cgroup version: the files are the same) from lines
+    `mlx4_0 hca_handle=2 hca_object=2000` of rdma.current and rdma.max; "max" is the largest uint32."""
+    def entries(name: str) -> list[dict]:
+        out = []
+        for line in (files.read_optional(f"{d}/{name}") or "").splitlines():
+            device, *pairs = line.split()
+            kv = dict(p.split("=", 1) for p in pairs if "=" in p)
+            out.append({"device": device, **{
+                field: _RDMA_UNLIMITED if kv.get(key) == "max" else int(kv.get(key, 0))
+                for key, field in (("hca_handle", "hcaHandles"), ("hca_object", "hcaObjects"))}})
+        return out
+    return {"current": entries("rdma.current"), "limit": entries("rdma.max")}
 
 
 def _memory(d: str) -> dict:

@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 
-from railcar.runtime.cgroups import CgroupV2, ResourceError
+from railcar.runtime.cgroups import CgroupV2, ResourceError, stats_v2
 from railcar.runtime.cgroups.errors import CgroupError
 from railcar.runtime.cgroups import resources as res
+from railcar.ttrpc_proto.api import cgroups_v2_pb2
 
 
 def test_memory_parses_every_field() -> None:
@@ -152,3 +154,18 @@ def test_the_pids_limit_reached_may_be_an_ancestors(tmp_path: Path) -> None:
     assert cgroup.pids_limit_reached() == f"{container.parent}/pids.max 3"
     (container / "pids.max").write_text("1\n")
     assert cgroup.pids_limit_reached() == f"{container}/pids.max 1"
+
+
+def test_rdma_stats_read_as_containerd_reports_them(fake_v2: CgroupV2) -> None:
+    """RdmaStat is always set, as containerd's cgroups library sets it (runc's shim shows `"rdma": {}`),
+    and "max" reads as the largest uint32."""
+    d = Path(fake_v2.dir)
+    metrics = json_format.ParseDict(stats_v2.collect(str(d)), cgroups_v2_pb2.Metrics())
+    assert metrics.HasField("rdma") and not metrics.rdma.current and not metrics.rdma.limit
+    (d / "rdma.current").write_text("mlx4_0 hca_handle=2 hca_object=2000\nocrdma1 hca_handle=3 hca_object=0\n")
+    (d / "rdma.max").write_text("mlx4_0 hca_handle=max hca_object=2000\nocrdma1 hca_handle=3 hca_object=max\n")
+    metrics = json_format.ParseDict(stats_v2.collect(str(d)), cgroups_v2_pb2.Metrics())
+    assert [(e.device, e.hca_handles, e.hca_objects) for e in metrics.rdma.current] == [
+        ("mlx4_0", 2, 2000), ("ocrdma1", 3, 0)]
+    assert [(e.device, e.hca_handles, e.hca_objects) for e in metrics.rdma.limit] == [
+        ("mlx4_0", (1 << 32) - 1, 2000), ("ocrdma1", 3, (1 << 32) - 1)]

@@ -151,7 +151,7 @@ def test_stats_parse_as_metrics_and_count_usage(cgroup_parent: str, spawn) -> No
 
 def test_an_idle_cgroup_has_every_part_of_its_metrics(cgroup_parent: str) -> None:
     cg = CgroupV2(f"{cgroup_parent}/c7")
-    with idle_metrics(cg, cgroups_v2_pb2.Metrics, "pids", "cpu", "memory", "io") as metrics:
+    with idle_metrics(cg, cgroups_v2_pb2.Metrics, "pids", "cpu", "memory", "io", "rdma") as metrics:
         # No limit reads as the largest uint64, as containerd's library has it: 0 would be a limit of nothing.
         assert metrics.pids.limit == metrics.memory.usage_limit == metrics.memory.swap_limit == (1 << 64) - 1
 
