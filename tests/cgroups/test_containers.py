@@ -65,16 +65,22 @@ _LIST_PROCS = "cat /sys/fs/cgroup/pids/cgroup.procs /sys/fs/cgroup/cgroup.procs 
 def test_the_cgroup_mount_shows_the_container_its_own_cgroup_only(make_bundle, state_root, cgroupns) -> None:
     """Its processes are all the container's (the host's, in other pid namespaces, would read as
     0), with or without a cgroup namespace, in which /proc/self/cgroup reads "/"; and no cgroup2
-    tree of a hybrid host is in it, as with runc."""
+    tree of a hybrid host is in it, as with runc. In a cgroup namespace its mounts are new ones whose
+    source is "cgroup", as the spec names it and runc mounts it, for cgroup2 as well."""
     def edit(config: dict) -> None:
         if cgroupns:
             config["linux"]["namespaces"].append({"type": "cgroup"})
 
-    ran = run_container(make_bundle(["sh", "-c", f"{_LIST_PROCS}; ls /sys/fs/cgroup"], edit=edit), state_root)
+    sources = "awk '$5 ~ \"^/sys/fs/cgroup/?\" { for (i = 7; $i != \"-\"; i++); print \"source=\" $(i + 2) }' " \
+              "/proc/self/mountinfo"
+    ran = run_container(make_bundle(["sh", "-c", f"{_LIST_PROCS}; ls /sys/fs/cgroup; {sources}"], edit=edit),
+                        state_root)
     assert ran.status == 0, ran.output
     procs = [line for line in ran.output.splitlines() if line.isdigit()]
     assert procs and "0" not in procs, ran.output
     assert "unified" not in ran.output.split()
+    if cgroupns:
+        assert {w for w in ran.output.split() if w.startswith("source=")} == {"source=cgroup"}, ran.output
 
 
 @v2_only
