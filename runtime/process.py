@@ -28,6 +28,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, NoReturn
 
+import prctl
+
 from . import procfs, rootfs
 from . import syscalls as sc
 from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped, InitForked, Joined, MapIds,
@@ -48,6 +50,7 @@ NS_FLAGS = {"user": sc.CLONE_NEWUSER, "mount": sc.CLONE_NEWNS, "pid": sc.CLONE_N
 PROC_NS = (("user", sc.CLONE_NEWUSER), ("mnt", sc.CLONE_NEWNS), ("pid", sc.CLONE_NEWPID),
            ("net", sc.CLONE_NEWNET), ("ipc", sc.CLONE_NEWIPC), ("uts", sc.CLONE_NEWUTS),
            ("cgroup", sc.CLONE_NEWCGROUP), ("time", sc.CLONE_NEWTIME))
+HELPER_TITLE = "railcar init"  # the command line of a helper that goes into a container (see _run_child)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEY_USR_SEARCH = 0x00080000  # linux/key.h: the key's owner may search it
 KEY_OTH_SEARCH = 0x00000008  # anyone may
@@ -264,7 +267,7 @@ def _fork_helper(parent: Channel, child: Channel, launch: Launch,
     if pid is None:
         pid = os.fork()
     if pid == 0:
-        _run_child(child, keep, body, launch, null_stdio=True)
+        _run_child(child, keep, body, launch, from_caller=True)
     child.close()
     return pid
 
@@ -357,7 +360,7 @@ def _idmapped_tree(spec: Spec, index: int, init: int, pidfd: int, namespaces: di
         pid = os.fork()
         if pid == 0:
             _run_child(theirs, {theirs.fileno(), mnt, userns}, _make_idmapped_tree, mnt, userns, m,
-                       os.path.join(spec.bundle, m.source), where, null_stdio=True)
+                       os.path.join(spec.bundle, m.source), where, from_caller=True)
         theirs.close()
         try:
             _, fds = ours.recv("rootfs", MountTree)
@@ -425,14 +428,19 @@ def _mapping_userns(uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMapping, 
 # --- helper side (forked; never returns into the caller's code) ----------------------------
 
 def _run_child(ch: Channel, keep: set[int], body: Callable[..., None], *args: object,
-               null_stdio: bool = False) -> NoReturn:
-    """``null_stdio``: for a helper forked by the caller (see _null_stdio), still in its mount
-    namespace; what that helper forks in the container's inherits its /dev/null."""
+               from_caller: bool = False) -> NoReturn:
+    """``from_caller``: for a helper forked by the caller, not by another helper. It is still in the
+    caller's mount namespace: its stdio becomes the host's /dev/null there (see _null_stdio), and
+    its command line HELPER_TITLE. What it forks in the container's namespaces inherits both. A
+    helper is seen in the container's pid namespace (a created container's init, an exec's process
+    before its execve), where the caller's command line would show the host's (the interpreter's
+    path, the daemon's arguments); runc's helpers read `runc init`."""
     code = 1
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _close_fds_except(keep | {0, 1, 2})
-        if null_stdio:
+        if from_caller:
+            prctl.set_proctitle(HELPER_TITLE)
             _null_stdio(keep)
         body(ch, *args)
         code = 0

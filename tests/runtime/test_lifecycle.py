@@ -87,6 +87,20 @@ def test_delete_of_created_container(make_bundle, state_root) -> None:
         Container.load(bundle.id, root=state_root)
 
 
+def test_a_helper_in_the_container_shows_no_host_command_line(make_bundle, state_root) -> None:
+    """A created container's init waits for its start in a helper that runs the runtime's code, in the
+    container's pid namespace: an exec sees its command line there, which must not be the host's
+    (the interpreter's path, the daemon's arguments), as runc's reads `runc init`."""
+    bundle = make_bundle(["sleep", "100"])
+    container, created = create_captured(bundle, state_root)
+    try:
+        ran = exec_captured(container, {"args": ["cat", "/proc/1/cmdline"], "cwd": "/", "env": ["PATH=/bin"]})
+        assert (ran.status, ran.output.rstrip("\0")) == (0, "railcar init")
+    finally:
+        container.kill(signal.SIGKILL, all=True)
+        finish(container, created)
+
+
 def test_exec_sees_same_pid_namespace(make_bundle, state_root) -> None:
     bundle = make_bundle(["sleep", "100"])
     container, created = create_captured(bundle, state_root)
