@@ -28,8 +28,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, NoReturn
 
-import prctl
-
 from . import procfs, rootfs
 from . import syscalls as sc
 from .channel import (Channel, Console, ExecForked, Failed, HooksDone, IdsMapped, InitForked, Joined, MapIds,
@@ -55,6 +53,16 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEY_USR_SEARCH = 0x00080000  # linux/key.h: the key's owner may search it
 KEY_OTH_SEARCH = 0x00000008  # anyone may
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # linux/sockios.h, linux/if.h
+
+
+def _helper_title() -> tuple[int, bytes]:
+    """HELPER_TITLE over our argument strings (as much as fits, NUL-padded): where, and what to write.
+    Worked out once, on import: every helper forked from this process has them at that address."""
+    address, size = sc.command_line_area()
+    return address, HELPER_TITLE.encode()[:size - 1].ljust(size, b"\0")
+
+
+_TITLE_AT, _TITLE = _helper_title()
 
 
 @dataclass
@@ -440,7 +448,7 @@ def _run_child(ch: Channel, keep: set[int], body: Callable[..., None], *args: ob
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         _close_fds_except(keep | {0, 1, 2})
         if from_caller:
-            prctl.set_proctitle(HELPER_TITLE)
+            sc.write_memory(_TITLE_AT, _TITLE)
             _null_stdio(keep)
         body(ch, *args)
         code = 0

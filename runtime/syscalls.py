@@ -110,6 +110,20 @@ def _check(result: int, what: str, *names: str) -> int:
     return result
 
 
+def command_line_area() -> tuple[int, int]:
+    """Where this process's argument strings are, which /proc/<pid>/cmdline shows: their address and
+    size (/proc/self/stat's arg_start and arg_end). A forked child has them at the same address."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()   # (the command name may hold anything)
+    start, end = int(fields[45]), int(fields[46])   # fields 48 and 49; the first after the name is 3
+    return start, end - start
+
+
+def write_memory(address: int, data: bytes) -> None:
+    """Copy `data` to `address` of this process (writable memory of its own)."""
+    ctypes.memmove(address, data, len(data))
+
+
 def readable(fd: int, timeout: float | None = None) -> bool:
     """Whether `fd` becomes readable within `timeout` seconds (None: wait as long as it takes).
     poll(2), not select(2): select cannot take an fd numbered 1024 or above, which a process whose

@@ -109,3 +109,21 @@ def _children(pid: int) -> list[int]:
             return [int(child) for child in f.read().split()]
     except OSError:
         return []
+
+
+def test_a_helpers_command_line_is_its_title_whatever_its_environment() -> None:
+    """The title is written over the argument strings the kernel shows, found from /proc/self/stat,
+    not next to the environment (python-prctl's set_proctitle, tried first, crashed a process whose
+    environment was empty). A forked child finds them at the address its parent worked out."""
+    script = ("import os\n"
+              "from railcar.runtime import process, syscalls\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    syscalls.write_memory(process._TITLE_AT, process._TITLE)\n"
+              "    with open('/proc/self/cmdline', 'rb') as f:\n"
+              "        os.write(1, f.read().rstrip(b'\\0'))\n"
+              "    os._exit(0)\n"
+              "assert os.waitpid(pid, 0)[1] == 0\n")
+    for env in ({}, dict(os.environ)):
+        ran = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=60)
+        assert (ran.returncode, ran.stdout) == (0, b"railcar init"), (env, ran)
