@@ -19,6 +19,7 @@ import errno
 import fcntl
 import os
 import resource
+import _signal
 import signal
 import socket
 import stat
@@ -53,6 +54,11 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEY_USR_SEARCH = 0x00080000  # linux/key.h: the key's owner may search it
 KEY_OTH_SEARCH = 0x00000008  # anyone may
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # linux/sockios.h, linux/if.h
+# The signals _execve resets, worked out once: signal.valid_signals builds a set, and `signal`'s enum
+# conversions run much Python. What the process forked into the container's cgroup runs after its
+# join is charged to it: each page of Python objects it touches (reference counts) is a fault there.
+_RESET_SIGNALS = tuple(int(s) for s in sorted(signal.valid_signals()) if s not in (signal.SIGKILL, signal.SIGSTOP))
+_GLIBC_SIGNALS = tuple(sorted(set(range(1, signal.SIGRTMAX + 1)) - signal.valid_signals()))  # 32, 33
 
 
 def _helper_title() -> tuple[int, bytes]:
@@ -1022,14 +1028,17 @@ def _execve(ready: _Ready, launch: Launch, report: Channel | None) -> NoReturn:
             for target, fd in enumerate(high):
                 os.dup2(fd, target, inheritable=True)
             _close_fds_except({0, 1, 2} | ({report.fileno()} if report else set()))
-            signal.pthread_sigmask(signal.SIG_SETMASK, ())
-            for sig in signal.valid_signals():
-                if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            # `_signal`: `signal` without its enum conversions. Its table holds the kernel's action
+            # for each signal from the interpreter's start on, changed only through it: a signal it
+            # has at SIG_DFL is there.
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+            for sig in _RESET_SIGNALS:
+                if _signal.getsignal(sig) is not _signal.SIG_DFL:
                     try:
-                        signal.signal(sig, signal.SIG_DFL)
+                        _signal.signal(sig, _signal.SIG_DFL)
                     except (OSError, ValueError):
                         pass
-            for sig in set(range(1, signal.SIGRTMAX + 1)) - signal.valid_signals():  # glibc's own: 32, 33
+            for sig in _GLIBC_SIGNALS:
                 try:
                     sc.default_signal_action(sig)
                 except OSError:

@@ -28,6 +28,7 @@ import ctypes
 import dataclasses
 import functools
 import os
+import struct
 from typing import Callable
 
 from . import procfs
@@ -61,12 +62,9 @@ SELINUX_FS = "/sys/fs/selinux"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+_prctl_fn = _libc.prctl    # bound once: a first lookup in the forked process would make the
+_capset_fn = _libc.capset  # function object there, writing to pages shared with its parent
+_CAPBSET_DROP, _ZERO = ctypes.c_int(PR_CAPBSET_DROP), ctypes.c_ulong(0)
 
 
 def _fail(what: str) -> RuntimeFailure:
@@ -75,8 +73,8 @@ def _fail(what: str) -> RuntimeFailure:
 
 
 def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> None:
-    if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0),
-                   ctypes.c_ulong(0)) < 0:
+    if _prctl_fn(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0),
+                 ctypes.c_ulong(0)) < 0:
         raise _fail(what)
 
 
@@ -109,14 +107,26 @@ class SecurityPlan:
     selinux_label: str | None
     seccomp: SeccompProgram | None
     _seccomp_loaded: bool = False
+    # What the calls take, made here, before the fork: the forked process's Python work after it
+    # joined the container's cgroup is charged to it, a page fault for each page of objects it touches.
+    _drops: tuple[int, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    # capset's struct __user_cap_header_struct and __user_cap_data_struct[2], as bytes: a plan is
+    # picklable. The kernel writes to the header only to say which version it wants instead of v3
+    # (which it knows from 2.6.26 on), and fails the call then.
+    _capset: tuple[bytes, bytes] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._drops = tuple(cap for cap in range(last_cap() + 1) if cap not in self.bounding)
+        sets = [_bits(s) for s in (self.effective, self.permitted, self.inheritable)]
+        self._capset = (struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0),
+                        struct.pack("6I", *(bits >> shift & 0xFFFFFFFF for shift in (0, 32) for bits in sets)))
 
     def before_user_switch(self, hand_over: Callable[[int], None]) -> None:
         """In the init, before setgid/setuid."""
         self._apply_lsm()
-        for cap in range(last_cap() + 1):
-            if cap not in self.bounding:
-                _prctl(PR_CAPBSET_DROP, cap, what=f"dropping {CAPABILITIES[cap] if cap < len(CAPABILITIES) else cap} "
-                                                 "from the bounding set")
+        for cap in self._drops:
+            if _prctl_fn(_CAPBSET_DROP, ctypes.c_ulong(cap), _ZERO, _ZERO, _ZERO) < 0:
+                raise _fail(f"dropping {CAPABILITIES[cap] if cap < len(CAPABILITIES) else cap} from the bounding set")
         _prctl(PR_SET_KEEPCAPS, 1, what="PR_SET_KEEPCAPS")
         if self.seccomp is not None and not self.no_new_privileges:
             self._load_seccomp(hand_over)
@@ -124,14 +134,7 @@ class SecurityPlan:
     def after_user_switch(self) -> None:
         """In the init, after setuid: the final capability sets and no_new_privs."""
         _prctl(PR_SET_KEEPCAPS, 0, what="PR_SET_KEEPCAPS")
-        header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-        data = (_CapData * 2)()
-        for i in range(2):
-            shift = 32 * i
-            data[i].effective = (_bits(self.effective) >> shift) & 0xFFFFFFFF
-            data[i].permitted = (_bits(self.permitted) >> shift) & 0xFFFFFFFF
-            data[i].inheritable = (_bits(self.inheritable) >> shift) & 0xFFFFFFFF
-        if _libc.capset(ctypes.byref(header), data) < 0:
+        if _capset_fn(*self._capset) < 0:
             raise _fail("capset (effective/permitted/inheritable)")
         _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="clearing the ambient set")
         for cap in sorted(self.ambient):

@@ -316,14 +316,15 @@ def mount_setattr_recursive(target: str, attr_set: int, attr_clr: int) -> None:
 
 
 _AT_EACCESS = 0x200
+_faccessat = _libc.faccessat  # bound once, not in every forked exec process (see security._prctl_fn)
 
 
 def may_execute(path: str) -> bool | None:
     """Whether execve would be allowed to run ``path`` by its permission bits, for our effective
     ids and capabilities (faccessat with AT_EACCESS); None if the call itself was refused (EPERM
     or ENOSYS: a seccomp filter, which may be in by then)."""
-    if _libc.faccessat(ctypes.c_int(_AT_FDCWD), os.fsencode(path), ctypes.c_int(os.X_OK),
-                       ctypes.c_int(_AT_EACCESS)) == 0:
+    if _faccessat(ctypes.c_int(_AT_FDCWD), os.fsencode(path), ctypes.c_int(os.X_OK),
+                  ctypes.c_int(_AT_EACCESS)) == 0:
         return True
     return None if ctypes.get_errno() in (errno.EPERM, errno.ENOSYS) else False
 
@@ -394,10 +395,14 @@ def set_key_permissions(key: int, perm: int) -> None:
                          ctypes.c_ulong(perm)), "keyctl(setperm)")
 
 
+# struct kernel_sigaction: handler SIG_DFL (0), flags, restorer, mask. Made once: made in the forked
+# process, its array type and object wrote to pages it shares with its parent (faults in the container's cgroup).
+_SIG_DFL_ACTION = (ctypes.c_ulong * 4)()
+
+
 def default_signal_action(sig: int) -> None:
     """rt_sigaction(sig, SIG_DFL) for any signal, including the two glibc keeps for itself (32 and
     33), which `signal.signal` cannot reach: glibc's posix_spawn leaves them ignored in the child,
     and an ignored signal stays ignored across execve."""
-    action = (ctypes.c_ulong * 4)()  # struct kernel_sigaction: handler SIG_DFL (0), flags, restorer, mask
-    _check(_libc.syscall(ctypes.c_long(_SYS_RT_SIGACTION), ctypes.c_long(sig), action, None, ctypes.c_long(8)),
-           f"rt_sigaction({sig})")
+    _check(_libc.syscall(ctypes.c_long(_SYS_RT_SIGACTION), ctypes.c_long(sig), _SIG_DFL_ACTION, None,
+                         ctypes.c_long(8)), f"rt_sigaction({sig})")
