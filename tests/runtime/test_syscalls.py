@@ -113,10 +113,13 @@ def _children(pid: int) -> list[int]:
 
 def test_a_helpers_command_line_is_its_title_whatever_its_environment() -> None:
     """The title is written over the argument strings the kernel shows, found from /proc/self/stat,
-    not next to the environment (python-prctl's set_proctitle, tried first, crashed a process whose
-    environment was empty). A forked child finds them at the address its parent worked out."""
+    not next to the environment: python-prctl's set_proctitle, tried first, crashed a process whose
+    environment was empty, or rewritten as a spare daemon and its forker's workers rewrite theirs
+    when they adopt a container's. A forked child finds them at the address its parent worked out."""
     script = ("import os\n"
               "from railcar.runtime import process, syscalls\n"
+              "os.environ.clear()\n"
+              "os.environ.update({'PATH': '/bin'})\n"
               "pid = os.fork()\n"
               "if pid == 0:\n"
               "    syscalls.write_memory(process._TITLE_AT, process._TITLE)\n"
