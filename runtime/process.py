@@ -995,8 +995,8 @@ def _lookup(prog: str, env: tuple[str, ...]) -> str:
         allowed = sc.may_execute(c)   # as execve checks: our capabilities count
         if allowed or (allowed is None and os.stat(c).st_mode & 0o111):   # refused: the mode bits, as runc
             return c
-    # Each message ends in the words of runc's (the errno's text, "executable file not found"):
-    # dockerd turns those into exit status 127 or 126 and a client error.
+    # Each message holds the words of runc's (the errno's text, "executable file not found in $PATH"):
+    # dockerd turns those into exit status 127 or 126 and a client error, and log scrapers match them.
     if "/" in prog:
         if found:
             raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container is not executable: "
@@ -1005,8 +1005,8 @@ def _lookup(prog: str, env: tuple[str, ...]) -> str:
             raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container is a directory")
         raise RuntimeFailure("process", f"process.args[0]: {prog!r} in the container: no such file or directory")
     skipped = f" ({found[0]!r} is not executable)" if found else ""  # a PATH search passes such files over
-    raise RuntimeFailure("process", f"process.args[0]: {prog!r}: executable file not found in the container's "
-                                    f"$PATH{skipped}")
+    raise RuntimeFailure("process", f"process.args[0]: {prog!r}: executable file not found in $PATH, in the "
+                                    f"container{skipped}")
 
 
 def _hooks(launch: Launch, kind: str, state: dict) -> None:

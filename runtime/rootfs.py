@@ -174,7 +174,7 @@ def _mount_cgroups(root_fd: int, dest: str, readonly: bool, mount_label: str, cg
         _mount_view(target, "cgroup2", CGROUP_ROOT if whole else CGROUP_ROOT + own[""], None, flags, cgroupns)
         return
     with target() as fd:
-        sc.mount("cgroup", fd_path(fd), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+        sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
                  labelled("mode=755", mount_label))
     with open("/proc/cgroups") as f:
         subsystems = {line.split()[0] for line in f if not line.startswith("#")}

@@ -452,10 +452,10 @@ def _join_path(path: str):
     (lambda c: c["process"].update(args=["/nonexistent"]), "process.args[0]: '/nonexistent' in the container: "
                                                            "no such file or directory"),
     (lambda c: c["process"].update(args=["nonexistent"]), "process.args[0]: 'nonexistent': executable file not "
-                                                          "found in the container's $PATH"),
+                                                          "found in $PATH, in the container"),
     (lambda c: c["process"].update(args=["passwd"], env=["PATH=/etc"]),  # as runc: not found, not "denied"
-     "process.args[0]: 'passwd': executable file not found in the container's $PATH ('/etc/passwd' is not "
-     "executable)"),
+     "process.args[0]: 'passwd': executable file not found in $PATH, in the container ('/etc/passwd' is "
+     "not executable)"),
     (lambda c: c["process"].update(args=["/etc"]), "process.args[0]: '/etc' in the container is a directory"),
     (_join_path("/proc/999999999/ns/net"), "linux.namespaces[1] (network): cannot open /proc/999999999/ns/net"),
     (_join_path("/etc/hostname"), "linux.namespaces[1] (network /etc/hostname): cannot join it"),
