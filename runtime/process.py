@@ -54,18 +54,13 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KEY_USR_SEARCH = 0x00080000  # linux/key.h: the key's owner may search it
 KEY_OTH_SEARCH = 0x00000008  # anyone may
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1  # linux/sockios.h, linux/if.h
-# The signals _execve resets, worked out once: signal.valid_signals builds a set, and `signal`'s enum
-# conversions run much Python. What the process forked into the container's cgroup runs after its
-# join is charged to it: each page of Python objects it touches (reference counts) is a fault there.
-_RESET_SIGNALS = tuple(int(s) for s in sorted(signal.valid_signals()) if s not in (signal.SIGKILL, signal.SIGSTOP))
-_GLIBC_SIGNALS = tuple(sorted(set(range(1, signal.SIGRTMAX + 1)) - signal.valid_signals()))  # 32, 33
 
 
 def _helper_title() -> tuple[int, bytes]:
     """HELPER_TITLE over our argument strings (as much as fits, NUL-padded): where, and what to write.
     Worked out once, on import: every helper forked from this process has them at that address."""
     address, size = sc.command_line_area()
-    return address, HELPER_TITLE.encode()[:size - 1].ljust(size, b"\0")
+    return address, HELPER_TITLE.encode()[:max(size - 1, 0)].ljust(size, b"\0")
 
 
 _TITLE_AT, _TITLE = _helper_title()
@@ -89,6 +84,9 @@ class Launch:
     personality: int | None = None      # linux.personality's domain, for the init and every exec
     # With SCMP_ACT_NOTIFY rules: (pid, listener fd) -> sends it to the agent, in the caller.
     seccomp_listener: Callable[[int, int], None] | None = None
+    # The signals the caller has away from their default action, which its helpers inherit and the
+    # container's process sets back before its execve (set by _fork_helper, see _default_signals).
+    signals: tuple[int, ...] = ()
 
     def keep_fds(self) -> set[int]:
         fds = {*(self.stdio or ()), *(fd for fd, _ in self.ns_fds)}
@@ -270,6 +268,7 @@ def _own_console(owned: ExitStack, fds: list[int]) -> int:
 def _fork_helper(parent: Channel, child: Channel, launch: Launch,
                  body: Callable[[Channel, Launch], None]) -> int:
     keep = launch.keep_fds() | {child.fileno()}
+    launch.signals = sc.signals_not_default()
     # Straight into the cgroup where it offers that (v2, or a hybrid host's v2 tree), else as usual
     # (the intermediate joins then).
     try:
@@ -1028,21 +1027,7 @@ def _execve(ready: _Ready, launch: Launch, report: Channel | None) -> NoReturn:
             for target, fd in enumerate(high):
                 os.dup2(fd, target, inheritable=True)
             _close_fds_except({0, 1, 2} | ({report.fileno()} if report else set()))
-            # `_signal`: `signal` without its enum conversions. Its table holds the kernel's action
-            # for each signal from the interpreter's start on, changed only through it: a signal it
-            # has at SIG_DFL is there.
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-            for sig in _RESET_SIGNALS:
-                if _signal.getsignal(sig) is not _signal.SIG_DFL:
-                    try:
-                        _signal.signal(sig, _signal.SIG_DFL)
-                    except (OSError, ValueError):
-                        pass
-            for sig in _GLIBC_SIGNALS:
-                try:
-                    sc.default_signal_action(sig)
-                except OSError:
-                    pass
+            _default_signals(launch.signals)
         with stage("security"):
             if launch.security is not None:
                 launch.security.last()
@@ -1053,6 +1038,21 @@ def _execve(ready: _Ready, launch: Launch, report: Channel | None) -> NoReturn:
             _die(2, f"railcar: {e}")
         report.send(Failed(e.stage, e.message))
         os._exit(127)
+
+
+def _default_signals(signals: tuple[int, ...]) -> None:
+    """Unblock every signal and set `signals` (all that were not at their default when the caller
+    forked our first helper: no helper changes one) to their default action: an ignored one would
+    stay ignored across execve, and one caught until then would run railcar's handler in the
+    container's process (the daemon's faulthandler on SIGUSR1 would write a traceback of host paths
+    to its stderr). The list was read from the kernel, outside the container's cgroup: Python's
+    table does not know faulthandler's handlers, nor those a C library sets, nor glibc's 32 and 33."""
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())   # (`signal`'s would build enums of the old mask)
+    for sig in signals:
+        try:
+            sc.default_signal_action(sig)
+        except OSError:
+            pass
 
 
 def _die(fd: int, message: str) -> NoReturn:

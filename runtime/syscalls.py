@@ -400,9 +400,20 @@ def set_key_permissions(key: int, perm: int) -> None:
 _SIG_DFL_ACTION = (ctypes.c_ulong * 4)()
 
 
+def signals_not_default() -> tuple[int, ...]:
+    """The signals whose action here is not the default (ignored or caught), as the kernel has them
+    (/proc/self/status), whoever set them: Python's `signal`, faulthandler, a C library, glibc."""
+    mask = 0
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith((b"SigIgn:", b"SigCgt:")):
+                mask |= int(line.split()[1], 16)
+    return tuple(sig for sig in range(1, mask.bit_length() + 1) if mask >> (sig - 1) & 1)
+
+
 def default_signal_action(sig: int) -> None:
     """rt_sigaction(sig, SIG_DFL) for any signal, including the two glibc keeps for itself (32 and
-    33), which `signal.signal` cannot reach: glibc's posix_spawn leaves them ignored in the child,
-    and an ignored signal stays ignored across execve."""
+    33), which `signal.signal` cannot reach (glibc's posix_spawn leaves them ignored in the child),
+    and without what `signal.signal` does in Python (enums; its table, which execve drops anyway)."""
     _check(_libc.syscall(ctypes.c_long(_SYS_RT_SIGACTION), ctypes.c_long(sig), _SIG_DFL_ACTION, None,
                          ctypes.c_long(8)), f"rt_sigaction({sig})")

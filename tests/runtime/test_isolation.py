@@ -750,3 +750,36 @@ def test_an_init_dying_while_its_idmapped_bind_is_made_fails_the_create_as_a_hel
 
     with pytest.raises(PeerGone, match="died"):
         run_container(make_bundle(["true"], edit=edit), state_root)
+
+
+def test_the_signals_are_set_back_even_where_pythons_table_does_not_know() -> None:
+    """What the container's process resets before its execve: the mask, and every action away from
+    the default as the kernel has it, set through Python's `signal` or behind its table
+    (faulthandler's: the daemon's SIGUSR1 dump would write railcar's traceback to the container's
+    stderr; glibc's 32 and 33; a C library's, as readline's SIGWINCH in this test's process)."""
+    import faulthandler
+
+    from railcar.runtime import process, syscalls
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            faulthandler.register(signal.SIGUSR1)
+            faulthandler.enable()
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, lambda *_: None)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})
+            _signal_action(33, 1)
+            process._default_signals(syscalls.signals_not_default())   # (the caller's list, in the caller)
+            with open("/proc/self/status") as f:
+                os.write(write_end, " ".join(line.strip() for line in f if line.startswith("Sig")).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        status = f.read()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert status.split()[4:] == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16, "SigCgt:", "0" * 16], status
