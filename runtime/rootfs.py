@@ -213,8 +213,8 @@ def _mount_view(opened: Callable[[], ContextManager[int]], fstype: str, own_dir:
                 flags: int, cgroupns: bool) -> None:
     """Mount one hierarchy's view of our cgroup on the directory `opened()` opens (see _mount_cgroups)."""
     with opened() as target:
-        if cgroupns:  # source "cgroup" for either version, as the spec's mount names it and runc mounts it
-            sc.mount("cgroup", fd_path(target), fstype, flags, hierarchy)
+        if cgroupns:  # the sources runc gives them: "cgroup" (as the spec's mount), "systemd" for that one
+            sc.mount("systemd" if hierarchy == "name=systemd" else "cgroup", fd_path(target), fstype, flags, hierarchy)
             return
         bound = sc.bind_onto(own_dir, target, recursive=True)
     try:

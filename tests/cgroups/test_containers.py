@@ -67,7 +67,7 @@ def test_the_cgroup_mount_shows_the_container_its_own_cgroup_only(make_bundle, s
     0), with or without a cgroup namespace, in which /proc/self/cgroup reads "/"; and no cgroup2
     tree of a hybrid host is in it, as with runc. In a cgroup namespace its mounts are new ones whose
     source is "cgroup", as the spec names it and runc mounts it, for cgroup2 as well; on v1 they are
-    in a tmpfs whose source is "tmpfs", as runc's."""
+    in a tmpfs whose source is "tmpfs", and systemd's is "systemd", as runc's."""
     def edit(config: dict) -> None:
         if cgroupns:
             config["linux"]["namespaces"].append({"type": "cgroup"})
@@ -83,7 +83,7 @@ def test_the_cgroup_mount_shows_the_container_its_own_cgroup_only(make_bundle, s
     if cgroupns:
         top, *hierarchies = [w.removeprefix("source=") for w in ran.output.split() if w.startswith("source=")]
         if os.path.isdir("/sys/fs/cgroup/memory"):   # v1: a tmpfs holding one mount per hierarchy
-            assert (top, set(hierarchies)) == ("tmpfs", {"cgroup"}), ran.output
+            assert (top, set(hierarchies)) == ("tmpfs", {"cgroup", "systemd"}), ran.output
         else:
             assert (top, hierarchies) == ("cgroup", []), ran.output
 
