@@ -35,7 +35,7 @@ from . import log as shim_log
 from . import fdlimit, oomscore, paths, pool
 from .events import Publisher
 from .flags import Flags, parse
-from .forker import Forker, ForkerError, preload
+from .forker import RESPAWN_DELAYS, Forker, ForkerError, preload
 from .reaper import Reaper, exit_status
 from .service import TaskService
 
@@ -45,7 +45,6 @@ EVENT_DRAIN_TIMEOUT = 5.0
 REPLY_DRAIN_TIMEOUT = 1.0  # seconds for the answers being written at exit (a Wait may be pending for good)
 LEAVE_RETRY = 0.2  # seconds between attempts to leave a pool while a container joins it
 FORKER_MIN_LIFE = 1.0  # seconds: a forker that dies sooner after it was forked is not replaced again
-FORKER_RESPAWN_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)  # seconds before each new try to fork a new forker
 PROCESS_NAME = "railcar-shim"  # the comm name ps/top show, whether spawned cold or forked by the zygote
 SPARE_NAME = "railcar-spare"  # a zygote's spare until a `start` is passed to it
 
@@ -215,7 +214,7 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                     stop_now()
                     return
                 failure: OSError | None = None
-                for delay in (0.0, *FORKER_RESPAWN_DELAYS):  # a fork may fail for a while (memory, pids),
+                for delay in (0.0, *RESPAWN_DELAYS):  # a fork may fail for a while (memory, pids),
                     await trio.sleep(delay)  # and what killed the forker may well be a shortage of memory
                     try:
                         forker.respawn()

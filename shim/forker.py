@@ -44,6 +44,9 @@ _MAX_MESSAGE = 1 << 20
 _SO_SNDBUFFORCE = 32  # linux/asm-generic/socket.h (Python's socket module lacks it): root may pass wmem_max
 _MAX_FDS = 16
 SPARE_IDLE = 2.0  # seconds a spare worker waits for a request before it is retired
+RESPAWN_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)  # seconds before each new try to fork a forker that died (shim.daemon)
+# How long a request found no forker waits for the daemon to fork a new one: its tries, and a margin.
+_REPLACEMENT_WAIT = sum(RESPAWN_DELAYS) + 1.0
 
 
 class ForkerError(Exception):
@@ -567,6 +570,7 @@ class Forker:
         self._context = b""  # see `adopt`
         self._seq = 0
         self._in_order: dict[str, tuple[trio.Lock, int]] = {}  # container id: its lock, and how many hold or want it
+        self._replaced = trio.Event()  # set (and replaced) whenever `start` makes a new link
 
     @property
     def pid(self) -> int:
@@ -648,6 +652,8 @@ class Forker:
         ours.setblocking(False)
         link.pid = pid
         self._link = link
+        replaced, self._replaced = self._replaced, trio.Event()
+        replaced.set()
         return pid
 
     def respawn(self) -> int:
@@ -679,7 +685,10 @@ class Forker:
 
     async def _send(self, seq: int, message: bytes, fds: list[int]) -> _Link:
         """Send request `seq` through the current link; returns that link. A link whose forker died
-        while the request waited to leave refuses it (`_Link.retire`): the new forker's link takes it."""
+        while the request waited to leave refuses it (`_Link.retire`): the new forker's link takes it.
+        So does the current link once nothing holds its other end (its forker died with no worker
+        waiting): the request waits for the daemon to fork a new forker (`respawn`), and fails if
+        none comes."""
         while True:
             link = self._link
             assert link is not None, "Forker.start() was not called"
@@ -690,7 +699,11 @@ class Forker:
             except OSError:
                 self._done(link, seq)
                 if link is self._link:
-                    raise
+                    replaced = self._replaced
+                    with trio.move_on_after(_REPLACEMENT_WAIT):
+                        await replaced.wait()
+                    if link is self._link:
+                        raise
 
     @staticmethod
     def _done(link: _Link, seq: int) -> None:

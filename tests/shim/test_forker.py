@@ -356,6 +356,35 @@ async def test_a_request_that_had_not_left_when_the_forker_was_replaced_goes_to_
         assert os.waitstatus_to_exitcode(status) == 0
 
 
+async def test_a_request_that_finds_no_forker_waits_for_the_new_one() -> None:
+    """A forker that died with no worker waiting leaves nothing to take a request (the send fails at
+    once): the request waits for the daemon's new forker, instead of failing in the moment before."""
+    forker = Forker(HANDLERS, spare_idle=0.2)
+    old = forker.start()
+    try:
+        await forker.call("touch", {})   # the first waiting worker takes it; the next one retires
+        with trio.fail_after(10):   # (polled here: a trio thread would make the respawn's fork another kind)
+            while _workers_of(old):
+                await trio.sleep(0.05)
+        os.kill(old, signal.SIGKILL)
+        os.waitpid(old, 0)
+        results = []
+        async with trio.open_nursery() as nursery:
+            async def call() -> None:
+                results.append((await forker.call("touch", {}))[0])
+
+            nursery.start_soon(call)
+            await trio.sleep(0.3)
+            assert not results
+            new = forker.respawn()
+        assert results[0]["pid"] not in (old, new)
+    finally:
+        forker.close()
+        if forker.pid != old:
+            _, status = os.waitpid(forker.pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_a_forker_that_cannot_be_forked_leaves_nothing_open(monkeypatch) -> None:
     forker = Forker(HANDLERS)
 
