@@ -10,7 +10,10 @@ from railcar.shim.reaper import Reaper, exit_status
 
 
 def _spawn(script: str) -> int:
-    return os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script], os.environ)
+    """`script` in a shell whose signals are at their defaults, whatever this process inherited (a
+    command run in the background by a shell without job control has SIGINT and SIGQUIT ignored)."""
+    return os.posix_spawn("/bin/sh", ["/bin/sh", "-c", script], os.environ,
+                          setsigdef=(signal.SIGINT, signal.SIGQUIT, signal.SIGTERM))
 
 
 async def _reaped(reaper: Reaper, pid: int) -> None:
