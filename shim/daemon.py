@@ -203,14 +203,15 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
         async def watch_forker() -> None:
             """Every container operation goes through the forker. One that dies (killed, or out of
             memory) is replaced, and the pool's containers are served on; only the requests it had
-            not passed to a worker fail. One that dies again right after it was forked would keep
-            dying: the daemon then leaves its pool and exits at once, and containerd cleans its
-            containers up, as after a daemon's crash."""
+            not passed to a worker fail (one that finds no forker waits for the new one). One that
+            dies again right after it was forked would keep dying: the daemon then leaves its pool
+            and exits at once, and containerd cleans its containers up, as after a daemon's crash."""
             while True:
                 how = exit_status(await reaper.wait(forker.pid))
                 if time.monotonic() - forker.started < FORKER_MIN_LIFE:
                     logger.error("the forker (pid %d) died within %.0f s of its start (status %d): no container "
                                  "can be made, killed or deleted, exiting", forker.pid, FORKER_MIN_LIFE, how)
+                    forker.abandon()
                     stop_now()
                     return
                 failure: OSError | None = None
@@ -225,6 +226,7 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
                 if failure is not None:
                     logger.error("the forker (pid %d) is gone (status %d) and cannot be replaced (%s): exiting",
                                  forker.pid, how, failure)
+                    forker.abandon()
                     stop_now()
                     return
                 logger.error("the forker died (status %d): the new one is pid %d", how, forker.pid)

@@ -14,6 +14,7 @@ are served on.
 """
 
 import contextlib
+import errno
 import json
 import logging
 import mmap
@@ -47,6 +48,7 @@ SPARE_IDLE = 2.0  # seconds a spare worker waits for a request before it is reti
 RESPAWN_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)  # seconds before each new try to fork a forker that died (shim.daemon)
 # How long a request found no forker waits for the daemon to fork a new one: its tries, and a margin.
 _REPLACEMENT_WAIT = sum(RESPAWN_DELAYS) + 1.0
+_PEER_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ENOTCONN}  # what such a send fails with
 
 
 class ForkerError(Exception):
@@ -571,6 +573,7 @@ class Forker:
         self._seq = 0
         self._in_order: dict[str, tuple[trio.Lock, int]] = {}  # container id: its lock, and how many hold or want it
         self._replaced = trio.Event()  # set (and replaced) whenever `start` makes a new link
+        self._abandoned = False  # the daemon forks no new forker any more (see `abandon`)
 
     @property
     def pid(self) -> int:
@@ -667,6 +670,12 @@ class Forker:
         old.retire()
         return self.pid
 
+    def abandon(self) -> None:
+        """The daemon gives up on its forker (it died again at once, or no new one can be forked)
+        and exits: the requests waiting for a new one fail now, and so do later ones."""
+        self._abandoned = True
+        self._replaced.set()
+
     @contextlib.asynccontextmanager
     async def _in_order_of(self, key: str | None) -> AsyncIterator[None]:
         """Hold container `key`'s turn (no turn to wait for without one)."""
@@ -688,7 +697,7 @@ class Forker:
         while the request waited to leave refuses it (`_Link.retire`): the new forker's link takes it.
         So does the current link once nothing holds its other end (its forker died with no worker
         waiting): the request waits for the daemon to fork a new forker (`respawn`), and fails if
-        none comes."""
+        none comes (`abandon`, or a daemon that did not try). Another error fails it at once."""
         while True:
             link = self._link
             assert link is not None, "Forker.start() was not called"
@@ -696,9 +705,11 @@ class Forker:
             try:
                 await link.send(message, fds)
                 return link
-            except OSError:
+            except OSError as e:
                 self._done(link, seq)
                 if link is self._link:
+                    if e.errno not in _PEER_GONE or self._abandoned:
+                        raise
                     replaced = self._replaced
                     with trio.move_on_after(_REPLACEMENT_WAIT):
                         await replaced.wait()

@@ -356,16 +356,26 @@ async def test_a_request_that_had_not_left_when_the_forker_was_replaced_goes_to_
         assert os.waitstatus_to_exitcode(status) == 0
 
 
+async def _forker_without_workers(forker: Forker) -> int:
+    """Start `forker` and wait until no worker of it is left (its first serves a request, the spare
+    forked then retires): a forker that dies now leaves nothing holding its socket. Its pid."""
+    pid = forker.start()
+    first, _ = await forker.call("touch", {})
+    with trio.fail_after(10):   # (polled here: a trio thread would make the respawn's fork another kind)
+        while not [w for w in _workers_of(pid) if w != first["pid"]]:   # the spare, forked once the first took it
+            await trio.sleep(0.01)
+        while _workers_of(pid):
+            await trio.sleep(0.01)
+    return pid
+
+
 async def test_a_request_that_finds_no_forker_waits_for_the_new_one() -> None:
     """A forker that died with no worker waiting leaves nothing to take a request (the send fails at
     once): the request waits for the daemon's new forker, instead of failing in the moment before."""
-    forker = Forker(HANDLERS, spare_idle=0.2)
-    old = forker.start()
+    forker = Forker(HANDLERS, spare_idle=0.3)
+    old = await _forker_without_workers(forker)
+    old_link = forker._link
     try:
-        await forker.call("touch", {})   # the first waiting worker takes it; the next one retires
-        with trio.fail_after(10):   # (polled here: a trio thread would make the respawn's fork another kind)
-            while _workers_of(old):
-                await trio.sleep(0.05)
         os.kill(old, signal.SIGKILL)
         os.waitpid(old, 0)
         results = []
@@ -377,12 +387,44 @@ async def test_a_request_that_finds_no_forker_waits_for_the_new_one() -> None:
             await trio.sleep(0.3)
             assert not results
             new = forker.respawn()
+            with trio.fail_after(1):   # woken by the new forker, not by the end of its wait
+                while not results:
+                    await trio.sleep(0.01)
         assert results[0]["pid"] not in (old, new)
+        assert old_link.sock.fileno() == -1
     finally:
         forker.close()
         if forker.pid != old:
             _, status = os.waitpid(forker.pid, 0)
             assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_once_the_daemon_gives_up_on_its_forker_requests_fail_at_once() -> None:
+    """`abandon` (the daemon exits: its forker died again at once, or none can be forked): a request
+    waiting for a new forker fails now, and so does a later one, without the wait."""
+    forker = Forker(HANDLERS, spare_idle=0.3)
+    old = await _forker_without_workers(forker)
+    try:
+        os.kill(old, signal.SIGKILL)
+        os.waitpid(old, 0)
+        failures = []
+        async with trio.open_nursery() as nursery:
+            async def call() -> None:
+                with pytest.raises(ForkerError, match="the forker process is gone") as e:
+                    await forker.call("touch", {})
+                failures.append(e.value)
+
+            nursery.start_soon(call)
+            await trio.sleep(0.3)
+            assert not failures
+            with trio.fail_after(1):
+                forker.abandon()
+                while not failures:
+                    await trio.sleep(0.01)
+                await call()
+        assert len(failures) == 2
+    finally:
+        forker.close()
 
 
 def test_a_forker_that_cannot_be_forked_leaves_nothing_open(monkeypatch) -> None:
