@@ -287,6 +287,15 @@ async def test_a_spare_killed_before_it_took_a_request_fails_nothing(forker: For
     assert _nothing_queued(forker)
 
 
+def _close_replaced(forker: Forker, old: int) -> None:
+    """Close `forker`, whose first forker `old` the test killed and reaped: its new one, if any,
+    exits cleanly once its socket is closed."""
+    forker.close()
+    if forker.pid != old:
+        _, status = os.waitpid(forker.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
 async def test_a_forker_that_died_is_replaced_and_what_its_workers_took_is_answered(tmp_path: Path) -> None:
     """After `respawn`, a request a worker of the dead forker had taken is answered, and so is the
     one its waiting worker takes next; a request no worker took fails; later ones go to the new forker."""
@@ -324,10 +333,7 @@ async def test_a_forker_that_died_is_replaced_and_what_its_workers_took_is_answe
         result, _ = await forker.call("touch", {})
         assert result["pid"] not in (new, served[0]["pid"])
     finally:
-        forker.close()
-        if forker.pid != old:
-            _, status = os.waitpid(forker.pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
+        _close_replaced(forker, old)
 
 
 async def test_a_request_that_had_not_left_when_the_forker_was_replaced_goes_to_the_new_one() -> None:
@@ -356,9 +362,9 @@ async def test_a_request_that_had_not_left_when_the_forker_was_replaced_goes_to_
         assert os.waitstatus_to_exitcode(status) == 0
 
 
-async def _forker_without_workers(forker: Forker) -> int:
-    """Start `forker` and wait until no worker of it is left (its first serves a request, the spare
-    forked then retires): a forker that dies now leaves nothing holding its socket. Its pid."""
+async def _killed_without_workers(forker: Forker) -> int:
+    """Start `forker`, wait until no worker of it is left (its first serves a request, the spare
+    forked then retires), then kill and reap it: nothing holds its socket any more. Its pid."""
     pid = forker.start()
     first, _ = await forker.call("touch", {})
     with trio.fail_after(10):   # (polled here: a trio thread would make the respawn's fork another kind)
@@ -366,6 +372,8 @@ async def _forker_without_workers(forker: Forker) -> int:
             await trio.sleep(0.01)
         while _workers_of(pid):
             await trio.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
     return pid
 
 
@@ -373,11 +381,9 @@ async def test_a_request_that_finds_no_forker_waits_for_the_new_one() -> None:
     """A forker that died with no worker waiting leaves nothing to take a request (the send fails at
     once): the request waits for the daemon's new forker, instead of failing in the moment before."""
     forker = Forker(HANDLERS, spare_idle=0.3)
-    old = await _forker_without_workers(forker)
+    old = await _killed_without_workers(forker)
     old_link = forker._link
     try:
-        os.kill(old, signal.SIGKILL)
-        os.waitpid(old, 0)
         results = []
         async with trio.open_nursery() as nursery:
             async def call() -> None:
@@ -393,20 +399,15 @@ async def test_a_request_that_finds_no_forker_waits_for_the_new_one() -> None:
         assert results[0]["pid"] not in (old, new)
         assert old_link.sock.fileno() == -1
     finally:
-        forker.close()
-        if forker.pid != old:
-            _, status = os.waitpid(forker.pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
+        _close_replaced(forker, old)
 
 
 async def test_once_the_daemon_gives_up_on_its_forker_requests_fail_at_once() -> None:
     """`abandon` (the daemon exits: its forker died again at once, or none can be forked): a request
     waiting for a new forker fails now, and so does a later one, without the wait."""
     forker = Forker(HANDLERS, spare_idle=0.3)
-    old = await _forker_without_workers(forker)
     try:
-        os.kill(old, signal.SIGKILL)
-        os.waitpid(old, 0)
+        await _killed_without_workers(forker)
         failures = []
         async with trio.open_nursery() as nursery:
             async def call() -> None:
