@@ -1,4 +1,5 @@
-"""Polling for the tests: a bounded wait for a condition the kernel or a daemon makes true later."""
+"""Polling for the tests: a bounded wait for a condition the kernel or a daemon makes true later, and
+the one question about a process the tests poll most: is it gone?"""
 
 import time
 from collections.abc import Callable
@@ -12,3 +13,17 @@ def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether `pid` no longer runs: gone, or dead (a zombie nobody reaped yet, or on its way out)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):  # the latter: reaped between open and read
+        return True
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Whether `pid` stopped running within `timeout` seconds."""
+    return eventually(lambda: pid_gone(pid), timeout)

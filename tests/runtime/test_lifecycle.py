@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.polling import eventually
+from tests.polling import eventually, pid_gone
 
 from railcar.runtime import Container, ContainerNotFound, InvalidState, RuntimeFailure, SpecError
 
@@ -255,7 +255,7 @@ def test_sigkill_ends_a_paused_init(make_bundle, state_root) -> None:
     container.pause()
     try:
         container.kill(signal.SIGKILL)  # on cgroup v1, without the thaw that follows, it would never die
-        assert eventually(lambda: _dead(created.result.pid))
+        assert eventually(lambda: pid_gone(created.result.pid))
     finally:
         container.resume()  # (so that a failure here leaves no frozen process behind)
     assert finish(container, created).status == -signal.SIGKILL
@@ -268,16 +268,16 @@ def test_delete_kills_what_outlived_an_init_without_a_pid_namespace(make_bundle,
     ran = finish_reading(created)
     orphan = int(ran.output)
     try:
-        assert ran.status == 0 and not _dead(orphan)  # the init is gone, its child is not
+        assert ran.status == 0 and not pid_gone(orphan)  # the init is gone, its child is not
         container.delete()
-        assert eventually(lambda: _dead(orphan))
+        assert eventually(lambda: pid_gone(orphan))
         assert not os.path.isdir(os.path.join(CGROUP_ROOT, "memory", CGROUP_PARENT.lstrip("/"), bundle.id))
     finally:
         try:
             with open(f"/proc/{orphan}/cmdline", "rb") as f:  # (our child: the number cannot be reused yet)
                 if f.read().startswith(b"sleep\0"):
                     os.kill(orphan, signal.SIGKILL)
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             pass
         container.delete(force=True)
 
@@ -287,15 +287,6 @@ def _host_pids(config: dict) -> None:
     config["linux"]["namespaces"] = [ns for ns in config["linux"]["namespaces"] if ns["type"] != "pid"]
 
 
-def _dead(pid: int) -> bool:
-    """Gone, or a zombie (the test is a subreaper: the orphan is its child now)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_sigkill_of_an_init_without_a_pid_namespace_kills_the_whole_cgroup(make_bundle, state_root) -> None:
     bundle = make_bundle(["sh", "-c", "sleep 4245 >/dev/null 2>&1 & echo $!; exec sleep 100"], edit=_host_pids)
     container, created = create_captured(bundle, state_root)
@@ -303,7 +294,7 @@ def test_sigkill_of_an_init_without_a_pid_namespace_kills_the_whole_cgroup(make_
     try:
         child = int(os.read(created.read_fd, 100))
         container.kill(signal.SIGKILL)  # as runc: the init's SIGKILL reaches the whole cgroup
-        assert eventually(lambda: _dead(child))
+        assert eventually(lambda: pid_gone(child))
     finally:
         container.kill(signal.SIGKILL, all=True)
     assert finish(container, created).status == -signal.SIGKILL
@@ -593,14 +584,6 @@ def test_failure_after_the_init_is_parked_leaves_nothing(make_bundle, state_root
     assert not os.path.exists(os.path.join(state_root, bundle.id))
 
 
-def _dead(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 def _when_exec_forked(monkeypatch, act: Callable[[int], None]) -> None:
     """Run `act(pid)` in the caller as soon as an exec's helper reports the exec's process forked."""
     from railcar.runtime import channel
@@ -628,7 +611,7 @@ def test_an_exec_whose_container_ends_while_it_is_set_up_fails_as_for_a_stopped_
 
     def init_ends(pid: int) -> None:
         os.kill(container.init_pid, signal.SIGKILL)
-        assert eventually(lambda: _dead(pid), timeout=10)
+        assert eventually(lambda: pid_gone(pid), timeout=10)
 
     _when_exec_forked(monkeypatch, init_ends)
     try:

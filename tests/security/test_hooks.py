@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from railcar.runtime.errors import RuntimeFailure
 from railcar.runtime.hooks import HookError, run_hooks
+from tests.polling import wait_gone
 
 SH = "/bin/sh"
 STATE = {"ociVersion": "1.0.2", "id": "c1", "status": "creating", "pid": 4242, "bundle": "/tmp/b"}
@@ -93,17 +93,8 @@ def test_timeout_also_ends_what_the_hook_left_running(tmp_path: Path) -> None:
                                 "timeout": 1}], STATE)
     pid = int(pidfile.read_text())
 
-    def dead() -> bool:  # SIGKILL is delivered asynchronously: the child may take a moment to die
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-        except FileNotFoundError:
-            return True  # killed and already reaped by its new parent
-
-    deadline = time.monotonic() + 10
-    while not dead() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert dead(), "the hook's background child still runs"
+    # SIGKILL is delivered asynchronously: the child may take a moment to die
+    assert wait_gone(pid), "the hook's background child still runs"
 
 
 def test_missing_binary(tmp_path: Path) -> None:

@@ -40,23 +40,9 @@ def children_named(pid: int, comm: str) -> list[int]:
                 with open(f"/proc/{child}/comm") as c:
                     if c.read().strip() == comm:
                         found.append(int(child))
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):  # gone, or reaped between open and read
                 pass
     return found
-
-
-def pid_gone(pid: int) -> bool:
-    """Whether `pid` no longer exists (or is a zombie nobody reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):  # the latter: reaped between open and read
-        return True
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    """Whether `pid` disappeared within `timeout` seconds."""
-    return eventually(lambda: pid_gone(pid), timeout)
 
 
 @pytest.fixture
