@@ -24,14 +24,13 @@ runtime by accident).
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import functools
 import os
 import struct
 from typing import Callable
 
-from . import procfs
+from . import procfs, syscalls as sc
 from .errors import RuntimeFailure, SpecError
 from .seccomp import SeccompProgram, compile_seccomp
 
@@ -58,25 +57,6 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 APPARMOR_FS = "/sys/kernel/security/apparmor"
 SELINUX_FS = "/sys/fs/selinux"
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-_prctl_fn = _libc.prctl    # bound once: a first lookup in the forked process would make the
-_capset_fn = _libc.capset  # function object there, writing to pages shared with its parent
-_CAPBSET_DROP, _ZERO = ctypes.c_int(PR_CAPBSET_DROP), ctypes.c_ulong(0)
-
-
-def _fail(what: str) -> RuntimeFailure:
-    err = ctypes.get_errno()
-    return RuntimeFailure("security", f"{what}: {os.strerror(err)}")
-
-
-def _prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> None:
-    if _prctl_fn(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(0),
-                 ctypes.c_ulong(0)) < 0:
-        raise _fail(what)
-
 
 @functools.cache
 def last_cap() -> int:
@@ -125,22 +105,25 @@ class SecurityPlan:
         """In the init, before setgid/setuid."""
         self._apply_lsm()
         for cap in self._drops:
-            if _prctl_fn(_CAPBSET_DROP, ctypes.c_ulong(cap), _ZERO, _ZERO, _ZERO) < 0:
-                raise _fail(f"dropping {CAPABILITIES[cap] if cap < len(CAPABILITIES) else cap} from the bounding set")
-        _prctl(PR_SET_KEEPCAPS, 1, what="PR_SET_KEEPCAPS")
+            try:
+                sc.prctl(PR_CAPBSET_DROP, cap)
+            except OSError as e:
+                name = CAPABILITIES[cap] if cap < len(CAPABILITIES) else cap
+                why = os.strerror(e.errno)
+                raise RuntimeFailure("security", f"dropping {name} from the bounding set: {why}") from None
+        sc.prctl(PR_SET_KEEPCAPS, 1, what="PR_SET_KEEPCAPS")
         if self.seccomp is not None and not self.no_new_privileges:
             self._load_seccomp(hand_over)
 
     def after_user_switch(self) -> None:
         """In the init, after setuid: the final capability sets and no_new_privs."""
-        _prctl(PR_SET_KEEPCAPS, 0, what="PR_SET_KEEPCAPS")
-        if _capset_fn(*self._capset) < 0:
-            raise _fail("capset (effective/permitted/inheritable)")
-        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="clearing the ambient set")
+        sc.prctl(PR_SET_KEEPCAPS, 0, what="PR_SET_KEEPCAPS")
+        sc.capset(*self._capset, what="capset (effective/permitted/inheritable)")
+        sc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="clearing the ambient set")
         for cap in sorted(self.ambient):
-            _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, what=f"raising ambient {CAPABILITIES[cap]}")
+            sc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, what=f"raising ambient {CAPABILITIES[cap]}")
         if self.no_new_privileges:
-            _prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
+            sc.prctl(PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
 
     def before_report(self, hand_over: Callable[[int], None]) -> None:
         """Set up, before telling the caller: a filter with a listener goes in now."""

@@ -316,7 +316,7 @@ def mount_setattr_recursive(target: str, attr_set: int, attr_clr: int) -> None:
 
 
 _AT_EACCESS = 0x200
-_faccessat = _libc.faccessat  # bound once, not in every forked exec process (see security._prctl_fn)
+_faccessat = _libc.faccessat  # bound once, not in every forked exec process (see _prctl)
 
 
 def may_execute(path: str) -> bool | None:
@@ -339,9 +339,20 @@ def setdomainname(name: str) -> None:
     _check(_libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
 
 
-def prctl(option: int, arg: int = 0) -> None:
-    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
-                       ctypes.c_ulong(0), ctypes.c_ulong(0)), f"prctl({option})")
+_prctl = _libc.prctl    # bound once, before any fork: a first lookup in a forked process would make the
+_capset = _libc.capset  # function object there, writing to pages it shares with its parent
+_ZERO = ctypes.c_ulong(0)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "") -> None:
+    """prctl(2); an error names `what` (by default, the option's number)."""
+    _check(_prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), _ZERO, _ZERO),
+           what or f"prctl({option})")
+
+
+def capset(header: bytes, data: bytes, what: str) -> None:
+    """capset(2) of a packed __user_cap_header_struct and its __user_cap_data_struct array."""
+    _check(_capset(header, data), what)
 
 
 class _SchedAttr(ctypes.Structure):
