@@ -15,6 +15,7 @@ are served on.
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import mmap
@@ -24,7 +25,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import prctl
@@ -255,9 +256,11 @@ _SEQ = struct.Struct("<q")
 # What a worker tells the forker, through a pipe, once it took a request: its pid and the number.
 _NOTE = struct.Struct("<qq")
 # The pages the daemon shares with its forker and every worker (MAP_SHARED, mapped before the
-# forker's fork): the number of the request the waiting worker is about to take, then the daemon's
+# forker's fork): the number of the request the waiting worker is about to take (the forker sets it
+# back to 0 for each new waiting worker), the number of the last request any worker took (never set
+# back: the daemon reads it once every worker is gone, see `_Link.reply`), then the daemon's
 # context (see `Forker.adopt`): its length and its JSON. Pages never written cost nothing.
-_TAKEN_AT, _CONTEXT_AT = 0, _SEQ.size
+_TAKEN_AT, _LAST_TAKEN_AT, _CONTEXT_AT = 0, _SEQ.size, 2 * _SEQ.size
 _CONTEXT_SPACE = 1 << 20  # the environment came in one SEQPACKET message (~208 KiB by default); JSON can grow it
 _RETIRED = 3  # a worker's exit status: it waited `idle` seconds and no request came
 _CLOSED = 4  # a worker's exit status: the daemon closed its end
@@ -278,6 +281,7 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
         return _CLOSED
     (seq,) = _SEQ.unpack(head)
     _SEQ.pack_into(shared, _TAKEN_AT, seq)
+    _SEQ.pack_into(shared, _LAST_TAKEN_AT, seq)
     data, fds, flags, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
     try:
         os.write(notes, _NOTE.pack(os.getpid(), seq))  # the forker forks the next waiting worker now
@@ -489,13 +493,25 @@ def preload() -> None:
     import railcar.runtime.hooks  # noqa: F401
 
 
+class _Untaken(Exception):
+    """Every holder of the forker's end of a link is gone, and no worker took this request: it
+    never ran, and may be sent again."""
+
+
 class _Link:
     """One forker process and the daemon's end of the socket to it. A request is answered through
-    the link it was sent on: by its worker, which outlives a forker that died (see `Forker.respawn`)."""
+    the link it was sent on: by its worker, which outlives a forker that died (see `Forker.respawn`).
 
-    def __init__(self, sock: socket.socket, pid: int, shared: mmap.mmap, max_request: int) -> None:
+    A request is numbered as it leaves (`numbers` serves all of a daemon's links): the socket
+    hands requests to workers in the order they were sent, so the numbers taken only ever grow.
+    """
+
+    def __init__(self, sock: socket.socket, pid: int, shared: mmap.mmap, max_request: int,
+                 numbers: Iterator[int]) -> None:
         self.sock, self.pid, self.shared, self.max_request = sock, pid, shared, max_request
+        self.numbers = numbers
         self.sending = trio.Lock()  # one message at a time: trio lets one task wait for a writable fd
+        self.senders = 0  # the calls in `send`: waiting for their turn or for room, or sending
         self.awaited: set[int] = set()  # the numbers of the requests sent and not yet answered
         self.replies: dict[int, tuple[dict[str, Any], list[int]]] = {}  # received, not yet taken
         self.reading = False  # a call is receiving for all of them
@@ -508,14 +524,24 @@ class _Link:
         self.shared[start:start + len(context)] = context
         _SEQ.pack_into(self.shared, _CONTEXT_AT, len(context))
 
-    async def send(self, message: bytes, fds: list[int]) -> None:
-        async with self.sending:
-            while True:
-                try:
-                    socket.send_fds(self.sock, [message], [2, *fds])  # a worker logs where we log
-                    return
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self.sock)
+    async def send(self, body: bytes, fds: list[int]) -> int:
+        """Send a request (its JSON `body`); returns its number, awaited from then on. Nothing has
+        left if this raises, or is cancelled."""
+        self.senders += 1
+        try:
+            async with self.sending:
+                seq = next(self.numbers)
+                message = _SEQ.pack(seq) + body
+                while True:
+                    try:
+                        socket.send_fds(self.sock, [message], [2, *fds])  # a worker logs where we log
+                        self.awaited.add(seq)
+                        return seq
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(self.sock)
+        finally:
+            self.senders -= 1
+            self.done()  # (a call that gave up: nothing else may be in flight on a retired link)
 
     async def reply(self, seq: int) -> tuple[dict[str, Any], list[int]]:
         """The reply to request `seq`. One waiting call at a time receives, for every call: a reply
@@ -535,6 +561,9 @@ class _Link:
                 arrived, self.arrived = self.arrived, trio.Event()
                 arrived.set()
             if not data:  # every holder of the other end is gone: no answer will come
+                (last_taken,) = _SEQ.unpack_from(self.shared, _LAST_TAKEN_AT)
+                if seq > last_taken:  # (a worker notes a number just before it takes the request)
+                    raise _Untaken()
                 raise ForkerError("internal", "the forker process is gone")
             try:
                 reply = json.loads(data)
@@ -549,12 +578,20 @@ class _Link:
     def retire(self) -> None:
         """Its forker is gone. Its waiting worker takes one request still queued, if any, and
         sees the end of the socket after it; the workers that took a request answer it. A request
-        none of them took fails once they are all gone (`reply` reads the end of the socket)."""
+        none of them took is sent again, to the new forker, once they are all gone (`reply` reads
+        the end of the socket)."""
         self.retired = True
-        if self.awaited:
+        if self.awaited or self.senders:
             with contextlib.suppress(OSError):  # (its other end is gone already: the end comes at once)
                 self.sock.shutdown(socket.SHUT_WR)
         else:
+            self.close()
+
+    def done(self, seq: int = 0) -> None:
+        """Request `seq` was answered or failed (0: a call left `send`): a retired link closes once
+        nothing is in flight on it."""
+        self.awaited.discard(seq)
+        if self.retired and not self.awaited and not self.senders:
             self.close()
 
     def close(self) -> None:
@@ -570,7 +607,7 @@ class Forker:
         self._spare_idle = spare_idle
         self._link: _Link | None = None
         self._context = b""  # see `adopt`
-        self._seq = 0
+        self._numbers = itertools.count(1)  # the requests' numbers, over every link (see `_Link`)
         self._in_order: dict[str, tuple[trio.Lock, int]] = {}  # container id: its lock, and how many hold or want it
         self._replaced = trio.Event()  # set (and replaced) whenever `start` makes a new link
         self._abandoned = False  # the daemon forks no new forker any more (see `abandon`)
@@ -615,7 +652,7 @@ class Forker:
                 end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
         # what one message may hold: the kernel doubles the value set, and keeps some for itself
         max_request = min(_MAX_MESSAGE, ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
-        link = _Link(ours, 0, shared, max_request)
+        link = _Link(ours, 0, shared, max_request, self._numbers)
         if self._context:
             link.write_context(self._context)
         try:
@@ -692,21 +729,19 @@ class Forker:
             if users > 1:
                 self._in_order[key] = lock, users - 1
 
-    async def _send(self, seq: int, message: bytes, fds: list[int]) -> _Link:
-        """Send request `seq` through the current link; returns that link. A link whose forker died
-        while the request waited to leave refuses it (`_Link.retire`): the new forker's link takes it.
-        So does the current link once nothing holds its other end (its forker died with no worker
-        waiting): the request waits for the daemon to fork a new forker (`respawn`), and fails if
-        none comes (`abandon`, or a daemon that did not try). Another error fails it at once."""
+    async def _send(self, body: bytes, fds: list[int]) -> tuple[_Link, int]:
+        """Send a request through the current link; returns that link and the request's number. A
+        link whose forker died while the request waited to leave refuses it (`_Link.retire`): the
+        new forker's link takes it. So does the current link once nothing holds its other end (its
+        forker died with no worker waiting): the request waits for the daemon to fork a new forker
+        (`respawn`), and fails if none comes (`abandon`, or a daemon that did not try). Another
+        error fails it at once. Until this returns, nothing has left: it can be cancelled."""
         while True:
             link = self._link
             assert link is not None, "Forker.start() was not called"
-            link.awaited.add(seq)
             try:
-                await link.send(message, fds)
-                return link
+                return link, await link.send(body, fds)
             except OSError as e:
-                self._done(link, seq)
                 if link is self._link:
                     if e.errno not in _PEER_GONE or self._abandoned:
                         raise
@@ -716,39 +751,35 @@ class Forker:
                     if link is self._link:
                         raise
 
-    @staticmethod
-    def _done(link: _Link, seq: int) -> None:
-        """Request `seq` is answered, or failed: a retired link closes after its last one."""
-        link.awaited.discard(seq)
-        if link.retired and not link.awaited:
-            link.close()
-
     async def call(self, op: str, args: dict[str, Any], fds: tuple[int, ...] | list[int] = ()) -> tuple[Any, list[int]]:
         """Run `op` in the forker; returns (result, received fds). Raises ForkerError on failure.
 
         Calls run concurrently, each in a worker of its own, except that the calls naming one
         container (`id`) run one at a time, in order: the runtime's state of a container is not
-        written by two processes at once. A call can be cancelled while it waits for its turn, as
-        nothing was sent yet; once sent it is never abandoned half-way (its reply must be read, its
-        worker has started), so cancellation takes effect only after the reply arrived.
+        written by two processes at once. A call can be cancelled until it is sent (while it waits
+        for its turn, or for a new forker); once sent it is never abandoned half-way (its reply must
+        be read, its worker has started), so cancellation takes effect only after the reply arrived.
+        A request left on the socket of a forker that died, which no worker took, is sent again.
         """
         assert self._link is not None, "Forker.start() was not called"
         if len(fds) > _MAX_FDS:
             raise ForkerError("internal", f"a forker request carries at most {_MAX_FDS} fds")
-        self._seq += 1
-        seq = self._seq
-        message = _SEQ.pack(seq) + json.dumps({"op": op, "args": args}).encode()
-        if len(message) > self._link.max_request:
-            raise ForkerError("internal",
-                              f"a forker request of {len(message)} bytes is over the {self._link.max_request} limit")
+        body = json.dumps({"op": op, "args": args}).encode()
+        if _SEQ.size + len(body) > self._link.max_request:
+            raise ForkerError("internal", f"a forker request of {_SEQ.size + len(body)} bytes is over the "
+                                          f"{self._link.max_request} limit")
         async with self._in_order_of(args.get("id")):
-            with trio.CancelScope(shield=True):
+            while True:
                 try:
-                    link = await self._send(seq, message, list(fds))
-                    try:
-                        reply, out_fds = await link.reply(seq)
-                    finally:
-                        self._done(link, seq)
+                    link, seq = await self._send(body, list(fds))
+                    with trio.CancelScope(shield=True):
+                        try:
+                            reply, out_fds = await link.reply(seq)
+                            break
+                        except _Untaken:
+                            continue
+                        finally:
+                            link.done(seq)
                 except OSError as e:
                     raise ForkerError("internal", f"the forker process is gone: {e}") from None
         error = reply.get("error")

@@ -1,6 +1,7 @@
 """The forker process: JSON requests with fds attached, errors reported, survives bad requests, and
 runs each request in a fresh worker (so the forker itself stays a clean copy)."""
 
+import itertools
 import json
 import mmap
 import os
@@ -48,7 +49,7 @@ _touched: list[int] = []
 def _touch(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     """Leaves a trace in the process that ran it: the next request sees it only in the same process."""
     _touched.append(os.getpid())
-    return {"pid": os.getpid(), "seen": list(_touched)}, []
+    return {"pid": os.getpid(), "parent": os.getppid(), "seen": list(_touched)}, []
 
 
 def _die(args: dict, fds: list[int]) -> tuple[object, list[int]]:
@@ -92,7 +93,12 @@ def _alone(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return None, []
 
 
-HANDLERS = {"meet": _meet, "alone": _alone, "write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash,
+def _mark(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    Path(args["path"]).touch()
+    return None, []
+
+
+HANDLERS = {"mark": _mark, "meet": _meet, "alone": _alone, "write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash,
             "touch": _touch, "die": _die, "exit3": _exit3, "say": _say, "size": _size}
 
 
@@ -298,7 +304,8 @@ def _close_replaced(forker: Forker, old: int) -> None:
 
 async def test_a_forker_that_died_is_replaced_and_what_its_workers_took_is_answered(tmp_path: Path) -> None:
     """After `respawn`, a request a worker of the dead forker had taken is answered, and so is the
-    one its waiting worker takes next; a request no worker took fails; later ones go to the new forker."""
+    one its waiting worker takes next; a request no worker took goes to the new forker, once no
+    worker of the old one is left to take it; and so do later ones."""
     forker = Forker(HANDLERS, spare_idle=5)
     old = forker.start()
     old_link = forker._link
@@ -325,13 +332,11 @@ async def test_a_forker_that_died_is_replaced_and_what_its_workers_took_is_answe
             assert new not in (old, 0) and forker.pid == new
             (busy / "go").touch()
         assert results["busy"] == 2
-        served = [r for name, r in results.items() if name != "busy" and isinstance(r, dict)]
-        failed = [r for r in results.values() if isinstance(r, ForkerError)]
-        assert len(served) == 1 and served[0]["pid"] != new
-        assert len(failed) == 1 and "the forker process is gone" in str(failed[0])
+        served = sorted((results[name]["parent"] == new, results[name]["pid"]) for name in ("first", "second"))
+        assert [by_new for by_new, _ in served] == [False, True], results  # the old waiting worker, a new one
         assert old_link.sock.fileno() == -1  # closed once its last request was answered
         result, _ = await forker.call("touch", {})
-        assert result["pid"] not in (new, served[0]["pid"])
+        assert result["parent"] == new and result["pid"] not in [pid for _, pid in served]
     finally:
         _close_replaced(forker, old)
 
@@ -398,6 +403,24 @@ async def test_a_request_that_finds_no_forker_waits_for_the_new_one() -> None:
                     await trio.sleep(0.01)
         assert results[0]["pid"] not in (old, new)
         assert old_link.sock.fileno() == -1
+    finally:
+        _close_replaced(forker, old)
+
+
+async def test_a_request_waiting_for_a_new_forker_can_be_cancelled_and_never_runs(tmp_path: Path) -> None:
+    """Nothing has left while a request waits for the daemon's new forker: a cancellation (containerd
+    gave up on the call) takes effect then, not once the wait is over, and the new forker never
+    runs that request."""
+    forker = Forker(HANDLERS, spare_idle=0.3)
+    old = await _killed_without_workers(forker)
+    mark = tmp_path / "ran"
+    try:
+        with trio.move_on_after(0.3) as waiting:
+            await forker.call("mark", {"path": str(mark)})
+        assert waiting.cancelled_caught
+        new = forker.respawn()
+        result, _ = await forker.call("touch", {})
+        assert result["parent"] == new and not mark.exists()
     finally:
         _close_replaced(forker, old)
 
@@ -547,7 +570,7 @@ async def test_a_late_reply_is_told_apart_by_its_sequence_number() -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
     # the test plays the forker on `theirs`
-    forker._link = forker_module._Link(ours, 0, mmap.mmap(-1, mmap.PAGESIZE), 1 << 16)
+    forker._link = forker_module._Link(ours, 0, mmap.mmap(-1, mmap.PAGESIZE), 1 << 16, itertools.count(1))
     async with trio.open_nursery() as nursery:
         async def play_forker() -> None:
             for _ in range(2):
