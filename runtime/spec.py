@@ -626,6 +626,8 @@ def _str(d: dict, key: str, path: str, *, required: bool = False) -> str:
         return ""
     if not isinstance(v, str):
         raise SpecError(path, f"must be a string, got {type(v).__name__}")
+    if "\0" in v:  # a path, name or label: the syscall taking it would refuse it, or cut it short
+        raise SpecError(path, "contains a NUL byte")
     return v
 
 

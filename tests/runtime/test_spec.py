@@ -113,6 +113,9 @@ def _with(edit) -> dict:
     # What the kernel would refuse only later, once create had succeeded.
     (lambda c: c["process"]["env"].append("A=b\0c"), "process.env[2]", "NUL byte"),
     (lambda c: c["process"].update(args=["sh", "-c", "echo a\0b"]), "process.args[2]", "NUL byte"),
+    (lambda c: c["process"].update(cwd="/tm\0p"), "process.cwd", "NUL byte"),
+    (lambda c: c["mounts"][0].update(destination="/pro\0c"), "mounts[0].destination", "NUL byte"),
+    (lambda c: c.update(hostname="ho\0st"), "hostname", "NUL byte"),
     (lambda c: c.update(hostname="h" * 65), "hostname", "at most 64"),
     (lambda c: c.update(hostname="\ud800"), "hostname", "not valid Unicode"),
     (lambda c: c["process"].update(rlimits=[{"type": "RLIMIT_CORE", "soft": 1, "hard": 2**70}]),
