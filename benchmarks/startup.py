@@ -14,16 +14,19 @@ copy of the interpreter they run from (railcar's fallback where it cannot seal t
 overlayfs: most of such a copy is mapped by nobody, so in no PSS); it is printed
 right away, again once spare workers have been retired, and once more after the zygote was
 stopped, as it stops when no container started for RAILCAR_ZYGOTE_IDLE (10 minutes). The containerd
-gets a namespace of its own, whose runtime state directory is removed at the end.
+gets a namespace of its own, whose runtime state directory is removed at the end. `--busy N` runs
+the latency benchmarks again with N busy loops (shell `while :; do :; done`) competing for the CPUs,
+as on a loaded node: it shows how much longer each runtime's chain of processes takes then.
 
     .venv/bin/python benchmarks/startup.py [--rounds N] [--burst N] [--megabytes N] [--containers N]
-                                           [--skip-memory] [--skip-throughput]
+                                           [--busy N] [--skip-memory] [--skip-throughput]
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import os
 import statistics
 import subprocess
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -314,6 +318,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--containers", type=int, default=10)
     parser.add_argument("--burst", type=int, default=10, help="containers started at once (0: skip)")
+    parser.add_argument("--busy", type=int, default=0, help="busy loops for a second, loaded round (0: skip)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
@@ -324,10 +329,12 @@ def main() -> None:
         cd.namespace = f"railcar-bench-{os.getpid()}"  # its cgroup parent and runtime state dir are ours
         try:
             image = devenv.busybox_image(cd)
-            bench_run(cd, image, args.rounds)
-            bench_exec(cd, image, args.rounds)
-            if args.burst:
-                bench_burst(cd, image, max(3, args.rounds // 3), args.burst)
+            bench_latency(cd, image, args.rounds, args.burst)
+            if args.busy:
+                loops = f"{args.busy} busy loop" + ("s" if args.busy > 1 else "")
+                print(f"\n--- again, with {loops} on {os.cpu_count()} CPUs ---")
+                with busy_loops(args.busy):
+                    bench_latency(cd, image, args.rounds, args.burst)
             if not args.skip_throughput:
                 bench_throughput(cd, image, args.megabytes)
             if not args.skip_memory:
@@ -339,6 +346,25 @@ def main() -> None:
                 os.rmdir(paths.runtime_root(cd.namespace))
             except OSError:
                 pass
+
+
+def bench_latency(cd: devenv.Containerd, image: str, rounds: int, burst: int) -> None:
+    bench_run(cd, image, rounds)
+    bench_exec(cd, image, rounds)
+    if burst:
+        bench_burst(cd, image, max(3, rounds // 3), burst)
+
+
+@contextlib.contextmanager
+def busy_loops(count: int) -> Iterator[None]:
+    """`count` shells spinning on the CPU, for as long as the block runs."""
+    loops = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
 
 
 def compile_railcar() -> None:
