@@ -202,8 +202,8 @@ async def _serve(assignment: Assignment, forker: Forker) -> None:
 
         async def watch_forker() -> None:
             """Every container operation goes through the forker. One that dies (killed, or out of
-            memory) is replaced, and the pool's containers are served on; only the requests it had
-            not passed to a worker fail (one that finds no forker waits for the new one). One that
+            memory) is replaced, and the pool's containers are served on: the requests it had not
+            passed to a worker go to the new one (as does one that finds no forker). One that
             dies again right after it was forked would keep dying: the daemon then leaves its pool
             and exits at once, and containerd cleans its containers up, as after a daemon's crash."""
             while True:

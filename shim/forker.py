@@ -257,9 +257,10 @@ _SEQ = struct.Struct("<q")
 _NOTE = struct.Struct("<qq")
 # The pages the daemon shares with its forker and every worker (MAP_SHARED, mapped before the
 # forker's fork): the number of the request the waiting worker is about to take (the forker sets it
-# back to 0 for each new waiting worker), the number of the last request any worker took (never set
-# back: the daemon reads it once every worker is gone, see `_Link.reply`), then the daemon's
-# context (see `Forker.adopt`): its length and its JSON. Pages never written cost nothing.
+# back to 0 for each new waiting worker), the number of the last request a worker took, noted once it
+# has it and before any of it runs (never set back: the daemon reads it once every worker is gone,
+# see `_Link.reply`), then the daemon's context (see `Forker.adopt`): its length and its JSON. Pages
+# never written cost nothing.
 _TAKEN_AT, _LAST_TAKEN_AT, _CONTEXT_AT = 0, _SEQ.size, 2 * _SEQ.size
 _CONTEXT_SPACE = 1 << 20  # the environment came in one SEQPACKET message (~208 KiB by default); JSON can grow it
 _RETIRED = 3  # a worker's exit status: it waited `idle` seconds and no request came
@@ -281,8 +282,8 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
         return _CLOSED
     (seq,) = _SEQ.unpack(head)
     _SEQ.pack_into(shared, _TAKEN_AT, seq)
-    _SEQ.pack_into(shared, _LAST_TAKEN_AT, seq)
     data, fds, flags, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
+    _SEQ.pack_into(shared, _LAST_TAKEN_AT, seq)  # (before anything of it runs: see `_Link.reply`)
     try:
         os.write(notes, _NOTE.pack(os.getpid(), seq))  # the forker forks the next waiting worker now
     except OSError:  # the forker died (the daemon forks another): this request is served all the same
@@ -562,7 +563,7 @@ class _Link:
                 arrived.set()
             if not data:  # every holder of the other end is gone: no answer will come
                 (last_taken,) = _SEQ.unpack_from(self.shared, _LAST_TAKEN_AT)
-                if seq > last_taken:  # (a worker notes a number just before it takes the request)
+                if seq > last_taken:  # no worker ran any of it: it may go to another forker
                     raise _Untaken()
                 raise ForkerError("internal", "the forker process is gone")
             try:
@@ -699,7 +700,8 @@ class Forker:
     def respawn(self) -> int:
         """Replace a forker that died (the daemon's reaper saw its exit) with a new one, forked from
         the daemon as it runs: no thread runs in it, and the child leaves trio's state alone. The
-        requests in flight are answered, or fail, through the old link (`_Link.retire`); every
+        requests a worker of the old forker took are answered, or fail, through the old link; those
+        none took go to the new forker once no worker of the old one is left (`_Link.retire`); every
         later one goes to the new forker. Returns its pid; raises OSError if it cannot be forked."""
         old = self._link
         assert old is not None, "Forker.start() was not called"

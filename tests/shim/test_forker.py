@@ -93,12 +93,19 @@ def _alone(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return None, []
 
 
+def _count(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    """Appends its number to `log`: what ran, and how many times."""
+    with open(args["log"], "a") as f:
+        f.write(f"{args['n']}\n")
+    return {"pid": os.getpid(), "parent": os.getppid()}, []
+
+
 def _mark(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     Path(args["path"]).touch()
     return None, []
 
 
-HANDLERS = {"mark": _mark, "meet": _meet, "alone": _alone, "write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash,
+HANDLERS = {"count": _count, "mark": _mark, "meet": _meet, "alone": _alone, "write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash,
             "touch": _touch, "die": _die, "exit3": _exit3, "say": _say, "size": _size}
 
 
@@ -304,12 +311,13 @@ def _close_replaced(forker: Forker, old: int) -> None:
 
 async def test_a_forker_that_died_is_replaced_and_what_its_workers_took_is_answered(tmp_path: Path) -> None:
     """After `respawn`, a request a worker of the dead forker had taken is answered, and so is the
-    one its waiting worker takes next; a request no worker took goes to the new forker, once no
-    worker of the old one is left to take it; and so do later ones."""
+    one its waiting worker takes next; the requests no worker took go to the new forker, once no
+    worker of the old one is left to take them; and so do later ones. Each runs exactly once."""
     forker = Forker(HANDLERS, spare_idle=5)
     old = forker.start()
     old_link = forker._link
     results: dict[str, object] = {}
+    log = tmp_path / "log"
 
     async def call(name: str, op: str, args: dict) -> None:
         try:
@@ -325,18 +333,19 @@ async def test_a_forker_that_died_is_replaced_and_what_its_workers_took_is_answe
             assert await trio.to_thread.run_sync(eventually, lambda: len(_workers_of(old)) == 2)  # and one waits
             os.kill(old, signal.SIGKILL)
             os.waitpid(old, 0)
-            for name in ("first", "second"):
-                nursery.start_soon(call, name, "touch", {})
-            await trio.sleep(0.3)  # both sent; the waiting worker took one of them
+            for n in range(10):
+                nursery.start_soon(call, str(n), "count", {"log": str(log), "n": n})
+            await trio.sleep(0.3)  # all sent; the waiting worker took one of them
             new = forker.respawn()
             assert new not in (old, 0) and forker.pid == new
             (busy / "go").touch()
-        assert results["busy"] == 2
-        served = sorted((results[name]["parent"] == new, results[name]["pid"]) for name in ("first", "second"))
-        assert [by_new for by_new, _ in served] == [False, True], results  # the old waiting worker, a new one
+        assert results.pop("busy") == 2
+        assert sorted(map(int, log.read_text().split())) == list(range(10))  # each ran, and once
+        by_old = [name for name, result in results.items() if result["parent"] != new]
+        assert len(by_old) == 1 and len(results) == 10, results  # the old waiting worker's, the rest new ones'
         assert old_link.sock.fileno() == -1  # closed once its last request was answered
         result, _ = await forker.call("touch", {})
-        assert result["parent"] == new and result["pid"] not in [pid for _, pid in served]
+        assert result["parent"] == new
     finally:
         _close_replaced(forker, old)
 
