@@ -350,7 +350,10 @@ class TaskService:
         process.check("start")
         if process.starting:
             raise TtrpcError(Code.FAILED_PRECONDITION, f"process {process.id} is already being started")
-        if process.exec_id and (task.init.status not in (Status.RUNNING, Status.PAUSED) or task.init.reaped):
+        # An exec may start while the init waits for its own Start (its namespaces, mounts and cgroup
+        # are there), as runc's shim lets it.
+        if process.exec_id and (task.init.status not in (Status.CREATED, Status.RUNNING, Status.PAUSED)
+                                or task.init.reaped):
             raise _init_not_running(task)
         process.starting = True
         process.started = trio.Event()  # a failed earlier Start set the old one

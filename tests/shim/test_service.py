@@ -258,6 +258,34 @@ async def _exercise(shim: Shim, bundle: Path) -> None:
     await shim("Shutdown", pb.ShutdownRequest(id="c1"))
 
 
+async def test_an_exec_runs_in_a_container_whose_init_is_not_started_yet(bundle: Path, address: str, namespace: str,
+                                                                         cgroup_parent: str, tmp_path: Path) -> None:
+    """As with runc's shim: a client that lost its `ctr run` between Create and Start can exec into
+    the CREATED task; the exec runs in the container (its pid namespace: the init, still waiting for
+    its Start, is its pid 1), and the init starts afterwards."""
+    devenv.busybox_rootfs(bundle / "rootfs")
+    (bundle / "config.json").write_text(json.dumps(_spec(["sh", "-c", "echo init > /init-ran"], f"{cgroup_parent}/c1")))
+    async with _shim_with_events(namespace, address, "c1", bundle, tmp_path) as (shim, _):
+        await shim("Create", pb.CreateTaskRequest(id="c1", bundle=str(bundle)), pb.CreateTaskResponse)
+        probe = {"args": ["sh", "-c", "echo $$ > /exec-saw; cat /proc/1/comm >> /exec-saw; exit 4"], "cwd": "/",
+                 "env": [PATH_ENV]}
+        spec = pack_json("types.containerd.io/opencontainers/runtime-spec/1/Process", probe)
+        await shim("Exec", pb.ExecProcessRequest(id="c1", exec_id="early", spec=spec))
+        await shim("Start", pb.StartRequest(id="c1", exec_id="early"), pb.StartResponse)
+        assert (await shim("Wait", pb.WaitRequest(id="c1", exec_id="early"), pb.WaitResponse)).exit_status == 4
+        own_pid, init_comm = (bundle / "rootfs" / "exec-saw").read_text().split("\n", 1)
+        assert 1 < int(own_pid) < 100 and init_comm.strip()  # in the container's pid namespace, its init there
+        assert not (bundle / "rootfs" / "init-ran").exists()
+        assert (await shim("State", pb.StateRequest(id="c1"), pb.StateResponse)).status == 1  # CREATED
+        await shim("Delete", pb.DeleteRequest(id="c1", exec_id="early"), pb.DeleteResponse)
+        await shim("Start", pb.StartRequest(id="c1"), pb.StartResponse)
+        assert (await shim("Wait", pb.WaitRequest(id="c1"), pb.WaitResponse)).exit_status == 0
+        assert (bundle / "rootfs" / "init-ran").read_text() == "init\n"
+        await shim("Delete", pb.DeleteRequest(id="c1"), pb.DeleteResponse)
+        await shim("Shutdown", pb.ShutdownRequest(id="c1"))
+    _remove_runtime_dir(namespace)
+
+
 async def test_a_closeio_before_the_exec_started_still_ends_its_stdin(bundle: Path, address: str, namespace: str,
                                                                       cgroup_parent: str, tmp_path: Path) -> None:
     """ctr sends CloseIO as soon as its input ends, which can be while the exec's Start runs: before
