@@ -37,11 +37,20 @@ def recorded_exit(bundle: str) -> tuple[int, int] | None:
         return None
 
 
+def _write(path: str, data: bytes) -> None:
+    """A small file, written whole. An error names it: a full disk fails the flush at close, which
+    Python reports without the file's name."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+
+
 def record_exit(bundle: str, status: int, when_ns: int) -> None:
     """Written by the daemon when the init exits, so `delete` can report the real status later."""
     tmp = os.path.join(bundle, "." + paths.EXIT_FILE)
-    with open(tmp, "w") as f:
-        f.write(f"{status} {when_ns}")
+    _write(tmp, f"{status} {when_ns}".encode())
     os.rename(tmp, os.path.join(bundle, paths.EXIT_FILE))
 
 
@@ -49,8 +58,7 @@ def record_pids(bundle: str, init_pid: int) -> None:
     """Written by the daemon after Create: the init pid `delete` reports, and the daemon's own pid
     (for operators and tools: the daemon may have been forked by the zygote, not run by name)."""
     for name, pid in ((PID_FILE, init_pid), (SHIM_PID_FILE, os.getpid())):
-        with open(os.path.join(bundle, name), "w") as f:
-            f.write(str(pid))
+        _write(os.path.join(bundle, name), str(pid).encode())
 
 
 def clear_records(bundle: str) -> None:
@@ -69,8 +77,7 @@ def record_deleted(bundle: str, answer: bytes) -> None:
     DeleteResponse the `delete` that containerd runs right after is to print. That `delete` then has
     nothing to do; the installed launcher prints the file without even starting Python."""
     tmp = os.path.join(bundle, "." + DELETED_FILE)
-    with open(tmp, "wb") as f:
-        f.write(answer)
+    _write(tmp, answer)
     os.rename(tmp, os.path.join(bundle, DELETED_FILE))
 
 

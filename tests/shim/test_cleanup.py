@@ -1,9 +1,12 @@
 """`delete` as containerd runs it after a shim is gone: only a DeleteResponse, success when all is gone."""
 
+import errno
 import os
 import shutil
 import socket
 from pathlib import Path
+
+import pytest
 
 from railcar.shim import cleanup, paths, wire
 from railcar.ttrpc_proto.api import task_v2_pb2 as pb
@@ -24,6 +27,15 @@ def test_nothing_left_reports_137_and_the_recorded_pid(bundle: Path, address: st
     response = _delete(bundle, address)
     assert (response.pid, response.exit_status) == (4242, 137)
     assert response.exited_at.seconds > 1_600_000_000
+
+
+def test_a_record_that_cannot_be_written_names_its_file(bundle: Path) -> None:
+    """A full disk fails the flush at close, which Python reports without a file name: Create's error
+    (h2 filled containerd's state tmpfs) said only "[Errno 28] No space left on device"."""
+    (bundle / cleanup.PID_FILE).symlink_to("/dev/full")  # every write to it fails with ENOSPC
+    with pytest.raises(OSError) as info:
+        cleanup.record_pids(str(bundle), 4242)
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(bundle / cleanup.PID_FILE))
 
 
 def test_the_recorded_exit_is_reported(bundle: Path, address: str) -> None:
