@@ -42,8 +42,14 @@ from . import fdlimit, oomscore
 
 PROCESS_NAME = "railcar-forker"
 WORKER_NAME = "railcar-worker"
-_MAX_MESSAGE = 1 << 20
-_SO_SNDBUFFORCE = 32  # linux/asm-generic/socket.h (Python's socket module lacks it): root may pass wmem_max
+# A request up to _INLINE_MAX bytes travels in its message; a bigger one (an exec's process spec
+# carries the container's whole environment: Kubernetes' service variables can make it megabytes)
+# in a memfd, the "carrier", attached after the request's own fds, the message holding only its
+# number. A message then never needs more than a socket's default buffer, nor the kernel a large
+# contiguous allocation for one. _MAX_MESSAGE is what a receive makes room for: more than a
+# default socket buffer can carry, so that nothing is cut short.
+_INLINE_MAX = 64 << 10
+_MAX_MESSAGE = 256 << 10
 _MAX_FDS = 16
 SPARE_IDLE = 2.0  # seconds a spare worker waits for a request before it is retired
 RESPAWN_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)  # seconds before each new try to fork a forker that died (shim.daemon)
@@ -282,7 +288,7 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
         return _CLOSED
     (seq,) = _SEQ.unpack(head)
     _SEQ.pack_into(shared, _TAKEN_AT, seq)
-    data, fds, flags, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
+    data, fds, flags, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 2)
     _SEQ.pack_into(shared, _LAST_TAKEN_AT, seq)  # (before anything of it runs: see `_Link.reply`)
     try:
         os.write(notes, _NOTE.pack(os.getpid(), seq))  # the forker forks the next waiting worker now
@@ -299,8 +305,39 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
         (length,) = _SEQ.unpack_from(shared, _CONTEXT_AT)
         context = shared[_CONTEXT_AT + _SEQ.size:_CONTEXT_AT + _SEQ.size + length]
         shared.close()  # what this worker forks (a container's init, hooks) must not hold it
-        reply, out_fds = _handle(seq, data[_SEQ.size:], fds[1:], handlers, context)
+        body, request_fds = data[_SEQ.size:], fds[1:]
+        if not body and request_fds:  # it came in a carrier
+            body = _carried(request_fds.pop())
+        reply, out_fds = _handle(seq, body, request_fds, handlers, context)
     return 0 if _send(sock, reply, out_fds) else 1
+
+
+def _carrier(body: bytes) -> int:
+    """A memfd holding `body` (see _INLINE_MAX)."""
+    fd = os.memfd_create("railcar-request", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _carried(fd: int) -> bytes:
+    """What a carrier holds (read from its start: its file offset is the daemon's too); closes it."""
+    try:
+        size, chunks, at = os.fstat(fd).st_size, [], 0
+        while at < size:
+            chunk = os.pread(fd, size - at, at)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            at += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -330,7 +367,7 @@ def _fail_waiting_request(sock: socket.socket, error: OSError) -> bool:
     """Take the waiting request and answer that no worker could be forked for it; False if the
     daemon is gone."""
     try:
-        data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 1)
+        data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS + 2)
     except OSError:
         return False
     _close_all(fds)
@@ -646,13 +683,9 @@ class Forker:
         previous = self._link
         shared = mmap.mmap(-1, _CONTEXT_AT + _SEQ.size + _CONTEXT_SPACE)  # before the fork: shared
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for end in (ours, theirs):  # one message is one request: room for _MAX_MESSAGE, not ~208 KiB
-            try:
-                end.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, _MAX_MESSAGE)
-            except OSError:  # not root: as much as net.core.wmem_max allows
-                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _MAX_MESSAGE)
-        # what one message may hold: the kernel doubles the value set, and keeps some for itself
-        max_request = min(_MAX_MESSAGE, ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
+        # What goes in a message (net.core.wmem_default is ~208 KiB, of which a message may have
+        # about half: the kernel doubles the value set, and keeps some for itself).
+        max_request = min(_INLINE_MAX, ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
         link = _Link(ours, 0, shared, max_request, self._numbers)
         if self._context:
             link.write_context(self._context)
@@ -767,23 +800,29 @@ class Forker:
         if len(fds) > _MAX_FDS:
             raise ForkerError("internal", f"a forker request carries at most {_MAX_FDS} fds")
         body = json.dumps({"op": op, "args": args}).encode()
+        fds = list(fds)
+        carrier = None
         if _SEQ.size + len(body) > self._link.max_request:
-            raise ForkerError("internal", f"a forker request of {_SEQ.size + len(body)} bytes is over the "
-                                          f"{self._link.max_request} limit")
-        async with self._in_order_of(args.get("id")):
-            while True:
-                try:
-                    link, seq = await self._send(body, list(fds))
-                    with trio.CancelScope(shield=True):
-                        try:
-                            reply, out_fds = await link.reply(seq)
-                            break
-                        except _Untaken:
-                            continue
-                        finally:
-                            link.done(seq)
-                except OSError as e:
-                    raise ForkerError("internal", f"the forker process is gone: {e}") from None
+            carrier = _carrier(body)
+            body, fds = b"", [*fds, carrier]
+        try:
+            async with self._in_order_of(args.get("id")):
+                while True:
+                    try:
+                        link, seq = await self._send(body, fds)
+                        with trio.CancelScope(shield=True):
+                            try:
+                                reply, out_fds = await link.reply(seq)
+                                break
+                            except _Untaken:
+                                continue
+                            finally:
+                                link.done(seq)
+                    except OSError as e:
+                        raise ForkerError("internal", f"the forker process is gone: {e}") from None
+        finally:
+            if carrier is not None:
+                os.close(carrier)
         error = reply.get("error")
         if error:
             _close_all(out_fds)

@@ -30,6 +30,20 @@ def test_exec_output_and_exit_code(cd, detached) -> None:
     assert again.returncode == 0, again.stderr
 
 
+def test_an_exec_into_a_container_with_megabytes_of_environment_runs(cd, image, cid, tmp_path) -> None:
+    """ctr (and CRI) sends the container's whole process as an exec's spec: with Kubernetes' service
+    variables that can be over a megabyte, which runc's exec takes (the kernel allows 2 MiB)."""
+    env_file = tmp_path / "env"
+    env_file.write_text("".join(f"V{i}={'x' * 990}\n" for i in range(1500)))
+    result = cd.ctr("run", "-d", "--runtime", RUNTIME, "--env-file", str(env_file), image, cid, "sleep", "1000")
+    assert result.returncode == 0, result.stderr
+    try:
+        result = cd.ctr("task", "exec", "--exec-id", "big", cid, "sh", "-c", "env | grep -c '^V[0-9]*=x'")
+        assert (result.returncode, result.stdout) == (0, b"1500\n"), result.stderr
+    finally:
+        remove_task(cd, cid)
+
+
 def test_ps_marks_exec_processes(cd, detached) -> None:
     exec_proc = subprocess.Popen(["ctr", "--address", cd.address, "--namespace", cd.namespace, "task", "exec",
                                   "--exec-id", "bg", detached, "sleep", "30"], env=cd.env)
