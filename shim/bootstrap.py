@@ -309,7 +309,7 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
     """Join the daemon serving pod `pod`, so that one daemon serves a pod, as with runc's shim:
     CRI names a pod's sandbox container after the pod, containerd keeps bundles side by side, and
     the sandbox's bundle names its daemon in its address file (containerd finds a sandbox's shim
-    the same way). A pool is joined whatever its size, while its daemon lives, still holds the
+    the same way). A pool is joined whatever its size, while its daemon answers, still holds the
     sandbox and runs this copy of railcar (after an upgrade a pod's new containers get the new
     code: runc's old pod shim would run the new runc binary for them). A daemon of the pod's own
     (pools were off when the pod started) is used while it lives, and only on the pod's group
@@ -329,6 +329,8 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
             return None
         _unmark_pooled(bundle)
         return _use(bundle, path)
+    if pool.probe(path, answer=True) != "live":  # (asked before the lock, which others wait for)
+        return None
     lock = members.lock_existing(pool.LOCK_WAIT)
     if lock is None:
         return None
@@ -341,8 +343,11 @@ def _join_pod(flags: Flags, bundle: str, pod: str) -> str | None:
 
 
 def _try_pool(flags: Flags, bundle: str, index: int, limit: int) -> str | None:
-    """Join pool `index` if it has room (fewer than `limit` members); the address, or None."""
+    """Join pool `index` if it has room (fewer than `limit` members) and its daemon, if any,
+    answers; the address, or None."""
     path = paths.socket_path(flags.address, flags.namespace, pool.group(index))
+    if pool.probe(path, answer=True) == "busy":  # (asked before the lock, which others wait for)
+        return None
     members = pool.Members(path)
     lock = members.lock()
     try:

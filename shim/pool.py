@@ -33,7 +33,7 @@ import time
 from _collections_abc import Callable  # loaded at startup; collections.abc costs ~2 ms a `start`
 from _socket import AF_UNIX, SOCK_CLOEXEC, SOCK_STREAM, socket
 
-from . import paths
+from . import paths, wire
 
 POOL_ENV = "RAILCAR_POOL_SIZE"
 DEFAULT_SIZE = 16
@@ -43,6 +43,9 @@ MARKER_FILE = "railcar-pool"  # in a pooled container's bundle, for `delete`
 CODE_FILE = ".code"  # in a pool's member directory (no container id starts with a dot)
 LOCK_WAIT = 2.0  # seconds `delete` waits for a pool's lock (containerd gives it 5 s in all)
 CONNECT_TIMEOUT = 0.1  # as containerd's own shims probe a socket
+ANSWER_TIMEOUT = 0.5  # seconds a daemon may take to answer before a new container goes elsewhere
+# A request for a service no daemon has: the answer (UNIMPLEMENTED) runs no handler and logs nothing.
+_ANSWER_PROBE = wire.ttrpc_request(1, "railcar.v1.Probe", "Answer")
 _POLL = 0.01
 
 
@@ -71,18 +74,29 @@ def _now() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def probe(path: str, kind: int = SOCK_STREAM) -> str:
+def probe(path: str, kind: int = SOCK_STREAM, *, answer: bool = False) -> str:
     """"live" if a daemon accepts on `path` (a connect within 100 ms, as containerd's own shims
     check), "dead" if none can (no socket, or refused), "busy" if the connect timed out or the
-    backlog is full: a daemon that is there but slow, not a dead one."""
+    backlog is full: a daemon that is there but slow, not a dead one.
+
+    The kernel completes a connect on its own, into the listener's backlog, for a process that is
+    stopped or wedged too. So, with `answer`, a ttrpc daemon must also answer a request within
+    ANSWER_TIMEOUT to be "live" ("busy" if not): a `start` that is to hand a new container to a
+    pool's daemon asks, as containerd would hang on one that does not answer (its own containers
+    wait for it as they would for runc's shim)."""
     conn = socket(AF_UNIX, kind | SOCK_CLOEXEC)
     conn.settimeout(CONNECT_TIMEOUT)
     try:
         conn.connect(path)
+        if answer:
+            conn.settimeout(ANSWER_TIMEOUT)
+            conn.sendall(_ANSWER_PROBE)
+            if not conn.recv(1):  # closed without an answer
+                return "busy"
         return "live"
     except (FileNotFoundError, ConnectionRefusedError):
         return "dead"
-    except OSError:
+    except OSError:  # (TimeoutError: no room in the backlog, or no answer)
         return "busy"
     finally:
         conn.close()

@@ -1,8 +1,9 @@
-"""Hand-encoded protobuf for the two answers the short-lived commands print.
+"""Hand-encoded protobuf for what the short-lived commands send or print.
 
-`delete` prints a `containerd.task.v2.DeleteResponse` and `-info` a `containerd.types.RuntimeInfo`.
-Importing the protobuf runtime costs more than everything else these commands do, so the few fields
-are encoded here directly (proto3 wire format: varints and length-delimited fields only).
+`delete` prints a `containerd.task.v2.DeleteResponse`, `-info` a `containerd.types.RuntimeInfo`, and
+`start` sends a pool's daemon one ttrpc request to see that it answers (`pool.probe`). Importing the
+protobuf runtime costs more than everything else these commands do, so the few fields are encoded
+here directly (proto3 wire format: varints and length-delimited fields only).
 """
 
 _VARINT = 0
@@ -72,3 +73,10 @@ def runtime_info(name: str, version: str, revision: str, features_url: str, feat
         + _bytes_field(2, runtime_version, keep_empty=True)
         + _bytes_field(4, any_message(features_url, features_json), keep_empty=True)
     )
+
+
+def ttrpc_request(stream_id: int, service: str, method: str) -> bytes:
+    """One ttrpc frame: the header (payload length and stream id, big-endian 32 bits each; type 1,
+    a request; no flags), then a ttrpc.Request{service=1, method=2} with no payload."""
+    request = _str_field(1, service) + _str_field(2, method)
+    return len(request).to_bytes(4, "big") + stream_id.to_bytes(4, "big") + b"\x01\x00" + request

@@ -59,6 +59,37 @@ def test_members_record_who_joins_and_the_lock_excludes(tmp_path: Path, monkeypa
     assert not members.exists() and not socket_file.exists()
 
 
+def test_a_daemon_that_takes_new_containers_must_answer_not_only_accept(tmp_path: Path) -> None:
+    """The kernel completes a connect into the backlog of a listener whose process never accepts
+    (stopped, wedged): only an answer tells a daemon that will serve a new container."""
+    def listening(name: str) -> tuple[str, socket.socket]:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp_path / name))
+        listener.listen(8)
+        return str(tmp_path / name), listener
+
+    path, silent = listening("silent.sock")
+    with silent:
+        assert pool.probe(path) == "live"
+        assert pool.probe(path, answer=True) == "busy"  # (within ANSWER_TIMEOUT)
+    requests = []
+
+    def serve(listener: socket.socket, reply: bytes) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            requests.append(conn.recv(1 << 10))
+            conn.sendall(reply)
+
+    for reply, state in ((b"\0" * 10, "live"), (b"", "busy")):  # an answer; closed without one
+        path, listener = listening(f"{state}.sock")
+        with listener:
+            server = threading.Thread(target=serve, args=(listener, reply))
+            server.start()
+            assert pool.probe(path, answer=True) == state
+            server.join()
+    assert requests == [pool._ANSWER_PROBE] * 2
+
+
 def test_a_daemon_never_dissolves_a_pool_a_newer_daemon_took_over(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(pool, "MEMBERS_ROOT", str(tmp_path / "pools"))
     socket_file = tmp_path / "shim.sock"
@@ -377,6 +408,25 @@ def _delete_async(bundle: Path, address: str, container_id: str):
     return subprocess.Popen([sys.executable, "-m", "railcar.shim", "-namespace", "default", "-address", address,
                              "-id", container_id, "-bundle", str(bundle), "delete"], cwd=bundle,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+async def test_a_stopped_pool_daemon_takes_no_new_container(tmp_path: Path, address: str, pools: list[int]) -> None:
+    """A pool's daemon that does not answer (stopped here; wedged alike) would hold up every
+    container handed to it: a new one goes to the next pool, and the stopped one's own container
+    is still its own once it runs again."""
+    first = _start(_bundle(tmp_path, "c1"), address, "c1")
+    pools.append(await _connect(first, "c1"))
+    os.kill(pools[0], signal.SIGSTOP)
+    try:
+        second = _start(_bundle(tmp_path, "c2"), address, "c2")
+    finally:
+        os.kill(pools[0], signal.SIGCONT)
+    assert second == "unix://" + paths.socket_path(address, "default", pool.group(1))
+    pools.append(await _connect(second, "c2"))
+    assert pools[1] != pools[0] and await _connect(first, "c1") == pools[0]
+    assert pool.Members(first.removeprefix("unix://")).names() == ["c1"]
+    for bundle, cid in ((tmp_path / "c1", "c1"), (tmp_path / "c2", "c2")):
+        _delete(bundle, address, cid)
 
 
 @pytest.mark.parametrize("group", [pool.group(0), "./railcar-pool-0", "../default/railcar-pool-0", ".."])

@@ -1,4 +1,5 @@
-"""The hand-encoded DeleteResponse and RuntimeInfo decode with the real generated protobuf types."""
+"""The hand-encoded DeleteResponse, RuntimeInfo and ttrpc request decode with the real generated protobuf
+types and our ttrpc protocol."""
 
 import json
 
@@ -6,6 +7,7 @@ import pytest
 
 from railcar.shim import info, wire
 from railcar.ttrpc_proto.api import introspection_pb2, task_v2_pb2
+from railcar.ttrpc_proto.protocol import Connection, Role
 
 
 def test_delete_response_matches_bytes_observed_from_runc() -> None:
@@ -56,3 +58,10 @@ def test_features_are_what_the_runtime_accepts() -> None:
     compile_seccomp({"defaultAction": "SCMP_ACT_ALLOW", "flags": seccomp["supportedFlags"],
                      "listenerPath": "/run/agent.sock",
                      "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]})
+
+
+def test_a_ttrpc_request_frame_is_what_a_server_reads() -> None:
+    server = Connection(Role.SERVER)
+    server.receive_data(wire.ttrpc_request(1, "railcar.v1.Probe", "Answer"))
+    request = server.next_event()
+    assert (request.stream_id, request.service, request.method, request.payload) == (1, "railcar.v1.Probe", "Answer", b"")
