@@ -11,7 +11,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass, fields
 
-from .errors import RuntimeFailure
+from .errors import RuntimeFailure, shorten
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,8 @@ class Channel:
         self.sock.close()
 
     def send(self, msg: object, fds: list[int] | tuple[int, ...] = ()) -> None:
+        if isinstance(msg, Failed):  # (one message, of at most _MAX bytes, even in JSON's escapes)
+            msg = Failed(msg.stage, shorten(msg.cause))
         data = _FIELDLESS.get(type(msg))
         if data is None:
             data = json.dumps({"kind": type(msg).__name__, **asdict(msg)}).encode()

@@ -5,6 +5,16 @@ anything else) rather than the errno that happened to surface.
 """
 
 
+def shorten(text: str, limit: int = 4096) -> str:
+    """`text` cut to about `limit` characters in its middle, saying so. An error can quote a value of
+    the spec (an environment entry, an argument: megabytes at worst), and it travels to the caller
+    in one message, whose size is bounded; its start names the field, its end the problem."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} [... {len(text) - 2 * half} characters left out ...] {text[-half:]}"
+
+
 class RuntimeFailure(Exception):
     """A runtime operation failed; ``stage`` says where ("spec", "namespaces", "rootfs", ...)."""
 

@@ -34,7 +34,7 @@ import trio
 # Cheap: the package holds only the errors; `runtime.Container` loads the container module (spec,
 # mounts, cgroups) on first use, in the forker, or earlier when a zygote warmed it up.
 from railcar import runtime
-from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError
+from railcar.runtime.errors import ContainerNotFound, RuntimeFailure, SpecError, shorten
 from railcar.runtime.syscalls import bare_fork, readable
 
 from . import log as shim_log
@@ -42,14 +42,12 @@ from . import fdlimit, oomscore
 
 PROCESS_NAME = "railcar-forker"
 WORKER_NAME = "railcar-worker"
-# A request up to _INLINE_MAX bytes travels in its message; a bigger one (an exec's process spec
-# carries the container's whole environment: Kubernetes' service variables can make it megabytes)
-# in a memfd, the "carrier", attached after the request's own fds, the message holding only its
-# number. A message then never needs more than a socket's default buffer, nor the kernel a large
-# contiguous allocation for one. _MAX_MESSAGE is what a receive makes room for: more than a
-# default socket buffer can carry, so that nothing is cut short.
-_INLINE_MAX = 64 << 10
-_MAX_MESSAGE = 256 << 10
+# No message, request or reply, is over _MAX_MESSAGE bytes: a socket's default buffer carries it,
+# the kernel needs no large contiguous allocation for it, and a receive's room is never too small.
+# A bigger request (an exec's process spec carries the container's whole environment: Kubernetes'
+# service variables can make it megabytes) travels in a memfd, the "carrier", attached after the
+# request's own fds, the message holding only its number; a reply is small (see `_send`).
+_MAX_MESSAGE = 64 << 10
 _MAX_FDS = 16
 SPARE_IDLE = 2.0  # seconds a spare worker waits for a request before it is retired
 RESPAWN_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)  # seconds before each new try to fork a forker that died (shim.daemon)
@@ -229,12 +227,22 @@ def _handle(seq: int, body: bytes, fds: list[int], handlers: dict[str, Handler],
 
 
 def _error_reply(seq: int, e: ForkerError) -> dict[str, Any]:
-    return {"seq": seq, "error": {"kind": e.kind, "message": e.message, "path": e.path}}
+    """(Its text shortened: an error can quote a request's value, and requests can be megabytes.)"""
+    return {"seq": seq, "error": {"kind": e.kind, "message": shorten(e.message), "path": shorten(e.path)}}
 
 
 def _send(sock: socket.socket, reply: dict[str, Any], fds: list[int]) -> bool:
+    """Answer the daemon. A reply is never over _MAX_MESSAGE bytes, which a default socket buffer
+    carries and the daemon's receive makes room for: none is refused, or cut short and lost while
+    its call waits. (A result is never that big; an error's text is shortened.)"""
+    data = json.dumps(reply).encode()
+    if len(data) > _MAX_MESSAGE:
+        _close_all(fds)
+        fds = []
+        too_big = ForkerError("internal", f"the forker's reply of {len(data)} bytes is over {_MAX_MESSAGE}")
+        data = json.dumps(_error_reply(reply["seq"], too_big)).encode()
     try:
-        socket.send_fds(sock, [json.dumps(reply).encode()], fds)
+        socket.send_fds(sock, [data], fds)
         return True
     except OSError:
         return False
@@ -313,7 +321,7 @@ def _work(sock: socket.socket, handlers: dict[str, Handler], shared: mmap.mmap, 
 
 
 def _carrier(body: bytes) -> int:
-    """A memfd holding `body` (see _INLINE_MAX)."""
+    """A memfd holding `body` (see _MAX_MESSAGE)."""
     fd = os.memfd_create("railcar-request", os.MFD_CLOEXEC)
     try:
         view = memoryview(body)
@@ -685,7 +693,7 @@ class Forker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # What goes in a message (net.core.wmem_default is ~208 KiB, of which a message may have
         # about half: the kernel doubles the value set, and keeps some for itself).
-        max_request = min(_INLINE_MAX, ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
+        max_request = min(_MAX_MESSAGE, ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
         link = _Link(ours, 0, shared, max_request, self._numbers)
         if self._context:
             link.write_context(self._context)
@@ -803,7 +811,11 @@ class Forker:
         fds = list(fds)
         carrier = None
         if _SEQ.size + len(body) > self._link.max_request:
-            carrier = _carrier(body)
+            try:
+                carrier = _carrier(body)
+            except OSError as e:
+                raise ForkerError("internal", f"cannot pass a forker request of {len(body)} bytes in a memfd: {e}") \
+                    from None
             body, fds = b"", [*fds, carrier]
         try:
             async with self._in_order_of(args.get("id")):

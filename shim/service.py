@@ -347,13 +347,15 @@ class TaskService:
 
     async def start(self, req: pb.StartRequest, ctx: Any) -> pb.StartResponse:
         task, process = self._process(req.id, req.exec_id)
+        if process.exec_id:  # (containerd knows no task before its Create answered: another client may)
+            await task.created.wait()
         process.check("start")
         if process.starting:
             raise TtrpcError(Code.FAILED_PRECONDITION, f"process {process.id} is already being started")
         # An exec may start while the init waits for its own Start (its namespaces, mounts and cgroup
-        # are there), as runc's shim lets it.
-        if process.exec_id and (task.init.status not in (Status.CREATED, Status.RUNNING, Status.PAUSED)
-                                or task.init.reaped):
+        # are there), as runc's shim lets it; not in a container whose Create failed.
+        if process.exec_id and (self.tasks.get(req.id) is not task or not task.init.pid or task.init.reaped
+                                or task.init.status not in (Status.CREATED, Status.RUNNING, Status.PAUSED)):
             raise _init_not_running(task)
         process.starting = True
         process.started = trio.Event()  # a failed earlier Start set the old one

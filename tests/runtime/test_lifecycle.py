@@ -650,3 +650,14 @@ def test_an_exec_whose_helper_dies_before_the_move_fails_and_holds_only_its_gate
         container.kill(signal.SIGKILL)
         finish(container, created)
     assert len(pipes[0]) == len(set(pipes[0])), pipes   # never both ends of one pipe
+
+
+def test_an_error_quoting_a_huge_value_comes_back_shortened_whole(make_bundle, state_root) -> None:
+    """A helper's failure travels in one message of at most 64 KiB: one quoting an args[0] of 100 KB
+    came back cut, as "internal: JSONDecodeError", and over ~208 KB the helper could not report."""
+    bundle = make_bundle(["a" * 100_000])
+    with pytest.raises(RuntimeFailure) as info:
+        create_captured(bundle, state_root)
+    message = str(info.value)
+    assert message.startswith("process: process.args[0]: 'aaa") and "characters left out" in message
+    assert message.endswith("executable file not found in $PATH, in the container") and len(message) < 5000

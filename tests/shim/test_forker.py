@@ -61,6 +61,14 @@ def _size(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return len(args["text"]), []
 
 
+def _echo(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    return args["text"], []
+
+
+def _refuse_quoting(args: dict, fds: list[int]) -> tuple[object, list[int]]:
+    raise ForkerError("spec", f"process.env[0]: must look like KEY=VALUE, got {args['text']!r}", "process.env[0]")
+
+
 def _exit3(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     os._exit(3)  # the status of a worker that retired idle: but this one had a request
 
@@ -105,7 +113,7 @@ def _mark(args: dict, fds: list[int]) -> tuple[object, list[int]]:
     return None, []
 
 
-HANDLERS = {"count": _count, "mark": _mark, "meet": _meet, "alone": _alone, "write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash,
+HANDLERS = {"echo": _echo, "refuse_quoting": _refuse_quoting, "count": _count, "mark": _mark, "meet": _meet, "alone": _alone, "write": _write, "pipe": _pipe, "refuse": _refuse, "crash": _crash,
             "touch": _touch, "die": _die, "exit3": _exit3, "say": _say, "size": _size}
 
 
@@ -548,6 +556,20 @@ async def test_a_request_of_megabytes_is_served_with_its_fds(forker: Forker) -> 
         os.close(out)
     assert (await forker.call("size", {"text": "still"}))[0] == 5
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+async def test_a_reply_fits_in_one_message_whatever_the_request_quoted(forker: Forker) -> None:
+    """An error can quote a request's value, and a request can be megabytes: its text comes back
+    shortened (start and end), not as a worker that could not answer; a result too big for a
+    message is refused as such (none is: this is the bound)."""
+    with pytest.raises(ForkerError) as info:
+        await forker.call("refuse_quoting", {"text": "x" * (300 << 10)})
+    assert (info.value.kind, info.value.path) == ("spec", "process.env[0]")
+    assert info.value.message.startswith("process.env[0]: must look like KEY=VALUE, got 'xxx")
+    assert "characters left out" in info.value.message and len(info.value.message) < 5000
+    with pytest.raises(ForkerError, match="the forker's reply of .* bytes is over 65536"):
+        await forker.call("echo", {"text": "y" * (100 << 10)})
+    assert (await forker.call("echo", {"text": "still"}))[0] == "still"
 
 
 async def test_more_fds_than_a_request_carries_fail_before_anything_is_sent(forker: Forker) -> None:

@@ -286,6 +286,36 @@ async def test_an_exec_runs_in_a_container_whose_init_is_not_started_yet(bundle:
     _remove_runtime_dir(namespace)
 
 
+async def test_an_exec_started_while_its_create_runs_waits_and_never_runs_if_the_create_fails(
+        bundle: Path, address: str, namespace: str, cgroup_parent: str, tmp_path: Path) -> None:
+    """containerd knows a task only once its Create answered; another client can Exec and Start an
+    exec while the Create runs. That Start waits for the Create: here the Create fails after the
+    container was made (its init.pid cannot be written: the disk is full), and the exec must not
+    run in the container being undone."""
+    devenv.busybox_rootfs(bundle / "rootfs")
+    spec = _spec(["sleep", "1000"], f"{cgroup_parent}/c1")
+    spec["hooks"] = {"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "1"]}]}  # a Create that takes 1 s
+    (bundle / "config.json").write_text(json.dumps(spec))
+    (bundle / "init.pid").symlink_to("/dev/full")
+    probe = pack_json("types.containerd.io/opencontainers/runtime-spec/1/Process",
+                      {"args": ["touch", "/exec-ran"], "cwd": "/", "env": [PATH_ENV]})
+    async with _shim_with_events(namespace, address, "c1", bundle, tmp_path) as (shim, _):
+        codes = {}
+
+        async def create() -> None:
+            codes["create"] = await shim.code_of("Create", pb.CreateTaskRequest(id="c1", bundle=str(bundle)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(create)
+            await trio.sleep(0.5)  # the Create waits for its hook
+            await shim("Exec", pb.ExecProcessRequest(id="c1", exec_id="early", spec=probe))
+            codes["start"] = await shim.code_of("Start", pb.StartRequest(id="c1", exec_id="early"))
+        assert codes == {"create": Code.UNKNOWN, "start": Code.FAILED_PRECONDITION}, codes
+        assert not (bundle / "rootfs" / "exec-ran").exists()
+        await shim("Shutdown", pb.ShutdownRequest(id="c1"))
+    _remove_runtime_dir(namespace)
+
+
 async def test_a_closeio_before_the_exec_started_still_ends_its_stdin(bundle: Path, address: str, namespace: str,
                                                                       cgroup_parent: str, tmp_path: Path) -> None:
     """ctr sends CloseIO as soon as its input ends, which can be while the exec's Start runs: before
