@@ -346,9 +346,10 @@ def _try_pool(flags: Flags, bundle: str, index: int, limit: int) -> str | None:
     """Join pool `index` if it has room (fewer than `limit` members) and its daemon, if any,
     answers; the address, or None."""
     path = paths.socket_path(flags.address, flags.namespace, pool.group(index))
-    if pool.probe(path, answer=True) == "busy":  # (asked before the lock, which others wait for)
-        return None
     members = pool.Members(path)
+    # (Asked before the lock, which others wait for; not of a full pool, which this passes by.)
+    if len(members.names()) < limit and pool.probe(path, answer=True) == "busy":
+        return None
     lock = members.lock()
     try:
         state = pool.probe(path)

@@ -234,8 +234,9 @@ def _error_reply(seq: int, e: ForkerError) -> dict[str, Any]:
 def _send(sock: socket.socket, reply: dict[str, Any], fds: list[int]) -> bool:
     """Answer the daemon. A reply is never over _MAX_MESSAGE bytes, which a default socket buffer
     carries and the daemon's receive makes room for: none is refused, or cut short and lost while
-    its call waits. (A result is never that big; an error's text is shortened.)"""
-    data = json.dumps(reply).encode()
+    its call waits. (A result is never that big; an error's text is shortened, and its characters
+    take at most 4 bytes each: UTF-8, not JSON's 12-byte escapes of a pair of surrogates.)"""
+    data = json.dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass")
     if len(data) > _MAX_MESSAGE:
         _close_all(fds)
         fds = []

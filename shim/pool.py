@@ -44,6 +44,10 @@ CODE_FILE = ".code"  # in a pool's member directory (no container id starts with
 LOCK_WAIT = 2.0  # seconds `delete` waits for a pool's lock (containerd gives it 5 s in all)
 CONNECT_TIMEOUT = 0.1  # as containerd's own shims probe a socket
 ANSWER_TIMEOUT = 0.5  # seconds a daemon may take to answer before a new container goes elsewhere
+# Seconds from the bind of a daemon's socket before it must answer (see `probe`): the `start` that
+# made it holds the pool's lock while a cold zygote or daemon imports for a second or more, and
+# the `start`s of the same burst must wait for it, not each make a daemon of their own.
+ANSWER_AFTER = 30.0
 # A request for a service no daemon has: the answer (UNIMPLEMENTED) runs no handler and logs nothing.
 _ANSWER_PROBE = wire.ttrpc_request(1, "railcar.v1.Probe", "Answer")
 _POLL = 0.01
@@ -81,14 +85,14 @@ def probe(path: str, kind: int = SOCK_STREAM, *, answer: bool = False) -> str:
 
     The kernel completes a connect on its own, into the listener's backlog, for a process that is
     stopped or wedged too. So, with `answer`, a ttrpc daemon must also answer a request within
-    ANSWER_TIMEOUT to be "live" ("busy" if not): a `start` that is to hand a new container to a
-    pool's daemon asks, as containerd would hang on one that does not answer (its own containers
-    wait for it as they would for runc's shim)."""
+    ANSWER_TIMEOUT to be "live" ("busy" if not), once its socket is ANSWER_AFTER old: a `start`
+    that is to hand a new container to a pool's daemon asks, as containerd would hang on one that
+    does not answer (its own containers wait for it as they would for runc's shim)."""
     conn = socket(AF_UNIX, kind | SOCK_CLOEXEC)
     conn.settimeout(CONNECT_TIMEOUT)
     try:
         conn.connect(path)
-        if answer:
+        if answer and time.time() - os.stat(path).st_mtime > ANSWER_AFTER:
             conn.settimeout(ANSWER_TIMEOUT)
             conn.sendall(_ANSWER_PROBE)
             if not conn.recv(1):  # closed without an answer

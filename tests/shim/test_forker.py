@@ -66,7 +66,8 @@ def _echo(args: dict, fds: list[int]) -> tuple[object, list[int]]:
 
 
 def _refuse_quoting(args: dict, fds: list[int]) -> tuple[object, list[int]]:
-    raise ForkerError("spec", f"process.env[0]: must look like KEY=VALUE, got {args['text']!r}", "process.env[0]")
+    path = args.get("path", "process.env[0]")
+    raise ForkerError("spec", f"{path}: must look like KEY=VALUE, got {args['text']!r}", path)
 
 
 def _exit3(args: dict, fds: list[int]) -> tuple[object, list[int]]:
@@ -567,6 +568,10 @@ async def test_a_reply_fits_in_one_message_whatever_the_request_quoted(forker: F
     assert (info.value.kind, info.value.path) == ("spec", "process.env[0]")
     assert info.value.message.startswith("process.env[0]: must look like KEY=VALUE, got 'xxx")
     assert "characters left out" in info.value.message and len(info.value.message) < 5000
+    smileys = "\U0001F600" * 100_000  # (each takes 12 bytes in JSON's escapes, 4 in UTF-8)
+    with pytest.raises(ForkerError) as info:  # the field's name quotes a value too (an annotation's key)
+        await forker.call("refuse_quoting", {"text": smileys, "path": f"annotations.{smileys}"})
+    assert info.value.kind == "spec" and info.value.path.startswith("annotations.\U0001F600")
     with pytest.raises(ForkerError, match="the forker's reply of .* bytes is over 65536"):
         await forker.call("echo", {"text": "y" * (100 << 10)})
     assert (await forker.call("echo", {"text": "still"}))[0] == "still"

@@ -59,15 +59,28 @@ def test_members_record_who_joins_and_the_lock_excludes(tmp_path: Path, monkeypa
     assert not members.exists() and not socket_file.exists()
 
 
+def _age(path: str) -> None:
+    """Make the socket at `path` look bound longer ago than pool.ANSWER_AFTER."""
+    then = time.time() - pool.ANSWER_AFTER - 5
+    os.utime(path, (then, then))
+
+
 def test_a_daemon_that_takes_new_containers_must_answer_not_only_accept(tmp_path: Path) -> None:
     """The kernel completes a connect into the backlog of a listener whose process never accepts
-    (stopped, wedged): only an answer tells a daemon that will serve a new container."""
-    def listening(name: str) -> tuple[str, socket.socket]:
+    (stopped, wedged): only an answer tells a daemon that will serve a new container. A daemon
+    whose socket is young may still be coming up (a cold one imports for a second or more): it
+    need not answer yet."""
+    def listening(name: str, aged: bool = True) -> tuple[str, socket.socket]:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(tmp_path / name))
         listener.listen(8)
+        if aged:
+            _age(str(tmp_path / name))
         return str(tmp_path / name), listener
 
+    path, young = listening("young.sock", aged=False)
+    with young:
+        assert pool.probe(path, answer=True) == "live"
     path, silent = listening("silent.sock")
     with silent:
         assert pool.probe(path) == "live"
@@ -416,6 +429,7 @@ async def test_a_stopped_pool_daemon_takes_no_new_container(tmp_path: Path, addr
     is still its own once it runs again."""
     first = _start(_bundle(tmp_path, "c1"), address, "c1")
     pools.append(await _connect(first, "c1"))
+    _age(first.removeprefix("unix://"))  # (a young daemon's silence is taken for its coming up)
     os.kill(pools[0], signal.SIGSTOP)
     try:
         second = _start(_bundle(tmp_path, "c2"), address, "c2")
