@@ -43,7 +43,7 @@ MARKER_FILE = "railcar-pool"  # in a pooled container's bundle, for `delete`
 CODE_FILE = ".code"  # in a pool's member directory (no container id starts with a dot)
 LOCK_WAIT = 2.0  # seconds `delete` waits for a pool's lock (containerd gives it 5 s in all)
 CONNECT_TIMEOUT = 0.1  # as containerd's own shims probe a socket
-ANSWER_TIMEOUT = 0.5  # seconds a daemon may take to answer before a new container goes elsewhere
+ANSWER_TIMEOUT = 2.0  # seconds a daemon may take to answer (slow is not wedged) before a container goes elsewhere
 # Seconds from the bind of a daemon's socket before it must answer (see `probe`): the `start` that
 # made it holds the pool's lock while a cold zygote or daemon imports for a second or more, and
 # the `start`s of the same burst must wait for it, not each make a daemon of their own.
