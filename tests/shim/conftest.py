@@ -16,7 +16,6 @@ from railcar.shim.events import SERVICE
 from railcar.ttrpc_proto import Code, TtrpcError
 from railcar.ttrpc_proto.api import events_ttrpc_pb2
 from railcar.ttrpc_proto.server import Server
-from tests.polling import eventually
 
 def run_shim(args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: bytes = b"",
              extra_python: list[str] = (), prefix: list[str] = ()) -> subprocess.CompletedProcess:

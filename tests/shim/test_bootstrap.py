@@ -22,10 +22,10 @@ from railcar.shim import paths
 from railcar.ttrpc_proto import TtrpcError
 from railcar.ttrpc_proto.api import task_v2_pb2 as pb
 from railcar.ttrpc_proto.client import connect_unix
-from tests.polling import wait_gone
+from tests.polling import eventually, wait_gone
 from tests.sealing import runs_sealed
 
-from .conftest import children_named, eventually, run_shim
+from .conftest import children_named, run_shim
 
 
 def test_socket_path_hashes_the_cleaned_join() -> None:

@@ -17,9 +17,9 @@ import pytest
 
 from railcar.shim import paths, pool
 
-from tests.polling import pid_gone, wait_gone
+from tests.polling import eventually, pid_gone, wait_gone
 
-from .conftest import eventually, run_shim
+from .conftest import run_shim
 from .test_bootstrap import _connect, _shutdown
 
 LONG_GRACE = {"RAILCAR_POOL_SIZE": "2", "RAILCAR_SHIM_GRACE": "60"}  # joiners count for the whole test

@@ -23,9 +23,9 @@ from railcar.ttrpc_proto.api import mount_pb2, runtimeoptions_pb2, task_v2_pb2 a
 from railcar.ttrpc_proto.client import connect_unix
 from railcar.ttrpc_proto.typeurl import pack_json
 
-from tests.polling import pid_gone, wait_gone
+from tests.polling import eventually, pid_gone, wait_gone
 
-from .conftest import FakeContainerd, children_named, eventually, run_shim
+from .conftest import FakeContainerd, children_named, run_shim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "packaging"))
 import devenv  # noqa: E402
