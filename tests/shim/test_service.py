@@ -3,11 +3,12 @@ runtime and a fake events service, driven over ttrpc the way containerd drives i
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -61,8 +62,13 @@ class Shim:
 
 
 @pytest.fixture
-def namespace() -> str:
-    return f"railcar-shim-test-{uuid.uuid4().hex[:8]}"
+def namespace() -> Iterator[str]:
+    """A containerd namespace of the test's own. A test that passed removed its runtime state
+    directory, checking that it was empty (`_remove_runtime_dir`); one that failed half-way leaves
+    its containers' state there, removed now."""
+    name = f"railcar-shim-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    shutil.rmtree(Path("/run/railcar") / name, ignore_errors=True)
 
 
 @pytest.fixture
